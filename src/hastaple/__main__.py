@@ -1,0 +1,5 @@
+"""Allow ``python -m hastaple``."""
+
+from hastaple.cli import main
+
+main()

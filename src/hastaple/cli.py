@@ -1,0 +1,5 @@
+"""Command line (placeholder until the pipeline lands)."""
+
+
+def main() -> None:
+    """Entry point."""

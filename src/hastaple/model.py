@@ -1,0 +1,86 @@
+"""Values passed between the pipeline's stages: frozen, slotted, no behaviour."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime  # noqa: TC003 - dataclass fields are resolved at run time
+from typing import Any
+
+
+class Status(enum.Enum):
+    """What is known about a certificate's staple (the ``status`` JSON field)."""
+
+    GOOD = "good"
+    REVOKED = "revoked"
+    UNKNOWN = "unknown"
+    NO_OCSP = "no-ocsp"
+    MANAGED = "managed"
+    ERROR = "error"
+
+
+class Action(enum.Enum):
+    """What this run did for a certificate (the ``action`` JSON field)."""
+
+    FETCHED = "fetched"
+    FRESH = "fresh"
+    DEPLOYED = "deployed"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """
+    A response that passed every check, and what it says.
+
+    ``status`` is GOOD, REVOKED or UNKNOWN: a signed "revoked" is an answer,
+    not an error; the pipeline deploys only GOOD.
+    """
+
+    status: Status
+    this_update: datetime
+    next_update: datetime
+    produced_at: datetime
+    serial: int
+    signer: str
+    revocation_time: datetime | None = None
+    revocation_reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ResultRow:
+    """One certificate's outcome: a table row, or one object of ``--json``."""
+
+    cert: str
+    ocsp_url: str | None
+    status: Status
+    action: Action
+    this_update: datetime | None = None
+    next_update: datetime | None = None
+    error: str | None = None
+    haproxy: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        """Whether this row counts as "in order" for the exit code."""
+        return self.action is not Action.FAILED
+
+    def to_json(self) -> dict[str, Any]:
+        """Render as the ``--json`` object DESIGN.md promises (RFC 3339 UTC times)."""
+        return {
+            "cert": self.cert,
+            "ocsp_url": self.ocsp_url,
+            "status": self.status.value,
+            "action": self.action.value,
+            "this_update": _rfc3339(self.this_update),
+            "next_update": _rfc3339(self.next_update),
+            "error": self.error,
+            "haproxy": dict(self.haproxy),
+        }
+
+
+def _rfc3339(when: datetime | None) -> str | None:
+    if when is None:
+        return None
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ")

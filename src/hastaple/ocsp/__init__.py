@@ -1,0 +1,1 @@
+"""The pure OCSP core: building requests and validating responses (no I/O)."""

@@ -1,0 +1,89 @@
+"""
+Build OCSP requests the way responders and HAProxy expect them.
+
+The CertID uses SHA-1: HAProxy computes its key for a certificate with SHA-1
+and matches pushed responses on it (HAPROXY.md: a SHA-256 CertID gets
+"Certificate ID does not match any certificate or issuer"). Requests carry no
+nonce, so responders and CDNs may cache them (RFC 5019 §2.1).
+"""
+
+from __future__ import annotations
+
+import base64
+import urllib.parse
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509 import ocsp
+
+# RFC 5019 §5: use GET when the encoded request is under 255 bytes.
+MAX_GET_BYTES = 255
+
+
+@dataclass(frozen=True, slots=True)
+class HTTPRequest:
+    """How to send one OCSP request: GET with the request in the URL, or POST."""
+
+    method: str
+    url: str
+    body: bytes | None
+
+
+def build(cert: x509.Certificate, issuer: x509.Certificate) -> bytes:
+    """Return the DER OCSPRequest for ``cert`` with a SHA-1 CertID and no nonce."""
+    req = (
+        ocsp.OCSPRequestBuilder()
+        .add_certificate(cert, issuer, hashes.SHA1())  # noqa: S303 - see module docstring
+        .build()
+    )
+    return req.public_bytes(serialization.Encoding.DER)
+
+
+def cert_id(cert: x509.Certificate, issuer: x509.Certificate) -> bytes:
+    """
+    Return the DER CertID of ``cert``: HAProxy's "OCSP Response Key" is its hex.
+
+    The OCSPRequest is SEQUENCE { tbsRequest SEQUENCE { requestList SEQUENCE {
+    Request SEQUENCE { reqCert CertID } } } }, so the CertID is the innermost
+    SEQUENCE; we walk the DER rather than rebuild the structure by hand.
+    """
+    der = build(cert, issuer)
+    for _ in range(4):  # OCSPRequest, TBSRequest, requestList, Request
+        der = _first_element_content(der)
+    return _first_element(der)
+
+
+def http_request(url: str, der: bytes) -> HTTPRequest:
+    """
+    Choose GET (cacheable) or POST for ``der`` sent to responder ``url``.
+
+    RFC 5019 §5: GET when the whole URL-encoded request is under 255 bytes;
+    the base64 is percent-encoded (``+ / =`` are not safe in a path).
+    """
+    encoded = urllib.parse.quote(base64.b64encode(der).decode("ascii"), safe="")
+    if len(encoded) < MAX_GET_BYTES:
+        base = url if url.endswith("/") else url + "/"
+        return HTTPRequest("GET", base + encoded, None)
+    return HTTPRequest("POST", url, der)
+
+
+def _first_element(der: bytes) -> bytes:
+    """The first TLV of ``der``, whole."""
+    header, length = _header(der)
+    return der[: header + length]
+
+
+def _first_element_content(der: bytes) -> bytes:
+    """The contents of the first TLV of ``der``."""
+    header, length = _header(der)
+    return der[header : header + length]
+
+
+def _header(der: bytes) -> tuple[int, int]:
+    """Return (header size, content length) of the DER TLV at the start of ``der``."""
+    first = der[1]
+    if first < 0x80:  # noqa: PLR2004 - DER short-form length
+        return 2, first
+    count = first & 0x7F
+    return 2 + count, int.from_bytes(der[2 : 2 + count], "big")
