@@ -94,7 +94,7 @@ def make_ca(cn: str, parent: Issued | None = None, *, kind: Literal["rsa", "ec"]
     return Issued(builder.sign(signing_key, hashes.SHA256()), key)
 
 
-def issue(  # noqa: PLR0913 - a certificate factory has many knobs
+def issue(
     ca: Issued,
     cn: str,
     *,
@@ -132,9 +132,7 @@ def issue(  # noqa: PLR0913 - a certificate factory has many knobs
         builder = builder.add_extension(
             x509.SubjectAlternativeName([x509.DNSName(n) for n in (sans or [cn])]),
             critical=False,
-        ).add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
-        )
+        ).add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
     access = []
     if ocsp_url:
         access.append(
@@ -170,7 +168,9 @@ class PKI:
     def build(cls) -> PKI:
         root = make_ca("hastaple Test Root CA")
         intermediate = make_ca("hastaple Test Intermediate CA", root)
-        responder = issue(intermediate, "hastaple Test OCSP Responder", ocsp_signing=True, ocsp_url=None)
+        responder = issue(
+            intermediate, "hastaple Test OCSP Responder", ocsp_signing=True, ocsp_url=None
+        )
         other_ca = make_ca("Unrelated CA")
         return cls(root, intermediate, responder, other_ca)
 
@@ -195,13 +195,13 @@ class PKI:
             path.with_name(name + ".issuer").write_bytes(self.intermediate.cert_pem)
         return path
 
-    def response(  # noqa: PLR0913 - every knob is one way to be wrong
+    def response(
         self,
         leaf: x509.Certificate,
         *,
         status: Literal["good", "revoked", "unknown"] = "good",
         this_update: dt.datetime | None = None,
-        next_update: dt.datetime | None | Literal["none"] = None,
+        next_update: dt.datetime | Literal["none"] | None = None,
         signer: Signer = "delegated",
         cert_id_issuer: x509.Certificate | None = None,
         cert_id_hash: hashes.HashAlgorithm | None = None,
@@ -211,11 +211,7 @@ class PKI:
     ) -> bytes:
         """A DER OCSP response for ``leaf``; each keyword makes it wrong in one way."""
         this = this_update or (now() - dt.timedelta(minutes=1))
-        nxt: dt.datetime | None
-        if next_update == "none":
-            nxt = None
-        else:
-            nxt = next_update or (this + dt.timedelta(days=7))
+        nxt = None if next_update == "none" else (next_update or this + dt.timedelta(days=7))
         if signer == "delegated":
             signing = self.responder
         elif signer == "issuer":
@@ -278,6 +274,8 @@ class PKI:
         exp = cert.not_valid_after_utc.strftime("%y%m%d%H%M%SZ")
         rev = (now() - dt.timedelta(hours=1)).strftime("%y%m%d%H%M%SZ") if revoked else ""
         subject = "/" + cert.subject.rfc4514_string()
-        line = f"{'R' if revoked else 'V'}\t{exp}\t{rev}\t{cert.serial_number:X}\tunknown\t{subject}\n"
+        line = (
+            f"{'R' if revoked else 'V'}\t{exp}\t{rev}\t{cert.serial_number:X}\tunknown\t{subject}\n"
+        )
         with (directory / "index.txt").open("a") as f:
             f.write(line)

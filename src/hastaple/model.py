@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from datetime import datetime  # noqa: TC003 - dataclass fields are resolved at run time
+from datetime import datetime
 from typing import Any
 
 

@@ -17,6 +17,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 
+from hastaple.ocsp import der
+
 # RFC 5019 §5: use GET when the encoded request is under 255 bytes.
 MAX_GET_BYTES = 255
 
@@ -48,10 +50,13 @@ def cert_id(cert: x509.Certificate, issuer: x509.Certificate) -> bytes:
     Request SEQUENCE { reqCert CertID } } } }, so the CertID is the innermost
     SEQUENCE; we walk the DER rather than rebuild the structure by hand.
     """
-    der = build(cert, issuer)
+    req = build(cert, issuer)
+    start, end = 0, len(req)
     for _ in range(4):  # OCSPRequest, TBSRequest, requestList, Request
-        der = _first_element_content(der)
-    return _first_element(der)
+        _, start, end = der.element(req, start)
+    first_start = start
+    _, _, end = der.element(req, first_start)
+    return req[first_start:end]
 
 
 def http_request(url: str, der: bytes) -> HTTPRequest:
@@ -66,24 +71,3 @@ def http_request(url: str, der: bytes) -> HTTPRequest:
         base = url if url.endswith("/") else url + "/"
         return HTTPRequest("GET", base + encoded, None)
     return HTTPRequest("POST", url, der)
-
-
-def _first_element(der: bytes) -> bytes:
-    """The first TLV of ``der``, whole."""
-    header, length = _header(der)
-    return der[: header + length]
-
-
-def _first_element_content(der: bytes) -> bytes:
-    """The contents of the first TLV of ``der``."""
-    header, length = _header(der)
-    return der[header : header + length]
-
-
-def _header(der: bytes) -> tuple[int, int]:
-    """Return (header size, content length) of the DER TLV at the start of ``der``."""
-    first = der[1]
-    if first < 0x80:  # noqa: PLR2004 - DER short-form length
-        return 2, first
-    count = first & 0x7F
-    return 2 + count, int.from_bytes(der[2 : 2 + count], "big")

@@ -1,0 +1,273 @@
+"""
+Decide whether an OCSP response may be stapled: RFC 6960 plus HAProxy's limits.
+
+Theory of operation. ``validate`` sees bytes, two certificates and a clock
+value, never a file, a socket or ``datetime.now()``, so ``hastaple check --at``
+and the tests need no patching. The checks run in the order a forger would
+have to pass them, so a reason always names the first thing that is wrong:
+
+1. size: HAProxy's runtime API takes one command of at most ``tune.bufsize``
+   (16 KiB); base64 of more than about 12 KB of DER cannot be pushed.
+2. syntax and responseStatus (RFC 6960 §4.2.1): a DER OCSPResponse whose
+   status is successful, with a basic response.
+3. the SingleResponse for our CertID (§4.2.2.2 "the certificate identified in
+   a received response corresponds to the certificate that was identified in
+   the corresponding request"), with SHA-1 hashes, because HAProxy matches
+   staples on a SHA-1 CertID; and exactly one SingleResponse, because HAProxy
+   ignores responses with more ("contains multiple single responses").
+4. the signer (§4.2.2.2): the issuer itself, or a delegated responder
+   certificate issued directly by the issuer, carrying id-kp-OCSPSigning and
+   valid now.
+5. the signature over tbsResponseData, with the signer's key.
+6. the times (§4.2.2.1): thisUpdate not in the future beyond ``CLOCK_SKEW``;
+   nextUpdate present (HAProxy: "missing nextupdate"), after thisUpdate, and
+   at least ``margin`` away: HAProxy accepts a response expiring within 300 s
+   and then staples nothing, losing the good staple it had.
+7. the certificate status: good, revoked or unknown. A signed "revoked" is an
+   answer, not an error, so it is a ``Verdict``; the caller decides.
+
+Raises ``InvalidResponse`` with a sentence for a person; anything else is a bug.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, padding, rsa
+from cryptography.x509 import ocsp
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from hastaple.errors import InvalidResponse
+from hastaple.model import Status, Verdict
+from hastaple.ocsp import der as _der
+
+# HAPROXY.md §3f: 11,561 B of DER was pushed, 12,329 B was refused (16 KiB buffer).
+MAX_DER_BYTES = 12_000
+# RFC 5019 §4 leaves the allowance to local policy; HAProxy itself allows 300 s.
+CLOCK_SKEW = dt.timedelta(minutes=5)
+# nextUpdate must be this far away: 3x HAProxy's 300 s "do not staple" window.
+MIN_REMAINING = dt.timedelta(minutes=15)
+
+_STATUS = {
+    ocsp.OCSPCertStatus.GOOD: Status.GOOD,
+    ocsp.OCSPCertStatus.REVOKED: Status.REVOKED,
+    ocsp.OCSPCertStatus.UNKNOWN: Status.UNKNOWN,
+}
+_RESPONSE_STATUS = {
+    ocsp.OCSPResponseStatus.MALFORMED_REQUEST: "malformedRequest",
+    ocsp.OCSPResponseStatus.INTERNAL_ERROR: "internalError",
+    ocsp.OCSPResponseStatus.TRY_LATER: "tryLater",
+    ocsp.OCSPResponseStatus.SIG_REQUIRED: "sigRequired",
+    ocsp.OCSPResponseStatus.UNAUTHORIZED: "unauthorized",
+}
+
+
+def validate(
+    der: bytes,
+    *,
+    cert: x509.Certificate,
+    issuer: x509.Certificate,
+    now: dt.datetime,
+    margin: dt.timedelta = MIN_REMAINING,
+    max_bytes: int = MAX_DER_BYTES,
+) -> Verdict:
+    """
+    Check ``der`` as the staple for ``cert`` issued by ``issuer``, as of ``now``.
+
+    Args:
+        der: the OCSP response as received.
+        cert: the certificate the staple is for.
+        issuer: the certificate that issued ``cert``.
+        now: the time to judge validity at (timezone-aware).
+        margin: how far in the future nextUpdate must be.
+        max_bytes: the largest response HAProxy's runtime API can take.
+
+    Returns:
+        The verdict: status and times of a response that passed every check.
+
+    Raises:
+        InvalidResponse: the response must not be stapled; ``.reason`` says why.
+    """
+    if len(der) > max_bytes:
+        raise InvalidResponse(
+            f"response is {len(der)} bytes, more than the {max_bytes} bytes "
+            "HAProxy's runtime API can take"
+        )
+    resp = _parse(der)
+    single = _our_single_response(resp, cert, issuer)
+    signer, signer_name = _signer(resp, issuer, now)
+    _check_signature(resp, signer)
+    this_update, next_update = _check_times(single, now, margin)
+    return Verdict(
+        status=_STATUS[single.certificate_status],
+        this_update=this_update,
+        next_update=next_update,
+        produced_at=resp.produced_at_utc,
+        serial=single.serial_number,
+        signer=signer_name,
+        revocation_time=single.revocation_time_utc,
+        revocation_reason=single.revocation_reason.value if single.revocation_reason else None,
+    )
+
+
+def _parse(der: bytes) -> ocsp.OCSPResponse:
+    if not der:
+        raise InvalidResponse("response is empty")
+    try:
+        resp = ocsp.load_der_ocsp_response(der)
+    except ValueError as exc:
+        raise InvalidResponse(f"response is not a DER OCSP response ({exc})") from exc
+    if resp.response_status is not ocsp.OCSPResponseStatus.SUCCESSFUL:
+        name = _RESPONSE_STATUS.get(resp.response_status, resp.response_status.name)
+        raise InvalidResponse(f"responder answered '{name}' instead of a response")
+    return resp
+
+
+def _our_single_response(
+    resp: ocsp.OCSPResponse, cert: x509.Certificate, issuer: x509.Certificate
+) -> ocsp.OCSPSingleResponse:
+    """Find the SingleResponse whose CertID is the SHA-1 CertID of ``cert``."""
+    singles = list(resp.responses)
+    issuer_name, key_bits = issuer.subject.public_bytes(), _public_key_bits(issuer)
+    for single in singles:
+        alg = single.hash_algorithm
+        if single.serial_number != cert.serial_number:
+            continue
+        if single.issuer_name_hash != _digest(alg, issuer_name):
+            continue
+        if single.issuer_key_hash != _digest(alg, key_bits):
+            continue
+        if not isinstance(alg, hashes.SHA1):
+            raise InvalidResponse(
+                f"response identifies the certificate with a {alg.name.upper()} CertID; "
+                "HAProxy matches staples only on SHA-1 CertIDs"
+            )
+        if len(singles) != 1:
+            raise InvalidResponse(
+                f"response holds {len(singles)} single responses; HAProxy staples only "
+                "responses with exactly one"
+            )
+        return single
+    if any(s.serial_number == cert.serial_number for s in singles):
+        raise InvalidResponse(
+            f"response is for serial {cert.serial_number:x} but from another issuer "
+            f"than {issuer.subject.rfc4514_string()} (CertID issuer hashes do not match)"
+        )
+    serials = ", ".join(f"{s.serial_number:x}" for s in singles) or "none"
+    raise InvalidResponse(
+        f"response is not for this certificate: it covers serial {serials}, "
+        f"not {cert.serial_number:x}"
+    )
+
+
+def _signer(
+    resp: ocsp.OCSPResponse, issuer: x509.Certificate, now: dt.datetime
+) -> tuple[x509.Certificate, str]:
+    """Return the authorised certificate that signed ``resp`` (RFC 6960 §4.2.2.2)."""
+    if _responder_is(resp, issuer):
+        return issuer, f"issuer {issuer.subject.rfc4514_string()}"
+    candidates = [c for c in resp.certificates if _responder_is(resp, c)]
+    if not candidates:
+        raise InvalidResponse(
+            "response is signed by a responder that is neither the issuer nor a "
+            "certificate included in the response"
+        )
+    delegate = candidates[0]
+    who = delegate.subject.rfc4514_string()
+    try:
+        delegate.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature) as exc:
+        raise InvalidResponse(
+            f"response is signed by {who}, which was not issued by the certificate's "
+            "issuer, so it is not authorised to answer for it"
+        ) from exc
+    try:
+        eku = delegate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        eku = x509.ExtendedKeyUsage([])
+    if ExtendedKeyUsageOID.OCSP_SIGNING not in eku:
+        raise InvalidResponse(
+            f"response is signed by {who}, which lacks the OCSP Signing extended key "
+            "usage, so it is not authorised to sign OCSP responses"
+        )
+    if not delegate.not_valid_before_utc <= now <= delegate.not_valid_after_utc:
+        raise InvalidResponse(
+            f"response is signed by the responder certificate {who}, which is not valid "
+            f"at {_fmt(now)} (valid {_fmt(delegate.not_valid_before_utc)} to "
+            f"{_fmt(delegate.not_valid_after_utc)})"
+        )
+    return delegate, f"delegated responder {who}"
+
+
+def _responder_is(resp: ocsp.OCSPResponse, cert: x509.Certificate) -> bool:
+    """Whether the ResponderID (by name or by SHA-1 key hash) designates ``cert``."""
+    if resp.responder_key_hash is not None:
+        return resp.responder_key_hash == _digest(hashes.SHA1(), _public_key_bits(cert))  # noqa: S303
+    return resp.responder_name == cert.subject
+
+
+def _check_signature(resp: ocsp.OCSPResponse, signer: x509.Certificate) -> None:
+    key = signer.public_key()
+    data, signature, alg = resp.tbs_response_bytes, resp.signature, resp.signature_hash_algorithm
+    try:
+        if isinstance(key, rsa.RSAPublicKey) and alg is not None:
+            key.verify(signature, data, padding.PKCS1v15(), alg)
+        elif isinstance(key, ec.EllipticCurvePublicKey) and alg is not None:
+            key.verify(signature, data, ec.ECDSA(alg))
+        elif isinstance(key, dsa.DSAPublicKey) and alg is not None:
+            key.verify(signature, data, alg)
+        elif isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
+            key.verify(signature, data)
+        else:
+            raise InvalidResponse(f"response uses an unsupported signature ({type(key).__name__})")
+    except InvalidSignature as exc:
+        raise InvalidResponse(
+            "response signature does not verify: it was altered or forged"
+        ) from exc
+
+
+def _check_times(
+    single: ocsp.OCSPSingleResponse, now: dt.datetime, margin: dt.timedelta
+) -> tuple[dt.datetime, dt.datetime]:
+    this_update = single.this_update_utc
+    next_update = single.next_update_utc
+    if this_update > now + CLOCK_SKEW:
+        raise InvalidResponse(
+            f"response thisUpdate {_fmt(this_update)} is in the future (now {_fmt(now)})"
+        )
+    if next_update is None:
+        raise InvalidResponse("response has no nextUpdate; HAProxy refuses such responses")
+    if next_update < this_update:
+        raise InvalidResponse(
+            f"response nextUpdate {_fmt(next_update)} is before its thisUpdate {_fmt(this_update)}"
+        )
+    if next_update <= now:
+        raise InvalidResponse(f"response expired at {_fmt(next_update)} (now {_fmt(now)})")
+    if next_update - now < margin:
+        minutes = int(margin.total_seconds() // 60)
+        raise InvalidResponse(
+            f"response expires at {_fmt(next_update)}, within {minutes} minutes; "
+            "HAProxy would accept it and then staple nothing"
+        )
+    return this_update, next_update
+
+
+def _public_key_bits(cert: x509.Certificate) -> bytes:
+    """The subjectPublicKey BIT STRING contents, which CertID and ResponderID hash."""
+    spki = cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return _der.public_key_bits(spki)
+
+
+def _digest(alg: hashes.HashAlgorithm, data: bytes) -> bytes:
+    h = hashes.Hash(alg)
+    h.update(data)
+    return h.finalize()
+
+
+def _fmt(when: dt.datetime) -> str:
+    return when.strftime("%Y-%m-%d %H:%M:%SZ")
