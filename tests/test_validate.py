@@ -1,0 +1,272 @@
+"""The validator: one test per rejection, each with a response wrong in exactly one way."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import subprocess
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.x509 import ocsp
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hastaple.errors import InvalidResponse
+from hastaple.model import Status
+from hastaple.ocsp.validate import MAX_DER_BYTES, validate
+from pki import PKI, Issued, issue, now
+
+
+@pytest.fixture(name="leaf")
+def _leaf(pki: PKI) -> Issued:
+    return pki.leaf("www.example.test")
+
+
+def check(pki: PKI, leaf: Issued, der: bytes, **kwargs: object):
+    return validate(der, cert=leaf.cert, issuer=pki.intermediate.cert, now=now(), **kwargs)  # type: ignore[arg-type]
+
+
+def rejects(pki: PKI, leaf: Issued, der: bytes, *words: str) -> str:
+    with pytest.raises(InvalidResponse) as info:
+        check(pki, leaf, der)
+    for word in words:
+        assert word in info.value.reason
+    return info.value.reason
+
+
+def test_good_delegated(pki, leaf):
+    """A response signed by the delegated responder is good, with its times."""
+    this = now() - dt.timedelta(minutes=2)
+    der = pki.response(leaf.cert, this_update=this)
+    verdict = check(pki, leaf, der)
+    assert verdict.status is Status.GOOD
+    assert verdict.this_update == this
+    assert verdict.next_update == this + dt.timedelta(days=7)
+    assert verdict.serial == leaf.cert.serial_number
+    assert "delegated responder" in verdict.signer
+
+
+def test_good_signed_by_issuer(pki, leaf):
+    """A response signed with the issuer's own key is good."""
+    verdict = check(pki, leaf, pki.response(leaf.cert, signer="issuer"))
+    assert verdict.status is Status.GOOD
+    assert verdict.signer.startswith("issuer ")
+
+
+def test_good_rsa_leaf(pki):
+    """RSA leaves validate as ECDSA ones do."""
+    leaf = pki.leaf("rsa.example.test", kind="rsa")
+    assert check(pki, leaf, pki.response(leaf.cert)).status is Status.GOOD
+
+
+def test_revoked_is_a_verdict(pki, leaf):
+    """A signed 'revoked' is an answer, with its revocation time, not an error."""
+    verdict = check(pki, leaf, pki.response(leaf.cert, status="revoked"))
+    assert verdict.status is Status.REVOKED
+    assert verdict.revocation_time is not None
+    assert verdict.revocation_reason == "keyCompromise"
+
+
+def test_unknown_is_a_verdict(pki, leaf):
+    """A signed 'unknown' is reported as such."""
+    assert check(pki, leaf, pki.response(leaf.cert, status="unknown")).status is Status.UNKNOWN
+
+
+def test_bad_signature(pki, leaf):
+    """One flipped bit in the signature is caught; HAProxy would staple it."""
+    rejects(pki, leaf, pki.response(leaf.cert, bad_signature=True), "signature does not verify")
+
+
+def test_signer_without_ocsp_signing_eku(pki, leaf):
+    """A certificate of the right CA but without id-kp-OCSPSigning may not sign."""
+    other_leaf = pki.leaf("not-a-responder.example.test")
+    der = pki.response(leaf.cert, signer=other_leaf)
+    rejects(pki, leaf, der, "OCSP Signing", "not-a-responder")
+
+
+def test_signer_from_another_ca(pki, leaf):
+    """A responder certificate with the EKU but from another CA is not authorised."""
+    stranger = issue(pki.other_ca, "Stranger Responder", ocsp_signing=True, ocsp_url=None)
+    rejects(pki, leaf, pki.response(leaf.cert, signer=stranger), "not issued by")
+
+
+def test_expired_responder_certificate(pki, leaf):
+    """A delegated responder certificate outside its validity may not sign."""
+    old = now() - dt.timedelta(days=30)
+    expired = issue(
+        pki.intermediate,
+        "Expired Responder",
+        ocsp_signing=True,
+        ocsp_url=None,
+        not_before=old,
+        not_after=old + dt.timedelta(days=1),
+    )
+    rejects(pki, leaf, pki.response(leaf.cert, signer=expired), "not valid at")
+
+
+def test_signer_not_included(pki, leaf):
+    """A delegated signature without the responder certificate cannot be checked."""
+    der = pki.response(leaf.cert, include_signer_cert=False)
+    rejects(pki, leaf, der, "neither the issuer nor a certificate included")
+
+
+def test_wrong_certid_serial(pki, leaf):
+    """A response for another certificate of the same CA is not ours."""
+    other = pki.leaf("other.example.test")
+    rejects(pki, leaf, pki.response(other.cert), "not for this certificate")
+
+
+def test_wrong_certid_issuer(pki, leaf):
+    """Same serial, other issuer hashes: not ours."""
+    der = pki.response(leaf.cert, cert_id_issuer=pki.other_ca.cert)
+    rejects(pki, leaf, der, "another issuer")
+
+
+def test_sha256_certid(pki, leaf):
+    """A SHA-256 CertID is refused: HAProxy matches on SHA-1 only."""
+    der = pki.response(leaf.cert, cert_id_hash=hashes.SHA256())
+    rejects(pki, leaf, der, "SHA256 CertID", "SHA-1")
+
+
+def test_expired(pki, leaf):
+    """A response past its nextUpdate is refused."""
+    this = now() - dt.timedelta(days=8)
+    der = pki.response(leaf.cert, this_update=this, next_update=this + dt.timedelta(days=7))
+    rejects(pki, leaf, der, "expired at")
+
+
+@pytest.mark.parametrize("minutes", [2, 5, 14])
+def test_next_update_inside_margin(pki, leaf, minutes):
+    """A response expiring within the margin is refused: HAProxy would staple nothing."""
+    der = pki.response(leaf.cert, next_update=now() + dt.timedelta(minutes=minutes))
+    rejects(pki, leaf, der, "within 15 minutes", "staple nothing")
+
+
+def test_next_update_just_outside_margin(pki, leaf):
+    """The margin is a bound, not a guess: 16 minutes left passes."""
+    der = pki.response(leaf.cert, next_update=now() + dt.timedelta(minutes=16))
+    assert check(pki, leaf, der).status is Status.GOOD
+
+
+def test_no_next_update(pki, leaf):
+    """HAProxy refuses responses without nextUpdate, so do we."""
+    rejects(pki, leaf, pki.response(leaf.cert, next_update="none"), "no nextUpdate")
+
+
+def test_this_update_in_future(pki, leaf):
+    """ThisUpdate beyond the clock-skew allowance is refused."""
+    this = now() + dt.timedelta(hours=1)
+    rejects(pki, leaf, pki.response(leaf.cert, this_update=this), "in the future")
+
+
+def test_this_update_within_skew(pki, leaf):
+    """A thisUpdate two minutes ahead (a responder with a fast clock) is accepted."""
+    this = now() + dt.timedelta(minutes=2)
+    assert check(pki, leaf, pki.response(leaf.cert, this_update=this)).status is Status.GOOD
+
+
+@pytest.mark.parametrize(
+    ("status", "name"),
+    [
+        (ocsp.OCSPResponseStatus.TRY_LATER, "tryLater"),
+        (ocsp.OCSPResponseStatus.UNAUTHORIZED, "unauthorized"),
+        (ocsp.OCSPResponseStatus.MALFORMED_REQUEST, "malformedRequest"),
+        (ocsp.OCSPResponseStatus.INTERNAL_ERROR, "internalError"),
+    ],
+)
+def test_unsuccessful_response_status(pki, leaf, status, name):
+    """Error responses are named by their RFC 6960 status."""
+    rejects(pki, leaf, PKI.failure(status), f"'{name}'")
+
+
+@pytest.mark.parametrize(
+    "der",
+    [b"", b"garbage" * 10, b"\x30\x82\xff\xff", bytes(64)],
+    ids=["empty", "text", "hdr", "nul"],
+)
+def test_garbage(pki, leaf, der):
+    """Bytes that are not an OCSP response are refused with a reason."""
+    reason = rejects(pki, leaf, der)
+    assert "response" in reason
+
+
+def test_truncated(pki, leaf):
+    """A response cut short is refused."""
+    der = pki.response(leaf.cert)
+    rejects(pki, leaf, der[: len(der) // 2], "not a DER OCSP response")
+
+
+def test_oversized(pki, leaf):
+    """More DER than HAProxy's runtime API can take is refused before parsing."""
+    rejects(pki, leaf, b"\x30" * (MAX_DER_BYTES + 1), "runtime API")
+
+
+def test_validity_is_judged_at_now(pki, leaf):
+    """The same response is good now and expired eight days later (check --at)."""
+    der = pki.response(leaf.cert)
+    later = now() + dt.timedelta(days=8)
+    with pytest.raises(InvalidResponse, match="expired"):
+        validate(der, cert=leaf.cert, issuer=pki.intermediate.cert, now=later)
+
+
+def _openssl(*args: str | Path) -> None:
+    subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True)
+
+
+def test_two_single_responses(pki, tmp_path):
+    """A real `openssl ocsp` answer covering two certificates is refused: HAProxy ignores it."""
+    a, b = pki.leaf("a.example.test"), pki.leaf("b.example.test")
+    ca = pki.write_openssl_ca(tmp_path)
+    for leaf, name in ((a, "a.pem"), (b, "b.pem")):
+        (tmp_path / name).write_bytes(leaf.cert_pem)
+        PKI.add_to_index(ca, leaf.cert)
+    _openssl("ocsp", "-issuer", ca / "ca.pem", "-cert", tmp_path / "a.pem", "-cert",
+             tmp_path / "b.pem", "-no_nonce", "-reqout", tmp_path / "req.der")  # fmt: skip
+    _openssl("ocsp", "-index", ca / "index.txt", "-CA", ca / "ca.pem", "-rsigner",
+             ca / "rsigner.pem", "-rkey", ca / "rkey.pem", "-reqin", tmp_path / "req.der",
+             "-respout", tmp_path / "resp.der", "-ndays", "7")  # fmt: skip
+    der = (tmp_path / "resp.der").read_bytes()
+    rejects(pki, a, der, "2 single responses")
+
+
+def test_openssl_single_response_is_good(pki, tmp_path):
+    """The negative of the test above: openssl's answer for one certificate passes."""
+    a = pki.leaf("a.example.test")
+    ca = pki.write_openssl_ca(tmp_path)
+    (tmp_path / "a.pem").write_bytes(a.cert_pem)
+    PKI.add_to_index(ca, a.cert)
+    _openssl("ocsp", "-issuer", ca / "ca.pem", "-cert", tmp_path / "a.pem", "-no_nonce",
+             "-reqout", tmp_path / "req.der")  # fmt: skip
+    _openssl("ocsp", "-index", ca / "index.txt", "-CA", ca / "ca.pem", "-rsigner",
+             ca / "rsigner.pem", "-rkey", ca / "rkey.pem", "-reqin", tmp_path / "req.der",
+             "-respout", tmp_path / "resp.der", "-ndays", "7")  # fmt: skip
+    verdict = check(pki, a, (tmp_path / "resp.der").read_bytes())
+    assert verdict.status is Status.GOOD
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=2048))
+def test_fuzz_any_bytes(pki, data):
+    """For any bytes, validate returns a verdict or raises InvalidResponse, nothing else."""
+    leaf = _FUZZ_LEAF.setdefault("leaf", pki.leaf("fuzz.example.test"))
+    with contextlib.suppress(InvalidResponse):
+        validate(data, cert=leaf.cert, issuer=pki.intermediate.cert, now=now())
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_fuzz_mutated_responses(pki, data):
+    """A real response with bytes flipped or cut validates or raises InvalidResponse only."""
+    leaf = _FUZZ_LEAF.setdefault("leaf", pki.leaf("fuzz.example.test"))
+    der = bytearray(_FUZZ_LEAF.setdefault("der", pki.response(leaf.cert)))  # type: ignore[arg-type]
+    for _ in range(data.draw(st.integers(1, 4))):
+        at = data.draw(st.integers(0, len(der) - 1))
+        der[at] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(1, len(der)))
+    with contextlib.suppress(InvalidResponse):
+        validate(bytes(der[:cut]), cert=leaf.cert, issuer=pki.intermediate.cert, now=now())
+
+
+_FUZZ_LEAF: dict[str, object] = {}
