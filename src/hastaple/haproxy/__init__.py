@@ -1,0 +1,1 @@
+"""Talking to HAProxy's runtime API: ``protocol`` (pure), ``client`` (I/O), ``deploy``."""

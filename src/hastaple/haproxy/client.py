@@ -1,0 +1,145 @@
+"""
+The thin async transport to HAProxy's runtime API (asyncio streams).
+
+One connection in prompt mode carries any number of commands (see
+``protocol``); this module only moves bytes and maps socket failures to
+``HAProxyUnreachable`` with a sentence naming the socket. Parsing is
+``protocol``'s job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import TYPE_CHECKING
+
+from hastaple.errors import HAProxyUnreachable
+from hastaple.haproxy import protocol
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Sequence
+
+CONNECT_TIMEOUT = 5.0  # seconds
+_READ_CHUNK = 65536  # bytes
+
+
+class Connection:
+    """An open prompt-mode connection; use ``connect()`` to get one."""
+
+    def __init__(
+        self, address: protocol.Address, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        self.address = address
+        self._reader = reader
+        self._writer = writer
+        self._replies = protocol.ReplyReader()
+
+    async def run(self, commands: Sequence[protocol.Command]) -> list[protocol.Reply]:
+        """
+        Send ``commands`` pipelined and return one reply per command, in order.
+
+        Every command is encoded (and size-checked) before anything is sent.
+        A connection closed early gives ``Reply(closed=True)`` for the rest.
+
+        Raises:
+            HAProxyCommandFailed: a command is too big to send.
+            HAProxyUnreachable: the socket failed while talking.
+        """
+        data = b"".join(cmd.encode(self.address) for cmd in commands)
+        writer = asyncio.create_task(self._send(data))
+        try:
+            replies = [await self._next() for _ in commands]
+        finally:
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, OSError):
+                await writer
+        return replies
+
+    async def run_one(self, command: protocol.Command) -> protocol.Reply:
+        """Send one command and return its reply (see ``run``)."""
+        (reply,) = await self.run([command])
+        return reply
+
+    async def _send(self, data: bytes) -> None:
+        # Written by a task so replies are read while we write: HAProxy stops
+        # reading when its output is not drained (no deadlock on big batches).
+        # A write error (EPIPE after 2.6 closes) shows up as EOF to the reader.
+        with contextlib.suppress(OSError):
+            self._writer.write(data)
+            await self._writer.drain()
+
+    async def _next(self) -> protocol.Reply:
+        while (reply := self._replies.next_reply()) is None:
+            try:
+                chunk = await self._reader.read(_READ_CHUNK)
+            except OSError as exc:
+                raise _unreachable(self.address, exc) from exc
+            if chunk:
+                self._replies.feed(chunk)
+            else:
+                self._replies.feed_eof()
+        return reply
+
+    async def close(self) -> None:
+        """Close the connection, ignoring errors (HAProxy may be gone)."""
+        self._writer.close()
+        with contextlib.suppress(OSError):
+            await self._writer.wait_closed()
+
+
+@contextlib.asynccontextmanager
+async def connect(
+    socket: str | protocol.Address,
+    *,
+    timeout: float = 10.0,  # noqa: ASYNC109 - one budget for the whole session, per DESIGN
+) -> AsyncIterator[Connection]:
+    """
+    Open a prompt-mode connection; everything inside must finish within ``timeout`` s.
+
+    Raises:
+        ConfigError: ``socket`` is not an address.
+        HAProxyUnreachable: no such socket, permission denied, refused, or no
+            answer in time.
+    """
+    address = socket if isinstance(socket, protocol.Address) else protocol.parse_address(socket)
+    try:
+        async with asyncio.timeout(timeout):
+            conn = await _open(address, min(timeout, CONNECT_TIMEOUT))
+            try:
+                reply = await conn.run_one(protocol.PROMPT)
+                if reply.closed:
+                    raise HAProxyUnreachable(address.text, "closed the connection at once")
+                yield conn
+            finally:
+                await conn.close()
+    except TimeoutError as exc:
+        raise HAProxyUnreachable(address.text, f"no answer within {timeout:g} s") from exc
+
+
+async def _open(address: protocol.Address, limit: float) -> Connection:
+    try:
+        async with asyncio.timeout(limit):
+            if address.path is not None:
+                reader, writer = await asyncio.open_unix_connection(address.path)
+            else:
+                reader, writer = await asyncio.open_connection(address.host, address.port)
+    except TimeoutError as exc:
+        raise HAProxyUnreachable(address.text, f"could not connect within {limit:g} s") from exc
+    except OSError as exc:
+        raise _unreachable(address, exc) from exc
+    return Connection(address, reader, writer)
+
+
+def _unreachable(address: protocol.Address, exc: OSError) -> HAProxyUnreachable:
+    """Translate a socket error into one sentence naming the socket."""
+    if isinstance(exc, FileNotFoundError):
+        problem = "no such socket"
+    elif isinstance(exc, PermissionError):
+        problem = "permission denied"
+    elif isinstance(exc, ConnectionRefusedError):
+        problem = "connection refused (is HAProxy running?)"
+    elif isinstance(exc, ConnectionResetError):
+        problem = "connection reset by HAProxy"
+    else:
+        problem = exc.strerror or str(exc) or type(exc).__name__
+    return HAProxyUnreachable(address.text, problem)

@@ -1,0 +1,366 @@
+"""
+HAProxy's runtime API as bytes in and values out: no sockets (sans-IO, like h11).
+
+Theory of operation (HAPROXY.md §3b-§3g, §4). The client opens one connection
+and sends ``prompt`` first: in prompt mode HAProxy keeps the connection open and
+ends every reply with a prompt at the start of a line (``> `` on a worker
+socket, ``master> `` on the master CLI), so replies can be split exactly and
+commands pipelined, whatever their size. Non-interactive mode ends replies
+with an empty line, which the OCSP text dump can also contain, and closes the
+connection as soon as its input buffer is empty, so it is not used.
+
+In payload mode (``<<``) HAProxy echoes ``+ `` for every payload line before
+the reply: ``ReplyReader`` strips these. A command longer than tune.bufsize
+gets "The command is too big ..." on 2.8 and a silently closed connection on
+2.6; ``Command`` refuses such commands before they are sent.
+
+Every ``parse_*`` function takes a ``Reply`` and returns a value, or raises
+``HAProxyCommandFailed``; anything else is a bug.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from hastaple.errors import ConfigError, HAProxyCommandFailed
+
+# HAPROXY.md §0.7: one command, payload included, must fit tune.bufsize (default).
+MAX_COMMAND_BYTES = 16384
+# base64 line width of payloads, as `base64 -w 64` (HAProxy accepts any width).
+PAYLOAD_LINE_CHARS = 64
+
+_PROMPT = re.compile(rb"(?:\A|\n)(?:master(?:\[[^\]\n]*\])?)?> ")
+_TOO_BIG = "The command is too big for the buffer size"
+_IGNORED = "Content will be ignored"
+PITFALL = "Certificate ID does not match any certificate or issuer"
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """
+    Where a runtime API listens, and which worker to address through a master CLI.
+
+    ``prefix`` is "" for a worker socket, or "@1 " / "@!<pid> " for a master CLI.
+    """
+
+    text: str
+    path: str | None = None
+    host: str | None = None
+    port: int | None = None
+    prefix: str = ""
+
+
+_WORKER = re.compile(r"@(!?\d+)\Z")
+_HOST_PORT = re.compile(r"([^:@\[\]]+|\[[^\]]+\]):(\d{1,5})\Z")
+
+
+def parse_address(text: str) -> Address:
+    """
+    Parse a socket address as HAProxy's configuration spells it.
+
+    Accepts ``/run/haproxy.sock``, ``unix@/run/haproxy.sock``, ``127.0.0.1:9999``,
+    ``ipv4@127.0.0.1:9999``, each optionally followed by a master-CLI worker
+    selector ``@1`` or ``@!<pid>`` (``/run/haproxy-master.sock@1``).
+
+    Raises:
+        ConfigError: the text is not an address.
+    """
+    rest, prefix = text.strip(), ""
+    worker = _WORKER.search(rest)
+    if worker and worker.start() > 0:
+        rest, prefix = rest[: worker.start()], f"@{worker.group(1)} "
+    if rest.startswith("unix@"):
+        return _unix(text, rest[len("unix@") :], prefix)
+    tcp = rest.startswith(("ipv4@", "ipv6@"))
+    if tcp:
+        rest = rest[len("ipv4@") :]
+    match = _HOST_PORT.fullmatch(rest)
+    if match and not rest.startswith(("/", ".")):
+        port = int(match.group(2))
+        if not 0 < port < 65536:  # noqa: PLR2004 - TCP port range
+            raise ConfigError(f"HAProxy socket {text!r}: port {port} is out of range")
+        return Address(text, host=match.group(1).strip("[]"), port=port, prefix=prefix)
+    if tcp or (":" in rest and not rest.startswith(("/", "."))):
+        raise ConfigError(f"HAProxy socket {text!r}: expected host:port")
+    return _unix(text, rest, prefix)
+
+
+def _unix(text: str, path: str, prefix: str) -> Address:
+    if not path:
+        raise ConfigError(f"HAProxy socket {text!r}: empty path")
+    return Address(text, path=path, prefix=prefix)
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """
+    One runtime API command: ``line`` names it in messages, ``payload`` follows ``<<``.
+
+    Payload lines must not be empty: an empty line ends the payload.
+    """
+
+    line: str
+    payload: str | None = None
+
+    def encode(self, address: Address) -> bytes:
+        """
+        Return the bytes to send, prefixed for a master CLI worker.
+
+        Raises:
+            HAProxyCommandFailed: the command does not fit tune.bufsize; it is
+                refused here because 2.6 would just close the connection (§0.7).
+        """
+        prefix = address.prefix
+        if self.payload is None:
+            data = f"{prefix}{self.line}\n"
+        else:
+            data = f"{prefix}{self.line} <<\n{self.payload.rstrip(chr(10))}\n\n"
+        raw = data.encode("ascii")
+        if len(raw) > MAX_COMMAND_BYTES:
+            why = (
+                f"not sent: the command is {len(raw)} bytes, over HAProxy's "
+                f"tune.bufsize limit of {MAX_COMMAND_BYTES} bytes"
+            )
+            raise HAProxyCommandFailed(address.text, str(self), why)
+        return raw
+
+    def __str__(self) -> str:
+        return self.line + (" <<" if self.payload is not None else "")
+
+
+def _b64_lines(der: bytes) -> str:
+    text = base64.b64encode(der).decode("ascii")
+    return "\n".join(
+        text[i : i + PAYLOAD_LINE_CHARS] for i in range(0, len(text), PAYLOAD_LINE_CHARS)
+    )
+
+
+PROMPT = Command("prompt")
+SHOW_INFO = Command("show info")
+
+
+def set_ocsp_response(der: bytes, *, payload: bool = False) -> Command:
+    """``set ssl ocsp-response``: the fast path, for registered certificates only."""
+    if payload:
+        return Command("set ssl ocsp-response", _b64_lines(der))
+    return Command(f"set ssl ocsp-response {base64.b64encode(der).decode('ascii')}")
+
+
+def set_cert_ocsp(crt: str, der: bytes) -> Command:
+    """``set ssl cert <crt>.ocsp <<``: payload form only (one-line is refused, §3d D1)."""
+    return Command(f"set ssl cert {crt}.ocsp", _b64_lines(der))
+
+
+def set_cert_issuer(crt: str, pem: bytes) -> Command:
+    """``set ssl cert <crt>.issuer <<``: the issuer for a PEM without chain (§3d D3)."""
+    lines = [line for line in pem.decode("ascii").splitlines() if line.strip()]
+    return Command(f"set ssl cert {crt}.issuer", "\n".join(lines))
+
+
+def commit_cert(crt: str) -> Command:
+    """``commit ssl cert <crt>``."""
+    return Command(f"commit ssl cert {crt}")
+
+
+def abort_cert(crt: str) -> Command:
+    """``abort ssl cert <crt>``."""
+    return Command(f"abort ssl cert {crt}")
+
+
+def show_cert(crt: str) -> Command:
+    """``show ssl cert <crt>``: the ``OCSP Response Key`` tells if the cert is registered."""
+    return Command(f"show ssl cert {crt}")
+
+
+def show_ocsp_response(key_hex: str) -> Command:
+    """``show ssl ocsp-response <key>``: the response HAProxy serves, as text (2.6 and 2.8)."""
+    return Command(f"show ssl ocsp-response {key_hex}")
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """One reply; ``closed`` means the connection ended before the prompt came."""
+
+    text: str
+    closed: bool = False
+
+
+class ReplyReader:
+    """Split the byte stream of a prompt-mode connection into replies (sans-IO)."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._eof = False
+
+    def feed(self, data: bytes) -> None:
+        """Add bytes received from HAProxy."""
+        self._buf += data
+
+    def feed_eof(self) -> None:
+        """Note that HAProxy closed the connection."""
+        self._eof = True
+
+    def next_reply(self) -> Reply | None:
+        """Return the next complete reply, or None until more bytes arrive."""
+        match = _PROMPT.search(self._buf)
+        if match is not None:
+            body = bytes(self._buf[: match.start()])
+            del self._buf[: match.end()]
+            return Reply(_clean(body))
+        if self._eof:
+            body = bytes(self._buf)
+            self._buf.clear()
+            return Reply(_clean(body), closed=True)
+        return None
+
+
+def _clean(body: bytes) -> str:
+    """Drop the payload continuation prompts and the empty line ending a reply."""
+    text = body.decode("utf-8", errors="replace")
+    while text.startswith("+ "):
+        text = text[2:]
+    return text.rstrip("\n")
+
+
+def _fail(
+    socket: str, command: Command, reply: Reply, why: str | None = None
+) -> HAProxyCommandFailed:
+    if reply.closed and not reply.text:
+        why = (
+            "HAProxy closed the connection without a reply "
+            "(HAProxy 2.6 does this when a command is too big for tune.bufsize)"
+        )
+    return HAProxyCommandFailed(socket, str(command), why or reply.text)
+
+
+def _check_common(socket: str, command: Command, reply: Reply) -> None:
+    if reply.closed or _TOO_BIG in reply.text or _IGNORED in reply.text:
+        raise _fail(socket, command, reply)
+
+
+def parse_set_ocsp_response(socket: str, command: Command, reply: Reply) -> None:
+    """Accept ``OCSP Response updated!`` (§3b); the pitfall text and the rest fail."""
+    _check_common(socket, command, reply)
+    if reply.text.strip() != "OCSP Response updated!":
+        raise _fail(socket, command, reply)
+
+
+def parse_set_cert(socket: str, command: Command, reply: Reply) -> None:
+    """Accept ``Transaction created|updated for certificate <crt>!`` (§3d)."""
+    _check_common(socket, command, reply)
+    if not re.fullmatch(r"Transaction (created|updated) for certificate .*!", reply.text.strip()):
+        raise _fail(socket, command, reply)
+
+
+def parse_commit(socket: str, command: Command, reply: Reply) -> None:
+    """
+    Accept a commit ending in ``Success!`` that does not mention ignored content.
+
+    2.8 says ``Loading: <reason>. Content will be ignored.`` before ``Success!``
+    when the ``.ocsp`` was invalid (§3f); that is a failure for us.
+    """
+    _check_common(socket, command, reply)
+    lines = [line.strip() for line in reply.text.splitlines() if line.strip()]
+    if not lines or lines[-1] != "Success!":
+        raise _fail(socket, command, reply)
+
+
+def parse_abort(socket: str, command: Command, reply: Reply) -> bool:
+    """Return True when a transaction was aborted, False when there was none."""
+    _check_common(socket, command, reply)
+    if reply.text.strip() == "No ongoing transaction!":
+        return False
+    if not reply.text.startswith("Transaction aborted for certificate"):
+        raise _fail(socket, command, reply)
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class CertInfo:
+    """What ``show ssl cert <crt>`` says; ``ocsp_key`` None is the pitfall state."""
+
+    filename: str
+    serial: str | None
+    ocsp_key: str | None
+
+    @property
+    def registered(self) -> bool:
+        """Whether ``set ssl ocsp-response`` can work for this certificate (§3c)."""
+        return self.ocsp_key is not None
+
+
+def parse_show_cert(socket: str, command: Command, reply: Reply) -> CertInfo | None:
+    """Return the certificate's details, or None when HAProxy does not know it."""
+    _check_common(socket, command, reply)
+    if reply.text.startswith("Can't display the certificate: Not found"):
+        return None
+    fields = _fields(reply.text)
+    if "Filename" not in fields or "OCSP Response Key" not in fields:
+        raise _fail(socket, command, reply)
+    return CertInfo(
+        filename=fields["Filename"],
+        serial=fields.get("Serial") or None,
+        ocsp_key=fields["OCSP Response Key"].lower() or None,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Served:
+    """The response HAProxy holds for a CertID (``show ssl ocsp-response <key>``)."""
+
+    cert_status: str
+    this_update: datetime
+    next_update: datetime | None
+    serial: str | None
+
+
+def parse_ocsp_response(socket: str, command: Command, reply: Reply) -> Served:
+    """Read Cert Status / This Update / Next Update / Serial from the text dump."""
+    _check_common(socket, command, reply)
+    fields = _fields(reply.text)
+    try:
+        return Served(
+            cert_status=fields["Cert Status"],
+            this_update=_openssl_time(fields["This Update"]),
+            next_update=_openssl_time(fields["Next Update"]) if "Next Update" in fields else None,
+            serial=fields.get("Serial Number"),
+        )
+    except (KeyError, ValueError):
+        raise _fail(socket, command, reply) from None
+
+
+@dataclass(frozen=True, slots=True)
+class Info:
+    """The parts of ``show info`` that tell one HAProxy process from the next."""
+
+    pid: int
+    uptime_sec: int
+    version: str
+
+
+def parse_info(socket: str, command: Command, reply: Reply) -> Info:
+    """Read Pid, Uptime_sec and Version from ``show info``."""
+    _check_common(socket, command, reply)
+    fields = _fields(reply.text)
+    try:
+        return Info(int(fields["Pid"]), int(fields["Uptime_sec"]), fields["Version"])
+    except (KeyError, ValueError):
+        raise _fail(socket, command, reply) from None
+
+
+def _fields(text: str) -> dict[str, str]:
+    """``Key: value`` lines, first occurrence wins (the signer cert repeats some keys)."""
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() and key.strip() not in fields:
+            fields[key.strip()] = value.strip()
+    return fields
+
+
+def _openssl_time(text: str) -> datetime:
+    """Parse OpenSSL's ``Nov 29 16:55:52 2026 GMT`` (ASN1_TIME_print) as UTC."""
+    return datetime.strptime(" ".join(text.split()), "%b %d %H:%M:%S %Y GMT").replace(tzinfo=UTC)
