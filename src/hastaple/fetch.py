@@ -1,0 +1,332 @@
+"""
+Ask OCSP responders (and AIA caIssuers URLs) over HTTP: the only aiohttp client.
+
+One ``Fetcher`` owns one keep-alive ``aiohttp.ClientSession`` whose connector
+bounds connections per responder host and in total, so thousands of
+certificates never flood a CA. Every exchange is bounded: connect time, total
+time (redirects included), body size, number of redirects; only http and https
+are spoken, also after a redirect. ``HTTP(S)_PROXY``/``NO_PROXY`` are honoured
+(``trust_env``).
+
+Every aiohttp, timeout and socket error is translated into ``FetchError`` at
+this boundary (httpx's ``map_httpcore_exceptions``); callers see nothing else.
+The body is returned as bytes: whether it is a valid OCSP response is the
+validator's question, not ours.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Self
+
+import aiohttp
+from yarl import URL
+
+from hastaple import __version__
+from hastaple.errors import FetchError
+from hastaple.ocsp.request import http_request
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from types import TracebackType
+
+OCSP_CONTENT_TYPE = "application/ocsp-response"  # RFC 6960 Appendix A.2
+_SCHEMES = frozenset({"http", "https"})
+_REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+# Statuses a later attempt may well get past: missing object on a CDN edge,
+# rate limiting, and every server-side failure. Other 4xx say our request is wrong.
+_RETRYABLE_4XX = frozenset({404, 408, 425, 429})
+_READ_CHUNK_BYTES = 16 * 1024
+_MAX_AGE = re.compile(r"(?:^|,)\s*max-age\s*=\s*\"?(\d+)\"?\s*(?:,|$)", re.IGNORECASE)
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """
+    Bounds on what one ``Fetcher`` may do; the defaults suit public CAs.
+
+    ``timeout`` bounds a whole exchange, redirects and body included;
+    ``connect_timeout`` bounds each TCP (and TLS) connect.
+    """
+
+    per_host: int = 4
+    total: int = 64
+    connect_timeout: float = 5.0
+    timeout: float = 15.0
+    max_body_bytes: int = 64 * 1024
+    max_redirects: int = 3
+
+
+@dataclass(frozen=True, slots=True)
+class OCSPReply:
+    """
+    The raw answer of a responder, not yet validated.
+
+    ``max_age`` is the Cache-Control max-age in seconds (RFC 5019 §6.2), a hint
+    for the scheduler; ``elapsed`` is the seconds the whole exchange took.
+    """
+
+    der: bytes
+    url: str
+    max_age: int | None
+    elapsed: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Body:
+    """What ``_exchange`` hands back: the body and the headers we care about."""
+
+    data: bytes
+    url: str
+    cache_control: str | None
+
+
+_DEFAULT_LIMITS = Limits()
+
+
+class Fetcher:
+    """
+    An HTTP client for OCSP responders; use as ``async with Fetcher() as f``.
+
+    The session lives as long as the context, so connections to one responder
+    are reused across certificates (keep-alive).
+    """
+
+    def __init__(
+        self,
+        limits: Limits = _DEFAULT_LIMITS,
+        *,
+        user_agent: str = f"hastaple/{__version__}",
+    ) -> None:
+        self.limits = limits
+        self._user_agent = user_agent
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> Self:
+        connector = aiohttp.TCPConnector(
+            limit=self.limits.total, limit_per_host=self.limits.per_host
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            # `sock_connect`, not `connect`: the latter also counts the wait for
+            # a free slot under `limit_per_host`, which is queueing, not a fault.
+            timeout=aiohttp.ClientTimeout(
+                total=self.limits.timeout, sock_connect=self.limits.connect_timeout
+            ),
+            headers={"User-Agent": self._user_agent},
+            trust_env=True,  # HTTP(S)_PROXY, NO_PROXY
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def ocsp(self, url: str, request_der: bytes) -> OCSPReply:
+        """
+        Send ``request_der`` to responder ``url``: GET when short (RFC 5019), else POST.
+
+        Returns:
+            The body, which must come with HTTP 200 and ``application/ocsp-response``.
+
+        Raises:
+            FetchError: on any failure; anything else is a bug.
+        """
+        req = http_request(url, request_der)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        body = await self._exchange(
+            url, req.method, req.url, req.body, content_type=OCSP_CONTENT_TYPE
+        )
+        return OCSPReply(
+            der=body.data,
+            url=body.url,
+            max_age=_max_age(body.cache_control),
+            elapsed=loop.time() - started,
+        )
+
+    async def get(self, url: str) -> bytes:
+        """
+        Download ``url`` (an AIA caIssuers certificate) under the same limits.
+
+        Raises:
+            FetchError: on any failure; anything else is a bug.
+        """
+        return (await self._exchange(url, "GET", url, None, content_type=None)).data
+
+    async def _exchange(
+        self,
+        origin: str,
+        method: str,
+        url: str,
+        body: bytes | None,
+        *,
+        content_type: str | None,
+    ) -> _Body:
+        """Run one exchange, following redirects by hand so each target is checked."""
+        if self._session is None:
+            msg = "Fetcher used outside 'async with'"
+            raise RuntimeError(msg)
+        session = self._session
+        target = URL(url)
+        _check_scheme(origin, target, redirected=False)
+        headers = {"Content-Type": "application/ocsp-request"} if body is not None else {}
+        with _MapErrors(origin, self.limits):
+            async with asyncio.timeout(self.limits.timeout):
+                for _ in range(self.limits.max_redirects + 1):
+                    async with session.request(
+                        method, target, data=body, headers=headers, allow_redirects=False
+                    ) as resp:
+                        if resp.status in _REDIRECT_STATUSES:
+                            target = _redirect_target(origin, resp)
+                            # The method and body are kept even for 301-303: an
+                            # OCSP POST is a query, and a GET would lose it.
+                            continue
+                        _check_status(origin, resp.status)
+                        if content_type is not None and resp.content_type != content_type:
+                            raise FetchError(
+                                origin,
+                                f"responder answered with content type '{resp.content_type}',"
+                                f" not {content_type}",
+                            )
+                        data = await _read_capped(origin, resp, self.limits.max_body_bytes)
+                        return _Body(data, str(resp.url), resp.headers.get("Cache-Control"))
+                raise FetchError(origin, f"more than {self.limits.max_redirects} redirects")
+
+
+def _check_scheme(origin: str, url: URL, *, redirected: bool) -> None:
+    """Refuse anything but http(s), before sending and after each redirect."""
+    if url.scheme not in _SCHEMES:
+        problem = f"unsupported URL scheme '{url.scheme}'"
+        if redirected:
+            problem = f"redirected to {problem} ({url})"
+        raise FetchError(origin, problem, retryable=False)
+
+
+def _redirect_target(origin: str, resp: aiohttp.ClientResponse) -> URL:
+    """Where a 3xx points, made absolute and checked."""
+    location = resp.headers.get("Location")
+    if not location:
+        raise FetchError(origin, f"HTTP {resp.status} redirect without a Location header")
+    target = resp.url.join(URL(location))
+    _check_scheme(origin, target, redirected=True)
+    return target
+
+
+def _check_status(origin: str, status: int) -> None:
+    """Only 200 carries an OCSP response (RFC 5019 §5)."""
+    if status != 200:  # noqa: PLR2004 - HTTP OK
+        retryable = status >= 500 or status in _RETRYABLE_4XX  # noqa: PLR2004 - 5xx
+        raise FetchError(origin, f"HTTP {status} from responder", retryable=retryable)
+
+
+async def _read_capped(origin: str, resp: aiohttp.ClientResponse, cap: int) -> bytes:
+    """Read the body in chunks and stop as soon as it exceeds ``cap`` bytes."""
+    too_large = f"response larger than {cap} bytes"
+    if resp.content_length is not None and resp.content_length > cap:
+        resp.close()  # drop the connection rather than drain a huge body
+        raise FetchError(origin, too_large)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_chunked(_READ_CHUNK_BYTES):
+        size += len(chunk)
+        if size > cap:
+            resp.close()
+            raise FetchError(origin, too_large)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _max_age(cache_control: str | None) -> int | None:
+    """The max-age of a Cache-Control header (RFC 5019 §6.2), or None."""
+    if not cache_control:
+        return None
+    match = _MAX_AGE.search(cache_control)
+    return int(match.group(1)) if match else None
+
+
+class _MapErrors:
+    """
+    Translate transport exceptions into ``FetchError`` (httpx's map_httpcore_exceptions).
+
+    A class rather than ``@contextmanager`` so that ``__exit__`` is typed as
+    never swallowing: mypy then knows the block either returns or raises.
+    Order matters: the most specific classes first (aiohttp's timeouts are also
+    ``OSError``s and ``ClientError``s).
+    """
+
+    def __init__(self, url: str, limits: Limits) -> None:
+        self.url = url
+        self.limits = limits
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc is None or isinstance(exc, FetchError):
+            return
+        for caught, sentence, retryable in _ERROR_MAP:
+            if isinstance(exc, caught):
+                raise FetchError(self.url, sentence(exc, self.limits), retryable=retryable) from exc
+
+
+# (caught type, sentence, retryable), most specific first: aiohttp's timeouts
+# are also OSErrors and ClientErrors. Anything not listed escapes: a bug.
+_ERROR_MAP: tuple[tuple[type[BaseException], Callable[[Any, Limits], str], bool], ...] = (
+    (
+        aiohttp.ConnectionTimeoutError,
+        lambda _, lim: f"no connection within {lim.connect_timeout:g} s",
+        True,
+    ),
+    (
+        TimeoutError,  # asyncio.timeout, ClientTimeout(total), SocketTimeoutError
+        lambda _, lim: f"no complete answer within {lim.timeout:g} s",
+        True,
+    ),
+    (
+        aiohttp.ClientConnectorDNSError,
+        lambda e, _: f"cannot resolve the host: {_reason(e)}",
+        True,
+    ),
+    (
+        aiohttp.ClientProxyConnectionError,
+        lambda e, _: f"cannot connect to the proxy: {_reason(e)}",
+        True,
+    ),
+    (aiohttp.ClientConnectorError, lambda e, _: f"cannot connect: {_reason(e)}", True),
+    (
+        aiohttp.ServerDisconnectedError,
+        lambda _e, _: "the responder closed the connection without answering",
+        True,
+    ),
+    (
+        aiohttp.ClientPayloadError,
+        lambda _e, _: "the response body was cut short or malformed",
+        True,
+    ),
+    (aiohttp.ClientHttpProxyError, lambda e, _: f"the proxy answered HTTP {e.status}", True),
+    (aiohttp.InvalidURL, lambda e, _: f"invalid URL: {e}", False),
+    (aiohttp.ClientResponseError, lambda e, _: f"malformed HTTP response: {e.message}", True),
+    (aiohttp.ClientError, lambda e, _: f"HTTP client error: {_reason(e)}", True),
+    (OSError, lambda e, _: f"network error: {_reason(e)}", True),
+)
+
+
+def _reason(exc: BaseException) -> str:
+    """The most human part of an exception: the OS's strerror when there is one."""
+    os_error = getattr(exc, "os_error", exc)
+    strerror = getattr(os_error, "strerror", None)
+    return str(strerror or exc or type(exc).__name__)

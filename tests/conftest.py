@@ -1,0 +1,46 @@
+"""
+Shared fixtures: the test PKI, real responders and a clean environment.
+
+tests/ is on sys.path (pytest's rootdir conftest), so helpers import as
+``from pki import PKI`` and ``from responders import FaultResponder``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from pki import PKI
+from responders import FaultResponder, OpensslResponder
+
+# Read by hastaple or by aiohttp's trust_env; a developer's shell must not leak in.
+_PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
+
+
+@pytest.fixture(autouse=True)
+def _clean_environ(monkeypatch):
+    """Remove HASTAPLE_* and proxy variables for every test (httpx's clean_environ)."""
+    for name in list(os.environ):
+        if name.startswith("HASTAPLE_") or name.upper() in _PROXY_VARS:
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture(name="pki", scope="session")
+def _pki() -> PKI:
+    """One PKI per session: key generation is the slow part."""
+    return PKI.build()
+
+
+@pytest.fixture(name="openssl_responder")
+async def _openssl_responder(pki, tmp_path):
+    """A started ``openssl ocsp`` responder over a fresh index; add leaves with ``.add()``."""
+    async with OpensslResponder(pki.write_openssl_ca(tmp_path / "openssl-ca")) as responder:
+        yield responder
+
+
+@pytest.fixture(name="fault_responder")
+async def _fault_responder():
+    """A started fault-injecting responder; set behaviours with ``.on(name, ...)``."""
+    async with FaultResponder() as responder:
+        yield responder
