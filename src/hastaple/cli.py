@@ -1,5 +1,241 @@
-"""Command line (placeholder until the pipeline lands)."""
+"""
+The command line: parse flags, call the pipeline, render, exit 0/1/2.
+
+Exit codes (DESIGN.md): 0 everything asked for is in order; 1 at least one
+certificate failed; 2 bad usage, configuration or input, with one line on
+stderr that names the file and the problem (a traceback only with --debug).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+import click
+from cryptography import x509
+
+from hastaple import __version__, config, discover, pem, render
+from hastaple import issuer as issuers
+from hastaple.errors import HastapleError, InvalidResponse
+from hastaple.fetch import Fetcher
+from hastaple.model import Action, ResultRow, Status
+from hastaple.ocsp.validate import validate
+from hastaple.pipeline import Options, run
+
+logger = logging.getLogger("hastaple")
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(click.ClickException):
+    """Bad usage, configuration or input: one line on stderr, exit 2."""
+
+    exit_code = EXIT_USAGE
+
+    def show(self, file: object = None) -> None:  # noqa: ARG002 - click's signature
+        """Print ``error: <message>`` (click would print ``Error:``)."""
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="hastaple")
+@click.option("-v", "--verbose", count=True, help="More log output on stderr (-vv for debug).")
+@click.option("-q", "--quiet", is_flag=True, help="Only errors on stderr.")
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+@click.pass_context
+def cli(ctx: click.Context, verbose: int, quiet: bool, debug: bool) -> None:
+    """Keep OCSP staples fresh in HAProxy, with no reloads."""
+    level = (
+        logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
+    )
+    logging.basicConfig(
+        level=logging.DEBUG if debug else level,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+    ctx.obj = {"debug": debug}
+
+
+_state_dir_option = click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="HASTAPLE_STATE_DIR",
+    help="Where downloaded issuers and state are kept [env HASTAPLE_STATE_DIR].",
+)
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@click.option(
+    "--haproxy-config",
+    "configs",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    envvar="HASTAPLE_HAPROXY_CONFIG",
+    help="haproxy.cfg: its bind lines give the certificates, its admin stats sockets the targets.",
+)
+@click.option("--crt-list", "crt_lists", multiple=True, type=click.Path(path_type=Path))
+@click.option(
+    "--haproxy",
+    "sockets",
+    multiple=True,
+    envvar="HASTAPLE_HAPROXY",
+    help="Runtime socket to load staples into: a unix path, host:port, or master.sock@1.",
+)
+@click.option("--force", is_flag=True, help="Fetch even staples that are still fresh.")
+@click.option("--dry-run", is_flag=True, help="Fetch and validate, but write and push nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@_state_dir_option
+@click.pass_context
+def fetch(
+    ctx: click.Context,
+    paths: tuple[Path, ...],
+    configs: tuple[Path, ...],
+    crt_lists: tuple[Path, ...],
+    sockets: tuple[str, ...],
+    force: bool,
+    dry_run: bool,
+    as_json: bool,
+    state_dir: Path | None,
+) -> None:
+    """
+    Fetch, validate, store and load the staples that are missing or due.
+
+    Cron-friendly: a staple that is still fresh (before half its validity) is
+    left alone, with no request to the CA, unless --force.
+    """
+    with _errors(ctx):
+        if not (paths or configs or crt_lists):
+            raise UsageError("nothing to do: give certificate files or directories, "
+                             "--crt-list or --haproxy-config")  # fmt: skip
+        found = discover.discover(paths, crt_lists, configs)
+        for warning in found.warnings:
+            logger.warning("%s", warning)
+        if not found.certs:
+            where = ", ".join(str(p) for p in (*paths, *crt_lists, *configs))
+            raise UsageError(f"{where}: no certificates found")
+        options = Options(
+            sockets=tuple(dict.fromkeys((*sockets, *found.sockets))),
+            force=force,
+            dry_run=dry_run,
+            state_dir=state_dir or config.default_state_dir(os.environ),
+        )
+        rows = asyncio.run(_fetch(found.certs, options))
+    _finish(rows, as_json=as_json)
+
+
+async def _fetch(entries: Sequence[discover.CertEntry], options: Options) -> list[ResultRow]:
+    async with Fetcher() as fetcher:
+        return await run(entries, options, fetcher=fetcher, now=dt.datetime.now(dt.UTC))
+
+
+@cli.command()
+@click.argument("response", type=click.Path(path_type=Path))
+@click.option("--cert", "cert_path", required=True, type=click.Path(path_type=Path))
+@click.option("--issuer", "issuer_path", type=click.Path(path_type=Path))
+@click.option("--at", "at", help="Judge validity at this time (RFC 3339), not now.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@click.pass_context
+def check(
+    ctx: click.Context,
+    response: Path,
+    cert_path: Path,
+    issuer_path: Path | None,
+    at: str | None,
+    as_json: bool,
+) -> None:
+    """Validate an OCSP response file offline, optionally as of another time."""
+    with _errors(ctx):
+        now = _parse_time(at) if at else dt.datetime.now(dt.UTC)
+        bundle = pem.parse_file(cert_path)
+        issuer = _offline_issuer(cert_path, bundle, issuer_path)
+        der = pem.read(response)
+        url = issuers.ocsp_url(bundle.leaf)
+        try:
+            verdict = validate(der, cert=bundle.leaf, issuer=issuer, now=now)
+        except InvalidResponse as exc:
+            row = ResultRow(str(cert_path), url, Status.ERROR, Action.FAILED, error=exc.reason)
+        else:
+            good = verdict.status is Status.GOOD
+            error = None if good else f"certificate status is {verdict.status.value}"
+            action = Action.FRESH if good else Action.FAILED
+            row = ResultRow(
+                str(cert_path), url, verdict.status, action,
+                verdict.this_update, verdict.next_update, error,
+            )  # fmt: skip
+            logger.info("signer=%r produced_at=%s", verdict.signer, verdict.produced_at)
+    _finish([row], as_json=as_json)
+
+
+def _offline_issuer(
+    cert_path: Path, bundle: pem.Bundle, issuer_path: Path | None
+) -> x509.Certificate:
+    """--issuer, else the PEM chain, else ``<cert>.issuer``; no network for ``check``."""
+    sources: list[Path] = [issuer_path] if issuer_path else []
+    if not sources:
+        if (found := issuers.choose(bundle.leaf, bundle.chain)) is not None:
+            return found
+        sources = [cert_path.with_name(cert_path.name + ".issuer")]
+    for source in sources:
+        if not source.exists():
+            continue
+        found = issuers.choose(bundle.leaf, issuers.parse_certificates(pem.read(source)))
+        if found is None:
+            raise UsageError(f"{source}: does not hold the issuer of {cert_path}")
+        return found
+    raise UsageError(f"{cert_path}: issuer not found: no chain in the file; give --issuer")
+
+
+def _parse_time(text: str) -> dt.datetime:
+    try:
+        when = dt.datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise UsageError(f"--at {text!r}: not an RFC 3339 time") from exc
+    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
+
+
+class _errors:  # noqa: N801 - used as a context manager, reads as a phrase
+    """Turn expected errors into one line and exit 2; tracebacks only with --debug."""
+
+    def __init__(self, ctx: click.Context) -> None:
+        self.debug = bool(ctx.obj and ctx.obj.get("debug"))
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        if isinstance(exc, HastapleError):
+            if self.debug:
+                logger.error("%s", exc, exc_info=exc)
+            raise UsageError(str(exc)) from exc
+
+
+def _finish(rows: Sequence[ResultRow], *, as_json: bool) -> NoReturn:
+    """Print the rows, the errors on stderr, and exit with the code they add up to."""
+    if as_json:
+        click.echo(render.as_json(rows))
+    elif sys.stdout.isatty():
+        render.table(rows, sys.stdout)
+    elif rows:
+        click.echo(render.as_lines(rows))
+    for row in rows:
+        if row.error:
+            prefix = "" if row.error.startswith(row.cert) else f"{row.cert}: "
+            click.echo(f"error: {prefix}{row.error}", err=True)
+    code = EXIT_OK
+    if any(not r.ok for r in rows):
+        code = EXIT_FAILED
+    if any(r.bad_input for r in rows):
+        code = EXIT_USAGE
+    sys.exit(code)
 
 
 def main() -> None:
-    """Entry point."""
+    """Console-script entry point."""
+    cli(prog_name="hastaple")

@@ -60,6 +60,9 @@ class ResultRow:
     next_update: datetime | None = None
     error: str | None = None
     haproxy: dict[str, str] = field(default_factory=dict)
+    # The certificate file itself is unusable (exit 2), as opposed to a failed
+    # fetch or deploy (exit 1). Not part of the JSON contract.
+    bad_input: bool = False
 
     @property
     def ok(self) -> bool:

@@ -1,0 +1,317 @@
+"""
+One certificate end to end, and a batch of them.
+
+    load PEM -> OCSP URL -> issuer -> staple on disk fresh? -> fetch -> validate
+             -> store <crt>.ocsp atomically -> deploy to every HAProxy (batched)
+
+This is the one place a ``HastapleError`` becomes a result row: a bad file,
+a lying responder or a dead socket fails that certificate, never the batch.
+Any other exception is a bug; it is logged with its traceback and reported as
+an "internal error" row. ``fetch``, the daemon, ``demo`` and the benchmark
+all go through ``run``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import hashlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from hastaple import issuer as issuers
+from hastaple import pem, schedule, store
+from hastaple.discover import CertEntry
+from hastaple.errors import CertificateError, HAProxyError, HastapleError
+from hastaple.fetch import Fetcher
+from hastaple.haproxy.deploy import DeployItem, DeployOutcome, deploy
+from hastaple.model import Action, ResultRow, Status, Verdict
+from hastaple.ocsp import request
+from hastaple.ocsp.validate import MIN_REMAINING, validate
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """What one run is asked to do (the ``fetch`` flags, or the daemon's config)."""
+
+    sockets: tuple[str, ...] = ()
+    force: bool = False
+    dry_run: bool = False
+    state_dir: Path | None = None
+    margin: dt.timedelta = MIN_REMAINING
+
+
+@dataclass(frozen=True, slots=True)
+class Staple:
+    """A validated response for one certificate, and what HAProxy needs to load it."""
+
+    der: bytes
+    verdict: Verdict
+    deploy: DeployItem
+
+
+@dataclass(frozen=True, slots=True)
+class _Cert:
+    """The facts about one certificate that fetching and deploying need."""
+
+    path: Path
+    leaf: x509.Certificate
+    issuer: x509.Certificate
+    issuer_pem: bytes | None
+    url: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    row: ResultRow
+    staple: Staple | None = None
+
+
+async def run(
+    entries: Sequence[CertEntry],
+    options: Options,
+    *,
+    fetcher: Fetcher,
+    now: dt.datetime,
+) -> list[ResultRow]:
+    """
+    Fetch, validate, store and deploy staples for ``entries``; one row each.
+
+    Certificates are handled concurrently (the fetcher bounds each responder);
+    then each HAProxy socket gets every staple in one batch.
+    """
+    prepared = await asyncio.gather(*(_prepare(e, options, fetcher, now) for e in entries))
+    if options.sockets and not options.dry_run:
+        return await _deploy_all(list(prepared), options.sockets)
+    return [p.row for p in prepared]
+
+
+async def _prepare(
+    entry: CertEntry, options: Options, fetcher: Fetcher, now: dt.datetime
+) -> _Prepared:
+    name = str(entry.path)
+    url: str | None = None
+    try:
+        if entry.managed:
+            return _Prepared(ResultRow(name, None, Status.MANAGED, Action.SKIPPED))
+        bundle = pem.parse_file(entry.path)
+        url = issuers.ocsp_url(bundle.leaf)
+        if url is None:
+            return _Prepared(ResultRow(name, None, Status.NO_OCSP, Action.SKIPPED))
+        issuer, issuer_pem = await resolve_issuer(entry.path, bundle, fetcher, options.state_dir)
+        cert = _Cert(entry.path, bundle.leaf, issuer, issuer_pem, url)
+        return await _refresh(cert, options, fetcher, now)
+    except CertificateError as exc:
+        return _Prepared(dataclasses.replace(_failed(name, url, str(exc)), bad_input=True))
+    except HastapleError as exc:
+        return _Prepared(_failed(name, url, str(exc)))
+    except Exception as exc:
+        logger.exception("internal error while handling %s", name)
+        return _Prepared(_failed(name, url, f"internal error: {exc!r} (see the log)"))
+
+
+async def _refresh(cert: _Cert, options: Options, fetcher: Fetcher, now: dt.datetime) -> _Prepared:
+    name, url, path = str(cert.path), cert.url, cert.path
+    staple_path = store.staple_path(path)
+    current = _current_staple(staple_path, cert, now, options.margin)
+    if current and not options.force and schedule.is_fresh(*_times(current), now):
+        staple = _staple(cert, *current)
+        return _Prepared(_row(name, url, current[1], Action.FRESH), staple)
+    reply = await fetcher.ocsp(url, request.build(cert.leaf, cert.issuer))
+    verdict = validate(
+        reply.der, cert=cert.leaf, issuer=cert.issuer, now=now, margin=options.margin
+    )
+    if verdict.status is not Status.GOOD:
+        return _Prepared(
+            _row(name, url, verdict, Action.FAILED, _bad_status(verdict, staple_path, current))
+        )
+    if current and current[1].this_update > verdict.this_update:
+        # A cache in front of the responder served an older answer: keep ours.
+        staple = _staple(cert, *current)
+        return _Prepared(_row(name, url, current[1], Action.FRESH), staple)
+    if cert.issuer_pem is not None and not _haproxy_can_find_issuer(path):
+        return _Prepared(_row(name, url, verdict, Action.FAILED, _no_issuer_on_disk(path)))
+    if not options.dry_run:
+        store.write_atomic(staple_path, reply.der, owner_of=path)
+    staple = _staple(cert, reply.der, verdict)
+    return _Prepared(_row(name, url, verdict, Action.FETCHED), staple)
+
+
+async def resolve_issuer(
+    path: Path, bundle: pem.Bundle, fetcher: Fetcher, state_dir: Path | None
+) -> tuple[x509.Certificate, bytes | None]:
+    """
+    Find the issuer of ``bundle.leaf``: ``<crt>.issuer``, the chain, then AIA.
+
+    Returns the issuer and, when HAProxy cannot find it in the PEM chain, its
+    PEM to send as ``<crt>.issuer`` in the commit (HAPROXY.md §3d, D3).
+
+    Raises:
+        CertificateError: no source holds the issuer.
+    """
+    leaf = bundle.leaf
+    in_chain = issuers.choose(leaf, bundle.chain)
+    if in_chain is not None:
+        return in_chain, None
+    issuer_file = path.with_name(path.name + ".issuer")
+    if issuer_file.exists():
+        found = issuers.choose(leaf, issuers.parse_certificates(pem.read(issuer_file)))
+        if found is None:
+            raise CertificateError(issuer_file, f"does not hold the issuer of {path.name}")
+        return found, found.public_bytes(serialization.Encoding.PEM)
+    for url in issuers.ca_issuers_urls(leaf):
+        found = issuers.choose(leaf, await _aia_certificates(url, fetcher, state_dir))
+        if found is not None:
+            return found, found.public_bytes(serialization.Encoding.PEM)
+    raise CertificateError(
+        path,
+        "issuer not found: the file has no chain, there is no "
+        f"{issuer_file.name}, and no AIA caIssuers URL gave it",
+    )
+
+
+async def _aia_certificates(
+    url: str, fetcher: Fetcher, state_dir: Path | None
+) -> list[x509.Certificate]:
+    """Download caIssuers ``url`` once; the cache lives in the state directory only."""
+    cached = None
+    if state_dir is not None:
+        cached = state_dir / "issuers" / (hashlib.sha256(url.encode()).hexdigest() + ".der")
+        if (data := store.read(cached)) is not None:
+            return issuers.parse_certificates(data)
+    data = await fetcher.get(url)
+    certs = issuers.parse_certificates(data)
+    if certs and cached is not None:
+        cached.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        store.write_atomic(cached, data)
+    return certs
+
+
+def _haproxy_can_find_issuer(path: Path) -> bool:
+    """
+    Whether HAProxy will find the issuer when it loads ``<crt>.ocsp`` at start-up.
+
+    A chainless PEM with a ``.ocsp`` and no ``.issuer`` makes HAProxy refuse to
+    start (HAPROXY.md §3a), so a staple whose issuer came from AIA must not be
+    written next to it.
+    """
+    return path.with_name(path.name + ".issuer").exists()
+
+
+def _no_issuer_on_disk(path: Path) -> str:
+    return (
+        f"{path}: the file has no chain and there is no {path.name}.issuer; writing "
+        f"{path.name}.ocsp would stop HAProxy from starting, so nothing was stored "
+        "(append the issuer to the PEM or create the .issuer file)"
+    )
+
+
+def _current_staple(
+    staple_path: Path, cert: _Cert, now: dt.datetime, margin: dt.timedelta
+) -> tuple[bytes, Verdict] | None:
+    """The staple on disk if it is still a valid, good response for this certificate."""
+    der = store.read(staple_path)
+    if not der:
+        return None
+    try:
+        verdict = validate(der, cert=cert.leaf, issuer=cert.issuer, now=now, margin=margin)
+    except HastapleError:
+        return None
+    return (der, verdict) if verdict.status is Status.GOOD else None
+
+
+def _staple(cert: _Cert, der: bytes, verdict: Verdict) -> Staple:
+    item = DeployItem(
+        crt=str(cert.path),
+        der=der,
+        cert_id=request.cert_id(cert.leaf, cert.issuer),
+        issuer_pem=cert.issuer_pem,
+        this_update=verdict.this_update,
+        next_update=verdict.next_update,
+    )
+    return Staple(der, verdict, item)
+
+
+def _times(current: tuple[bytes, Verdict]) -> tuple[dt.datetime, dt.datetime]:
+    return current[1].this_update, current[1].next_update
+
+
+def _bad_status(verdict: Verdict, staple_path: Path, current: tuple[bytes, Verdict] | None) -> str:
+    kept = f"; kept the existing {staple_path.name}" if current else ""
+    if verdict.status is Status.REVOKED:
+        when = (
+            verdict.revocation_time.strftime("%Y-%m-%d %H:%M:%SZ")
+            if verdict.revocation_time
+            else "?"
+        )
+        why = f" ({verdict.revocation_reason})" if verdict.revocation_reason else ""
+        return f"the CA says this certificate is REVOKED since {when}{why}; not deployed{kept}"
+    return f"the CA says this certificate's status is unknown; not deployed{kept}"
+
+
+def _row(
+    name: str, url: str, verdict: Verdict, action: Action, error: str | None = None
+) -> ResultRow:
+    return ResultRow(
+        name, url, verdict.status, action, verdict.this_update, verdict.next_update, error
+    )
+
+
+def _failed(name: str, url: str | None, error: str) -> ResultRow:
+    return ResultRow(name, url, Status.ERROR, Action.FAILED, error=error)
+
+
+async def _deploy_all(prepared: list[_Prepared], sockets: Sequence[str]) -> list[ResultRow]:
+    """Push every staple to every socket, one batch per socket, concurrently."""
+    items = [p.staple.deploy for p in prepared if p.staple is not None]
+    per_socket = await asyncio.gather(*(_deploy_one(s, items) for s in sockets))
+    rows = []
+    for p in prepared:
+        if p.staple is None:
+            rows.append(p.row)
+            continue
+        crt = p.staple.deploy.crt
+        results = {
+            sock: outcomes.get(crt) for sock, outcomes in zip(sockets, per_socket, strict=True)
+        }
+        rows.append(_merge(p.row, results))
+    return rows
+
+
+async def _deploy_one(socket: str, items: list[DeployItem]) -> dict[str, DeployOutcome | str]:
+    if not items:
+        return {}
+    try:
+        outcomes = await deploy(socket, items)
+    except HAProxyError as exc:
+        return {item.crt: str(exc) for item in items}
+    return {o.crt: o for o in outcomes}
+
+
+def _merge(row: ResultRow, results: dict[str, DeployOutcome | str | None]) -> ResultRow:
+    haproxy: dict[str, str] = {}
+    errors = []
+    for sock, result in results.items():
+        if isinstance(result, str):
+            haproxy[sock] = "error"
+            errors.append(result)
+        elif result is None or not result.ok:
+            haproxy[sock] = "error"
+            why = result.error if result else "no outcome"
+            errors.append(f"haproxy {sock}: {why}")
+        else:
+            haproxy[sock] = result.method
+    if errors:
+        return dataclasses.replace(
+            row, action=Action.FAILED, error="; ".join(errors), haproxy=haproxy
+        )
+    action = Action.DEPLOYED if row.action is Action.FETCHED else row.action
+    return dataclasses.replace(row, action=action, haproxy=haproxy)

@@ -1,0 +1,62 @@
+"""
+Turn result rows into what a person or a program reads on stdout.
+
+A terminal gets a rich table with colour; a pipe gets plain, stable,
+tab-separated lines; ``--json`` gets one JSON document. Logs and errors go to
+stderr, never here.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import IO
+
+from rich.console import Console
+from rich.table import Table
+
+from hastaple.model import Action, ResultRow, Status
+
+_STYLE = {
+    Status.GOOD: "green",
+    Status.REVOKED: "bold red",
+    Status.UNKNOWN: "yellow",
+    Status.ERROR: "red",
+    Status.NO_OCSP: "dim",
+    Status.MANAGED: "cyan",
+}
+
+
+def as_json(rows: Sequence[ResultRow]) -> str:
+    """One JSON document: a list with one object per certificate (DESIGN.md)."""
+    return json.dumps([r.to_json() for r in rows], indent=2)
+
+
+def as_lines(rows: Sequence[ResultRow]) -> str:
+    """Plain lines for pipes and logs: cert, status, action, nextUpdate, error."""
+    out = []
+    for r in rows:
+        nxt = r.to_json()["next_update"] or "-"
+        fields = [r.cert, r.status.value, r.action.value, nxt]
+        if r.error:
+            fields.append(r.error)
+        out.append("\t".join(fields))
+    return "\n".join(out)
+
+
+def table(rows: Sequence[ResultRow], stream: IO[str]) -> None:
+    """A rich table for a terminal."""
+    t = Table(box=None, header_style="bold")
+    for col in ("certificate", "status", "action", "next update", "error"):
+        t.add_column(col, overflow="fold")
+    for r in rows:
+        style = _STYLE.get(r.status, "")
+        action_style = "red" if r.action is Action.FAILED else ""
+        t.add_row(
+            r.cert,
+            f"[{style}]{r.status.value}[/]" if style else r.status.value,
+            f"[{action_style}]{r.action.value}[/]" if action_style else r.action.value,
+            r.to_json()["next_update"] or "-",
+            r.error or "",
+        )
+    Console(file=stream).print(t)
