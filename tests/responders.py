@@ -205,12 +205,14 @@ class Huge:
     Stream ``size`` bytes in ``chunk``-sized writes; ``sent`` says how many went out.
 
     Without ``declare_length`` the body is chunked, so the client can only
-    notice while reading. ``done`` is set when the handler stops, early or not.
+    notice while reading; ``interval`` (seconds between chunks) makes it slow
+    too. ``done`` is set when the handler stops, early or not.
     """
 
     size: int = 50 * MB
     chunk: int = 64 * 1024
     declare_length: bool = False
+    interval: float = 0.0
     sent: int = 0
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -225,6 +227,8 @@ class Huge:
                 part = block[: self.size - self.sent]
                 await resp.write(part)
                 self.sent += len(part)
+                if self.interval:
+                    await asyncio.sleep(self.interval)
             await resp.write_eof()
         except ConnectionError:
             pass  # the client hung up: exactly what the test wants to see
