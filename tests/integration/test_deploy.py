@@ -1,0 +1,224 @@
+"""Deploy against a real HAProxy 2.6 and 2.8, checked with a real TLS handshake."""
+
+from __future__ import annotations
+
+import datetime as dt
+import socket
+
+import pytest
+from cryptography.x509 import ocsp
+
+import haproxy_proc
+from hastaple.errors import HAProxyUnreachable
+from hastaple.haproxy.deploy import DeployItem, deploy
+from hastaple.ocsp.request import cert_id
+from pki import now
+
+pytestmark = pytest.mark.integration
+
+
+def _item(pki, leaf, crt, *, chain=True, **kwargs) -> DeployItem:
+    der = pki.response(leaf.cert, **kwargs)
+    resp = ocsp.load_der_ocsp_response(der)
+    return DeployItem(
+        crt=str(crt),
+        der=der,
+        cert_id=cert_id(leaf.cert, pki.intermediate.cert),
+        issuer_pem=None if chain else pki.intermediate.cert_pem,
+        this_update=resp.this_update_utc,
+        next_update=resp.next_update_utc,
+    )
+
+
+def _assert_stapled(hap, servername, item) -> None:
+    text = haproxy_proc.staple(hap.port, servername)
+    assert "Cert Status: good" in text, text
+    assert f"This Update: {haproxy_proc.openssl_time(item.this_update)}" in text, text
+
+
+AN_HOUR_AGO = dt.timedelta(hours=1)
+
+
+async def test_fast_path_updates_registered_cert(pki, crt_dir, start_haproxy):
+    """A cert with a .ocsp at start is updated in place with `set ssl ocsp-response`."""
+    leaf = pki.leaf("fast.test")
+    crt = pki.write(crt_dir, "fast.pem", leaf)
+    old = pki.response(leaf.cert, this_update=now() - 2 * AN_HOUR_AGO)
+    crt.with_name("fast.pem.ocsp").write_bytes(old)
+    hap = start_haproxy()
+    item = _item(pki, leaf, crt, this_update=now() - dt.timedelta(minutes=5))
+
+    [outcome] = await deploy(str(hap.socket), [item])
+
+    assert (outcome.ok, outcome.method, outcome.error) == (True, "update", None)
+    _assert_stapled(hap, "fast.test", item)
+
+
+async def test_unregistered_cert_is_stapled_without_reload(pki, crt_dir, start_haproxy):
+    """A cert without .ocsp at start (the pitfall) is stapled by a commit; same process."""
+    leaf = pki.leaf("bare.test", kind="rsa")
+    crt = pki.write(crt_dir, "bare.pem", leaf)
+    hap = start_haproxy()
+    assert "no response sent" in haproxy_proc.staple(hap.port, "bare.test")
+    pid, uptime = hap.pid, hap.uptime
+    item = _item(pki, leaf, crt)
+
+    [outcome] = await deploy(str(hap.socket), [item])
+
+    assert (outcome.ok, outcome.method, outcome.error) == (True, "commit", None)
+    _assert_stapled(hap, "bare.test", item)
+    assert hap.pid == pid
+    assert hap.uptime >= uptime
+    assert hap.proc.poll() is None
+
+
+async def test_second_deploy_after_commit_takes_fast_path(pki, crt_dir, start_haproxy):
+    """Once committed, the cert is registered and the next deploy uses the fast path."""
+    leaf = pki.leaf("again.test")
+    crt = pki.write(crt_dir, "again.pem", leaf)
+    hap = start_haproxy()
+    first = _item(pki, leaf, crt, this_update=now() - AN_HOUR_AGO)
+    second = _item(pki, leaf, crt, this_update=now() - dt.timedelta(minutes=2))
+
+    [one] = await deploy(str(hap.socket), [first])
+    [two] = await deploy(str(hap.socket), [second])
+
+    assert (one.ok, one.method) == (True, "commit")
+    assert (two.ok, two.method, two.error) == (True, "update", None)
+    _assert_stapled(hap, "again.test", second)
+
+
+async def test_chainless_pem_needs_issuer_in_transaction(pki, crt_dir, start_haproxy):
+    """A chainless PEM is stapled when the issuer goes in the transaction, and not without."""
+    leaf = pki.leaf("nochain.test")
+    crt = pki.write(crt_dir, "nochain.pem", leaf, chain=False)
+    hap = start_haproxy()
+    without = _item(pki, leaf, crt, chain=True)  # issuer_pem None
+
+    [failed] = await deploy(str(hap.socket), [without])
+
+    assert (failed.ok, failed.method) == (False, "commit")
+    assert "impossible to compute the OCSP certificate ID" in failed.error
+    assert "no response sent" in haproxy_proc.staple(hap.port, "nochain.test")
+
+    item = _item(pki, leaf, crt, chain=False)
+    [outcome] = await deploy(str(hap.socket), [item])
+
+    assert (outcome.ok, outcome.method, outcome.error) == (True, "commit", None)
+    _assert_stapled(hap, "nochain.test", item)
+
+
+async def test_many_certs_one_failure_does_not_stop_others(pki, crt_dir, start_haproxy):
+    """Items are independent: an unknown cert fails alone, the others are stapled."""
+    a, b = pki.leaf("a.test"), pki.leaf("b.test", kind="rsa")
+    crt_a, crt_b = pki.write(crt_dir, "a.pem", a), pki.write(crt_dir, "b.pem", b)
+    crt_a.with_name("a.pem.ocsp").write_bytes(pki.response(a.cert, this_update=now() - AN_HOUR_AGO))
+    hap = start_haproxy()
+    ghost = _item(pki, pki.leaf("ghost.test"), crt_dir / "ghost.pem")
+    items = [_item(pki, a, crt_a), ghost, _item(pki, b, crt_b)]
+
+    outcomes = await deploy(str(hap.socket), items)
+
+    assert [(o.ok, o.method) for o in outcomes] == [
+        (True, "update"),
+        (False, "update"),
+        (True, "commit"),
+    ]
+    assert outcomes[1].error == f"HAProxy does not serve {crt_dir / 'ghost.pem'}"
+    _assert_stapled(hap, "a.test", items[0])
+    _assert_stapled(hap, "b.test", items[2])
+
+
+async def test_read_back_catches_what_haproxy_serves(pki, crt_dir, start_haproxy):
+    """HAProxy answers 'updated' to a revoked response; the read-back reports it served."""
+    leaf = pki.leaf("rev.test")
+    crt = pki.write(crt_dir, "rev.pem", leaf)
+    crt.with_name("rev.pem.ocsp").write_bytes(pki.response(leaf.cert))
+    hap = start_haproxy()
+    item = _item(pki, leaf, crt, status="revoked")
+
+    [outcome] = await deploy(str(hap.socket), [item])
+
+    assert not outcome.ok
+    assert "HAProxy answered 'updated' but serves status revoked" in outcome.error
+
+
+async def test_master_cli_worker_prefix(pki, crt_dir, start_haproxy):
+    """Through the master CLI with `@1`, the commit and fast path work as on the worker."""
+    leaf = pki.leaf("master.test")
+    crt = pki.write(crt_dir, "master.pem", leaf)
+    hap = start_haproxy(master=True)
+    socket_text = f"{hap.workdir / 'master.sock'}@1"
+    first = _item(pki, leaf, crt, this_update=now() - AN_HOUR_AGO)
+    second = _item(pki, leaf, crt)
+
+    [one] = await deploy(socket_text, [first])
+    [two] = await deploy(socket_text, [second])
+
+    assert (one.ok, one.method, one.error) == (True, "commit", None)
+    assert (two.ok, two.method, two.error) == (True, "update", None)
+    _assert_stapled(hap, "master.test", second)
+
+
+async def test_oversized_response_refused_client_side(pki, crt_dir, start_haproxy):
+    """A response over tune.bufsize is not sent; HAProxy keeps serving the previous staple."""
+    leaf = pki.leaf("big.test")
+    crt = pki.write(crt_dir, "big.pem", leaf)
+    crt.with_name("big.pem.ocsp").write_bytes(pki.response(leaf.cert))
+    hap = start_haproxy()
+    served_before = haproxy_proc.staple(hap.port, "big.test")
+    item = _item(pki, leaf, crt)
+    big = DeployItem(
+        item.crt, item.der + b"\0" * 13000, item.cert_id, None, item.this_update, item.next_update
+    )
+
+    [outcome] = await deploy(str(hap.socket), [big])
+
+    assert not outcome.ok
+    assert "tune.bufsize" in outcome.error
+    assert "not sent" in outcome.error
+    assert haproxy_proc.staple(hap.port, "big.test") == served_before
+    assert hap.proc.poll() is None
+
+
+async def test_missing_socket_is_unreachable(tmp_path, pki):
+    """A socket path that does not exist raises HAProxyUnreachable naming the path."""
+    path = tmp_path / "nope.sock"
+    with pytest.raises(HAProxyUnreachable) as info:
+        await deploy(str(path), [])
+    assert str(path) in str(info.value)
+    assert "no such socket" in str(info.value)
+
+
+async def test_stale_socket_is_refused(tmp_path):
+    """A socket file left by a stopped HAProxy gives 'connection refused'."""
+    path = tmp_path / "stale.sock"
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(path))  # bound, never listening: the kernel refuses connections
+        with pytest.raises(HAProxyUnreachable) as info:
+            await deploy(str(path), [])
+    assert "connection refused (is HAProxy running?)" in str(info.value)
+    assert str(path) in str(info.value)
+
+
+async def test_stopped_haproxy_socket_is_refused(pki, crt_dir, start_haproxy):
+    """After HAProxy is killed its socket file remains and deploy reports it refused."""
+    leaf = pki.leaf("gone.test")
+    crt = pki.write(crt_dir, "gone.pem", leaf)
+    hap = start_haproxy()
+    hap.proc.kill()  # SIGKILL: HAProxy cannot remove its socket file
+    hap.proc.wait()
+    assert hap.socket.exists()
+
+    with pytest.raises(HAProxyUnreachable, match="connection refused"):
+        await deploy(str(hap.socket), [_item(pki, leaf, crt)])
+
+
+async def test_silent_peer_times_out(tmp_path):
+    """A socket that accepts but never answers gives 'no answer within ...'."""
+    path = tmp_path / "mute.sock"
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(path))
+        s.listen()
+        with pytest.raises(HAProxyUnreachable, match=r"no answer within 0\.3 s"):
+            await deploy(str(path), [], timeout=0.3)
