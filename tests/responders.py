@@ -20,6 +20,7 @@ import asyncio
 import base64
 import contextlib
 import itertools
+import ssl
 import urllib.parse
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, Self
@@ -52,7 +53,8 @@ class Seen:
 class _Server:
     """An aiohttp application on 127.0.0.1:<free port>, started and stopped by hand."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, ssl_context: ssl.SSLContext | None = None) -> None:
+        self.ssl_context = ssl_context
         self.seen: list[Seen] = []
         self.in_flight = 0
         self.max_in_flight = 0
@@ -78,10 +80,10 @@ class _Server:
             app, handle_signals=False, shutdown_timeout=0.5, handler_cancellation=True
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self.ssl_context)
         await site.start()
         host, port = self._runner.addresses[0][:2]
-        self.url = f"http://{host}:{port}"
+        self.url = f"{'https' if self.ssl_context else 'http'}://{host}:{port}"
         return self
 
     async def stop(self) -> None:
@@ -301,8 +303,8 @@ class FaultResponder(_Server):
     the default for the rest, initially a 404.
     """
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, *, ssl_context: ssl.SSLContext | None = None) -> None:
+        super().__init__(ssl_context=ssl_context)
         self._routes: dict[str | None, Behaviour] = {None: Serve(b"no behaviour set", 404)}
 
     def on(self, name: str | None, behaviour: Behaviour) -> str:

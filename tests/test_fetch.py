@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import ssl
 import types
 
 import aiohttp
 import pytest
+import trustme
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
@@ -24,7 +26,17 @@ from hastaple import __version__, fetch
 from hastaple.errors import FetchError
 from hastaple.fetch import Fetcher, Limits, OCSPReply
 from hastaple.ocsp import request
-from responders import MB, Drip, Hangup, Huge, RecordingProxy, Redirect, Serve, Stall
+from responders import (
+    MB,
+    Drip,
+    FaultResponder,
+    Hangup,
+    Huge,
+    RecordingProxy,
+    Redirect,
+    Serve,
+    Stall,
+)
 
 # Small timeouts keep the failure tests fast; nothing legitimate takes 0.5 s on loopback.
 FAST = Limits(timeout=0.5, connect_timeout=0.5)
@@ -318,6 +330,32 @@ async def test_hangup(fault_responder, request_der):
     assert err.retryable
 
 
+async def test_https_untrusted_certificate(request_der, good_der):
+    """An https responder whose certificate does not verify is refused, in OpenSSL's words."""
+    ca = trustme.CA()
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(ctx)
+    async with FaultResponder(ssl_context=ctx) as responder:
+        url = responder.on("ok", Serve(good_der))
+
+        err = await _fetch_error(url, request_der)
+
+    assert err.problem == (
+        "the responder's TLS certificate is not trusted: unable to get local issuer certificate"
+    )
+    assert isinstance(err.__cause__, aiohttp.ClientConnectorCertificateError)
+    assert responder.seen == []
+
+
+async def test_https_to_plain_http(fault_responder, request_der, good_der):
+    """Speaking TLS to a plain-HTTP port fails as a TLS handshake error, not a crash."""
+    url = fault_responder.on("ok", Serve(good_der)).replace("http://", "https://")
+
+    err = await _fetch_error(url, request_der)
+
+    assert err.problem == "TLS handshake failed: wrong version number"
+
+
 # --- limits and environment -----------------------------------------------------------------
 
 
@@ -366,6 +404,8 @@ _INFO = aiohttp.RequestInfo(
     URL("http://ocsp.example.test/"), "GET", CIMultiDictProxy(CIMultiDict())
 )
 _REFUSED = ConnectionRefusedError(111, "Connection refused")
+_EXPIRED = ssl.SSLCertVerificationError(1, "certificate verify failed")
+_EXPIRED.verify_message = "certificate has expired"
 
 MAPPED = [
     (aiohttp.ConnectionTimeoutError(), "no connection within 0.5 s", True),
@@ -379,6 +419,16 @@ MAPPED = [
     (
         aiohttp.ClientProxyConnectionError(_KEY, _REFUSED),
         "cannot connect to the proxy: Connection refused",
+        True,
+    ),
+    (
+        aiohttp.ClientConnectorCertificateError(_KEY, _EXPIRED),
+        "the responder's TLS certificate is not trusted: certificate has expired",
+        True,
+    ),
+    (
+        aiohttp.ClientSSLError(_KEY, ssl.SSLError(1, "[SSL] handshake failure")),
+        "TLS handshake failed: [SSL] handshake failure",
         True,
     ),
     (aiohttp.ClientConnectorError(_KEY, _REFUSED), "cannot connect: Connection refused", True),

@@ -306,6 +306,12 @@ _ERROR_MAP: tuple[tuple[type[BaseException], Callable[[Any, Limits], str], bool]
         lambda e, _: f"cannot connect to the proxy: {_reason(e)}",
         True,
     ),
+    (
+        aiohttp.ClientConnectorCertificateError,
+        lambda e, _: f"the responder's TLS certificate is not trusted: {_tls_reason(e)}",
+        True,
+    ),
+    (aiohttp.ClientSSLError, lambda e, _: f"TLS handshake failed: {_tls_reason(e)}", True),
     (aiohttp.ClientConnectorError, lambda e, _: f"cannot connect: {_reason(e)}", True),
     (
         aiohttp.ServerDisconnectedError,
@@ -330,3 +336,13 @@ def _reason(exc: BaseException) -> str:
     os_error = getattr(exc, "os_error", exc)
     strerror = getattr(os_error, "strerror", None)
     return str(strerror or exc or type(exc).__name__)
+
+
+def _tls_reason(exc: BaseException) -> str:
+    """OpenSSL's own words ("certificate has expired"), without the [SSL: ...] noise."""
+    inner = getattr(exc, "certificate_error", None) or getattr(exc, "os_error", exc)
+    if verify_message := getattr(inner, "verify_message", None):
+        return str(verify_message)
+    if reason := getattr(inner, "reason", None):  # e.g. WRONG_VERSION_NUMBER
+        return str(reason).replace("_", " ").lower()
+    return _reason(exc)
