@@ -193,12 +193,9 @@ class Serve:
     async def __call__(self, request: web.Request, server: FaultResponder) -> web.StreamResponse:
         if self.delay:
             await asyncio.sleep(self.delay)
-        return web.Response(
-            body=self.body,
-            status=self.status,
-            content_type=self.content_type,
-            headers=dict(self.headers),
-        )
+        # Set as a raw header: aiohttp's content_type= refuses parameters.
+        headers = {"Content-Type": self.content_type, **dict(self.headers)}
+        return web.Response(body=self.body, status=self.status, headers=headers)
 
 
 @dataclass

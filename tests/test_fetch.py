@@ -306,6 +306,42 @@ async def test_unsupported_scheme(url, request_der):
     assert not err.retryable
 
 
+@pytest.mark.parametrize("url", ["http://[::1/ocsp", "http://127.0.0.1:99999/"])
+async def test_invalid_url(url, request_der):
+    """A malformed responder URL is a FetchError that retrying will not fix, not a ValueError."""
+    err = await _fetch_error(url, request_der)
+
+    assert err.problem.startswith("invalid URL")
+    assert not err.retryable
+
+
+async def test_redirect_without_location(fault_responder, request_der):
+    """A 3xx without a Location header is a FetchError, not a loop or a crash."""
+    url = fault_responder.on("nowhere", Serve(b"", status=302, content_type="text/plain"))
+
+    err = await _fetch_error(url, request_der)
+
+    assert err.problem == "HTTP 302 redirect without a Location header"
+
+
+async def test_redirect_to_malformed_location(fault_responder, request_der):
+    """A malformed Location header is refused as an invalid URL."""
+    url = fault_responder.on("bad", Redirect("http://[::1/x"))
+
+    err = await _fetch_error(url, request_der)
+
+    assert err.problem.startswith("invalid URL 'http://[::1/x'")
+
+
+async def test_content_type_parameters_ignored(fault_responder, request_der, good_der):
+    """Content-Type is compared without parameters and case (RFC 9110 §8.3.1)."""
+    url = fault_responder.on(
+        "ok", Serve(good_der, content_type="Application/OCSP-Response; charset=binary")
+    )
+
+    assert (await _fetch(url, request_der)).der == good_der
+
+
 async def test_connection_refused(request_der):
     """Nobody listening is a retryable 'cannot connect', caused by the OS error."""
     with socket.socket() as s:

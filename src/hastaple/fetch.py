@@ -176,7 +176,7 @@ class Fetcher:
             msg = "Fetcher used outside 'async with'"
             raise RuntimeError(msg)
         session = self._session
-        target = URL(url)
+        target = _parse_url(origin, url)
         _check_scheme(origin, target, redirected=False)
         headers = {"Content-Type": "application/ocsp-request"} if body is not None else {}
         with _MapErrors(origin, self.limits):
@@ -202,6 +202,14 @@ class Fetcher:
                 raise FetchError(origin, f"more than {self.limits.max_redirects} redirects")
 
 
+def _parse_url(origin: str, url: str) -> URL:
+    """Parse ``url`` (ours or a Location header); a malformed one is no transport fault."""
+    try:
+        return URL(url)
+    except ValueError as exc:
+        raise FetchError(origin, f"invalid URL {url!r}: {exc}", retryable=False) from exc
+
+
 def _check_scheme(origin: str, url: URL, *, redirected: bool) -> None:
     """Refuse anything but http(s), before sending and after each redirect."""
     if url.scheme not in _SCHEMES:
@@ -216,7 +224,7 @@ def _redirect_target(origin: str, resp: aiohttp.ClientResponse) -> URL:
     location = resp.headers.get("Location")
     if not location:
         raise FetchError(origin, f"HTTP {resp.status} redirect without a Location header")
-    target = resp.url.join(URL(location))
+    target = resp.url.join(_parse_url(origin, location))
     _check_scheme(origin, target, redirected=True)
     return target
 
