@@ -10,6 +10,7 @@ from cryptography.x509 import ocsp
 
 import haproxy_proc
 from hastaple.errors import HAProxyUnreachable
+from hastaple.haproxy import client, protocol
 from hastaple.haproxy.deploy import DeployItem, deploy
 from hastaple.ocsp.request import cert_id
 from pki import now
@@ -222,3 +223,43 @@ async def test_silent_peer_times_out(tmp_path):
         s.listen()
         with pytest.raises(HAProxyUnreachable, match=r"no answer within 0\.3 s"):
             await deploy(str(path), [], timeout=0.3)
+
+
+async def test_tcp_stats_socket(pki, crt_dir, start_haproxy):
+    """A `stats socket ipv4@127.0.0.1:<port>` works like the unix one (host:port form)."""
+    leaf = pki.leaf("tcp.test")
+    crt = pki.write(crt_dir, "tcp.pem", leaf)
+    port = haproxy_proc.free_port()
+    hap = start_haproxy(global_extra=f"    stats socket ipv4@127.0.0.1:{port} level admin")
+    item = _item(pki, leaf, crt)
+
+    [outcome] = await deploy(f"127.0.0.1:{port}", [item])
+
+    assert (outcome.ok, outcome.method, outcome.error) == (True, "commit", None)
+    _assert_stapled(hap, "tcp.test", item)
+
+
+async def test_closed_tcp_port_is_refused():
+    """A TCP address where nothing listens is 'connection refused', naming host:port."""
+    port = haproxy_proc.free_port()
+    with pytest.raises(HAProxyUnreachable, match=rf"127\.0\.0\.1:{port}: connection refused"):
+        await deploy(f"127.0.0.1:{port}", [])
+
+
+@pytest.mark.parametrize(
+    ("exc", "problem"),
+    [
+        (FileNotFoundError(2, "No such file or directory"), "no such socket"),
+        (PermissionError(13, "Permission denied"), "permission denied"),
+        (ConnectionRefusedError(111, "Connection refused"), "connection refused (is HAProxy"),
+        (ConnectionResetError(104, "Connection reset by peer"), "connection reset by HAProxy"),
+        (OSError(99, "Cannot assign requested address"), "Cannot assign requested address"),
+    ],
+)
+def test_every_socket_error_is_mapped(exc, problem):
+    """Each OSError kind becomes HAProxyUnreachable with a sentence naming the socket."""
+    address = protocol.parse_address("/run/haproxy.sock")
+    error = client._unreachable(address, exc)
+    assert isinstance(error, HAProxyUnreachable)
+    assert str(error).startswith("haproxy /run/haproxy.sock: ")
+    assert problem in str(error)
