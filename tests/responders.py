@@ -281,6 +281,23 @@ class Redirect:
 
 
 @dataclass(frozen=True)
+class Cut:
+    """Promise ``declared`` bytes, send ``body``, then drop the connection."""
+
+    body: bytes = b"\x30\x82"
+    declared: int = 1000
+
+    async def __call__(self, request: web.Request, server: FaultResponder) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": OCSP_TYPE})
+        resp.content_length = self.declared
+        await resp.prepare(request)
+        await resp.write(self.body)
+        if request.transport is not None:
+            request.transport.abort()
+        return resp
+
+
+@dataclass(frozen=True)
 class Hangup:
     """Close the connection without answering."""
 

@@ -28,6 +28,7 @@ from hastaple.fetch import Fetcher, Limits, OCSPReply
 from hastaple.ocsp import request
 from responders import (
     MB,
+    Cut,
     Drip,
     FaultResponder,
     Hangup,
@@ -390,6 +391,17 @@ async def test_https_to_plain_http(fault_responder, request_der, good_der):
     err = await _fetch_error(url, request_der)
 
     assert err.problem == "TLS handshake failed: wrong version number"
+
+
+async def test_transfer_cut_short(fault_responder, request_der):
+    """A body shorter than its Content-Length (connection dropped) is a retryable FetchError."""
+    url = fault_responder.on("cut", Cut(b"\x30\x82", declared=1000))
+
+    err = await _fetch_error(url, request_der)
+
+    assert err.problem == "the response body was cut short or malformed"
+    assert err.retryable
+    assert isinstance(err.__cause__, aiohttp.ClientPayloadError)
 
 
 # --- limits and environment -----------------------------------------------------------------
