@@ -21,6 +21,7 @@ import concurrent.futures
 import datetime as dt
 import ipaddress
 import itertools
+import json
 import select
 import shlex
 import socket
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import click
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
@@ -157,6 +159,11 @@ def parse_target(text: str, *, default_port: int = DEFAULT_PORT) -> tuple[str, i
         host, port_text = host[1:end], host[end + 2 :]
     elif host.count(":") == 1:
         host, port_text = host.split(":")
+    elif ":" in host:
+        try:
+            ipaddress.IPv6Address(host)  # a bare IPv6 literal has no port
+        except ValueError:
+            raise ConfigError(f"{text!r}: not HOST[:PORT] (write IPv6 as [ADDRESS]:PORT)") from None
     if not host or any(c in host for c in "/ @"):
         raise ConfigError(f"{text!r}: not HOST[:PORT]")
     if not port_text:
@@ -486,3 +493,43 @@ def duration(seconds: int) -> str:
 
 def _fmt(when: dt.datetime) -> str:
     return when.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def targets_from(
+    addresses: Sequence[str], servernames: Sequence[str], configs: Sequence[Path]
+) -> list[Target]:
+    """
+    The targets the command line asks for: each address with each servername, and every bind.
+
+    Raises:
+        ConfigError: a bad HOST[:PORT], an unreadable config, or nothing to check.
+    """
+    found: list[Target] = []
+    for text in addresses:
+        host, port = parse_target(text)
+        found += [Target(host, port, n) for n in servernames] or [Target(host, port)]
+    for config in configs:
+        found += bind_targets(config)
+    if not found:
+        raise ConfigError("nothing to check: give HOST[:PORT] or --haproxy-config")
+    return unique(found)
+
+
+def report(results: Sequence[Check], *, as_json: bool) -> None:
+    """
+    Print the checks: one JSON document, or a summary line and details per target.
+
+    Colour comes from ``click.style``; ``click.echo`` drops it when stdout is
+    not a terminal, so pipes get plain, stable lines.
+    """
+    if as_json:
+        click.echo(json.dumps([r.to_json() for r in results], indent=2))
+        for r in results:
+            if r.error:
+                click.echo(f"error: {r.target}: {r.error}", err=True)
+        return
+    for r in results:
+        colour = "green" if r.ok else "red"
+        click.echo(f"{click.style(str(r.target), bold=True)}: {click.style(summary(r), fg=colour)}")
+        for label, value in fields(r):
+            click.echo(f"  {label + ':':<13}{value}")
