@@ -1,0 +1,128 @@
+"""Configuration: one key table for TOML, HASTAPLE_* and flags."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+
+from hastaple import config
+from hastaple.errors import ConfigError
+from hastaple.schedule import DEFAULT_POLICY
+
+
+def test_zero_config_common_case(tmp_path):
+    """--haproxy-config alone is enough; everything else has a default."""
+    cfg = config.load(None, {"HOME": str(tmp_path)}, {"haproxy_config": ("/etc/h.cfg",)})
+    assert cfg.haproxy_configs == (Path("/etc/h.cfg"),)
+    assert cfg.metrics_address == "127.0.0.1:9877"
+    assert cfg.policy == DEFAULT_POLICY
+    assert cfg.state_dir == config.default_state_dir({"HOME": str(tmp_path)})
+
+
+def test_toml_with_sections_and_relative_paths(tmp_path):
+    """TOML keys, [refresh] and [responder_overrides] tables; paths relative to the file."""
+    toml = tmp_path / "hastaple.toml"
+    toml.write_text(
+        'paths = ["certs"]\n'
+        'haproxy = ["/run/haproxy/admin.sock", "127.0.0.1:9999"]\n'
+        'state_dir = "/var/lib/x"\n'
+        'metrics_address = "off"\n'
+        'log_format = "json"\n'
+        "[refresh]\n"
+        "jitter = 0.2\n"
+        'backoff_cap = "2h"\n'
+        "alert_before = 3600\n"
+        "[responder_overrides]\n"
+        '"http://ocsp.old.test/" = "http://ocsp.new.test/"\n'
+    )
+    cfg = config.load(toml, {})
+    assert cfg.paths == (tmp_path / "certs",)
+    assert cfg.sockets == ("/run/haproxy/admin.sock", "127.0.0.1:9999")
+    assert cfg.state_dir == Path("/var/lib/x")
+    assert cfg.metrics_address is None
+    assert cfg.log_format == "json"
+    assert cfg.policy.jitter == 0.2
+    assert cfg.policy.backoff_cap == dt.timedelta(hours=2)
+    assert cfg.policy.alert_before == dt.timedelta(hours=1)
+    assert cfg.responder("http://ocsp.old.test/") == "http://ocsp.new.test/"
+    assert cfg.responder("http://other/") == "http://other/"
+
+
+def test_precedence_flag_over_env_over_file(tmp_path):
+    """A flag beats HASTAPLE_*, which beats the file."""
+    toml = tmp_path / "c.toml"
+    toml.write_text('paths = ["/a"]\n[refresh]\nbackoff_base = "1m"\ninterval = "1h"\n')
+    env = {"HASTAPLE_REFRESH_BACKOFF_BASE": "2m", "HASTAPLE_REFRESH_INTERVAL": "3h"}
+    cfg = config.load(toml, env, {"refresh_interval": "4h", "paths": ()})
+    assert cfg.policy.backoff_base == dt.timedelta(minutes=2)
+    assert cfg.policy.interval == dt.timedelta(hours=4)
+    assert cfg.paths == (Path("/a"),)
+
+
+def test_env_lists_and_mapping():
+    """Lists and mappings from the environment are comma-separated."""
+    env = {
+        "HASTAPLE_PATHS": "/a,/b",
+        "HASTAPLE_HAPROXY": "/s1, /s2",
+        "HASTAPLE_RESPONDER_OVERRIDES": "http://x/=http://y/",
+        "HASTAPLE_STATE_DIR": "/st",
+    }
+    cfg = config.load(None, env)
+    assert cfg.paths == (Path("/a"), Path("/b"))
+    assert cfg.sockets == ("/s1", "/s2")
+    assert cfg.responder("http://x/") == "http://y/"
+    assert cfg.state_dir == Path("/st")
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("paths = ['/a']\nbogus = 1\n", "unknown key 'bogus'"),
+        ("paths = ['/a']\n[refresh]\nbogus = 1\n", "unknown key 'refresh.bogus'"),
+        ("paths = ['/a']\n[refresh]\ninterval = 'soon'\n", "refresh_interval"),
+        ("paths = ['/a']\n[refresh]\njitter = 2.0\n", "between 0 and 1"),
+        ("paths = ['/a']\nlog_format = 'xml'\n", "log_format"),
+        ("paths = ['/a']\nmetrics_address = 'nope'\n", "host:port"),
+        ("paths = 3\n", "paths"),
+        ("paths = [\n", "not valid TOML"),
+        ("state_dir = '/x'\n", "nothing to watch"),
+    ],
+)
+def test_bad_config_names_file_and_problem(tmp_path, text, needle):
+    """Every bad value is a ConfigError whose message says where and what."""
+    toml = tmp_path / "bad.toml"
+    toml.write_text(text)
+    with pytest.raises(ConfigError, match=needle) as info:
+        config.load(toml, {})
+    if needle != "nothing to watch":
+        assert str(toml) in str(info.value)
+
+
+def test_bad_env_names_variable():
+    """A bad environment value names the variable."""
+    with pytest.raises(ConfigError, match="HASTAPLE_HAPROXY_POLL"):
+        config.load(None, {"HASTAPLE_PATHS": "/a", "HASTAPLE_HAPROXY_POLL": "-1"})
+
+
+def test_missing_file(tmp_path):
+    """An unreadable config file is a ConfigError naming it."""
+    with pytest.raises(ConfigError, match=r"missing\.toml: cannot read"):
+        config.load(tmp_path / "missing.toml", {})
+
+
+def test_every_field_has_env_and_flag():
+    """The key table gives each key a HASTAPLE_ variable and a flag."""
+    for field in config.FIELDS:
+        assert field.env == "HASTAPLE_" + field.name.upper()
+        assert field.flag.startswith("--")
+
+
+def test_loopback_detection():
+    """Only loopback hosts count as local for the metrics server."""
+    assert config.is_loopback("127.0.0.1")
+    assert config.is_loopback("::1")
+    assert config.is_loopback("localhost")
+    assert not config.is_loopback("0.0.0.0")  # noqa: S104 - only parsed
+    assert config.split_address("[::1]:80") == ("::1", 80)
