@@ -1,0 +1,101 @@
+"""The SQLite state: records survive a reopen, history is bounded, removal forgets."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import stat
+
+import pytest
+
+from hastaple import state as st
+from hastaple.errors import ConfigError
+from hastaple.schedule import Window
+
+T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+
+
+def _record(**kwargs) -> st.Record:
+    base = {
+        "cert": "/c/a.pem",
+        "ocsp_url": "http://ocsp.test/",
+        "serial": "1001",
+        "status": "good",
+        "result": "fetched",
+        "last_attempt": T0,
+        "last_success": T0,
+        "this_update": T0,
+        "next_update": T0 + dt.timedelta(days=7),
+        "fetched_at": T0,
+        "max_age": 3600,
+        "next_refresh": T0 + dt.timedelta(days=4),
+        "haproxy": (("/run/a.sock", "update"),),
+    }
+    return st.Record(**{**base, **kwargs})
+
+
+def test_round_trip_across_reopen(tmp_path):
+    """What is put is what a new process reads back, times included."""
+    state = st.State.open(tmp_path / "state")
+    record = _record()
+    state.put(record, event="fetched")
+    state.close()
+    again = st.State.open(tmp_path / "state")
+    assert again.get("/c/a.pem") == record
+    assert again.all() == [record]
+    assert record.window() == Window(T0, T0 + dt.timedelta(days=7), T0, 3600)
+    assert stat.S_IMODE((tmp_path / "state").stat().st_mode) == 0o700
+
+
+def test_history_is_bounded_and_ordered(tmp_path):
+    """Only the latest HISTORY_PER_CERT events are kept per certificate, oldest first."""
+    state = st.State.open(tmp_path)
+    for i in range(st.HISTORY_PER_CERT + 10):
+        at = T0 + dt.timedelta(minutes=i)
+        state.put(_record(last_attempt=at, error=f"e{i}"), event="failed")
+    state.put(_record(cert="/c/b.pem"), event="fetched")
+    events = state.history("/c/a.pem")
+    assert len(events) == st.HISTORY_PER_CERT
+    assert events[0].error == "e10"
+    assert events[-1].at == T0 + dt.timedelta(minutes=st.HISTORY_PER_CERT + 9)
+    assert len(state.history("/c/b.pem")) == 1
+
+
+def test_forget_removes_record_and_history(tmp_path):
+    """A removed certificate is forgotten entirely."""
+    state = st.State.open(tmp_path)
+    state.put(_record(), event="fetched")
+    state.forget("/c/a.pem")
+    assert state.get("/c/a.pem") is None
+    assert state.history("/c/a.pem") == []
+
+
+def test_readonly_reader_sees_writer(tmp_path):
+    """`status` reads while the daemon holds the database open."""
+    writer = st.State.open(tmp_path)
+    writer.put(_record())
+    reader = st.State.open_readonly(tmp_path)
+    assert [r.cert for r in reader.all()] == ["/c/a.pem"]
+    writer.put(dataclasses.replace(_record(), error="boom"))
+    assert reader.get("/c/a.pem").error == "boom"
+
+
+def test_readonly_without_database_is_config_error(tmp_path):
+    """No database yet: a sentence saying so, not a traceback."""
+    with pytest.raises(ConfigError, match="no state yet"):
+        st.State.open_readonly(tmp_path)
+
+
+def test_corrupt_database_is_config_error(tmp_path):
+    """A file that is not SQLite is reported by name."""
+    (tmp_path / st.DB_NAME).write_bytes(b"not a database" * 100)
+    with pytest.raises(ConfigError, match=st.DB_NAME):
+        st.State.open(tmp_path)
+
+
+def test_to_json_shape():
+    """The `status --json` objects carry RFC 3339 UTC times and the haproxy map."""
+    out = _record().to_json()
+    assert out["this_update"] == "2026-01-01T00:00:00Z"
+    assert out["haproxy"] == {"/run/a.sock": "update"}
+    assert out["failures"] == 0
