@@ -1,0 +1,434 @@
+"""
+verify: target parsing, the pure judge, haproxy.cfg binds, and real TLS handshakes.
+
+The handshakes run against an in-process pyOpenSSL server on 127.0.0.1 that
+staples whatever bytes a test gives it (HAProxy itself is in integration/).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import socket
+import threading
+
+import pytest
+from click.testing import CliRunner
+from OpenSSL import SSL
+
+from hastaple import verify
+from hastaple.errors import ConfigError
+from hastaple.model import Status
+from hastaple.verify import Handshake, Target, VerifyError
+from pki import now
+
+T = Target("127.0.0.1", 8443, "www.example.test")
+
+
+class StaplingServer:
+    """A TLS server on 127.0.0.1 serving ``chain`` and stapling ``staple`` (None: no staple)."""
+
+    def __init__(self, leaf, chain, staple: bytes | None) -> None:
+        ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
+        ctx.use_certificate(leaf.cert)
+        ctx.use_privatekey(leaf.key)
+        for cert in chain:
+            ctx.add_extra_chain_cert(cert)
+        ctx.set_ocsp_server_callback(lambda _conn, _data: staple or b"")
+        ctx.set_tlsext_servername_callback(self._on_sni)
+        self.ctx = ctx
+        self.servernames: list[bytes | None] = []
+        self.errors: list[Exception] = []
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+
+    def _on_sni(self, conn) -> None:
+        self.servernames.append(conn.get_servername())
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            with client:
+                client.setblocking(True)  # pyOpenSSL needs a blocking socket here
+                conn = SSL.Connection(self.ctx, client)
+                conn.set_accept_state()
+                try:
+                    conn.do_handshake()
+                    conn.shutdown()
+                except SSL.Error as exc:
+                    self.errors.append(exc)
+
+    def __enter__(self) -> StaplingServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.sock.shutdown(socket.SHUT_RDWR)  # wakes accept()
+        self.sock.close()
+        self.thread.join(5)
+
+
+@pytest.fixture(name="leaf", scope="module")
+def _leaf(pki):
+    return pki.leaf("www.example.test", ocsp_url="http://127.0.0.1:9/ocsp")
+
+
+# --- parse_target ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("example.test", ("example.test", 443)),
+        ("example.test:8443", ("example.test", 8443)),
+        ("127.0.0.1:1", ("127.0.0.1", 1)),
+        ("[::1]:8443", ("::1", 8443)),
+        ("[::1]", ("::1", 443)),
+        ("::1", ("::1", 443)),
+    ],
+)
+def test_parse_target_accepts_host_and_optional_port(text, expected):
+    """HOST[:PORT] and [v6]:PORT parse; the port defaults to 443."""
+    assert verify.parse_target(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text", ["", ":443", "host:0", "host:65536", "host:https", "a:b:c", "[::1", "http://x/"]
+)
+def test_parse_target_rejects_bad_input(text):
+    """Anything else is a ConfigError (exit 2), naming the text."""
+    with pytest.raises(ConfigError, match="HOST|port"):
+        verify.parse_target(text)
+
+
+def test_sni_defaults_to_host_but_not_to_an_ip():
+    """SNI is the servername, else the host name; an IP literal sends no SNI (RFC 6066 §3)."""
+    assert Target("example.test", 443).sni == "example.test"
+    assert Target("127.0.0.1", 443).sni is None
+    assert Target("127.0.0.1", 443, "a.test").sni == "a.test"
+    assert Target("::1", 443).address == "[::1]:443"
+
+
+# --- judge (pure) ----------------------------------------------------------------------------
+
+
+def _judge(pki, leaf, staple, *, chain=True, at=None):
+    served = (leaf.cert, pki.intermediate.cert) if chain else (leaf.cert,)
+    return verify.judge(T, Handshake(staple, served), now=at or now())
+
+
+def test_judge_valid_good_staple_is_ok(pki, leaf):
+    """A good, well-signed staple for the served certificate passes, with its details."""
+    result = _judge(pki, leaf, pki.response(leaf.cert))
+    assert result.ok
+    assert (result.stapled, result.status, result.error) == (True, Status.GOOD, None)
+    assert result.cert == "www.example.test"
+    assert result.ocsp_url == "http://127.0.0.1:9/ocsp"
+    assert result.verdict.signer == "delegated responder CN=hastaple Test OCSP Responder"
+    assert 6 * 86400 < result.seconds_left <= 7 * 86400
+
+
+def test_judge_no_staple_fails_and_says_so(pki, leaf):
+    """No staple at all is a failure that says the server did not staple."""
+    result = _judge(pki, leaf, None)
+    assert not result.ok
+    assert not result.stapled
+    assert "no OCSP staple" in result.error
+
+
+def test_judge_revoked_staple_fails_and_says_revoked(pki, leaf):
+    """A valid, signed "revoked" staple is reported as REVOKED and fails."""
+    result = _judge(pki, leaf, pki.response(leaf.cert, status="revoked"))
+    assert not result.ok
+    assert result.status is Status.REVOKED
+    assert "REVOKED since" in result.error
+    assert "keyCompromise" in result.error
+
+
+def test_judge_unknown_staple_fails(pki, leaf):
+    """A staple saying "unknown" fails too."""
+    result = _judge(pki, leaf, pki.response(leaf.cert, status="unknown"))
+    assert not result.ok
+    assert "status is unknown" in result.error
+
+
+def test_judge_expired_staple_fails_with_reason(pki, leaf):
+    """A staple judged after its nextUpdate fails with the validator's "expired" reason."""
+    staple = pki.response(leaf.cert)
+    result = _judge(pki, leaf, staple, at=now() + dt.timedelta(days=8))
+    assert not result.ok
+    assert result.stapled
+    assert result.error.startswith("invalid staple: response expired at")
+
+
+def test_judge_badly_signed_staple_fails_with_reason(pki, leaf):
+    """An altered signature fails with the validator's reason."""
+    result = _judge(pki, leaf, pki.response(leaf.cert, bad_signature=True))
+    assert not result.ok
+    assert "signature does not verify" in result.error
+
+
+def test_judge_unauthorised_signer_fails(pki, leaf):
+    """A staple signed by another CA's key is not authorised for this certificate."""
+    result = _judge(pki, leaf, pki.response(leaf.cert, signer=pki.other_ca))
+    assert not result.ok
+    assert "not issued by the certificate's issuer" in result.error
+
+
+def test_judge_staple_for_another_certificate_fails(pki, leaf):
+    """A staple for a different serial than the served certificate fails."""
+    other = pki.leaf("other.test")
+    result = _judge(pki, leaf, pki.response(other.cert))
+    assert "not for this certificate" in result.error
+
+
+def test_judge_needs_the_issuer_in_the_served_chain(pki, leaf):
+    """Without the issuer in the chain the staple cannot be checked: a failure that says why."""
+    result = _judge(pki, leaf, pki.response(leaf.cert), chain=False)
+    assert not result.ok
+    assert "lacks the issuer" in result.error
+
+
+def test_judge_no_certificate():
+    """A handshake with no certificate fails with a sentence, not an exception."""
+    result = verify.judge(T, Handshake(b"x", ()), now=now())
+    assert result.error == "the server sent no certificate"
+
+
+def test_json_has_the_row_fields_and_verify_extras(pki, leaf):
+    """to_json: the DESIGN.md row fields plus stapled, signer, seconds_left."""
+    good = _judge(pki, leaf, pki.response(leaf.cert)).to_json()
+    assert set(good) >= {
+        "cert", "ocsp_url", "status", "action", "this_update", "next_update", "error",
+        "stapled", "signer", "seconds_left",
+    }  # fmt: skip
+    assert (good["status"], good["action"], good["error"], good["stapled"]) == (
+        "good", "fresh", None, True,
+    )  # fmt: skip
+    bad = _judge(pki, leaf, None).to_json()
+    assert (bad["status"], bad["action"], bad["stapled"], bad["signer"]) == (
+        "error", "failed", False, None,
+    )  # fmt: skip
+
+
+def test_duration_formats():
+    """Time left reads as days/hours/minutes."""
+    assert verify.duration(3 * 86400 + 4 * 3600 + 5 * 60) == "3d 4h 5m"
+    assert verify.duration(3600 + 60) == "1h 1m"
+    assert verify.duration(65) == "1m 5s"
+    assert verify.duration(-65) == "-1m 5s"
+
+
+# --- real handshakes -------------------------------------------------------------------------
+
+
+def test_handshake_gets_staple_chain_and_sends_sni(pki, leaf):
+    """status_request brings the staple back; the served chain and our SNI are seen."""
+    staple = pki.response(leaf.cert)
+    with StaplingServer(leaf, [pki.intermediate.cert], staple) as server:
+        result = verify.handshake(Target("127.0.0.1", server.port, "www.example.test"))
+    assert result.staple == staple
+    assert [c.subject for c in result.chain] == [leaf.cert.subject, pki.intermediate.cert.subject]
+    assert server.servernames == [b"www.example.test"]
+
+
+def test_handshake_without_staple_returns_none(pki, leaf):
+    """A server that does not staple gives staple None, and check() reports it."""
+    with StaplingServer(leaf, [pki.intermediate.cert], None) as server:
+        [result] = verify.check([Target("127.0.0.1", server.port, "www.example.test")])
+    assert not result.stapled
+    assert "no OCSP staple" in result.error
+
+
+def test_check_many_targets_in_order(pki, leaf):
+    """check() handles several targets concurrently and returns them in the given order."""
+    with (
+        StaplingServer(leaf, [pki.intermediate.cert], pki.response(leaf.cert)) as good,
+        StaplingServer(leaf, [pki.intermediate.cert], None) as bare,
+    ):
+        targets = [Target("127.0.0.1", p, "www.example.test") for p in (good.port, bare.port)]
+        results = verify.check(targets)
+    assert [r.ok for r in results] == [True, False], results
+
+
+def test_connection_refused_is_could_not_connect():
+    """A closed port is a VerifyError saying "could not connect"."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(VerifyError, match="could not connect: connection refused"):
+        verify.handshake(Target("127.0.0.1", port))
+
+
+def test_handshake_times_out_on_a_silent_server():
+    """A server that accepts and never answers TLS times out within the timeout."""
+    with socket.create_server(("127.0.0.1", 0)) as srv:
+        port = srv.getsockname()[1]
+        with pytest.raises(VerifyError, match="timed out"):
+            verify.handshake(Target("127.0.0.1", port), timeout=0.3)
+
+
+def test_handshake_with_a_non_tls_server_fails():
+    """A plain-text server that closes at once is a TLS handshake failure, not a traceback."""
+    with socket.create_server(("127.0.0.1", 0)) as srv:
+        port = srv.getsockname()[1]
+
+        def answer():
+            conn, _ = srv.accept()
+            with conn:
+                conn.sendall(b"HTTP/1.0 400 Bad Request\r\n\r\n")
+
+        thread = threading.Thread(target=answer, daemon=True)
+        thread.start()
+        with pytest.raises(VerifyError, match="TLS handshake failed"):
+            verify.handshake(Target("127.0.0.1", port), timeout=5)
+        thread.join(5)
+
+
+# --- haproxy.cfg binds -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("line", "addresses"),
+    [
+        ("bind 127.0.0.1:8443 ssl crt a.pem", [("127.0.0.1", 8443)]),
+        ("bind :443 ssl crt a.pem", [("127.0.0.1", 443)]),
+        ("bind *:443,:8443 ssl crt a.pem", [("127.0.0.1", 443), ("127.0.0.1", 8443)]),
+        ("bind 0.0.0.0:443 ssl crt a.pem", [("127.0.0.1", 443)]),
+        ("bind ipv4@10.0.0.1:443 ssl crt a.pem", [("10.0.0.1", 443)]),
+        ("bind [::]:443 ssl crt a.pem", [("::1", 443)]),
+        ("bind :::443 ssl crt a.pem", [("::1", 443)]),
+        ("bind :80", []),  # no ssl
+        ("bind unix@/run/x.sock ssl crt a.pem", []),
+        ("bind :443-445 ssl crt a.pem", []),  # port ranges are skipped
+        ("# bind :443 ssl crt a.pem", []),
+    ],
+)
+def test_parse_binds_addresses(tmp_path, line, addresses):
+    """TLS bind addresses; wildcard addresses are checked on loopback."""
+    binds = verify.parse_binds(f"frontend f\n    {line}\n", base=tmp_path)
+    assert [a for b in binds for a in b.addresses] == addresses
+
+
+def test_parse_binds_applies_crt_base_and_crt_list(tmp_path):
+    """crt paths are relative to crt-base; crt-list paths to the config's directory."""
+    text = (
+        "global\n    crt-base /etc/certs\nfrontend f\n"
+        "    bind :443 ssl crt site.pem crt /abs/x.pem crt-list list.txt alpn h2\n"
+    )
+    [bind] = verify.parse_binds(text, base=tmp_path)
+    assert bind.crts == (tmp_path / "/etc/certs" / "site.pem", tmp_path / "/abs/x.pem")
+    assert bind.crts[1].as_posix() == "/abs/x.pem"
+    assert bind.crt_lists == (tmp_path / "list.txt",)
+
+
+def test_bind_targets_from_a_real_config(tmp_path, pki):
+    """Every name of every certificate (dir, file, crt-list) on every TLS bind is a target."""
+    crt_dir = tmp_path / "certs"
+    crt_dir.mkdir()
+    pki.write(crt_dir, "a.pem", pki.leaf("a.test", sans=["a.test", "*.wild.test"]))
+    (crt_dir / "a.pem.ocsp").write_bytes(b"")  # skipped, as HAProxy skips it
+    pki.write(tmp_path, "b.pem", pki.leaf("b.test"), chain=False)  # b.pem.issuer skipped too
+    (tmp_path / "list.txt").write_text("# comment\nb.pem [ocsp-update on]\n")
+    cfg = tmp_path / "haproxy.cfg"
+    cfg.write_text(
+        "frontend f\n"
+        f"    bind 127.0.0.1:8443 ssl crt {crt_dir}\n"
+        "    bind 127.0.0.1:9443 ssl crt-list list.txt\n"
+        "    bind 127.0.0.1:8080\n"
+    )
+    targets = verify.bind_targets(cfg)
+    assert [(t.port, t.servername) for t in targets] == [
+        (8443, "a.test"),
+        (8443, "hastaple-verify.wild.test"),
+        (9443, "b.test"),
+    ]
+
+
+def test_bind_targets_without_tls_binds_is_a_config_error(tmp_path):
+    """A config with no TLS bind is bad input (exit 2), naming the file."""
+    cfg = tmp_path / "haproxy.cfg"
+    cfg.write_text("frontend f\n    bind :80\n")
+    with pytest.raises(ConfigError, match=r"haproxy\.cfg: no TLS bind"):
+        verify.bind_targets(cfg)
+
+
+def test_bind_targets_missing_file(tmp_path):
+    """A missing config is a ConfigError naming it."""
+    with pytest.raises(ConfigError, match="nope.cfg"):
+        verify.bind_targets(tmp_path / "nope.cfg")
+
+
+def test_targets_from_combines_addresses_and_servernames():
+    """Each address is paired with each --servername; repeats are dropped."""
+    targets = verify.targets_from(["h:1", "h:1", "g"], ["a", "b"], [])
+    assert [(t.host, t.port, t.servername) for t in targets] == [
+        ("h", 1, "a"), ("h", 1, "b"), ("g", 443, "a"), ("g", 443, "b"),
+    ]  # fmt: skip
+
+
+# --- the command -----------------------------------------------------------------------------
+
+
+def _run(*args):
+    from hastaple.cli import cli  # noqa: PLC0415 - the CLI imports every module
+
+    return CliRunner().invoke(cli, ["verify", *args])
+
+
+def test_cli_good_staple_text_output(pki, leaf):
+    """Exit 0 and stable plain lines (no colour codes) when stdout is not a terminal."""
+    with StaplingServer(leaf, [pki.intermediate.cert], pki.response(leaf.cert)) as server:
+        result = _run(f"127.0.0.1:{server.port}", "--servername", "www.example.test")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].startswith(f"127.0.0.1:{server.port} (www.example.test): stapled, good, 6d ")
+    assert "\x1b[" not in result.output
+    labels = [line.split(":", 1)[0].strip() for line in lines[1:]]
+    assert labels == [
+        "certificate", "ocsp url", "stapled", "status",
+        "this update", "next update", "time left", "signer",
+    ]  # fmt: skip
+    assert "  signer:      delegated responder CN=hastaple Test OCSP Responder" in lines
+
+
+def test_cli_no_staple_exit_1_json(pki, leaf):
+    """--json: one document; no staple gives exit 1, stapled false and the reason."""
+    with StaplingServer(leaf, [pki.intermediate.cert], None) as server:
+        result = _run(f"127.0.0.1:{server.port}", "--servername", "www.example.test", "--json")
+    assert result.exit_code == 1
+    [row] = json.loads(result.stdout)
+    assert row["stapled"] is False
+    assert row["action"] == "failed"
+    assert row["cert"] == "www.example.test"
+    assert "no OCSP staple" in row["error"]
+    assert "error: " in result.stderr
+
+
+def test_cli_at_judges_another_time(pki, leaf):
+    """--at after nextUpdate reports the staple as expired (exit 1)."""
+    later = (now() + dt.timedelta(days=8)).isoformat()
+    with StaplingServer(leaf, [pki.intermediate.cert], pki.response(leaf.cert)) as server:
+        result = _run(f"127.0.0.1:{server.port}", "--at", later)
+    assert result.exit_code == 1
+    assert "FAILED: invalid staple: response expired at" in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ((), "nothing to check"),
+        (("host:99999",), "port must be"),
+        (("h", "--at", "yesterday"), "not an RFC 3339 time"),
+    ],
+)
+def test_cli_bad_usage_exits_2(args, message):
+    """Bad usage is exit 2 with one error line, no traceback."""
+    result = _run(*args)
+    assert result.exit_code == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.output
