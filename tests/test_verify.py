@@ -11,6 +11,7 @@ import datetime as dt
 import json
 import socket
 import threading
+from typing import Self
 
 import pytest
 from click.testing import CliRunner
@@ -62,7 +63,7 @@ class StaplingServer:
                 except SSL.Error as exc:
                     self.errors.append(exc)
 
-    def __enter__(self) -> StaplingServer:
+    def __enter__(self) -> Self:
         self.thread.start()
         return self
 
@@ -101,7 +102,7 @@ def test_parse_target_accepts_host_and_optional_port(text, expected):
 )
 def test_parse_target_rejects_bad_input(text):
     """Anything else is a ConfigError (exit 2), naming the text."""
-    with pytest.raises(ConfigError, match="HOST|port"):
+    with pytest.raises(ConfigError, match=r"HOST|port"):
         verify.parse_target(text)
 
 
@@ -315,7 +316,7 @@ def test_parse_binds_addresses(tmp_path, line, addresses):
 
 
 def test_parse_binds_applies_crt_base_and_crt_list(tmp_path):
-    """crt paths are relative to crt-base; crt-list paths to the config's directory."""
+    """Paths after `crt` are relative to crt-base; crt-list paths to the config's directory."""
     text = (
         "global\n    crt-base /etc/certs\nfrontend f\n"
         "    bind :443 ssl crt site.pem crt /abs/x.pem crt-list list.txt alpn h2\n"
@@ -359,7 +360,7 @@ def test_bind_targets_without_tls_binds_is_a_config_error(tmp_path):
 
 def test_bind_targets_missing_file(tmp_path):
     """A missing config is a ConfigError naming it."""
-    with pytest.raises(ConfigError, match="nope.cfg"):
+    with pytest.raises(ConfigError, match=r"nope\.cfg"):
         verify.bind_targets(tmp_path / "nope.cfg")
 
 
