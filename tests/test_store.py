@@ -1,0 +1,77 @@
+"""store.py: the staple file is replaced whole or not at all."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from hastaple import store
+from hastaple.errors import StoreError
+
+
+def test_write_creates_file_with_mode_and_no_leftovers(tmp_path):
+    """A new staple is 0644 and no temp file is left in the certificate directory."""
+    target = tmp_path / "site.pem.ocsp"
+    old_umask = os.umask(0o077)
+    try:
+        store.write_atomic(target, b"DER")
+    finally:
+        os.umask(old_umask)
+    assert target.read_bytes() == b"DER"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == ["site.pem.ocsp"]
+
+
+def test_write_replaces_atomically(tmp_path):
+    """An existing staple is replaced by rename: a new inode, never a rewrite in place."""
+    target = tmp_path / "site.pem.ocsp"
+    target.write_bytes(b"old")
+    inode = target.stat().st_ino
+    store.write_atomic(target, b"new")
+    assert target.read_bytes() == b"new"
+    assert target.stat().st_ino != inode
+
+
+def test_failure_leaves_old_file(tmp_path):
+    """When the temp file cannot be written, StoreError names the path; the old file stays."""
+    target = tmp_path / "site.pem.ocsp"
+    target.write_bytes(b"old")
+    blocker = tmp_path / "gone"
+    with pytest.raises(StoreError) as info:
+        store.write_atomic(blocker / "x.ocsp", b"new")
+    assert str(blocker / "x.ocsp") in str(info.value)
+    assert target.read_bytes() == b"old"
+
+
+def test_owner_copied_from_certificate(tmp_path):
+    """Run as root, the staple gets the certificate's owner and group."""
+    if os.geteuid() != 0:
+        pytest.skip("only root can give files away")
+    cert = tmp_path / "site.pem"
+    cert.write_bytes(b"cert")
+    os.chown(cert, 65534, 65534)
+    target = tmp_path / "site.pem.ocsp"
+    store.write_atomic(target, b"DER", owner_of=cert)
+    assert (target.stat().st_uid, target.stat().st_gid) == (65534, 65534)
+
+
+def test_staple_path_is_haproxy_convention(tmp_path):
+    """<crt>.ocsp, the name HAProxy loads at start-up."""
+    assert store.staple_path(tmp_path / "a.pem") == tmp_path / "a.pem.ocsp"
+
+
+def test_temp_name_starts_with_dot(tmp_path, monkeypatch):
+    """The temp file's name starts with a dot, so HAProxy never loads a leftover one."""
+    seen: list[str] = []
+    real_open = os.open
+
+    def spy(path, flags, mode=0o777, **kwargs):
+        seen.append(os.fspath(path))
+        return real_open(path, flags, mode, **kwargs)
+
+    monkeypatch.setattr(os, "open", spy)
+    store.write_atomic(tmp_path / "site.pem.ocsp", b"DER")
+    temp = [p for p in seen if p.endswith(".tmp")]
+    assert temp and all(os.path.basename(p).startswith(".site.pem.ocsp.") for p in temp)
