@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+from pathlib import Path
 
 import pytest
 
@@ -74,4 +75,4 @@ def test_temp_name_starts_with_dot(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "open", spy)
     store.write_atomic(tmp_path / "site.pem.ocsp", b"DER")
     temp = [p for p in seen if p.endswith(".tmp")]
-    assert temp and all(os.path.basename(p).startswith(".site.pem.ocsp.") for p in temp)
+    assert temp and all(Path(p).name.startswith(".site.pem.ocsp.") for p in temp)
