@@ -1,0 +1,116 @@
+"""
+`hastaple fetch` against real HAProxy 2.6 and 2.8.
+
+The responder is a real `openssl ocsp`, the client a real `openssl s_client -status`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+
+import haproxy_proc
+from pki import PKI, Issued, now
+from responders import Serve
+from test_fetch_command import fetch_json
+
+pytestmark = pytest.mark.integration
+
+
+def this_update_served(hap: haproxy_proc.HAProxy, name: str) -> str:
+    text = haproxy_proc.staple(hap.port, name)
+    assert "Cert Status: good" in text, text
+    return text.split("This Update: ", 1)[1].splitlines()[0].strip()
+
+
+def due_staple(pki: PKI, leaf: Issued) -> bytes:
+    """A valid response past half of its validity: fetch must replace it."""
+    this = now() - dt.timedelta(days=5)
+    return pki.response(leaf.cert, this_update=this, next_update=this + dt.timedelta(days=7))
+
+
+async def test_fetch_deploys_without_reload(pki, openssl_responder, crt_dir, start_haproxy):
+    """
+    Three certificates, three HAProxy situations, one `fetch`: all stapled, no reload.
+
+    a.pem had a .ocsp at start (fast path), b.pem had none (the seed's pitfall:
+    needs the commit path), c.pem is chainless with a .issuer file.
+    """
+    leaves = {
+        n: pki.leaf(f"{n}.example.test", ocsp_url=openssl_responder.url) for n in ("a", "b", "c")
+    }
+    for name, leaf in leaves.items():
+        pki.write(crt_dir, f"{name}.pem", leaf, chain=name != "c")
+        openssl_responder.add(leaf.cert)
+    (crt_dir / "a.pem.ocsp").write_bytes(due_staple(pki, leaves["a"]))
+    hap = start_haproxy()
+    pid, uptime = hap.pid, hap.uptime
+    assert "no response sent" in haproxy_proc.staple(hap.port, "b.example.test")
+
+    code, rows, err = await fetch_json(crt_dir, "--haproxy", hap.socket)
+    assert code == 0, err
+    assert {r["action"] for r in rows} == {"deployed"}
+    assert all(r["haproxy"] == {str(hap.socket): r["haproxy"][str(hap.socket)]} for r in rows)
+    by_name = {Path(str(r["cert"])).stem: r for r in rows}
+    for name in leaves:
+        expected = dt.datetime.fromisoformat(str(by_name[name]["this_update"]))
+        assert this_update_served(hap, f"{name}.example.test") == haproxy_proc.openssl_time(
+            expected
+        )
+    assert hap.pid == pid
+    assert hap.uptime >= uptime  # the same process, never restarted
+    assert "reload" not in hap.log.lower()
+
+    # The hourly cron run: nothing asked of the CA, everything still stapled.
+    requests = openssl_responder.requests
+    code, rows, err = await fetch_json(crt_dir, "--haproxy", hap.socket)
+    assert code == 0, err
+    assert {r["action"] for r in rows} == {"fresh"}
+    assert openssl_responder.requests == requests
+    for name in leaves:
+        assert "Cert Status: good" in haproxy_proc.staple(hap.port, f"{name}.example.test")
+
+
+async def test_fetch_from_haproxy_config(pki, openssl_responder, crt_dir, start_haproxy):
+    """--haproxy-config alone finds the certificates and the admin socket."""
+    leaf = pki.leaf("cfg.example.test", ocsp_url=openssl_responder.url)
+    openssl_responder.add(leaf.cert)
+    pki.write(crt_dir, "cfg.pem", leaf)
+    hap = start_haproxy()
+    code, rows, err = await fetch_json("--haproxy-config", hap.workdir / "haproxy.cfg")
+    assert code == 0, err
+    assert [r["action"] for r in rows] == ["deployed"]
+    assert "Cert Status: good" in haproxy_proc.staple(hap.port, "cfg.example.test")
+
+
+async def test_bad_response_keeps_served_staple(pki, fault_responder, crt_dir, start_haproxy):
+    """A forged response is refused: HAProxy keeps serving the old staple, the file is kept."""
+    leaf = pki.leaf("forged.example.test", ocsp_url=fault_responder.url_for("forged"))
+    fault_responder.on("forged", Serve(pki.response(leaf.cert, bad_signature=True)))
+    pki.write(crt_dir, "forged.pem", leaf)
+    old = due_staple(pki, leaf)
+    (crt_dir / "forged.pem.ocsp").write_bytes(old)
+    hap = start_haproxy()
+    before = this_update_served(hap, "forged.example.test")
+    code, rows, err = await fetch_json(crt_dir, "--haproxy", hap.socket)
+    assert code == 1
+    assert "signature does not verify" in err
+    assert rows[0]["action"] == "failed"
+    assert (crt_dir / "forged.pem.ocsp").read_bytes() == old
+    assert this_update_served(hap, "forged.example.test") == before
+
+
+async def test_haproxy_not_running(pki, openssl_responder, crt_dir, start_haproxy):
+    """HAProxy gone (stale socket): the staple is stored, the row fails naming the socket."""
+    leaf = pki.leaf("gone.example.test", ocsp_url=openssl_responder.url)
+    openssl_responder.add(leaf.cert)
+    pki.write(crt_dir, "gone.pem", leaf)
+    hap = start_haproxy()
+    hap.stop()
+    code, rows, err = await fetch_json(crt_dir, "--haproxy", hap.socket)
+    assert code == 1
+    assert rows[0]["action"] == "failed"
+    assert str(hap.socket) in err and "refused" in err
+    assert (crt_dir / "gone.pem.ocsp").exists()  # a reload would pick it up
