@@ -265,6 +265,13 @@ def test_connection_refused_is_could_not_connect():
         verify.handshake(Target("127.0.0.1", port))
 
 
+def test_bad_servername_is_a_verify_error(pki, leaf):
+    """A servername that is not a host name fails the check with a sentence."""
+    with StaplingServer(leaf, [pki.intermediate.cert], None) as server:
+        [result] = verify.check([Target("127.0.0.1", server.port, "a..b")])
+    assert result.error == "'a..b' is not a host name"
+
+
 def test_handshake_times_out_on_a_silent_server():
     """A server that accepts and never answers TLS times out within the timeout."""
     with socket.create_server(("127.0.0.1", 0)) as srv:
@@ -417,6 +424,16 @@ def test_cli_at_judges_another_time(pki, leaf):
         result = _run(f"127.0.0.1:{server.port}", "--at", later)
     assert result.exit_code == 1
     assert "FAILED: invalid staple: response expired at" in result.output
+
+
+def test_cli_colour_only_on_a_terminal(pki, leaf):
+    """With colour on (a terminal) the summary is coloured; plain otherwise (tested above)."""
+    from hastaple.cli import cli  # noqa: PLC0415
+
+    with StaplingServer(leaf, [pki.intermediate.cert], pki.response(leaf.cert)) as server:
+        result = CliRunner().invoke(cli, ["verify", f"127.0.0.1:{server.port}"], color=True)
+    assert result.exit_code == 0
+    assert "\x1b[32mstapled, good" in result.output
 
 
 @pytest.mark.parametrize(

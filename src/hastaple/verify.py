@@ -243,7 +243,10 @@ def handshake(target: Target, *, timeout: float = TIMEOUT_SECONDS) -> Handshake:
         sock.setblocking(False)  # noqa: FBT003 - socket API
         conn = SSL.Connection(ctx, sock)
         if target.sni:
-            conn.set_tlsext_host_name(target.sni.encode("idna"))
+            try:
+                conn.set_tlsext_host_name(target.sni.encode("idna"))
+            except UnicodeError as exc:
+                raise VerifyError(target.address, f"{target.sni!r} is not a host name") from exc
         conn.request_ocsp()
         conn.set_connect_state()
         _drive(conn, sock, deadline, target)
@@ -294,15 +297,21 @@ def _os_reason(exc: OSError) -> str:
     return (exc.strerror or str(exc)).lower()
 
 
-def check(targets: Sequence[Target], *, timeout: float = TIMEOUT_SECONDS) -> list[Check]:
-    """Handshake with every target concurrently and judge each; one Check per target, in order."""
+def check(
+    targets: Sequence[Target], *, timeout: float = TIMEOUT_SECONDS, at: dt.datetime | None = None
+) -> list[Check]:
+    """
+    Handshake with every target concurrently and judge each; one Check per target, in order.
+
+    ``at`` judges the staples as of another time ("still valid tomorrow?"); default now.
+    """
 
     def one(target: Target) -> Check:
         try:
             result = handshake(target, timeout=timeout)
         except VerifyError as exc:
             return _failed(target, exc.problem)
-        return judge(target, result, now=dt.datetime.now(dt.UTC))
+        return judge(target, result, now=at or dt.datetime.now(dt.UTC))
 
     if len(targets) == 1:
         return [one(targets[0])]
