@@ -32,6 +32,11 @@ MAX_COMMAND_BYTES = 16384
 # base64 line width of payloads, as `base64 -w 64` (HAProxy accepts any width).
 PAYLOAD_LINE_CHARS = 64
 
+# A newline would end a command early (and start another): never sent.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# The CLI splits commands on ';' and arguments on blanks unless a backslash
+# escapes them (HAProxy management guide, "Unix Socket commands").
+_SPECIAL = re.compile(r"([\\; ])")
 _PROMPT = re.compile(rb"(?:\A|\n)(?:master(?:\[[^\]\n]*\])?)?> ")
 _TOO_BIG = "The command is too big for the buffer size"
 _IGNORED = "Content will be ignored"
@@ -112,15 +117,20 @@ class Command:
         Return the bytes to send, prefixed for a master CLI worker.
 
         Raises:
-            HAProxyCommandFailed: the command does not fit tune.bufsize; it is
-                refused here because 2.6 would just close the connection (§0.7).
+            HAProxyCommandFailed: the command does not fit tune.bufsize (it is
+                refused here because 2.6 would just close the connection, §0.7),
+                or it holds a control character.
         """
         prefix = address.prefix if self.for_worker else ""
+        if _CONTROL.search(self.line):
+            why = "not sent: the command holds a control character, which would split it"
+            raise HAProxyCommandFailed(address.text, repr(self.line), why)
         if self.payload is None:
             data = f"{prefix}{self.line}\n"
         else:
             data = f"{prefix}{self.line} <<\n{self.payload.rstrip(chr(10))}\n\n"
-        raw = data.encode("ascii")
+        # A file name goes as its bytes on disk (surrogateescape), not only ASCII.
+        raw = data.encode("utf-8", "surrogateescape")
         if len(raw) > MAX_COMMAND_BYTES:
             why = (
                 f"not sent: the command is {len(raw)} bytes, over HAProxy's "
@@ -131,6 +141,11 @@ class Command:
 
     def __str__(self) -> str:
         return self.line + (" <<" if self.payload is not None else "")
+
+
+def _arg(text: str) -> str:
+    """Escape one argument (a certificate path) so that ';' or a space cannot split it."""
+    return _SPECIAL.sub(r"\\\1", text)
 
 
 def _b64_lines(der: bytes) -> str:
@@ -154,28 +169,28 @@ def set_ocsp_response(der: bytes, *, payload: bool = False) -> Command:
 
 def set_cert_ocsp(crt: str, der: bytes) -> Command:
     """``set ssl cert <crt>.ocsp <<``: payload form only (one-line is refused, §3d D1)."""
-    return Command(f"set ssl cert {crt}.ocsp", _b64_lines(der))
+    return Command(f"set ssl cert {_arg(crt + '.ocsp')}", _b64_lines(der))
 
 
 def set_cert_issuer(crt: str, pem: bytes) -> Command:
     """``set ssl cert <crt>.issuer <<``: the issuer for a PEM without chain (§3d D3)."""
     lines = [line for line in pem.decode("ascii").splitlines() if line.strip()]
-    return Command(f"set ssl cert {crt}.issuer", "\n".join(lines))
+    return Command(f"set ssl cert {_arg(crt + '.issuer')}", "\n".join(lines))
 
 
 def commit_cert(crt: str) -> Command:
     """``commit ssl cert <crt>``."""
-    return Command(f"commit ssl cert {crt}")
+    return Command(f"commit ssl cert {_arg(crt)}")
 
 
 def abort_cert(crt: str) -> Command:
     """``abort ssl cert <crt>``."""
-    return Command(f"abort ssl cert {crt}")
+    return Command(f"abort ssl cert {_arg(crt)}")
 
 
 def show_cert(crt: str) -> Command:
     """``show ssl cert <crt>``: the ``OCSP Response Key`` tells if the cert is registered."""
-    return Command(f"show ssl cert {crt}")
+    return Command(f"show ssl cert {_arg(crt)}")
 
 
 def show_ocsp_response(key_hex: str) -> Command:
