@@ -21,6 +21,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -47,6 +48,9 @@ class Options:
     dry_run: bool = False
     state_dir: Path | None = None
     margin: dt.timedelta = MIN_REMAINING
+    # False: ask no CA, deploy the valid staple already on disk (the daemon's
+    # re-push after an HAProxy restart); certificates without one are skipped.
+    fetch: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,9 +74,25 @@ class _Cert:
 
 
 @dataclass(frozen=True, slots=True)
+class Outcome:
+    """
+    A row plus what the daemon's scheduler and metrics need from the exchange.
+
+    ``max_age`` (Cache-Control, seconds) and ``elapsed`` (seconds) are set
+    only when a responder was asked.
+    """
+
+    row: ResultRow
+    max_age: int | None = None
+    elapsed: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class _Prepared:
     row: ResultRow
     staple: Staple | None = None
+    max_age: int | None = None
+    elapsed: float | None = None
 
 
 async def run(
@@ -88,10 +108,23 @@ async def run(
     Certificates are handled concurrently (the fetcher bounds each responder);
     then each HAProxy socket gets every staple in one batch.
     """
+    return [o.row for o in await run_outcomes(entries, options, fetcher=fetcher, now=now)]
+
+
+async def run_outcomes(
+    entries: Sequence[CertEntry],
+    options: Options,
+    *,
+    fetcher: Fetcher,
+    now: dt.datetime,
+) -> list[Outcome]:
+    """``run``, with the responder's max-age and latency per certificate (the daemon)."""
     prepared = await asyncio.gather(*(_prepare(e, options, fetcher, now) for e in entries))
     if options.sockets and not options.dry_run:
-        return await _deploy_all(list(prepared), options.sockets)
-    return [p.row for p in prepared]
+        rows = await _deploy_all(list(prepared), options.sockets)
+    else:
+        rows = [p.row for p in prepared]
+    return [Outcome(r, p.max_age, p.elapsed) for r, p in zip(rows, prepared, strict=True)]
 
 
 async def _prepare(
@@ -122,27 +155,34 @@ async def _refresh(cert: _Cert, options: Options, fetcher: Fetcher, now: dt.date
     name, url, path = str(cert.path), cert.url, cert.path
     staple_path = store.staple_path(path)
     current = _current_staple(staple_path, cert, now, options.margin)
-    if current and not options.force and schedule.is_fresh(*_times(current), now):
+    if (
+        current
+        and not options.force
+        and (not options.fetch or schedule.is_fresh(*_times(current), now))
+    ):
         staple = _staple(cert, *current)
         return _Prepared(_row(name, url, current[1], Action.FRESH), staple)
+    if not options.fetch:
+        error = f"no valid {staple_path.name} to deploy"
+        return _Prepared(ResultRow(name, url, Status.ERROR, Action.SKIPPED, error=error))
     reply = await fetcher.ocsp(url, request.build(cert.leaf, cert.issuer))
     verdict = validate(
         reply.der, cert=cert.leaf, issuer=cert.issuer, now=now, margin=options.margin
     )
+    hints: dict[str, Any] = {"max_age": reply.max_age, "elapsed": reply.elapsed}
     if verdict.status is not Status.GOOD:
-        return _Prepared(
-            _row(name, url, verdict, Action.FAILED, _bad_status(verdict, staple_path, current))
-        )
+        error = _bad_status(verdict, staple_path, current)
+        return _Prepared(_row(name, url, verdict, Action.FAILED, error), None, **hints)
     if current and current[1].this_update > verdict.this_update:
         # A cache in front of the responder served an older answer: keep ours.
         staple = _staple(cert, *current)
-        return _Prepared(_row(name, url, current[1], Action.FRESH), staple)
+        return _Prepared(_row(name, url, current[1], Action.FRESH), staple, **hints)
     if cert.issuer_pem is not None and not _haproxy_can_find_issuer(path):
         return _Prepared(_row(name, url, verdict, Action.FAILED, _no_issuer_on_disk(path)))
     if not options.dry_run:
         store.write_atomic(staple_path, reply.der, owner_of=path)
     staple = _staple(cert, reply.der, verdict)
-    return _Prepared(_row(name, url, verdict, Action.FETCHED), staple)
+    return _Prepared(_row(name, url, verdict, Action.FETCHED), staple, **hints)
 
 
 async def resolve_issuer(
