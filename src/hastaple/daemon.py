@@ -1,0 +1,433 @@
+"""
+``hastaple run``: the fetch pipeline, scheduled, for ever.
+
+Theory of operation. ``Daemon`` holds one ``state.Record`` per certificate
+(mirrored in SQLite) and does three kinds of work, each a method a test can
+call with a simulated clock:
+
+- ``refresh_due()``: every certificate whose ``next_refresh`` has come goes
+  through ``pipeline.run_outcomes`` in one batch (the same code as ``fetch``);
+  each outcome gives the next refresh via ``schedule.next_refresh``;
+- ``rediscover(changed)``: the certificate sources are read again (after a
+  file-system event); new and renewed (new serial) certificates are due at
+  once, removed ones are forgotten;
+- ``check_haproxy()``: ``show info`` on each runtime socket; a new Pid, a
+  smaller Uptime, or a socket that comes back means a restart or reload, so
+  the staples on disk are pushed again with ``Options(fetch=False)``: no CA
+  is asked.
+
+``serve()`` is the asyncio wiring around them: watchfiles, a poll timer, the
+metrics server and a stop event set by SIGTERM. The clock and the rng are
+injected; nothing here reads the time or sleeps by itself in the core.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime as dt
+import logging
+import random
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Protocol
+
+import watchfiles
+
+from hastaple import discover, pem, pipeline, schedule
+from hastaple import metrics as prom
+from hastaple.config import Config
+from hastaple.errors import HastapleError
+from hastaple.events import log_event
+from hastaple.fetch import Fetcher
+from hastaple.haproxy import client, protocol
+from hastaple.model import Action, ResultRow, Status
+from hastaple.state import Record, State
+
+logger = logging.getLogger(__name__)
+_SKIPPED_EXT = (".key", ".ocsp", ".issuer", ".sctl")
+_WATCH_STEP_MS = 50  # a burst of events is handled 50 ms after it ends
+
+
+class Clock(Protocol):
+    """Where the daemon gets the time; tests pass a simulated one."""
+
+    def now(self) -> dt.datetime:
+        """The current time, timezone-aware."""
+        ...
+
+
+class SystemClock:
+    """The real clock."""
+
+    def now(self) -> dt.datetime:
+        """``datetime.now(UTC)``."""
+        return dt.datetime.now(dt.UTC)
+
+
+class Daemon:
+    """The scheduler, state and HAProxy watcher around the one pipeline."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        fetcher: Fetcher,
+        state: State,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self.fetcher = fetcher
+        self.state = state
+        self.clock = clock or SystemClock()
+        self.rng = rng or random.Random()  # noqa: S311 - jitter, not secrets
+        self.records: dict[str, Record] = {r.cert: r for r in state.all()}
+        self.entries: dict[str, discover.CertEntry] = {}
+        self.sockets: tuple[str, ...] = tuple(config.sockets)
+        self.watch_roots: frozenset[Path] = frozenset()
+        self.metrics = prom.Metrics(lambda: (self.clock.now(), list(self.records.values())))
+        self.wake = asyncio.Event()
+        self._haproxy: dict[str, protocol.Info | None] = {}
+        self._push_again: set[str] = set()
+
+    # -- discovery -------------------------------------------------------
+
+    def rediscover(self, changed: Iterable[Path] = (), *, at_once: bool = False) -> None:
+        """
+        Read the sources again; new, renewed and ``changed`` certificates become due.
+
+        ``at_once``: due now, not spread (a watched change, to meet the 2 s promise).
+        """
+        cfg = self.config
+        found = discover.discover(cfg.paths, cfg.crt_lists, cfg.haproxy_configs)
+        for warning in found.warnings:
+            log_event(logging.WARNING, "discover", warning=warning)
+        self.sockets = tuple(dict.fromkeys((*cfg.sockets, *found.sockets)))
+        now = self.clock.now()
+        touched = {str(p).removesuffix(".issuer") for p in changed}
+        entries = {str(e.path): e for e in found.certs}
+        for name in sorted(set(self.records) - set(entries)):
+            self.state.forget(name)
+            del self.records[name]
+            log_event(logging.INFO, "removed", cert=name)
+        for name, entry in entries.items():
+            self._track(name, entry, now, touched=name in touched, at_once=at_once)
+        self.entries = entries
+        self.watch_roots = frozenset(self._roots(found.certs))
+        self.wake.set()
+
+    def _track(
+        self,
+        name: str,
+        entry: discover.CertEntry,
+        now: dt.datetime,
+        *,
+        touched: bool,
+        at_once: bool,
+    ) -> None:
+        serial = _serial(entry.path)
+        rec = self.records.get(name)
+        due = now if at_once else schedule.next_refresh(None, now, 0, self.rng, self.config.policy)
+        if rec is None:
+            rec = Record(name, serial=serial, next_refresh=due)
+            log_event(logging.INFO, "added", cert=name, serial=serial)
+        elif serial != rec.serial:
+            # A renewed certificate: what we knew was about the previous one.
+            rec = Record(name, serial=serial, next_refresh=due)
+            log_event(logging.INFO, "renewed", cert=name, serial=serial)
+        elif touched or rec.next_refresh is None:
+            rec = dataclasses.replace(rec, next_refresh=due)
+        else:
+            return
+        self._save(rec)
+
+    def _roots(self, certs: Sequence[discover.CertEntry]) -> set[Path]:
+        cfg = self.config
+        roots = {p if p.is_dir() else p.parent for p in cfg.paths}
+        roots |= {p.parent for p in (*cfg.crt_lists, *cfg.haproxy_configs)}
+        roots |= {e.path.parent for e in certs}
+        return {r for r in roots if r.is_dir()}
+
+    # -- refreshing ------------------------------------------------------
+
+    def next_wakeup(self) -> dt.datetime | None:
+        """The earliest planned refresh, or None when there is nothing to do."""
+        times = [r.next_refresh for r in self.records.values() if r.next_refresh is not None]
+        return min(times, default=None)
+
+    async def refresh_due(self) -> list[pipeline.Outcome]:
+        """Run every due certificate through the pipeline, one batch; record the outcomes."""
+        now = self.clock.now()
+        due = [
+            n
+            for n, r in self.records.items()
+            if n in self.entries and (r.next_refresh is None or r.next_refresh <= now)
+        ]
+        if not due:
+            return []
+        forced = [n for n in due if _hint_due(self.records[n], now)]
+        plain = [n for n in due if n not in forced]
+        outcomes: list[pipeline.Outcome] = []
+        for names, force in ((plain, False), (forced, True)):
+            if names:
+                options = self._options(force=force)
+                entries = [self.entries[n] for n in names]
+                outcomes += await pipeline.run_outcomes(
+                    entries, options, fetcher=self.fetcher, now=now
+                )
+        for outcome in outcomes:
+            self._record(outcome, now)
+        return outcomes
+
+    def _options(self, *, force: bool = False, fetch: bool = True) -> pipeline.Options:
+        return pipeline.Options(
+            sockets=self.sockets, force=force, state_dir=self.config.state_dir, fetch=fetch
+        )
+
+    def _record(self, outcome: pipeline.Outcome, now: dt.datetime) -> None:
+        row = outcome.row
+        rec = self.records.get(row.cert) or Record(row.cert)
+        asked = outcome.elapsed is not None
+        if asked and row.ocsp_url:
+            host = row.ocsp_url.split("/")[2] if "//" in row.ocsp_url else row.ocsp_url
+            self.metrics.latency.labels(host).observe(outcome.elapsed or 0.0)
+        self._count_pushes(row)
+        policy = self.config.policy
+        result = _result(row)
+        self.metrics.fetches.labels(result).inc()
+        haproxy = tuple(sorted({**dict(rec.haproxy), **row.haproxy}.items()))
+        base = dataclasses.replace(
+            rec, ocsp_url=row.ocsp_url, result=result, error=row.error, last_attempt=now,
+            haproxy=haproxy,
+        )  # fmt: skip
+        if _has_staple(row) and row.this_update is not None:
+            same = row.this_update == rec.this_update
+            new = dataclasses.replace(
+                base,
+                status=row.status.value,
+                this_update=row.this_update,
+                next_update=row.next_update,
+                fetched_at=now if asked else (rec.fetched_at if same else None),
+                max_age=outcome.max_age if asked else (rec.max_age if same else None),
+                last_success=now if asked else rec.last_success,
+                failures=0,
+            )
+            if not asked:
+                new = dataclasses.replace(new, fetched_at=None, max_age=None)
+            new = dataclasses.replace(
+                new, next_refresh=schedule.next_refresh(new.window(), now, 0, self.rng, policy)
+            )
+            if "error" in row.haproxy.values():
+                self._push_again.update(s for s, v in row.haproxy.items() if v == "error")
+        elif row.status in {Status.NO_OCSP, Status.MANAGED}:
+            new = dataclasses.replace(
+                base, status=row.status.value, failures=0, next_refresh=now + policy.interval
+            )
+        else:
+            failures = rec.failures + 1
+            window = rec.window()
+            new = dataclasses.replace(
+                base,
+                status=_failed_status(row, rec),
+                failures=failures,
+                next_refresh=schedule.next_refresh(window, now, failures, self.rng, policy),
+            )
+        self._save(new, event=result, at=now)
+        level = logging.INFO if result in {"fetched", "fresh", "skipped"} else logging.ERROR
+        log_event(
+            level, result, cert=row.cert, responder=row.ocsp_url, status=new.status,
+            action=row.action.value, next_update=new.next_update, next_refresh=new.next_refresh,
+            failures=new.failures, error=row.error,
+        )  # fmt: skip
+        self._warn_if_expiring(new, now)
+
+    def _warn_if_expiring(self, rec: Record, now: dt.datetime) -> None:
+        if (
+            rec.this_update is None
+            or rec.next_update is None
+            or rec.status in {"no-ocsp", "managed"}
+        ):
+            return
+        if schedule.in_alert_window(rec.this_update, rec.next_update, now, self.config.policy):
+            log_event(
+                logging.WARNING, "expiring", cert=rec.cert, next_update=rec.next_update,
+                left=str(rec.next_update - now), failures=rec.failures, error=rec.error,
+            )  # fmt: skip
+
+    def _count_pushes(self, row: ResultRow) -> None:
+        for outcome in row.haproxy.values():
+            self.metrics.pushes.labels(outcome).inc()
+
+    def _save(
+        self, rec: Record, *, event: str | None = None, at: dt.datetime | None = None
+    ) -> None:
+        self.records[rec.cert] = rec
+        self.state.put(rec, event=event, at=at)
+
+    # -- HAProxy ---------------------------------------------------------
+
+    async def check_haproxy(self) -> None:
+        """Notice restarts and reloads; push the staples on disk to an HAProxy that needs them."""
+        for socket in self.sockets:
+            try:
+                info = await _show_info(socket)
+            except HastapleError as exc:
+                if self._haproxy.get(socket, "unknown") is not None:
+                    log_event(logging.WARNING, "haproxy_down", socket=socket, error=str(exc))
+                self._haproxy[socket] = None
+                continue
+            before = self._haproxy.get(socket)
+            restarted = (
+                before is None or info.pid != before.pid or info.uptime_sec < before.uptime_sec
+            )
+            self._haproxy[socket] = info
+            if restarted or socket in self._push_again:
+                if restarted:
+                    log_event(logging.INFO, "haproxy_started", socket=socket, pid=info.pid)
+                await self.repush(socket)
+
+    async def repush(self, socket: str) -> None:
+        """Load every valid staple on disk into ``socket``; ask no CA."""
+        self._push_again.discard(socket)
+        entries = [e for n, e in self.entries.items() if self.records.get(n, Record(n)).ocsp_url]
+        if not entries:
+            return
+        options = dataclasses.replace(self._options(fetch=False), sockets=(socket,))
+        outcomes = await pipeline.run_outcomes(
+            entries, options, fetcher=self.fetcher, now=self.clock.now()
+        )
+        for outcome in outcomes:
+            row = outcome.row
+            if socket not in row.haproxy or row.cert not in self.records:
+                continue
+            self._count_pushes(row)
+            rec = self.records[row.cert]
+            served = tuple(sorted({**dict(rec.haproxy), socket: row.haproxy[socket]}.items()))
+            self._save(dataclasses.replace(rec, haproxy=served))
+            if row.haproxy[socket] == "error":
+                self._push_again.add(socket)
+                log_event(
+                    logging.ERROR, "push_failed", cert=row.cert, socket=socket, error=row.error
+                )
+        log_event(logging.INFO, "repushed", socket=socket, certs=len(entries))
+
+    def health(self) -> prom.Health:
+        """The /healthz verdict now."""
+        return prom.health(self.records.values(), self.clock.now(), self.config.policy)
+
+    # -- the loop --------------------------------------------------------
+
+    async def serve(self, stop: asyncio.Event, *, ready: asyncio.Event | None = None) -> None:
+        """
+        Run until ``stop`` is set: refresh on schedule, watch files, watch HAProxy.
+
+        A batch in progress is finished before returning (no partial file, no
+        half-written row), so SIGTERM exits cleanly.
+        """
+        self.rediscover()
+        tasks = [
+            asyncio.create_task(self._watch(stop), name="watch"),
+            asyncio.create_task(self._poll(stop), name="poll"),
+        ]
+        if ready is not None:
+            ready.set()
+        try:
+            while not stop.is_set():
+                self.wake.clear()
+                await self.refresh_due()
+                await self._sleep(stop)
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def _sleep(self, stop: asyncio.Event) -> None:
+        wakeup = self.next_wakeup()
+        delay = 3600.0 if wakeup is None else (wakeup - self.clock.now()).total_seconds()
+        waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self.wake.wait())]
+        try:
+            await asyncio.wait(waiters, timeout=max(delay, 0.0), return_when="FIRST_COMPLETED")
+        finally:
+            for w in waiters:
+                w.cancel()
+
+    async def _poll(self, stop: asyncio.Event) -> None:
+        interval = self.config.haproxy_poll.total_seconds()
+        while not stop.is_set():
+            try:
+                await self.check_haproxy()
+            except Exception:
+                logger.exception("internal error while checking HAProxy")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
+
+    async def _watch(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            roots = self.watch_roots
+            if not roots:
+                await stop.wait()
+                return
+            async for changes in watchfiles.awatch(
+                *roots, stop_event=stop, watch_filter=_relevant, step=_WATCH_STEP_MS,
+                debounce=500, recursive=False,
+            ):  # fmt: skip
+                try:
+                    self.rediscover({Path(p) for _, p in changes}, at_once=True)
+                except Exception:
+                    logger.exception("internal error while reading the certificate sources")
+                if self.watch_roots != roots:
+                    break
+
+
+async def _show_info(socket: str) -> protocol.Info:
+    async with client.connect(socket, timeout=5.0) as conn:
+        reply = await conn.run_one(protocol.SHOW_INFO)
+        return protocol.parse_info(conn.address.text, protocol.SHOW_INFO, reply)
+
+
+def _relevant(change: watchfiles.Change, path: str) -> bool:  # noqa: ARG001 - watchfiles' signature
+    """Our own ``.ocsp`` writes and temp files are not news; everything else may be."""
+    name = Path(path).name
+    return not name.startswith(".") and not name.endswith((".ocsp", ".key", ".sctl"))
+
+
+def _serial(path: Path) -> str | None:
+    try:
+        return format(pem.parse_file(path).leaf.serial_number, "x")
+    except HastapleError:
+        return None
+
+
+def _hint_due(rec: Record, now: dt.datetime) -> bool:
+    """Whether a max-age hint (RFC 5019), not the half-life, made this one due."""
+    if rec.this_update is None or rec.next_update is None or rec.max_age is None:
+        return False
+    return schedule.is_fresh(rec.this_update, rec.next_update, now)
+
+
+def _has_staple(row: ResultRow) -> bool:
+    """A good staple is stored (a failed push does not undo that)."""
+    if row.status is not Status.GOOD or row.this_update is None:
+        return False
+    return row.action is not Action.FAILED or "error" in row.haproxy.values()
+
+
+def _failed_status(row: ResultRow, rec: Record) -> str | None:
+    """A signed revoked/unknown answer is news; otherwise the staple held keeps its status."""
+    if row.status in {Status.REVOKED, Status.UNKNOWN}:
+        return str(row.status.value)
+    return rec.status if rec.this_update else str(Status.ERROR.value)
+
+
+def _result(row: ResultRow) -> str:
+    if row.status in {Status.REVOKED, Status.UNKNOWN}:
+        return str(row.status.value)
+    if _has_staple(row):
+        return "fresh" if row.action is Action.FRESH else "fetched"
+    if row.action is Action.SKIPPED and row.status is not Status.ERROR:
+        return "skipped"
+    return "error"

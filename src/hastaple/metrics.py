@@ -1,0 +1,151 @@
+"""
+Every Prometheus object of the daemon, defined once, and /metrics + /healthz.
+
+Each daemon gets its own ``CollectorRegistry`` (not the global one), so tests
+in one process never collide. Per-certificate series exist only for staple
+expiry and last success (STYLE.md: low-cardinality labels elsewhere); they are
+computed at scrape time from the daemon's records and clock, so "seconds until
+expiry" is never stale between refreshes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from hastaple import schedule
+from hastaple.state import Record
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0)
+_QUIET = frozenset({"no-ocsp", "managed"})
+
+Snapshot = Callable[[], tuple[dt.datetime, Iterable[Record]]]
+
+
+class Metrics:
+    """The daemon's counters and histograms, plus the per-certificate gauges."""
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        self.registry = CollectorRegistry()
+        self.fetches = Counter(
+            "hastaple_fetches",
+            "Refresh attempts by result (fetched, fresh, revoked, unknown, error, skipped).",
+            ["result"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "hastaple_responder_latency_seconds",
+            "Time an OCSP responder took to answer, whole exchange.",
+            ["responder"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.pushes = Counter(
+            "hastaple_haproxy_pushes",
+            "Staples loaded into HAProxy by outcome (update, commit, error).",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.registry.register(_Staples(snapshot))
+
+    def render(self) -> bytes:
+        """The text exposition format."""
+        return generate_latest(self.registry)
+
+
+class _Staples(Collector):
+    """Seconds until expiry and last success time, per certificate, at scrape time."""
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        self.snapshot = snapshot
+
+    def collect(self) -> Iterator[Metric]:
+        now, records = self.snapshot()
+        expiry = GaugeMetricFamily(
+            "hastaple_staple_expiry_seconds",
+            "Seconds until the staple held expires (negative: expired).",
+            labels=["cert"],
+        )
+        success = GaugeMetricFamily(
+            "hastaple_last_success_timestamp_seconds",
+            "Unix time of the last successful fetch.",
+            labels=["cert"],
+        )
+        for r in records:
+            if r.next_update is not None:
+                expiry.add_metric([r.cert], (r.next_update - now).total_seconds())
+            if r.last_success is not None:
+                success.add_metric([r.cert], r.last_success.timestamp())
+        yield expiry
+        yield success
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    """The /healthz answer: ok, or the reasons it is not."""
+
+    ok: bool
+    reasons: tuple[str, ...]
+
+
+def health(records: Iterable[Record], now: dt.datetime, policy: schedule.Policy) -> Health:
+    """
+    Unhealthy while a staple is inside the alert window (or expired, or never obtained).
+
+    A certificate without an OCSP URL, or one HAProxy updates itself, is fine.
+    """
+    reasons = []
+    for r in records:
+        if r.status in _QUIET:
+            continue
+        if r.this_update is not None and r.next_update is not None:
+            if schedule.in_alert_window(r.this_update, r.next_update, now, policy):
+                left = r.next_update - now
+                when = "expired" if left <= dt.timedelta(0) else f"expires in {_human(left)}"
+                why = f": {r.error}" if r.error else ""
+                reasons.append(f"{r.cert}: staple {when} without a successful refresh{why}")
+        elif r.failures > 0:
+            reasons.append(f"{r.cert}: no staple yet: {r.error or 'fetch failed'}")
+    return Health(not reasons, tuple(reasons))
+
+
+def _human(delta: dt.timedelta) -> str:
+    seconds = int(delta.total_seconds())
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m"
+
+
+def app(metrics: Metrics, check: Callable[[], Health]) -> web.Application:
+    """The small HTTP app: GET /metrics and GET /healthz."""
+
+    async def _metrics(_: web.Request) -> web.Response:
+        return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+
+    async def _healthz(_: web.Request) -> web.Response:
+        result = check()
+        text = "ok\n" if result.ok else "".join(f"{r}\n" for r in result.reasons)
+        return web.Response(text=text, status=200 if result.ok else 503)
+
+    application = web.Application()
+    application.router.add_get("/metrics", _metrics)
+    application.router.add_get("/healthz", _healthz)
+    return application
+
+
+async def serve(application: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
+    """Start serving; return the runner (``await runner.cleanup()`` stops it) and the port."""
+    runner = web.AppRunner(application, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    server = site._server  # noqa: SLF001 - aiohttp exposes the bound port nowhere else
+    sockets = getattr(server, "sockets", None) or ()
+    bound = int(sockets[0].getsockname()[1]) if sockets else port
+    return runner, bound

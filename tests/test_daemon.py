@@ -1,0 +1,256 @@
+"""
+The daemon's loop on a simulated clock, with no sleeping.
+
+Real pipeline, real files, real signed responses; only time is simulated and
+the responder is a function that signs with the test PKI.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import datetime as dt
+import json
+import logging
+import random
+
+import pytest
+from cryptography.x509 import ocsp
+
+from hastaple import config as cfgmod
+from hastaple import daemon as daemonmod
+from hastaple import events
+from hastaple.errors import FetchError
+from hastaple.fetch import OCSPReply
+from hastaple.state import State
+from pki import now as real_now
+
+WEEK = dt.timedelta(days=7)
+DAY = dt.timedelta(days=1)
+
+
+class SimClock:
+    """A clock the test moves by hand."""
+
+    def __init__(self, start: dt.datetime) -> None:
+        self.t = start
+
+    def now(self) -> dt.datetime:
+        return self.t
+
+
+class SignerFetcher:
+    """A responder in-process: signs a fresh 7-day response for the asked serial."""
+
+    def __init__(self, pki, clock: SimClock, leaves) -> None:
+        self.pki, self.clock = pki, clock
+        self.leaves = {leaf.cert.serial_number: leaf for leaf in leaves}
+        self.asked: collections.Counter[int] = collections.Counter()
+        self.down = False
+        self.max_age: int | None = None
+
+    async def ocsp(self, url: str, request_der: bytes) -> OCSPReply:
+        serial = ocsp.load_der_ocsp_request(request_der).serial_number
+        self.asked[serial] += 1
+        if self.down:
+            raise FetchError(url, "connection refused")
+        this = self.clock.now() - dt.timedelta(minutes=1)
+        der = self.pki.response(self.leaves[serial].cert, this_update=this, next_update=this + WEEK)
+        return OCSPReply(der, url, self.max_age, 0.02)
+
+    async def get(self, url: str) -> bytes:
+        raise FetchError(url, "no AIA in these tests")
+
+
+@dataclasses.dataclass
+class World:
+    clock: SimClock
+    fetcher: SignerFetcher
+    daemon: daemonmod.Daemon
+    config: cfgmod.Config
+    leaves: list
+    crt_dir: object
+
+    def restart(self) -> daemonmod.Daemon:
+        self.daemon.state.close()
+        state = State.open(self.config.state_dir)
+        self.daemon = daemonmod.Daemon(
+            self.config, fetcher=self.fetcher, state=state, clock=self.clock,
+            rng=random.Random(1),  # noqa: S311 - jitter
+        )  # fmt: skip
+        return self.daemon
+
+    async def run_until(self, end: dt.datetime, check=None) -> None:
+        """Refresh what is due, jump to the next planned time, until ``end``."""
+        while True:
+            await self.daemon.refresh_due()
+            if check:
+                check(self)
+            wakeup = self.daemon.next_wakeup()
+            if wakeup is None or wakeup > end:
+                self.clock.t = end
+                return
+            self.clock.t = max(wakeup, self.clock.t)
+
+
+def _world(pki, tmp_path, n: int) -> World:
+    crt_dir = tmp_path / "crt"
+    crt_dir.mkdir()
+    leaves = [pki.leaf(f"c{i}.test", ocsp_url="http://ocsp.test/") for i in range(n)]
+    for i, leaf in enumerate(leaves):
+        pki.write(crt_dir, f"c{i}.pem", leaf)
+    clock = SimClock(real_now())
+    config = cfgmod.Config(state_dir=tmp_path / "state", paths=(crt_dir,), metrics_address=None)
+    fetcher = SignerFetcher(pki, clock, leaves)
+    daemon = daemonmod.Daemon(
+        config, fetcher=fetcher, state=State.open(config.state_dir), clock=clock,
+        rng=random.Random(0),  # noqa: S311 - jitter
+    )  # fmt: skip
+    daemon.rediscover()
+    return World(clock, fetcher, daemon, config, leaves, crt_dir)
+
+
+def _never_expired(world: World) -> None:
+    for rec in world.daemon.records.values():
+        assert rec.next_update is not None, rec
+        assert rec.next_update > world.clock.now(), rec
+
+
+async def test_thirty_days_of_weekly_responses(pki, tmp_path):
+    """Over 30 simulated days each certificate is fetched <= 10 times and never expires."""
+    world = _world(pki, tmp_path, 12)
+    start = world.clock.now()
+    await world.daemon.refresh_due()  # nothing due before the startup spread
+    world.clock.t = start + dt.timedelta(seconds=11)
+    await world.run_until(start + dt.timedelta(days=30), _never_expired)
+    counts = [world.fetcher.asked[leaf.cert.serial_number] for leaf in world.leaves]
+    assert all(5 <= c <= 10 for c in counts), counts
+    for leaf in world.leaves:
+        path = world.crt_dir / f"c{world.leaves.index(leaf)}.pem.ocsp"
+        staple = ocsp.load_der_ocsp_response(path.read_bytes())
+        assert staple.serial_number == leaf.cert.serial_number
+    assert world.daemon.health().ok
+
+
+async def test_outage_keeps_staple_warns_and_recovers(pki, tmp_path, caplog):
+    """A 3-day responder outage: staple kept, warning, metric and 503 before expiry; recovery."""
+    caplog.set_level(logging.WARNING, logger="hastaple.daemon")
+    world = _world(pki, tmp_path, 3)
+    start = world.clock.now()
+    world.clock.t = start + dt.timedelta(seconds=11)
+    await world.run_until(start + 3 * DAY, _never_expired)
+    staples = {p: p.read_bytes() for p in world.crt_dir.glob("*.ocsp")}
+    expiry = {r.cert: r.next_update for r in world.daemon.records.values()}
+    world.fetcher.down = True
+    await world.run_until(start + 6 * DAY, _never_expired)
+    assert {p: p.read_bytes() for p in world.crt_dir.glob("*.ocsp")} == staples
+    warnings = [r for r in caplog.records if "event=expiring" in r.getMessage()]
+    assert {w.getMessage().split("cert=")[1].split()[0] for w in warnings} == set(expiry)
+    health = world.daemon.health()
+    assert not health.ok
+    assert "without a successful refresh" in health.reasons[0]
+    metrics = world.daemon.metrics.render().decode()
+    assert 'hastaple_fetches_total{result="error"}' in metrics
+    for line in metrics.splitlines():
+        if line.startswith("hastaple_staple_expiry_seconds{"):
+            assert 0 < float(line.split()[-1]) < 2 * 86400
+    failed_attempts = sum(world.fetcher.asked.values())
+    world.fetcher.down = False
+    await world.run_until(start + 6 * DAY + dt.timedelta(hours=1), _never_expired)
+    assert sum(world.fetcher.asked.values()) > failed_attempts
+    for rec in world.daemon.records.values():
+        assert rec.failures == 0
+        assert rec.next_update > expiry[rec.cert]
+    assert world.daemon.health().ok
+
+
+async def test_restart_asks_no_ca_for_fresh_staples(pki, tmp_path):
+    """A restarted daemon (state kept, or even lost) makes zero CA requests for fresh staples."""
+    world = _world(pki, tmp_path, 4)
+    start = world.clock.now()
+    world.clock.t = start + dt.timedelta(seconds=11)
+    await world.run_until(start + DAY)
+    asked = sum(world.fetcher.asked.values())
+    assert asked == 4
+    daemon = world.restart()
+    daemon.rediscover()
+    assert daemon.next_wakeup() > world.clock.now() + DAY
+    assert await daemon.refresh_due() == []
+    (world.config.state_dir / "state.sqlite3").unlink()
+    daemon = world.restart()
+    daemon.rediscover()
+    world.clock.t += dt.timedelta(seconds=11)
+    outcomes = await daemon.refresh_due()
+    assert [o.row.action.value for o in outcomes] == ["fresh"] * 4
+    assert sum(world.fetcher.asked.values()) == asked
+    assert all(r.next_refresh > world.clock.now() + DAY for r in daemon.records.values())
+
+
+async def test_renewed_certificate_gets_its_own_staple_at_once(pki, tmp_path):
+    """A new serial under the same name is fetched at once; the old staple is not kept for it."""
+    world = _world(pki, tmp_path, 2)
+    world.clock.t += dt.timedelta(seconds=11)
+    await world.daemon.refresh_due()
+    renewed = pki.leaf("c0.test", ocsp_url="http://ocsp.test/")
+    world.fetcher.leaves[renewed.cert.serial_number] = renewed
+    path = pki.write(world.crt_dir, "c0.pem", renewed)
+    world.daemon.rediscover({path}, at_once=True)
+    rec = world.daemon.records[str(path)]
+    assert rec.this_update is None
+    assert rec.next_refresh == world.clock.now()
+    outcomes = await world.daemon.refresh_due()
+    assert [o.row.cert for o in outcomes] == [str(path)]
+    staple = ocsp.load_der_ocsp_response((world.crt_dir / "c0.pem.ocsp").read_bytes())
+    assert staple.serial_number == renewed.cert.serial_number
+    assert world.daemon.records[str(path)].serial == format(renewed.cert.serial_number, "x")
+
+
+async def test_removed_certificate_is_forgotten(pki, tmp_path):
+    """A certificate whose file is gone disappears from memory and from the database."""
+    world = _world(pki, tmp_path, 2)
+    world.clock.t += dt.timedelta(seconds=11)
+    await world.daemon.refresh_due()
+    gone = world.crt_dir / "c1.pem"
+    gone.unlink()
+    world.daemon.rediscover({gone}, at_once=True)
+    assert str(gone) not in world.daemon.records
+    assert world.daemon.state.get(str(gone)) is None
+    assert world.daemon.state.history(str(gone)) == []
+
+
+async def test_max_age_brings_refresh_forward(pki, tmp_path):
+    """Cache-Control max-age=1h: the next fetch comes after about an hour, not 3.5 days."""
+    world = _world(pki, tmp_path, 1)
+    world.fetcher.max_age = 3600
+    start = world.clock.now()
+    world.clock.t = start + dt.timedelta(seconds=11)
+    await world.run_until(start + dt.timedelta(hours=1, minutes=30))
+    assert world.fetcher.asked[world.leaves[0].cert.serial_number] == 2
+
+
+async def test_no_ocsp_url_is_skipped_not_error(pki, tmp_path):
+    """A certificate without an OCSP URL is re-checked later and keeps /healthz green."""
+    world = _world(pki, tmp_path, 0)
+    pki.write(world.crt_dir, "plain.pem", pki.leaf("plain.test", ocsp_url=None))
+    world.daemon.rediscover()
+    world.clock.t += dt.timedelta(seconds=11)
+    [outcome] = await world.daemon.refresh_due()
+    rec = world.daemon.records[outcome.row.cert]
+    assert (rec.status, rec.result, rec.failures) == ("no-ocsp", "skipped", 0)
+    assert rec.next_refresh >= world.clock.now() + dt.timedelta(hours=11)
+    assert world.daemon.health().ok
+
+
+@pytest.mark.parametrize("fmt", ["keyvalue", "json"])
+def test_log_formats(fmt, capsys):
+    """One line per event, key=value or JSON, with the event's fields."""
+    events.configure(fmt)
+    events.log_event(logging.WARNING, "expiring", cert="/c/a b.pem", failures=3)
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    if fmt == "json":
+        data = json.loads(line)
+        assert (data["event"], data["cert"], data["failures"]) == ("expiring", "/c/a b.pem", 3)
+    else:
+        assert 'event=expiring cert="/c/a b.pem" failures=3' in line
+        assert "level=warning" in line
+    logging.getLogger().handlers.clear()
