@@ -1,0 +1,264 @@
+"""
+A fault-injecting stand-in for HAProxy's runtime API on a unix socket.
+
+It speaks what hastaple uses of the real thing (HAPROXY.md §3b-§3d, §4):
+prompt mode, ``<<`` payloads ended by an empty line, ``show ssl cert``,
+``set ssl ocsp-response``, ``set ssl cert <crt>.ocsp``/``commit ssl cert`` and
+``show ssl ocsp-response <key>``, for certificates registered with
+``register()``. What a real HAProxy will not do on demand is the point:
+``fault`` garbles replies, stalls, drops the connection after N commands
+(a restart mid-batch) or answers "command too big".
+
+Everything runs on the test's event loop; the socket lives in a directory of
+the test's choosing (the path of a unix socket must fit 107 bytes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import datetime as dt
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, Self
+
+from cryptography.x509 import ocsp
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from types import TracebackType
+
+TOO_BIG = (
+    "The command is too big for the buffer size. Please change tune.bufsize in the "
+    "configuration to use a bigger command.\n"
+)
+PITFALL = "OCSP single response: Certificate ID does not match any certificate or issuer.\n"
+
+Fault = Literal["none", "garble", "garble-no-prompt", "stall", "close-after", "too-big", "slow"]
+
+
+@dataclass
+class Cert:
+    """One certificate as the fake HAProxy knows it: its OCSP key and served response."""
+
+    crt: str
+    key_hex: str | None  # None: loaded without .ocsp (the pitfall state)
+    der: bytes | None = None
+
+
+@dataclass
+class FakeHAProxy:
+    """
+    A runtime API server; ``fault`` decides how it misbehaves.
+
+    ``garble``: every reply after ``prompt`` is ``garbage`` then the prompt.
+    ``garble-no-prompt``: ``garbage`` and then silence (the client must time out).
+    ``stall``: no reply at all after ``prompt``.
+    ``close-after``: the connection is dropped after ``after`` commands.
+    ``too-big``: commands longer than ``bufsize`` get 2.8's "too big" reply.
+    ``slow``: every reply waits ``delay`` seconds.
+    """
+
+    path: Path
+    fault: Fault = "none"
+    garbage: bytes = b"\x00\xff garbled \xfe\n"
+    after: int = 0
+    bufsize: int = 16384
+    delay: float = 0.0
+    certs: dict[str, Cert] = field(default_factory=dict)
+    commands: list[str] = field(default_factory=list)
+    connections: int = 0
+    _server: asyncio.Server | None = None
+
+    def register(self, crt: str, key_hex: str | None, der: bytes | None = None) -> None:
+        """Serve ``crt``; ``key_hex`` None means it had no ``.ocsp`` at load time."""
+        self.certs[crt] = Cert(crt, key_hex, der)
+
+    async def __aenter__(self) -> Self:
+        self._server = await asyncio.start_unix_server(self._handle, path=str(self.path))
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._server.wait_closed(), 1)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        served = 0
+        try:
+            while (command := await _read_command(reader)) is not None:
+                line, payload, size = command
+                self.commands.append(line)
+                if line == "prompt":
+                    writer.write(b"\n> ")
+                    await writer.drain()
+                    continue
+                if self.fault == "close-after" and served >= self.after:
+                    return
+                served += 1
+                reply = await self._reply(line, payload, size)
+                if reply is None:
+                    continue
+                writer.write(reply)
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+    async def _reply(self, line: str, payload: str | None, size: int) -> bytes | None:
+        if self.fault == "stall":
+            await asyncio.Event().wait()  # until the client or the server goes away
+        if self.fault == "slow":
+            await asyncio.sleep(self.delay)
+        if self.fault == "garble":
+            return self.garbage + b"\n> "
+        if self.fault == "garble-no-prompt":
+            return self.garbage
+        if self.fault == "too-big" and size > self.bufsize:
+            return TOO_BIG.encode() + b"\n> "
+        echo = "+ " * len(payload.splitlines()) if payload is not None else ""
+        return (echo + self.answer(line, payload)).encode() + b"\n> "
+
+    def answer(self, line: str, payload: str | None) -> str:  # noqa: C901, PLR0911 - one branch per command
+        """What a healthy HAProxy answers (texts from HAPROXY.md)."""
+        words = line.split()
+        if line.startswith("show ssl cert "):
+            cert = self.certs.get(words[3])
+            if cert is None:
+                return "Can't display the certificate: Not found or the certificate is a bundle!\n"
+            key = (cert.key_hex or "").upper()
+            return f"Filename: {cert.crt}\nStatus: Used\nSerial: 1001\nOCSP Response Key: {key}\n"
+        if line.startswith("set ssl ocsp-response"):
+            der = base64.b64decode(payload or words[3])
+            for cert in self.certs.values():
+                if cert.key_hex is not None:
+                    cert.der = der  # routed by CertID in the real thing; one cert is enough here
+                    return "OCSP Response updated!\n"
+            return PITFALL
+        if line.startswith("set ssl cert ") and words[3].endswith(".ocsp"):
+            crt = words[3].removesuffix(".ocsp")
+            self.certs.setdefault(crt, Cert(crt, None)).der = base64.b64decode(payload or "")
+            return f"Transaction created for certificate {crt}!\n"
+        if line.startswith("commit ssl cert "):
+            return f"Committing {words[3]}.\nSuccess!\n"
+        if line.startswith("show ssl ocsp-response "):
+            for cert in self.certs.values():
+                if cert.key_hex == words[3].lower() and cert.der:
+                    return _dump(cert.der)
+            return "Certificate ID does not match any certificate.\n"
+        return "Unknown command.\n"
+
+
+async def _read_command(reader: asyncio.StreamReader) -> tuple[str, str | None, int] | None:
+    """One command: its line, its ``<<`` payload (if any) and its size in bytes."""
+    raw = await reader.readline()
+    if not raw:
+        return None
+    line = raw.decode("ascii", errors="replace").rstrip("\n")
+    size = len(raw)
+    if not line.endswith(" <<"):
+        return line, None, size
+    lines = []
+    while (part := await reader.readline()) not in {b"\n", b""}:
+        size += len(part)
+        lines.append(part.decode("ascii", errors="replace").rstrip("\n"))
+    return line.removesuffix(" <<"), "\n".join(lines), size + 1
+
+
+def _dump(der: bytes) -> str:
+    """The bits of ``show ssl ocsp-response <key>`` that hastaple reads back."""
+    single = ocsp.load_der_ocsp_response(der)
+    return (
+        "OCSP Response Data:\n"
+        f"    Cert Status: {single.certificate_status.name.lower()}\n"
+        f"    This Update: {_openssl_time(single.this_update_utc)}\n"
+        f"    Next Update: {_openssl_time(single.next_update_utc)}\n"
+    )
+
+
+def _openssl_time(when: dt.datetime | None) -> str:
+    if when is None:
+        return ""
+    return f"{when:%b} {when.day:2d} {when:%H:%M:%S %Y} GMT"
+
+
+class Threaded:
+    """Run a ``FakeHAProxy`` on its own event loop in a thread (for sync and forked tests)."""
+
+    def __init__(self, hap: FakeHAProxy) -> None:
+        self.hap = hap
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+
+    def __enter__(self) -> FakeHAProxy:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self.hap.__aenter__(), self._loop).result(5)
+        return self.hap
+
+    def __exit__(self, *exc_info: object) -> None:
+        coro = self.hap.__aexit__(None, None, None)
+        asyncio.run_coroutine_threadsafe(coro, self._loop).result(5)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+        self._loop.close()
+
+
+NOBODY, NOGROUP = 65534, 65534
+
+
+def as_nobody(fn: Callable[[], str], *, timeout: float = 20.0) -> str:
+    """
+    Run ``fn`` in a forked child that dropped root for nobody:nogroup; return its string.
+
+    A fork rather than ``setpriv python ...``: the interpreter may live where
+    nobody cannot read it (/root/.pyenv), yet the kernel's permission checks on
+    sockets and files are exactly those of an unprivileged process. An
+    exception in ``fn`` comes back as ``"raised <type>: <message>"``.
+    """
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        code = 0
+        try:
+            os.close(read_end)
+            os.setgroups([])
+            os.setgid(NOGROUP)
+            os.setuid(NOBODY)
+            try:
+                result = fn()
+            except Exception as exc:  # noqa: BLE001 - reported to the parent, which asserts
+                result = f"raised {type(exc).__name__}: {exc}"
+            os.write(write_end, result.encode("utf-8", "replace"))
+        except BaseException:  # noqa: BLE001 - a child must never unwind into pytest
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    deadline = time.monotonic() + timeout
+    chunks = []
+    with os.fdopen(read_end, "rb") as pipe:
+        while chunk := pipe.read(65536):
+            chunks.append(chunk)
+    while (waited := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)  # the child has closed its pipe: it is exiting
+    if waited[0] == 0:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        msg = "the unprivileged child did not finish"
+        raise TimeoutError(msg)
+    return b"".join(chunks).decode()

@@ -1,0 +1,303 @@
+"""
+HAProxy misbehaving: a clear error, a retry where it helps, never a crash or a hang.
+
+Most faults come from ``fake_haproxy.FakeHAProxy`` (garbled, stalled, dropped,
+slow, "too big"), one each; permission denied is real (an unprivileged
+process against a root-owned 0600 socket, via setpriv), and "command too big"
+is also shown on a real HAProxy 2.6 and 2.8 with a small ``tune.bufsize``.
+The parsers are fuzzed: for any reply, a value or ``HAProxyCommandFailed``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import socket
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from cryptography.x509 import ocsp
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fake_haproxy import NOGROUP, FakeHAProxy, Threaded, as_nobody
+from hastaple.errors import ConfigError, HAProxyCommandFailed, HAProxyError, HAProxyUnreachable
+from hastaple.haproxy import protocol as p
+from hastaple.haproxy.deploy import DeployItem, deploy
+from hastaple.ocsp.request import cert_id
+
+CRT = "/etc/haproxy/certs/site.pem"
+OTHER = "/etc/haproxy/certs/other.pem"
+
+
+@pytest.fixture(name="sock_dir")
+def _sock_dir():
+    """A short directory for unix sockets (tmp_path can exceed the 107-byte limit)."""
+    path = Path(tempfile.mkdtemp(prefix="hs-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def item(pki, leaf, crt: str = CRT, **kwargs) -> DeployItem:
+    der = pki.response(leaf.cert, **kwargs)
+    resp = ocsp.load_der_ocsp_response(der)
+    return DeployItem(
+        crt=crt,
+        der=der,
+        cert_id=cert_id(leaf.cert, pki.intermediate.cert),
+        issuer_pem=None,
+        this_update=resp.this_update_utc,
+        next_update=resp.next_update_utc,
+    )
+
+
+@pytest.fixture(name="leaf", scope="module")
+def _leaf(pki):
+    return pki.leaf("site.example.test")
+
+
+def fake(sock_dir: Path, pki, leaf, **kwargs) -> FakeHAProxy:
+    hap = FakeHAProxy(sock_dir / "admin.sock", **kwargs)
+    for crt in (CRT, OTHER):
+        hap.register(crt, cert_id(leaf.cert, pki.intermediate.cert).hex())
+    return hap
+
+
+async def test_healthy_fake_deploys(pki, leaf, sock_dir):
+    """The negative of every test below: the same fake, well-behaved, takes the staple."""
+    async with fake(sock_dir, pki, leaf) as hap:
+        [outcome] = await deploy(str(hap.path), [item(pki, leaf)])
+    assert (outcome.ok, outcome.method, outcome.error) == (True, "update", None)
+
+
+async def test_missing_socket(pki, leaf, sock_dir):
+    """No socket file: HAProxyUnreachable 'no such socket', naming it, at once."""
+    path = sock_dir / "gone.sock"
+    with pytest.raises(HAProxyUnreachable, match="no such socket") as info:
+        await deploy(str(path), [item(pki, leaf)], timeout=5)
+    assert str(path) in str(info.value)
+
+
+async def test_stale_socket_is_refused(pki, leaf, sock_dir):
+    """A socket file nobody listens on (HAProxy died): 'connection refused', no hang."""
+    path = sock_dir / "stale.sock"
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(path))  # bound, never listening, then closed: the file stays
+    started = time.monotonic()
+    with pytest.raises(HAProxyUnreachable, match="refused"):
+        await deploy(str(path), [item(pki, leaf)], timeout=5)
+    assert time.monotonic() - started < 3
+
+
+async def test_garbled_reply(pki, leaf, sock_dir):
+    """Binary garbage before each prompt: every item fails with the garbage quoted, no crash."""
+    async with fake(sock_dir, pki, leaf, fault="garble") as hap:
+        outcomes = await deploy(str(hap.path), [item(pki, leaf), item(pki, leaf, OTHER)])
+    assert [o.ok for o in outcomes] == [False, False]
+    for outcome in outcomes:
+        assert "'show ssl cert" in (outcome.error or "")
+        assert "garbled" in (outcome.error or "")
+
+
+@pytest.mark.parametrize("fault", ["garble-no-prompt", "stall"])
+async def test_no_prompt_times_out(pki, leaf, sock_dir, fault):
+    """Garbage and then silence, or silence only: HAProxyUnreachable within the timeout."""
+    async with fake(sock_dir, pki, leaf, fault=fault) as hap:
+        started = time.monotonic()
+        with pytest.raises(HAProxyUnreachable, match=r"no answer within 0\.5 s"):
+            await deploy(str(hap.path), [item(pki, leaf)], timeout=0.5)
+        assert time.monotonic() - started < 2
+
+
+async def test_slow_socket_still_succeeds(pki, leaf, sock_dir):
+    """Every reply 50 ms late: slow is not broken, the staple goes in."""
+    async with fake(sock_dir, pki, leaf, fault="slow", delay=0.05) as hap:
+        [outcome] = await deploy(str(hap.path), [item(pki, leaf)], timeout=5)
+    assert outcome.ok, outcome.error
+
+
+@pytest.mark.parametrize("after", [0, 1, 2, 3])
+async def test_connection_dropped_mid_batch(pki, leaf, sock_dir, after):
+    """
+    HAProxy restarting mid-batch (the connection drops after N commands).
+
+    Each item still gets an outcome: ok only if HAProxy confirmed it, else an
+    error saying the connection closed; never an exception, never a hang.
+    """
+    items = [item(pki, leaf), item(pki, leaf, OTHER)]
+    async with fake(sock_dir, pki, leaf, fault="close-after", after=after) as hap:
+        outcomes = await asyncio.wait_for(deploy(str(hap.path), items, timeout=5), 5)
+    assert len(outcomes) == 2
+    for outcome in outcomes:
+        assert not outcome.ok
+        assert "closed the connection" in (outcome.error or ""), outcome.error
+
+
+async def test_too_big_reply(pki, leaf, sock_dir):
+    """HAProxy 2.8's 'command is too big' (small tune.bufsize) fails that item with the reason."""
+    async with fake(sock_dir, pki, leaf, fault="too-big", bufsize=600) as hap:
+        [outcome] = await deploy(str(hap.path), [item(pki, leaf)])
+    assert not outcome.ok
+    assert "too big for the buffer size" in (outcome.error or "")
+
+
+def test_over_bufsize_is_not_sent():
+    """A command over 16 KiB is refused before sending (2.6 would just hang up)."""
+    with pytest.raises(HAProxyCommandFailed, match=r"tune\.bufsize"):
+        p.set_ocsp_response(b"\x30" * 13_000).encode(p.parse_address("/x.sock"))
+
+
+# -- permission denied, for real ---------------------------------------------------------
+
+
+def _deploy_as_nobody(path: Path) -> str:
+    """Connect as nobody:nogroup; say what hastaple said."""
+
+    def attempt() -> str:
+        try:
+            asyncio.run(deploy(str(path), [], timeout=5))
+        except HAProxyError as exc:
+            return f"{type(exc).__name__}: {exc}"
+        return "connected"
+
+    return as_nobody(attempt)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges needs root")
+@pytest.mark.parametrize(
+    ("mode", "group", "expected"),
+    [
+        (0o600, 0, "HAProxyUnreachable: haproxy {sock}: permission denied"),
+        (0o660, NOGROUP, "connected"),  # `stats socket ... mode 660 group nogroup`
+    ],
+    ids=["root-0600", "group-0660"],
+)
+def test_unprivileged_user_and_socket_mode(pki, leaf, sock_dir, *, mode, group, expected):
+    """
+    As nobody:nogroup, a root 0600 socket is 'permission denied'; a 0660 group socket works.
+
+    The error is HAProxyUnreachable with one sentence naming the socket, never
+    a traceback; the working case is the documented deployment (SECURITY.md).
+    """
+    sock_dir.chmod(0o755)  # traversable by nobody
+    with Threaded(fake(sock_dir, pki, leaf)) as hap:
+        os.chown(hap.path, 0, group)
+        hap.path.chmod(mode)
+        assert _deploy_as_nobody(hap.path) == expected.format(sock=hap.path)
+
+
+# -- fuzzing: every parser, any reply ----------------------------------------------------
+
+PARSERS = [
+    (p.parse_set_ocsp_response, p.set_ocsp_response(b"\x30\x00")),
+    (p.parse_set_cert, p.set_cert_ocsp(CRT, b"\x30\x00")),
+    (p.parse_commit, p.commit_cert(CRT)),
+    (p.parse_abort, p.abort_cert(CRT)),
+    (p.parse_show_cert, p.show_cert(CRT)),
+    (p.parse_ocsp_response, p.show_ocsp_response("00")),
+    (p.parse_info, p.SHOW_INFO),
+]
+_LINES = st.sampled_from(
+    [
+        "OCSP Response updated!",
+        "Success!",
+        "Committing x.",
+        "Filename: /x",
+        "OCSP Response Key: ABCD",
+        "Cert Status: good",
+        "This Update: Nov 29 16:55:52 2026 GMT",
+        "Next Update: Feb 30 99:99:99 2026 GMT",
+        "Pid: 12",
+        "Uptime_sec: -1",
+        "Version: x",
+        "Transaction created for certificate x!",
+        "Content will be ignored",
+        "+ + ",
+        "> ",
+        "",
+    ]
+)
+_REPLY_TEXT = st.one_of(
+    st.text(max_size=400),
+    st.lists(st.one_of(_LINES, st.text(max_size=30)), max_size=12).map("\n".join),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(parser=st.sampled_from(PARSERS), text=_REPLY_TEXT, closed=st.booleans())
+def test_fuzz_every_parser(parser, text, closed):
+    """For any reply text, each parse_* returns a value or raises HAProxyCommandFailed."""
+    parse, command = parser
+    with contextlib.suppress(HAProxyCommandFailed):
+        parse("/x.sock", command, p.Reply(text, closed=closed))
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.binary(max_size=600), chunk=st.integers(1, 64))
+def test_fuzz_bytes_through_reader_and_parsers(data, chunk):
+    """Any bytes, cut anywhere, through ReplyReader and then every parser: no other error."""
+    reader = p.ReplyReader()
+    replies = []
+    for at in range(0, len(data), chunk):
+        reader.feed(data[at : at + chunk])
+        while (reply := reader.next_reply()) is not None:
+            replies.append(reply)
+    reader.feed_eof()
+    while (reply := reader.next_reply()) is not None:
+        replies.append(reply)
+        if reply.closed:
+            break
+    for reply in replies:
+        for parse, command in PARSERS:
+            with contextlib.suppress(HAProxyCommandFailed):
+                parse("/x.sock", command, reply)
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.text(max_size=80))
+def test_fuzz_parse_address(text):
+    """Any --haproxy text is an Address or a ConfigError, never anything else."""
+    try:
+        address = p.parse_address(text)
+    except ConfigError:
+        return
+    assert address.path is not None or (address.host is not None and address.port)
+
+
+@settings(max_examples=300, deadline=None)
+@given(crt=st.text(max_size=60), der=st.binary(max_size=64))
+def test_fuzz_commands_encode(crt, der):
+    """
+    Any certificate name gives bytes or HAProxyCommandFailed, and never a second command.
+
+    A name holding ';' or a newline must not smuggle a command into the admin
+    socket (';' separates commands, a newline ends one).
+    """
+    address = p.parse_address("/x.sock")
+    for command in (
+        p.show_cert(crt), p.set_cert_ocsp(crt, der), p.commit_cert(crt), p.abort_cert(crt),
+    ):  # fmt: skip
+        try:
+            data = command.encode(address)
+        except HAProxyCommandFailed:
+            continue
+        head = data.split(b" <<\n", 1)[0] if command.payload is not None else data
+        assert head.count(b"\n") == (0 if command.payload is not None else 1)
+        assert _unescaped_semicolons(head) == 0
+
+
+def _unescaped_semicolons(data: bytes) -> int:
+    """How many ';' HAProxy would take as command separators (a backslash escapes one)."""
+    count, escaped = 0, False
+    for byte in data:
+        if escaped:
+            escaped = False
+        elif byte == ord("\\"):
+            escaped = True
+        elif byte == ord(";"):
+            count += 1
+    return count
