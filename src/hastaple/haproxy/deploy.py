@@ -15,15 +15,23 @@ never stops the others.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from hastaple.errors import HAProxyCommandFailed
+from hastaple.errors import HAProxyCommandFailed, HAProxyUnreachable
 from hastaple.haproxy import client, protocol
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+
+
+# A restarting HAProxy removes and recreates its socket, and 2.6's master CLI
+# refuses connections for a moment during a reload (HAPROXY.md §3g): worth a
+# few quick retries. A timeout or "permission denied" is not retried.
+RETRY_DELAYS = (0.2, 0.5, 1.0)  # seconds
+_TRANSIENT = (ConnectionRefusedError, FileNotFoundError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,10 +73,26 @@ async def deploy(
 
     Raises:
         ConfigError: ``socket`` is not an address.
-        HAProxyUnreachable: the socket cannot be used at all; the caller turns
-            it into one row per certificate.
+        HAProxyUnreachable: the socket cannot be used at all (after retries
+            when it is missing or refusing, as while HAProxy restarts); the
+            caller turns it into one row per certificate.
     """
     address = protocol.parse_address(socket)
+    for delay in RETRY_DELAYS:
+        try:
+            return await _deploy_once(address, items, timeout)
+        except HAProxyUnreachable as exc:
+            if not isinstance(exc.__cause__, _TRANSIENT):
+                raise
+        await asyncio.sleep(delay)
+    return await _deploy_once(address, items, timeout)
+
+
+async def _deploy_once(
+    address: protocol.Address,
+    items: Sequence[DeployItem],
+    timeout: float,  # noqa: ASYNC109 - passed on to client.connect, as in deploy()
+) -> list[DeployOutcome]:
     async with client.connect(address, timeout=timeout) as conn:
         return await _Run(conn, address).deploy(items)
 
