@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from fake_haproxy import NOGROUP, FakeHAProxy, Threaded, as_nobody
 from hastaple.errors import ConfigError, HAProxyCommandFailed, HAProxyError, HAProxyUnreachable
 from hastaple.haproxy import protocol as p
-from hastaple.haproxy.deploy import DeployItem, deploy
+from hastaple.haproxy.deploy import RETRY_DELAYS, DeployItem, deploy
 from hastaple.ocsp.request import cert_id
 
 CRT = "/etc/haproxy/certs/site.pem"
@@ -75,22 +75,52 @@ async def test_healthy_fake_deploys(pki, leaf, sock_dir):
 
 
 async def test_missing_socket(pki, leaf, sock_dir):
-    """No socket file: HAProxyUnreachable 'no such socket', naming it, at once."""
+    """No socket file, for good: HAProxyUnreachable 'no such socket' after the short retries."""
     path = sock_dir / "gone.sock"
+    started = time.monotonic()
     with pytest.raises(HAProxyUnreachable, match="no such socket") as info:
         await deploy(str(path), [item(pki, leaf)], timeout=5)
     assert str(path) in str(info.value)
+    assert time.monotonic() - started < sum(RETRY_DELAYS) + 1
+
+
+@pytest.mark.parametrize("gap", ["missing", "refusing"])
+async def test_restarting_haproxy_is_retried(pki, leaf, sock_dir, gap):
+    """
+    HAProxy restarting: its socket is gone or refuses for a moment, then it is back.
+
+    deploy retries the connection and the staple goes in (HAPROXY.md §3g:
+    2.6's master CLI refuses connections briefly during a reload).
+    """
+    hap = fake(sock_dir, pki, leaf)
+    if gap == "refusing":
+        with socket.socket(socket.AF_UNIX) as s:
+            s.bind(str(hap.path))  # a socket file with nobody listening
+
+    async def come_back() -> None:
+        await asyncio.sleep(0.3)
+        hap.path.unlink(missing_ok=True)
+        await hap.__aenter__()
+
+    back = asyncio.create_task(come_back())
+    try:
+        [outcome] = await deploy(str(hap.path), [item(pki, leaf)], timeout=5)
+    finally:
+        await back
+        await hap.__aexit__(None, None, None)
+    assert outcome.ok, outcome.error
+    assert hap.connections == 1
 
 
 async def test_stale_socket_is_refused(pki, leaf, sock_dir):
-    """A socket file nobody listens on (HAProxy died): 'connection refused', no hang."""
+    """A socket file nobody listens on (HAProxy died): 'connection refused' after the retries."""
     path = sock_dir / "stale.sock"
     with socket.socket(socket.AF_UNIX) as s:
         s.bind(str(path))  # bound, never listening, then closed: the file stays
     started = time.monotonic()
     with pytest.raises(HAProxyUnreachable, match="refused"):
         await deploy(str(path), [item(pki, leaf)], timeout=5)
-    assert time.monotonic() - started < 3
+    assert time.monotonic() - started < sum(RETRY_DELAYS) + 1
 
 
 async def test_garbled_reply(pki, leaf, sock_dir):
