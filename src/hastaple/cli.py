@@ -13,15 +13,16 @@ import datetime as dt
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
 import click
 from cryptography import x509
 
-from hastaple import __version__, config, discover, pem, render
+from hastaple import __version__, config, discover, pem, render, service, state
 from hastaple import issuer as issuers
+from hastaple import status as status_view
 from hastaple.errors import HastapleError, InvalidResponse
 from hastaple.fetch import Fetcher
 from hastaple.model import Action, ResultRow, Status
@@ -234,6 +235,72 @@ def _finish(rows: Sequence[ResultRow], *, as_json: bool) -> NoReturn:
     if any(r.bad_input for r in rows):
         code = EXIT_USAGE
     sys.exit(code)
+
+
+def _config_flags(command: Callable[..., None]) -> Callable[..., None]:
+    """One flag per configuration key (config.FIELDS), so flags and TOML never drift."""
+    for field in reversed(config.FIELDS):
+        many = field.kind in {"paths", "strings"}
+        command = click.option(
+            field.flag, field.name, multiple=many, default=None,
+            help=f"{field.help} [env {field.env}]",
+        )(command)  # fmt: skip
+    return command
+
+
+_config_file_option = click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="HASTAPLE_CONFIG",
+    help="TOML configuration file [env HASTAPLE_CONFIG].",
+)
+
+
+@cli.command("run")
+@_config_file_option
+@_config_flags
+@click.pass_context
+def run_daemon(ctx: click.Context, /, config_file: Path | None, **flags: object) -> None:
+    """
+    The daemon: keep every staple fresh, for ever.
+
+    Watches certificate directories and crt-lists, re-pushes staples when
+    HAProxy restarts, serves /metrics and /healthz. SIGTERM stops after the
+    batch in progress; SIGHUP reloads the configuration.
+    """
+
+    def load() -> config.Config:
+        return config.load(config_file, os.environ, flags)
+
+    with _errors(ctx):
+        load()  # a bad configuration exits 2 before anything starts
+        code = service.run(load)
+    sys.exit(code)
+
+
+@cli.command()
+@_config_file_option
+@_state_dir_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@click.pass_context
+def status(
+    ctx: click.Context, config_file: Path | None, state_dir: Path | None, as_json: bool
+) -> None:
+    """One row per certificate, from the daemon's state; asks no CA and no HAProxy."""
+    with _errors(ctx):
+        if state_dir is None and config_file is not None:
+            state_dir = config.load(config_file, os.environ).state_dir
+        db = state.State.open_readonly(state_dir or config.default_state_dir(os.environ))
+        records = db.all()
+        db.close()
+    if as_json:
+        click.echo(status_view.as_json(records))
+    elif sys.stdout.isatty():
+        status_view.table(records, sys.stdout)
+    elif records:
+        click.echo(status_view.as_lines(records))
+    sys.exit(EXIT_OK if status_view.healthy(records) else EXIT_FAILED)
 
 
 def main() -> None:

@@ -48,6 +48,7 @@ from hastaple.state import Record, State
 logger = logging.getLogger(__name__)
 _SKIPPED_EXT = (".key", ".ocsp", ".issuer", ".sctl")
 _WATCH_STEP_MS = 50  # a burst of events is handled 50 ms after it ends
+_ERROR_PAUSE_SECONDS = 5.0
 
 
 class Clock(Protocol):
@@ -336,7 +337,13 @@ class Daemon:
         try:
             while not stop.is_set():
                 self.wake.clear()
-                await self.refresh_due()
+                try:
+                    await self.refresh_due()
+                except Exception:
+                    # A bug must not stop the daemon nor spin it: log, pause, go on.
+                    logger.exception("internal error in the refresh loop")
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), _ERROR_PAUSE_SECONDS)
                 await self._sleep(stop)
         finally:
             for task in tasks:

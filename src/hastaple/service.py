@@ -1,0 +1,117 @@
+"""
+The process around ``Daemon``: signals, the metrics server, the HTTP client.
+
+SIGTERM and SIGINT set the stop event: the batch in progress finishes (every
+staple write is atomic and every state write one transaction), then the
+process exits 0. SIGHUP loads the configuration again: sources, sockets,
+refresh policy, responder overrides and log format apply at once; the state
+directory and the metrics address need a restart (and say so).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import Callable
+
+from aiohttp import web
+
+from hastaple import events, metrics
+from hastaple.config import Config, is_loopback, split_address
+from hastaple.daemon import Daemon
+from hastaple.errors import HastapleError
+from hastaple.events import log_event
+from hastaple.fetch import Fetcher, OCSPReply
+from hastaple.state import State
+
+
+class ConfiguredFetcher(Fetcher):
+    """The pipeline's fetcher, asking an operator's replacement URL where configured."""
+
+    def __init__(self, config: Config) -> None:
+        super().__init__()
+        self.config = config
+
+    async def ocsp(self, url: str, request_der: bytes) -> OCSPReply:
+        """Ask ``config.responder(url)`` instead of ``url``."""
+        return await super().ocsp(self.config.responder(url), request_der)
+
+
+def run(load: Callable[[], Config]) -> int:
+    """Run the daemon until SIGTERM; ``load`` reads the configuration (again on SIGHUP)."""
+    return asyncio.run(_main(load))
+
+
+async def _main(load: Callable[[], Config]) -> int:
+    config = load()
+    events.configure(config.log_format)
+    _apply_proxy(config)
+    state = State.open(config.state_dir)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, _stopper(stop, sig))
+    runner: web.AppRunner | None = None
+    try:
+        async with ConfiguredFetcher(config) as fetcher:
+            daemon = Daemon(config, fetcher=fetcher, state=state)
+            if config.metrics_address is not None:
+                runner = await _serve_metrics(daemon, config.metrics_address)
+            loop.add_signal_handler(signal.SIGHUP, lambda: _reload(daemon, fetcher, load))
+            log_event(logging.INFO, "started", state_dir=config.state_dir)
+            await daemon.serve(stop)
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+        state.close()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+    log_event(logging.INFO, "stopped")
+    return 0
+
+
+def _stopper(stop: asyncio.Event, sig: signal.Signals) -> Callable[[], None]:
+    def handler() -> None:
+        log_event(logging.INFO, "stopping", signal=sig.name)
+        stop.set()
+
+    return handler
+
+
+async def _serve_metrics(daemon: Daemon, address: str) -> web.AppRunner:
+    host, port = split_address(address)
+    if not is_loopback(host):
+        log_event(logging.WARNING, "metrics_exposed", address=address)
+    runner, bound = await metrics.serve(metrics.app(daemon.metrics, daemon.health), host, port)
+    log_event(logging.INFO, "metrics", address=f"{host}:{bound}")
+    return runner
+
+
+def _reload(daemon: Daemon, fetcher: ConfiguredFetcher, load: Callable[[], Config]) -> None:
+    """SIGHUP: a bad new configuration is logged and the old one kept."""
+    try:
+        new = load()
+    except HastapleError as exc:
+        log_event(logging.ERROR, "reload_failed", error=str(exc))
+        return
+    old = daemon.config
+    for name in ("state_dir", "metrics_address"):
+        if getattr(new, name) != getattr(old, name):
+            log_event(logging.WARNING, "restart_needed", key=name)
+    events.configure(new.log_format)
+    _apply_proxy(new)
+    daemon.config = fetcher.config = new
+    try:
+        daemon.rediscover()
+    except HastapleError as exc:
+        log_event(logging.ERROR, "reload_failed", error=str(exc))
+        return
+    log_event(logging.INFO, "reloaded", certs=len(daemon.entries), sockets=len(daemon.sockets))
+
+
+def _apply_proxy(config: Config) -> None:
+    """Put the configured proxy in HTTP(S)_PROXY, which aiohttp's trust_env reads."""
+    if config.proxy:
+        os.environ["HTTP_PROXY"] = os.environ["HTTPS_PROXY"] = config.proxy
