@@ -1,0 +1,155 @@
+"""
+The daemon's outside: /metrics, /healthz, ``status --json`` and SIGTERM.
+
+SIGTERM is sent to a real ``hastaple run`` process in the middle of a batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import os
+import signal
+import sys
+
+import aiohttp
+from click.testing import CliRunner
+
+from hastaple import metrics
+from hastaple.cli import cli
+from hastaple.state import Record, State
+from responders import Serve
+from test_daemon import _world
+
+T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+
+
+async def test_metrics_and_healthz_over_http(pki, tmp_path):
+    """/metrics: expiry, outcomes, latency, pushes; /healthz goes 200 -> 503 with a reason."""
+    world = _world(pki, tmp_path, 2)
+    world.clock.t += dt.timedelta(seconds=11)
+    await world.daemon.refresh_due()
+    d = world.daemon
+    runner, port = await metrics.serve(metrics.app(d.metrics, d.health), "127.0.0.1", 0)
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{port}/metrics") as resp:
+                assert resp.status == 200
+                text = await resp.text()
+            async with http.get(f"http://127.0.0.1:{port}/healthz") as resp:
+                assert (resp.status, await resp.text()) == (200, "ok\n")
+            world.clock.t += dt.timedelta(days=6)
+            async with http.get(f"http://127.0.0.1:{port}/healthz") as resp:
+                assert resp.status == 503
+                body = await resp.text()
+    finally:
+        await runner.cleanup()
+    cert = str(world.crt_dir / "c0.pem")
+    assert f'hastaple_staple_expiry_seconds{{cert="{cert}"}}' in text
+    assert f'hastaple_last_success_timestamp_seconds{{cert="{cert}"}}' in text
+    assert 'hastaple_fetches_total{result="fetched"} 2.0' in text
+    assert 'hastaple_responder_latency_seconds_count{responder="ocsp.test"} 2.0' in text
+    assert "hastaple_haproxy_pushes_total" in text
+    assert f"{cert}: staple expires in" in body
+    assert "c1.pem" in body
+
+
+def _records(state: State) -> None:
+    state.put(
+        Record(
+            cert="/crt/a.pem", ocsp_url="http://ocsp.test/", status="good", result="fetched",
+            this_update=T0, next_update=T0 + dt.timedelta(days=7), last_success=T0,
+            next_refresh=T0 + dt.timedelta(days=4), haproxy=(("/run/h.sock", "update"),),
+        )
+    )  # fmt: skip
+    state.put(
+        Record(
+            cert="/crt/b.pem", ocsp_url="http://ocsp.test/", status="error", result="error",
+            error="http://ocsp.test/: connection refused", failures=3,
+            next_refresh=T0 + dt.timedelta(minutes=4),
+        )
+    )  # fmt: skip
+
+
+def test_status_json(tmp_path):
+    """`status --json` lists every certificate with the contract's fields; exit 1 on a failure."""
+    state = State.open(tmp_path)
+    _records(state)
+    result = CliRunner().invoke(cli, ["status", "--json", "--state-dir", str(tmp_path)])
+    assert result.exit_code == 1, result.output
+    rows = json.loads(result.stdout)
+    assert [r["cert"] for r in rows] == ["/crt/a.pem", "/crt/b.pem"]
+    good, bad = rows
+    assert good["ocsp_url"] == "http://ocsp.test/"
+    assert (good["status"], good["this_update"], good["next_update"]) == (
+        "good", "2026-01-01T00:00:00Z", "2026-01-08T00:00:00Z",
+    )  # fmt: skip
+    assert good["next_refresh"] == "2026-01-05T00:00:00Z"
+    assert good["haproxy"] == {"/run/h.sock": "update"}
+    assert good["error"] is None
+    assert (bad["status"], bad["failures"]) == ("error", 3)
+    assert "connection refused" in bad["error"]
+
+
+def test_status_plain_and_missing_state(tmp_path):
+    """Plain lines on a pipe; no database yet is exit 2 with one sentence."""
+    state = State.open(tmp_path / "s")
+    _records(state)
+    state.put(Record("/crt/b.pem", status="good"))
+    result = CliRunner().invoke(cli, ["status", "--state-dir", str(tmp_path / "s")])
+    assert result.exit_code == 0
+    assert result.stdout.splitlines()[0].startswith("/crt/a.pem\thttp://ocsp.test/\tgood")
+    missing = CliRunner().invoke(cli, ["status", "--state-dir", str(tmp_path / "none")])
+    assert missing.exit_code == 2
+    assert "no state yet" in missing.stderr
+
+
+def test_run_bad_config_exits_2(tmp_path):
+    """`run` with nothing to watch, or a bad key, exits 2 before starting."""
+    result = CliRunner().invoke(cli, ["run", "--state-dir", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "nothing to watch" in result.stderr
+    toml = tmp_path / "c.toml"
+    toml.write_text("paths = ['/x']\nfrobnicate = 1\n")
+    result = CliRunner().invoke(cli, ["run", "--config", str(toml)])
+    assert result.exit_code == 2
+    assert "unknown key 'frobnicate'" in result.stderr
+
+
+async def test_sigterm_during_batch_leaves_no_partial_file(pki, tmp_path, fault_responder):
+    """SIGTERM while responders are answering: the batch completes, exit 0, no temp file."""
+    crt = tmp_path / "crt"
+    crt.mkdir()
+    bodies = {}
+    for i in range(3):
+        url = fault_responder.url_for(f"r{i}")
+        leaf = pki.leaf(f"s{i}.test", ocsp_url=url)
+        pki.write(crt, f"s{i}.pem", leaf)
+        bodies[f"s{i}.pem.ocsp"] = pki.response(leaf.cert)
+        fault_responder.on(f"r{i}", Serve(bodies[f"s{i}.pem.ocsp"], delay=1.0))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HASTAPLE_")}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "hastaple", "run", "--paths", str(crt),
+        "--state-dir", str(tmp_path / "state"), "--metrics-address", "127.0.0.1:0",
+        "--refresh-spread", "0",
+        env=env, stderr=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        async with asyncio.timeout(20):
+            while fault_responder.in_flight < 3:
+                await asyncio.sleep(0.02)  # polling the real responder for in-flight requests
+        proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(20):
+            _, err = await proc.communicate()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    log = err.decode()
+    assert proc.returncode == 0, log
+    assert "event=stopping signal=SIGTERM" in log
+    assert "event=stopped" in log
+    assert sorted(p.name for p in crt.iterdir() if p.name.startswith(".")) == []
+    for name, body in bodies.items():
+        assert (crt / name).read_bytes() == body
