@@ -1,0 +1,119 @@
+"""
+The daemon in real time against a real HAProxy 2.6 and 2.8 and ``openssl ocsp``.
+
+What a client sees is checked with ``openssl s_client -status``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import time
+
+import pytest
+
+import haproxy_proc
+from hastaple.config import Config
+from hastaple.daemon import Daemon
+from hastaple.fetch import Fetcher
+from hastaple.schedule import Policy
+from hastaple.state import State
+
+pytestmark = pytest.mark.integration
+
+
+@contextlib.asynccontextmanager
+async def _running(tmp_path, crt_dir, socket):
+    """A daemon over ``crt_dir`` pushing to ``socket``, polling HAProxy every 0.2 s."""
+    config = Config(
+        state_dir=tmp_path / "state",
+        paths=(crt_dir,),
+        sockets=(str(socket),),
+        metrics_address=None,
+        haproxy_poll=dt.timedelta(seconds=0.2),
+        policy=Policy(spread=dt.timedelta(0)),
+    )
+    state = State.open(config.state_dir)
+    stop, ready = asyncio.Event(), asyncio.Event()
+    async with Fetcher() as fetcher:
+        daemon = Daemon(config, fetcher=fetcher, state=state)
+        task = asyncio.create_task(daemon.serve(stop, ready=ready))
+        await ready.wait()
+        try:
+            yield daemon
+        finally:
+            stop.set()
+            await task
+            state.close()
+
+
+async def _stapled(hap, servername: str, within: float) -> float:
+    """Seconds until s_client sees a good staple for ``servername``; fail after ``within``."""
+    start = time.monotonic()
+    text = ""
+    while time.monotonic() - start < within:
+        try:
+            text = await asyncio.to_thread(haproxy_proc.staple, hap.port, servername)
+        except AssertionError as exc:  # not served yet (reload in progress): no handshake
+            text = str(exc)
+        if "Cert Status: good" in text:
+            return time.monotonic() - start
+        await asyncio.sleep(0.05)  # polling what a TLS client sees; there is no event for it
+    pytest.fail(f"{servername} not stapled within {within} s:\n{text}")
+
+
+async def test_new_certificate_is_stapled_within_2s(
+    pki, crt_dir, tmp_path, start_haproxy, openssl_responder
+):
+    """A certificate copied into a watched directory (then HAProxy reloaded) is stapled in 2 s."""
+    first = pki.leaf("first.test", ocsp_url=openssl_responder.url)
+    openssl_responder.add(first.cert)
+    pki.write(crt_dir, "first.pem", first)
+    hap = start_haproxy(master=True)
+    async with _running(tmp_path, crt_dir, hap.socket):
+        await _stapled(hap, "first.test", within=5)
+        new = pki.leaf("new.test", ocsp_url=openssl_responder.url)
+        openssl_responder.add(new.cert)
+        start = time.monotonic()
+        staging = tmp_path / "new.pem"
+        staging.write_bytes(pki.bundle(new))
+        staging.replace(crt_dir / "new.pem")
+        # The operator's deploy hook reloads HAProxy so that it serves the new certificate.
+        await asyncio.to_thread(haproxy_proc.cli, hap.workdir / "master.sock", "reload")
+        await _stapled(hap, "new.test", within=2 - (time.monotonic() - start))
+    assert time.monotonic() - start < 2 + 0.5  # the context exit is not part of the promise
+    assert (crt_dir / "new.pem.ocsp").exists()
+
+
+async def test_haproxy_restart_restapled_without_ca_request(
+    pki, crt_dir, tmp_path, haproxy_binary, openssl_responder
+):
+    """HAProxy killed and started again serves every staple within 5 s; the CA is not asked."""
+    names = ["r1.test", "r2.test", "r3.test"]
+    for name in names:
+        leaf = pki.leaf(name, ocsp_url=openssl_responder.url)
+        openssl_responder.add(leaf.cert)
+        pki.write(crt_dir, f"{name}.pem", leaf)
+    workdir = tmp_path / "h"
+    workdir.mkdir()
+    hap = haproxy_proc.start(haproxy_binary, workdir, crt_dir)
+    try:
+        async with _running(tmp_path, crt_dir, hap.socket) as daemon:
+            for name in names:
+                await _stapled(hap, name, within=5)
+            asked = openssl_responder.requests
+            assert asked == len(names)
+            hap.stop()
+            await asyncio.sleep(0.5)  # let the daemon see HAProxy gone (polls every 0.2 s)
+            hap = haproxy_proc.start(haproxy_binary, workdir, crt_dir)
+            start = time.monotonic()
+            for name in names:
+                await _stapled(hap, name, within=5 - (time.monotonic() - start))
+            deadline = time.monotonic() + 3
+            while not all(v == "update" for r in daemon.records.values() for _, v in r.haproxy):
+                assert time.monotonic() < deadline, daemon.records
+                await asyncio.sleep(0.05)  # waiting for the daemon's re-push to be recorded
+            assert openssl_responder.requests == asked
+    finally:
+        hap.stop()
