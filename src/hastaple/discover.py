@@ -1,0 +1,740 @@
+"""
+Which certificates HAProxy serves, and which runtime sockets can load staples.
+
+Theory of operation: two pure parsers (``parse_haproxy_config``,
+``parse_crt_list``) turn text into values; ``discover`` reads the files, walks
+``crt`` directories and checks that every certificate exists. The rules copy
+HAProxy 2.6/2.8 (src/ssl_crtlist.c, src/cfgparse-ssl.c, src/tools.c
+``parse_line``) and were checked against both binaries (see tests):
+
+- ``crt <file|dir>`` and ``crt-list <file>`` may appear several times on any
+  ``bind`` line (and on a ``stats socket`` line, which takes bind options).
+- A relative ``crt`` and a relative crt-list *entry* are prefixed with
+  ``global crt-base`` as the string ``"<crt-base>/<path>"``; the crt-list
+  *file* itself never is. Without crt-base a relative path is relative to
+  HAProxy's working directory, which only the caller knows: ``discover(cwd=)``,
+  defaulting to our own working directory (the config file's directory would be
+  wrong: HAProxy does not use it).
+- HAProxy names a certificate in its runtime API exactly by that string, with
+  no normalisation (``./c/a.pem`` and ``c/a.pem`` are two certificates; a
+  directory's trailing ``/`` is dropped). ``CertEntry.names`` keeps it.
+- A ``crt`` directory loads, in byte order and non-recursively, every regular
+  file except dot-files and names ending in ``.key .ocsp .issuer .sctl``.
+- A missing ``crt`` file may be a multi-certificate bundle: ``<crt>.rsa``,
+  ``<crt>.ecdsa``, ``<crt>.dsa``.
+- crt-list lines: ``<crtfile> [<options>] [[!]<sni> ...]``; a line is a comment
+  only when it *starts* with ``#``; ``[`` and ``]`` split words anywhere; an
+  unterminated ``[`` is accepted by HAProxy (the options become SNI filters)
+  and so here too. ``[... ocsp-update on ...]`` marks the entry as managed by
+  HAProxy 2.8's own updater. A directory in a crt-list makes HAProxy 2.6 and
+  2.8 spin at start-up, so it is an error here.
+- ``stats socket`` defaults to ``level operator`` (measured); only ``level
+  admin`` sockets can do what hastaple needs (HAPROXY.md §0.9).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from hastaple.errors import ConfigError
+
+#: Suffixes HAProxy never loads as a certificate from a ``crt`` directory (HAPROXY.md §5.10).
+RESERVED_SUFFIXES = frozenset({".key", ".ocsp", ".issuer", ".sctl"})
+#: Multi-certificate bundle extensions HAProxy tries when ``<crt>`` itself is missing.
+BUNDLE_SUFFIXES = (".rsa", ".ecdsa", ".dsa")
+
+_SPACE = " \t\n\v\f\r"  # C isspace(), what HAProxy splits on
+_SECTIONS = frozenset(
+    {
+        "global",
+        "defaults",
+        "frontend",
+        "backend",
+        "listen",
+        "peers",
+        "resolvers",
+        "userlist",
+        "mailers",
+        "program",
+        "http-errors",
+        "ring",
+        "cache",
+        "fcgi-app",
+        "crt-store",
+        "log-forward",
+        "traces",
+    }
+)
+_CRT_KEYWORDS = frozenset({"crt", "default-crt"})
+# bind / stats socket options that take one argument: skipping the argument
+# keeps "name crt" from reading as a "crt" keyword.
+_ARG_KEYWORDS = frozenset(
+    {
+        "accept-netscaler-cip",
+        "alpn",
+        "backlog",
+        "ca-file",
+        "ca-ignore-err",
+        "ca-sign-file",
+        "ca-sign-pass",
+        "ciphers",
+        "ciphersuites",
+        "client-sigalgs",
+        "crl-file",
+        "crt-ignore-err",
+        "curves",
+        "ecdhe",
+        "expose-fd",
+        "gid",
+        "group",
+        "id",
+        "interface",
+        "label",
+        "level",
+        "maxconn",
+        "mode",
+        "mss",
+        "name",
+        "namespace",
+        "nice",
+        "npn",
+        "process",
+        "proto",
+        "quic-cc-algo",
+        "severity-output",
+        "shards",
+        "sigalgs",
+        "ssl-max-ver",
+        "ssl-min-ver",
+        "tcp-ut",
+        "thread",
+        "tls-ticket-keys",
+        "uid",
+        "user",
+        "verify",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class CertEntry:
+    """
+    One certificate file HAProxy serves.
+
+    ``path`` is absolute (for reading and for writing ``<path>.ocsp``);
+    ``names`` are the spellings HAProxy's runtime API uses for it (``show ssl
+    cert``), empty when unknown (a certificate given as an argument).
+    """
+
+    path: Path
+    managed: bool = False
+    source: str = ""
+    names: tuple[str, ...] = ()
+
+    @property
+    def haproxy_names(self) -> tuple[str, ...]:
+        """The names to use in runtime commands: ``names``, or the absolute path."""
+        return self.names or (str(self.path),)
+
+
+@dataclass(frozen=True, slots=True)
+class Discovery:
+    """Everything ``discover`` found: certificates, admin sockets, and warnings for a person."""
+
+    certs: tuple[CertEntry, ...]
+    sockets: tuple[str, ...]
+    warnings: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CertRef:
+    """A ``crt`` or ``crt-list`` argument, as written, with the crt-base in force at that line."""
+
+    kind: Literal["crt", "crt-list"]
+    path: str
+    crt_base: str | None
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class StatsSocket:
+    """A ``stats socket`` line: address as written and its access level."""
+
+    address: str
+    level: str
+    source: str
+    tls: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class HAProxyConfig:
+    """What an haproxy.cfg says about certificates and runtime sockets."""
+
+    refs: tuple[CertRef, ...] = ()
+    crt_base: str | None = None
+    sockets: tuple[StatsSocket, ...] = ()
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def crts(self) -> tuple[CertRef, ...]:
+        """The ``crt`` references only."""
+        return tuple(r for r in self.refs if r.kind == "crt")
+
+    @property
+    def crt_lists(self) -> tuple[CertRef, ...]:
+        """The ``crt-list`` references only."""
+        return tuple(r for r in self.refs if r.kind == "crt-list")
+
+
+def is_certificate_file(name: str) -> bool:
+    """
+    Whether HAProxy loads the directory entry ``name`` as a certificate (``crt <dir>``).
+
+    Its rule (src/ssl_crtlist.c): skip names starting with a dot and names whose
+    *last* suffix is reserved; so ``x.pem.ocsp.tmp`` is loaded (and breaks a reload).
+    """
+    if not name or name.startswith("."):
+        return False
+    dot = name.rfind(".")
+    return dot < 0 or name[dot:] not in RESERVED_SUFFIXES
+
+
+# --------------------------------------------------------------------- crt-list
+
+
+def parse_crt_list(
+    text: str,
+    *,
+    source: str,
+    crt_base: str | os.PathLike[str] | None,
+    cwd: Path,
+) -> list[CertEntry]:
+    """
+    Parse a crt-list file's text.
+
+    Args:
+        text: the file's contents.
+        source: the file's name, for ``source`` fields and messages.
+        crt_base: ``global crt-base`` in force where the list is referenced, or None.
+        cwd: HAProxy's working directory, for relative paths.
+
+    Returns:
+        One entry per certificate line, in order (not de-duplicated).
+
+    Raises:
+        ConfigError: a line HAProxy would refuse; anything else is a bug.
+    """
+    base = os.fspath(crt_base) if crt_base is not None else None
+    entries: list[CertEntry] = []
+    for number, line in enumerate(text.split("\n"), start=1):
+        where = f"{source}:{number}"
+        if line.startswith("#"):  # only in column 1, as HAProxy does
+            continue
+        if "\0" in line:
+            raise ConfigError(f"{where}: NUL character in crt-list line")
+        words, options = _split_crt_list_line(line, where)
+        if not words:
+            continue
+        name = _join_base(words[0], base)
+        entries.append(
+            CertEntry(
+                path=cwd / name,
+                managed=_ocsp_update_on(options),
+                source=where,
+                names=(name,),
+            )
+        )
+    return entries
+
+
+def _split_crt_list_line(line: str, where: str) -> tuple[list[str], list[str]]:
+    """Split like crtlist_parse_line(): spaces, '[' and ']' end words; return (words, options)."""
+    words: list[str] = []
+    current: list[str] = []
+    opt_start = opt_end = -1
+    for char in line:
+        if char in _SPACE or char in "[]":
+            if current:
+                words.append("".join(current))
+                current = []
+            if char == "[":
+                if opt_start >= 0:
+                    raise ConfigError(f"{where}: too many '[' in crt-list line")
+                if not words:
+                    raise ConfigError(
+                        f"{where}: crt-list line must start with a certificate file, not '['"
+                    )
+                opt_start = len(words)
+            elif char == "]":
+                if opt_end >= 0:
+                    raise ConfigError(f"{where}: too many ']' in crt-list line")
+                if opt_start < 0:
+                    raise ConfigError(f"{where}: ']' without '[' in crt-list line")
+                opt_end = len(words)
+        else:
+            current.append(char)
+    if current:
+        words.append("".join(current))
+    # An unterminated '[' leaves no options: HAProxy treats the words as SNI filters.
+    options = words[opt_start:opt_end] if opt_start >= 0 and opt_end >= 0 else []
+    return words, options
+
+
+def _ocsp_update_on(options: Sequence[str]) -> bool:
+    """Whether ``ocsp-update on`` is among crt-list options (the last setting wins)."""
+    managed = False
+    for index, word in enumerate(options[:-1]):
+        if word == "ocsp-update":
+            managed = options[index + 1] == "on"
+    return managed
+
+
+def _join_base(path: str, crt_base: str | None) -> str:
+    """HAProxy's spelling: ``"<crt-base>/<path>"`` for a relative path when crt-base is set."""
+    if crt_base and not path.startswith("/"):
+        return f"{crt_base}/{path}"
+    return path
+
+
+# ------------------------------------------------------------------ haproxy.cfg
+
+
+def parse_haproxy_config(
+    text: str,
+    *,
+    source: str,
+    environ: Mapping[str, str] | None = None,
+) -> HAProxyConfig:
+    """
+    Parse haproxy.cfg text for certificates, crt-base and stats sockets.
+
+    Args:
+        text: the configuration.
+        source: the file's name, for ``source`` fields and messages.
+        environ: variables for ``"$VAR"`` / ``"${VAR}"`` inside double quotes
+            (HAProxy expands them from its environment); none when omitted, so
+            the parser stays pure. ``discover`` passes ``os.environ``.
+
+    Returns:
+        The references in order of appearance, the last crt-base, the sockets
+        and warnings for a person.
+
+    Raises:
+        ConfigError: a line HAProxy would refuse to tokenise, or a ``crt``,
+            ``crt-list`` or ``stats socket`` without its argument; anything
+            else is a bug.
+    """
+    env = environ if environ is not None else {}
+    refs: list[CertRef] = []
+    sockets: list[StatsSocket] = []
+    warnings: list[str] = []
+    crt_base: str | None = None
+    section = ""
+    for number, raw in enumerate(text.split("\n"), start=1):
+        where = f"{source}:{number}"
+        words = _words(raw.lstrip(_SPACE), env=env, where=where, section=section, line=number)
+        if not words or words[0].startswith("."):
+            # .if/.else/.endif/.diag...: conditions are not evaluated, both branches count.
+            continue
+        keyword = words[0]
+        if keyword in _SECTIONS:
+            section = keyword
+        elif section == "global" and keyword == "crt-base" and len(words) > 1:
+            crt_base = words[1]
+        elif section == "global" and keyword == "stats" and words[1:2] == ["socket"]:
+            socket = _stats_socket(words, where)
+            sockets.append(socket)
+            refs.extend(_bind_refs(words[3:], crt_base, where))
+            warning = _socket_warning(socket)
+            if warning:
+                warnings.append(warning)
+        elif keyword == "bind" and section != "global":
+            refs.extend(_bind_refs(words[2:], crt_base, where))
+    return HAProxyConfig(
+        refs=tuple(refs),
+        crt_base=crt_base,
+        sockets=tuple(sockets),
+        warnings=tuple(warnings),
+    )
+
+
+def _bind_refs(options: Sequence[str], crt_base: str | None, where: str) -> Iterator[CertRef]:
+    """The ``crt``/``crt-list`` arguments among bind options."""
+    index = 0
+    while index < len(options):
+        word = options[index]
+        if word in _CRT_KEYWORDS or word == "crt-list":
+            if index + 1 >= len(options) or not options[index + 1]:
+                raise ConfigError(f"{where}: '{word}' needs a certificate location")
+            kind: Literal["crt", "crt-list"] = "crt-list" if word == "crt-list" else "crt"
+            yield CertRef(kind=kind, path=options[index + 1], crt_base=crt_base, source=where)
+            index += 2
+        elif word in _ARG_KEYWORDS:
+            index += 2
+        else:
+            index += 1
+
+
+def _stats_socket(words: Sequence[str], where: str) -> StatsSocket:
+    """Read ``stats socket <address> [param*]``; the level defaults to operator (measured)."""
+    if len(words) < 3 or not words[2]:  # noqa: PLR2004 - "stats socket <address>"
+        raise ConfigError(f"{where}: 'stats socket' needs an address")
+    level = "operator"
+    tls = False
+    params = words[3:]
+    index = 0
+    while index < len(params):
+        word = params[index]
+        if word == "level" and index + 1 < len(params):
+            level = params[index + 1]
+        if word == "ssl":
+            tls = True
+        index += 2 if word in _ARG_KEYWORDS or word in _CRT_KEYWORDS or word == "crt-list" else 1
+    return StatsSocket(address=words[2], level=level, source=where, tls=tls)
+
+
+def _socket_warning(socket: StatsSocket) -> str | None:
+    """Why a socket cannot be used, or None when it can."""
+    if socket.address.startswith(("fd@", "sockpair@")):
+        return (
+            f"{socket.source}: stats socket {socket.address} is an inherited file descriptor "
+            "that another process cannot reach; ignored"
+        )
+    if socket.tls:
+        return (
+            f"{socket.source}: stats socket {socket.address} uses TLS, "
+            "which hastaple's runtime client does not speak; ignored"
+        )
+    if socket.level != "admin":
+        return (
+            f"{socket.source}: stats socket {socket.address} has level {socket.level}, "
+            "not admin, so it cannot load staples for certificates HAProxy has not "
+            "registered (HAPROXY.md §0.9); ignored"
+        )
+    return None
+
+
+def _usable(socket: StatsSocket) -> bool:
+    return _socket_warning(socket) is None
+
+
+class _Line:
+    """A cursor over one configuration line, tokenised like HAProxy's parse_line()."""
+
+    def __init__(self, text: str, env: Mapping[str, str], where: str) -> None:
+        self.text = text
+        self.env = env
+        self.where = where
+        self.pos = 0
+
+    def peek(self, offset: int = 0) -> str:
+        index = self.pos + offset
+        return self.text[index] if index < len(self.text) else ""
+
+
+def _words(text: str, *, env: Mapping[str, str], where: str, section: str, line: int) -> list[str]:
+    """
+    Split one haproxy.cfg line into words (HAProxy's parse_line(), src/tools.c).
+
+    Quotes: '...' is literal; "..." expands $VAR, ${VAR}, ${VAR-default} and
+    ${VAR[*]} (one word per value word). Backslash (not inside '') escapes
+    space, backslash, #, quotes, \\t \\n \\r \\xHH, and $ inside "...". An
+    unquoted # starts a comment.
+    """
+    cur = _Line(text, env, where)
+    words: list[str] = []
+    word: list[str] = []
+    started = False
+    squote = dquote = False
+    while cur.pos < len(text):
+        char = text[cur.pos]
+        if char in "\0\r\n" or (char == "#" and not squote and not dquote):
+            break
+        if char == '"' and not squote:
+            dquote, started = not dquote, True
+            cur.pos += 1
+        elif char == "'" and not dquote:
+            squote, started = not squote, True
+            cur.pos += 1
+        elif char == "\\" and not squote:
+            word.append(_escape(cur, dquote=dquote))
+            started = True
+        elif char in _SPACE and not squote and not dquote:
+            while cur.peek() and cur.peek() in _SPACE:
+                cur.pos += 1
+            if started:
+                words.append("".join(word))
+            word, started = [], False
+        elif char == "$" and dquote:
+            values = _expand(cur, section=section, line=line)
+            word.append(values[0])
+            for extra in values[1:]:  # ${VAR[*]}: each value word is its own argument
+                words.append("".join(word))
+                word = [extra]
+            started = True
+        else:
+            word.append(char)
+            started = True
+            cur.pos += 1
+    if squote or dquote:
+        raise ConfigError(f"{where}: unmatched quote")
+    if started:
+        words.append("".join(word))
+    return words
+
+
+def _escape(cur: _Line, *, dquote: bool) -> str:
+    """Decode the backslash sequence at the cursor and step over it."""
+    following = cur.peek(1)
+    simple = {" ": " ", "\\": "\\", "#": "#", "'": "'", '"': '"', "t": "\t", "n": "\n", "r": "\r"}
+    if following in simple:
+        cur.pos += 2
+        return simple[following]
+    if following == "$" and dquote:
+        cur.pos += 2
+        return "$"
+    if following == "x":
+        digits = cur.peek(2) + cur.peek(3)
+        if len(digits) != 2 or any(c not in "0123456789abcdefABCDEF" for c in digits):  # noqa: PLR2004
+            raise ConfigError(f"{cur.where}: invalid '\\x' escape, two hex digits expected")
+        cur.pos += 4
+        value = int(digits, 16)
+        # A raw byte: keep it the way os.fsdecode() would (surrogateescape).
+        return chr(value) if value < 0x80 else chr(0xDC00 + value)  # noqa: PLR2004
+    cur.pos += 1  # other backslashes are kept, the next character is read normally
+    return "\\"
+
+
+def _expand(cur: _Line, *, section: str, line: int) -> list[str]:
+    """Expand the variable at the cursor ('$' inside double quotes); return its word(s)."""
+    cur.pos += 1
+    brace = cur.peek() == "{"
+    if brace:
+        cur.pos += 1
+    start = cur.pos
+    first = cur.peek()
+    if not (first.isascii() and (first.isalpha() or first in "_.")):
+        raise ConfigError(f"{cur.where}: invalid environment variable name after '$'")
+    if first == ".":
+        cur.pos += 1
+    while cur.peek() and cur.peek().isascii() and (cur.peek().isalnum() or cur.peek() == "_"):
+        cur.pos += 1
+    name = cur.text[start : cur.pos]
+    value: str | None
+    if name.startswith("."):
+        pseudo = {".LINE": str(line), ".FILE": cur.where.rsplit(":", 1)[0], ".SECTION": section}
+        if name not in pseudo:
+            raise ConfigError(f"{cur.where}: unknown pseudo-variable '{name}'")
+        value = pseudo[name]
+    else:
+        value = cur.env.get(name)
+    expand_words = False
+    if brace and cur.peek() == "[":
+        if cur.peek(1) != "*" or cur.peek(2) != "]":
+            raise ConfigError(f"{cur.where}: only '[*]' may follow a variable name")
+        expand_words = True
+        cur.pos += 3
+    if brace:
+        if cur.peek() == "-":
+            end = cur.text.find("}", cur.pos)
+            if end < 0:
+                raise ConfigError(f"{cur.where}: unmatched '{{' in variable")
+            if value is None:
+                value = cur.text[cur.pos + 1 : end]
+            cur.pos = end
+        if cur.peek() != "}":
+            raise ConfigError(f"{cur.where}: unmatched '{{' in variable")
+        cur.pos += 1
+    if value is None:
+        return [""]
+    if expand_words:
+        return value.split() or [""]
+    return [value]
+
+
+# ------------------------------------------------------------------------- I/O
+
+
+def discover(
+    paths: Sequence[Path] = (),
+    crt_lists: Sequence[Path] = (),
+    haproxy_configs: Sequence[Path] = (),
+    *,
+    cwd: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Discovery:
+    """
+    Find the certificates and admin sockets from arguments, crt-lists and configs.
+
+    Args:
+        paths: certificate files or ``crt``-style directories.
+        crt_lists: crt-list files (no crt-base applies).
+        haproxy_configs: haproxy.cfg files.
+        cwd: HAProxy's working directory, for relative paths; default: ours.
+        environ: for ``"$VAR"`` in haproxy.cfg; default ``os.environ``.
+
+    Returns:
+        Certificates de-duplicated by path (first appearance wins; the HAProxy
+        names of every appearance are kept; managed if any appearance is).
+
+    Raises:
+        ConfigError: a missing or unreadable file or directory, or a line
+            HAProxy would refuse; anything else is a bug.
+    """
+    base = Path.cwd() if cwd is None else cwd
+    env = os.environ if environ is None else environ
+    found: list[CertEntry] = []
+    sockets: list[str] = []
+    warnings: list[str] = []
+
+    for path in paths:
+        full = base / path
+        if stat.S_ISDIR(_stat(full, str(path)).st_mode):
+            found.extend(_walk(full, name=None, source="argument"))
+        else:
+            found.append(CertEntry(path=full, source="argument"))
+
+    for path in crt_lists:
+        entries = parse_crt_list(
+            _read(base / path, str(path)), source=str(path), crt_base=None, cwd=base
+        )
+        found.extend(_check_listed(entries))
+
+    for path in haproxy_configs:
+        config = parse_haproxy_config(_read(base / path, str(path)), source=str(path), environ=env)
+        warnings.extend(config.warnings)
+        sockets.extend(_socket_address(s.address, base) for s in config.sockets if _usable(s))
+        for ref in config.refs:
+            found.extend(_resolve_ref(ref, base))
+
+    return Discovery(
+        certs=_dedupe(found),
+        sockets=tuple(dict.fromkeys(sockets)),
+        warnings=tuple(warnings),
+    )
+
+
+def _resolve_ref(ref: CertRef, cwd: Path) -> list[CertEntry]:
+    """Turn one haproxy.cfg reference into certificate entries, checking the files."""
+    if ref.kind == "crt-list":
+        listed = cwd / ref.path  # HAProxy never applies crt-base to the list file itself
+        text = _read(listed, f"{ref.source}: crt-list {ref.path}")
+        entries = parse_crt_list(text, source=str(listed), crt_base=ref.crt_base, cwd=cwd)
+        return _check_listed(entries)
+    name = _join_base(ref.path, ref.crt_base)
+    full = cwd / name
+    info = _stat_or_none(full)
+    if info is not None and stat.S_ISDIR(info.st_mode):
+        return _walk(full, name=name.rstrip("/"), source=ref.source)
+    if info is not None:
+        return [CertEntry(path=full, source=ref.source, names=(name,))]
+    bundle = _bundle(name, cwd, ref.source)
+    if not bundle:
+        raise ConfigError(f"{ref.source}: certificate {name}: No such file or directory")
+    return bundle
+
+
+def _check_listed(entries: Sequence[CertEntry]) -> list[CertEntry]:
+    """Check crt-list entries exist and are files (a directory makes HAProxy spin)."""
+    checked: list[CertEntry] = []
+    for entry in entries:
+        info = _stat_or_none(entry.path)
+        name = entry.haproxy_names[0]
+        if info is None:
+            bundle = [
+                CertEntry(path=b.path, managed=entry.managed, source=entry.source, names=b.names)
+                for b in _bundle_paths(entry.path, name, entry.source)
+            ]
+            if not bundle:
+                raise ConfigError(f"{entry.source}: certificate {name}: No such file or directory")
+            checked.extend(bundle)
+        elif stat.S_ISDIR(info.st_mode):
+            raise ConfigError(
+                f"{entry.source}: {name} is a directory, which a crt-list cannot name "
+                "(HAProxy 2.6 and 2.8 hang at start-up on it)"
+            )
+        else:
+            checked.append(entry)
+    return checked
+
+
+def _bundle(name: str, cwd: Path, source: str) -> list[CertEntry]:
+    return _bundle_paths(cwd / name, name, source)
+
+
+def _bundle_paths(full: Path, name: str, source: str) -> list[CertEntry]:
+    """The ``<crt>.rsa/.ecdsa/.dsa`` files of a multi-certificate bundle that exist."""
+    return [
+        CertEntry(path=Path(f"{full}{suffix}"), source=source, names=(f"{name}{suffix}",))
+        for suffix in BUNDLE_SUFFIXES
+        if _stat_or_none(Path(f"{full}{suffix}")) is not None
+    ]
+
+
+def _walk(directory: Path, *, name: str | None, source: str) -> list[CertEntry]:
+    """List a ``crt`` directory as HAProxy does: sorted, regular files only, not recursive."""
+    try:
+        children = sorted(os.listdir(directory))  # noqa: PTH208 - names, as scandir(3) gives them
+    except OSError as exc:
+        raise ConfigError(f"{directory}: {exc.strerror or exc}") from exc
+    entries: list[CertEntry] = []
+    for child in children:
+        if not is_certificate_file(child):
+            continue
+        full = directory / child
+        info = _stat(full, str(full))  # follows symlinks; a dangling one stops HAProxy too
+        if stat.S_ISREG(info.st_mode):
+            names = (f"{name}/{child}",) if name is not None else ()
+            entries.append(CertEntry(path=full, source=source, names=names))
+    return entries
+
+
+def _dedupe(entries: Sequence[CertEntry]) -> tuple[CertEntry, ...]:
+    """One entry per path, in order of first appearance, merging names and ``managed``."""
+    merged: dict[Path, CertEntry] = {}
+    for entry in entries:
+        seen = merged.get(entry.path)
+        if seen is None:
+            merged[entry.path] = entry
+        else:
+            names = tuple(dict.fromkeys(seen.names + entry.names))
+            merged[entry.path] = CertEntry(
+                path=seen.path,
+                managed=seen.managed or entry.managed,
+                source=seen.source,
+                names=names,
+            )
+    return tuple(merged.values())
+
+
+def _socket_address(address: str, cwd: Path) -> str:
+    """Keep the address as written, but anchor a relative ``unix@`` path at HAProxy's cwd."""
+    if address.startswith("unix@") and not address[5:].startswith("/"):
+        return f"unix@{cwd / address[5:]}"
+    return address
+
+
+def _read(path: Path, label: str) -> str:
+    try:
+        return path.read_bytes().decode("utf-8", "surrogateescape")
+    except OSError as exc:
+        raise ConfigError(f"{label}: {exc.strerror or exc}") from exc
+
+
+def _stat(path: Path, label: str) -> os.stat_result:
+    try:
+        return path.stat()
+    except OSError as exc:
+        raise ConfigError(f"{label}: {exc.strerror or exc}") from exc
+
+
+def _stat_or_none(path: Path) -> os.stat_result | None:
+    try:
+        return path.stat()
+    except OSError:
+        return None
