@@ -126,3 +126,11 @@ def test_loopback_detection():
     assert config.is_loopback("localhost")
     assert not config.is_loopback("0.0.0.0")  # noqa: S104 - only parsed
     assert config.split_address("[::1]:80") == ("::1", 80)
+
+
+def test_contrib_example_loads():
+    """The example configuration shipped in contrib/ is valid."""
+    example = Path(__file__).parent.parent / "contrib" / "hastaple.toml"
+    cfg = config.load(example, {})
+    assert cfg.haproxy_configs == (Path("/etc/haproxy/haproxy.cfg"),)
+    assert cfg.policy == DEFAULT_POLICY
