@@ -7,8 +7,10 @@ SIGTERM is sent to a real ``hastaple run`` process in the middle of a batch.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import json
+import logging
 import os
 import signal
 import sys
@@ -16,8 +18,9 @@ import sys
 import aiohttp
 from click.testing import CliRunner
 
-from hastaple import metrics
+from hastaple import metrics, service
 from hastaple.cli import cli
+from hastaple.errors import ConfigError
 from hastaple.state import Record, State
 from responders import Serve
 from test_daemon import _world
@@ -153,3 +156,49 @@ async def test_sigterm_during_batch_leaves_no_partial_file(pki, tmp_path, fault_
     assert sorted(p.name for p in crt.iterdir() if p.name.startswith(".")) == []
     for name, body in bodies.items():
         assert (crt / name).read_bytes() == body
+
+
+async def test_haproxy_down_is_retried_not_fatal(pki, tmp_path, caplog):
+    """A socket nobody listens on: logged once as haproxy_down, no exception, staples kept."""
+    caplog.set_level(logging.INFO, logger="hastaple.daemon")
+    world = _world(pki, tmp_path, 1)
+    world.daemon.config = dataclasses.replace(
+        world.config, sockets=(str(tmp_path / "nobody.sock"),)
+    )
+    world.daemon.rediscover()
+    world.clock.t += dt.timedelta(seconds=11)
+    [outcome] = await world.daemon.refresh_due()
+    assert outcome.row.haproxy == {str(tmp_path / "nobody.sock"): "error"}
+    rec = world.daemon.records[outcome.row.cert]
+    assert (rec.failures, rec.status) == (0, "good")  # the staple is stored; only the push failed
+    for _ in range(3):
+        await world.daemon.check_haproxy()
+    downs = [r for r in caplog.records if "event=haproxy_down" in r.getMessage()]
+    assert len(downs) == 1
+    assert (world.crt_dir / "c0.pem.ocsp").exists()
+
+
+async def test_sighup_reload_applies_new_sources_and_keeps_old_on_error(pki, tmp_path, capsys):
+    """SIGHUP: new sources are read at once; a broken configuration is logged and ignored."""
+    world = _world(pki, tmp_path, 1)
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    pki.write(extra, "x.pem", pki.leaf("x.test", ocsp_url="http://ocsp.test/"))
+    configs = [dataclasses.replace(world.config, paths=(world.crt_dir, extra))]
+
+    def load():
+        if not configs:
+            raise ConfigError("hastaple.toml: unknown key 'frobnicate'")
+        return configs.pop()
+
+    fetcher = service.ConfiguredFetcher(world.config)
+    service._reload(world.daemon, fetcher, load)
+    assert str(extra / "x.pem") in world.daemon.entries
+    assert fetcher.config.paths == (world.crt_dir, extra)
+    service._reload(world.daemon, fetcher, load)
+    assert world.daemon.config.paths == (world.crt_dir, extra)
+    err = capsys.readouterr().err  # the reload installs the configured log format on stderr
+    assert "event=reloaded certs=2" in err
+    assert "event=reload_failed" in err
+    assert "frobnicate" in err
+    logging.getLogger().handlers.clear()

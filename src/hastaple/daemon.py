@@ -92,6 +92,9 @@ class Daemon:
         self.wake = asyncio.Event()
         self._haproxy: dict[str, protocol.Info | None] = {}
         self._push_again: set[str] = set()
+        # One pipeline run at a time: a refresh batch and a re-push to the same
+        # HAProxy must not open competing transactions on one certificate.
+        self._busy = asyncio.Lock()
 
     # -- discovery -------------------------------------------------------
 
@@ -171,13 +174,14 @@ class Daemon:
         forced = [n for n in due if _hint_due(self.records[n], now)]
         plain = [n for n in due if n not in forced]
         outcomes: list[pipeline.Outcome] = []
-        for names, force in ((plain, False), (forced, True)):
-            if names:
-                options = self._options(force=force)
-                entries = [self.entries[n] for n in names]
-                outcomes += await pipeline.run_outcomes(
-                    entries, options, fetcher=self.fetcher, now=now
-                )
+        async with self._busy:
+            for names, force in ((plain, False), (forced, True)):
+                if names:
+                    options = self._options(force=force)
+                    entries = [self.entries[n] for n in names]
+                    outcomes += await pipeline.run_outcomes(
+                        entries, options, fetcher=self.fetcher, now=now
+                    )
         for outcome in outcomes:
             self._record(outcome, now)
         return outcomes
@@ -296,9 +300,10 @@ class Daemon:
         if not entries:
             return
         options = dataclasses.replace(self._options(fetch=False), sockets=(socket,))
-        outcomes = await pipeline.run_outcomes(
-            entries, options, fetcher=self.fetcher, now=self.clock.now()
-        )
+        async with self._busy:
+            outcomes = await pipeline.run_outcomes(
+                entries, options, fetcher=self.fetcher, now=self.clock.now()
+            )
         for outcome in outcomes:
             row = outcome.row
             if socket not in row.haproxy or row.cert not in self.records:
