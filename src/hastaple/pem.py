@@ -44,7 +44,8 @@ def parse(data: bytes, *, source: str | Path) -> Bundle:
     try:
         certs = x509.load_pem_x509_certificates(data)
     except ValueError as exc:
-        raise CertificateError(source, f"unreadable PEM certificate ({exc})") from exc
+        # cryptography's message points at its FAQ; a person needs the file and the fact.
+        raise CertificateError(source, "unreadable PEM certificate") from exc
     return Bundle(leaf=certs[0], chain=tuple(certs[1:]), has_key=has_key)
 
 
