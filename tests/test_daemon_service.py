@@ -23,7 +23,7 @@ from hastaple.cli import cli
 from hastaple.errors import ConfigError
 from hastaple.state import Record, State
 from responders import Serve
-from test_daemon import _world
+from test_daemon_sim import _world
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
