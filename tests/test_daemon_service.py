@@ -171,6 +171,9 @@ async def test_haproxy_down_is_retried_not_fatal(pki, tmp_path, caplog):
     assert outcome.row.haproxy == {str(tmp_path / "nobody.sock"): "error"}
     rec = world.daemon.records[outcome.row.cert]
     assert (rec.failures, rec.status) == (0, "good")  # the staple is stored; only the push failed
+    failures, retry_at = world.daemon._push_again[str(tmp_path / "nobody.sock")]
+    assert failures == 1
+    assert retry_at > world.clock.now()  # retried with backoff, not at every poll
     for _ in range(3):
         await world.daemon.check_haproxy()
     downs = [r for r in caplog.records if "event=haproxy_down" in r.getMessage()]

@@ -91,7 +91,9 @@ class Daemon:
         self.metrics = prom.Metrics(lambda: (self.clock.now(), list(self.records.values())))
         self.wake = asyncio.Event()
         self._haproxy: dict[str, protocol.Info | None] = {}
-        self._push_again: set[str] = set()
+        # Sockets whose last push failed: retried with backoff, not every poll
+        # (a renewed certificate HAProxy has not reloaded yet fails until it does).
+        self._push_again: dict[str, tuple[int, dt.datetime]] = {}
         # One pipeline run at a time: a refresh batch and a re-push to the same
         # HAProxy must not open competing transactions on one certificate.
         self._busy = asyncio.Lock()
@@ -225,7 +227,9 @@ class Daemon:
                 new, next_refresh=schedule.next_refresh(new.window(), now, 0, self.rng, policy)
             )
             if "error" in row.haproxy.values():
-                self._push_again.update(s for s, v in row.haproxy.items() if v == "error")
+                for sock, how in row.haproxy.items():
+                    if how == "error":
+                        self._push_failed(sock, now)
         elif row.status in {Status.NO_OCSP, Status.MANAGED}:
             new = dataclasses.replace(
                 base, status=row.status.value, failures=0, next_refresh=now + policy.interval
@@ -288,16 +292,18 @@ class Daemon:
                 before is None or info.pid != before.pid or info.uptime_sec < before.uptime_sec
             )
             self._haproxy[socket] = info
-            if restarted or socket in self._push_again:
+            retry = self._push_again.get(socket)
+            if restarted or (retry is not None and retry[1] <= self.clock.now()):
                 if restarted:
                     log_event(logging.INFO, "haproxy_started", socket=socket, pid=info.pid)
                 await self.repush(socket)
 
     async def repush(self, socket: str) -> None:
         """Load every valid staple on disk into ``socket``; ask no CA."""
-        self._push_again.discard(socket)
+        failed = False
         entries = [e for n, e in self.entries.items() if self.records.get(n, Record(n)).ocsp_url]
         if not entries:
+            self._push_again.pop(socket, None)
             return
         options = dataclasses.replace(self._options(fetch=False), sockets=(socket,))
         async with self._busy:
@@ -313,11 +319,20 @@ class Daemon:
             served = tuple(sorted({**dict(rec.haproxy), socket: row.haproxy[socket]}.items()))
             self._save(dataclasses.replace(rec, haproxy=served))
             if row.haproxy[socket] == "error":
-                self._push_again.add(socket)
+                failed = True
                 log_event(
                     logging.ERROR, "push_failed", cert=row.cert, socket=socket, error=row.error
                 )
+        if failed:
+            self._push_failed(socket, self.clock.now())
+        else:
+            self._push_again.pop(socket, None)
         log_event(logging.INFO, "repushed", socket=socket, certs=len(entries))
+
+    def _push_failed(self, socket: str, now: dt.datetime) -> None:
+        failures = self._push_again.get(socket, (0, now))[0] + 1
+        wait = schedule.backoff(failures, self.rng, policy=self.config.policy)
+        self._push_again[socket] = (failures, now + wait)
 
     def health(self) -> prom.Health:
         """The /healthz verdict now."""
