@@ -35,7 +35,9 @@ HAProxy 2.6/2.8 (src/ssl_crtlist.c, src/cfgparse-ssl.c, src/tools.c
 from __future__ import annotations
 
 import os
+import re
 import stat
+import string
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +51,7 @@ RESERVED_SUFFIXES = frozenset({".key", ".ocsp", ".issuer", ".sctl"})
 BUNDLE_SUFFIXES = (".rsa", ".ecdsa", ".dsa")
 
 _SPACE = " \t\n\v\f\r"  # C isspace(), what HAProxy splits on
+_CRT_LIST_TOKEN = re.compile(r"[\[\]]|[^\[\]" + re.escape(_SPACE) + "]+")
 _SECTIONS = frozenset(
     {
         "global",
@@ -255,34 +258,27 @@ def parse_crt_list(
 def _split_crt_list_line(line: str, where: str) -> tuple[list[str], list[str]]:
     """Split like crtlist_parse_line(): spaces, '[' and ']' end words; return (words, options)."""
     words: list[str] = []
-    current: list[str] = []
-    opt_start = opt_end = -1
-    for char in line:
-        if char in _SPACE or char in "[]":
-            if current:
-                words.append("".join(current))
-                current = []
-            if char == "[":
-                if opt_start >= 0:
-                    raise ConfigError(f"{where}: too many '[' in crt-list line")
-                if not words:
-                    raise ConfigError(
-                        f"{where}: crt-list line must start with a certificate file, not '['"
-                    )
-                opt_start = len(words)
-            elif char == "]":
-                if opt_end >= 0:
-                    raise ConfigError(f"{where}: too many ']' in crt-list line")
-                if opt_start < 0:
-                    raise ConfigError(f"{where}: ']' without '[' in crt-list line")
-                opt_end = len(words)
+    marks: dict[str, int] = {}
+    for token in _CRT_LIST_TOKEN.findall(line):
+        if token in {"[", "]"}:
+            _mark_bracket(marks, token, len(words), where)
         else:
-            current.append(char)
-    if current:
-        words.append("".join(current))
+            words.append(token)
+    start, end = marks.get("["), marks.get("]")
     # An unterminated '[' leaves no options: HAProxy treats the words as SNI filters.
-    options = words[opt_start:opt_end] if opt_start >= 0 and opt_end >= 0 else []
+    options = words[start:end] if start is not None and end is not None else []
     return words, options
+
+
+def _mark_bracket(marks: dict[str, int], bracket: str, position: int, where: str) -> None:
+    """Record where '[' or ']' stands, refusing what HAProxy refuses."""
+    if bracket in marks:
+        raise ConfigError(f"{where}: too many '{bracket}' in crt-list line")
+    if bracket == "[" and position == 0:
+        raise ConfigError(f"{where}: crt-list line must start with a certificate file, not '['")
+    if bracket == "]" and "[" not in marks:
+        raise ConfigError(f"{where}: ']' without '[' in crt-list line")
+    marks[bracket] = position
 
 
 def _ocsp_update_on(options: Sequence[str]) -> bool:
@@ -337,7 +333,7 @@ def parse_haproxy_config(
     section = ""
     for number, raw in enumerate(text.split("\n"), start=1):
         where = f"{source}:{number}"
-        words = _words(raw.lstrip(_SPACE), env=env, where=where, section=section, line=number)
+        words = _words(raw.lstrip(_SPACE), env=env, where=where, section=section)
         if not words or words[0].startswith("."):
             # .if/.else/.endif/.diag...: conditions are not evaluated, both branches count.
             continue
@@ -424,75 +420,89 @@ def _usable(socket: StatsSocket) -> bool:
 
 
 class _Line:
-    """A cursor over one configuration line, tokenised like HAProxy's parse_line()."""
+    r"""
+    One haproxy.cfg line, split into words like HAProxy's parse_line() (src/tools.c).
 
-    def __init__(self, text: str, env: Mapping[str, str], where: str) -> None:
+    Quotes: '...' is literal; "..." expands $VAR, ${VAR}, ${VAR-default} and
+    ${VAR[*]} (one word per value word). A backslash (not inside '') escapes
+    space, backslash, #, quotes, \t \n \r \xHH, and $ inside "...". An
+    unquoted # starts a comment.
+    """
+
+    def __init__(self, text: str, *, env: Mapping[str, str], where: str, section: str) -> None:
         self.text = text
         self.env = env
         self.where = where
+        self.section = section
         self.pos = 0
+        self.words: list[str] = []
+        self.word: list[str] = []
+        self.started = False
+        self.squote = False
+        self.dquote = False
 
     def peek(self, offset: int = 0) -> str:
         index = self.pos + offset
         return self.text[index] if index < len(self.text) else ""
 
+    def split(self) -> list[str]:
+        while self.pos < len(self.text):
+            char = self.text[self.pos]
+            quoted = self.squote or self.dquote
+            if char in "\0\r\n" or (char == "#" and not quoted):
+                break
+            if char == '"' and not self.squote:
+                self.dquote = not self.dquote
+                self._take("")
+            elif char == "'" and not self.dquote:
+                self.squote = not self.squote
+                self._take("")
+            elif char == "\\" and not self.squote:
+                self.word.append(_escape(self, dquote=self.dquote))
+                self.started = True
+            elif char in _SPACE and not quoted:
+                self._space()
+            elif char == "$" and self.dquote:
+                self._variable()
+            else:
+                self._take(char)
+        if self.squote or self.dquote:
+            raise ConfigError(f"{self.where}: unmatched quote")
+        if self.started:
+            self.words.append("".join(self.word))
+        return self.words
 
-def _words(text: str, *, env: Mapping[str, str], where: str, section: str, line: int) -> list[str]:
-    """
-    Split one haproxy.cfg line into words (HAProxy's parse_line(), src/tools.c).
+    def _take(self, char: str) -> None:
+        self.word.append(char)
+        self.started = True
+        self.pos += 1
 
-    Quotes: '...' is literal; "..." expands $VAR, ${VAR}, ${VAR-default} and
-    ${VAR[*]} (one word per value word). Backslash (not inside '') escapes
-    space, backslash, #, quotes, \\t \\n \\r \\xHH, and $ inside "...". An
-    unquoted # starts a comment.
-    """
-    cur = _Line(text, env, where)
-    words: list[str] = []
-    word: list[str] = []
-    started = False
-    squote = dquote = False
-    while cur.pos < len(text):
-        char = text[cur.pos]
-        if char in "\0\r\n" or (char == "#" and not squote and not dquote):
-            break
-        if char == '"' and not squote:
-            dquote, started = not dquote, True
-            cur.pos += 1
-        elif char == "'" and not dquote:
-            squote, started = not squote, True
-            cur.pos += 1
-        elif char == "\\" and not squote:
-            word.append(_escape(cur, dquote=dquote))
-            started = True
-        elif char in _SPACE and not squote and not dquote:
-            while cur.peek() and cur.peek() in _SPACE:
-                cur.pos += 1
-            if started:
-                words.append("".join(word))
-            word, started = [], False
-        elif char == "$" and dquote:
-            values = _expand(cur, section=section, line=line)
-            word.append(values[0])
-            for extra in values[1:]:  # ${VAR[*]}: each value word is its own argument
-                words.append("".join(word))
-                word = [extra]
-            started = True
-        else:
-            word.append(char)
-            started = True
-            cur.pos += 1
-    if squote or dquote:
-        raise ConfigError(f"{where}: unmatched quote")
-    if started:
-        words.append("".join(word))
-    return words
+    def _space(self) -> None:
+        while self.peek() and self.peek() in _SPACE:
+            self.pos += 1
+        if self.started:
+            self.words.append("".join(self.word))
+        self.word, self.started = [], False
+
+    def _variable(self) -> None:
+        values = _expand(self)
+        self.word.append(values[0])
+        for extra in values[1:]:  # ${VAR[*]}: each value word is its own argument
+            self.words.append("".join(self.word))
+            self.word = [extra]
+        self.started = True
+
+
+def _words(text: str, *, env: Mapping[str, str], where: str, section: str) -> list[str]:
+    """Split one haproxy.cfg line into words, as HAProxy does."""
+    return _Line(text, env=env, where=where, section=section).split()
 
 
 def _escape(cur: _Line, *, dquote: bool) -> str:
     """Decode the backslash sequence at the cursor and step over it."""
     following = cur.peek(1)
     simple = {" ": " ", "\\": "\\", "#": "#", "'": "'", '"': '"', "t": "\t", "n": "\n", "r": "\r"}
-    if following in simple:
+    if following in simple and following:
         cur.pos += 2
         return simple[following]
     if following == "$" and dquote:
@@ -500,7 +510,7 @@ def _escape(cur: _Line, *, dquote: bool) -> str:
         return "$"
     if following == "x":
         digits = cur.peek(2) + cur.peek(3)
-        if len(digits) != 2 or any(c not in "0123456789abcdefABCDEF" for c in digits):  # noqa: PLR2004
+        if len(digits) != 2 or any(c not in string.hexdigits for c in digits):  # noqa: PLR2004
             raise ConfigError(f"{cur.where}: invalid '\\x' escape, two hex digits expected")
         cur.pos += 4
         value = int(digits, 16)
@@ -510,51 +520,61 @@ def _escape(cur: _Line, *, dquote: bool) -> str:
     return "\\"
 
 
-def _expand(cur: _Line, *, section: str, line: int) -> list[str]:
+def _expand(cur: _Line) -> list[str]:
     """Expand the variable at the cursor ('$' inside double quotes); return its word(s)."""
     cur.pos += 1
     brace = cur.peek() == "{"
     if brace:
         cur.pos += 1
-    start = cur.pos
-    first = cur.peek()
-    if not (first.isascii() and (first.isalpha() or first in "_.")):
-        raise ConfigError(f"{cur.where}: invalid environment variable name after '$'")
-    if first == ".":
-        cur.pos += 1
-    while cur.peek() and cur.peek().isascii() and (cur.peek().isalnum() or cur.peek() == "_"):
-        cur.pos += 1
-    name = cur.text[start : cur.pos]
-    value: str | None
-    if name.startswith("."):
-        pseudo = {".LINE": str(line), ".FILE": cur.where.rsplit(":", 1)[0], ".SECTION": section}
-        if name not in pseudo:
-            raise ConfigError(f"{cur.where}: unknown pseudo-variable '{name}'")
-        value = pseudo[name]
-    else:
-        value = cur.env.get(name)
-    expand_words = False
-    if brace and cur.peek() == "[":
+    value = _lookup(cur, _variable_name(cur))
+    expand_words = brace and cur.peek() == "["
+    if expand_words:
         if cur.peek(1) != "*" or cur.peek(2) != "]":
             raise ConfigError(f"{cur.where}: only '[*]' may follow a variable name")
-        expand_words = True
         cur.pos += 3
     if brace:
-        if cur.peek() == "-":
-            end = cur.text.find("}", cur.pos)
-            if end < 0:
-                raise ConfigError(f"{cur.where}: unmatched '{{' in variable")
-            if value is None:
-                value = cur.text[cur.pos + 1 : end]
-            cur.pos = end
-        if cur.peek() != "}":
-            raise ConfigError(f"{cur.where}: unmatched '{{' in variable")
-        cur.pos += 1
+        value = _close_brace(cur, value)
     if value is None:
         return [""]
-    if expand_words:
-        return value.split() or [""]
-    return [value]
+    return (value.split() or [""]) if expand_words else [value]
+
+
+def _variable_name(cur: _Line) -> str:
+    """Read a variable name: [A-Za-z_.][A-Za-z0-9_]* (a leading '.' is a pseudo-variable)."""
+    start = cur.pos
+    first = cur.peek()
+    if not (first.isascii() and (first.isalpha() or first in "_.")) or not first:
+        raise ConfigError(f"{cur.where}: invalid environment variable name after '$'")
+    cur.pos += 1
+    while cur.peek() and cur.peek().isascii() and (cur.peek().isalnum() or cur.peek() == "_"):
+        cur.pos += 1
+    return cur.text[start : cur.pos]
+
+
+def _lookup(cur: _Line, name: str) -> str | None:
+    """A variable's value: HAProxy's pseudo-variables, or the environment."""
+    if not name.startswith("."):
+        return cur.env.get(name)
+    line = cur.where.rsplit(":", 1)
+    pseudo = {".LINE": line[-1], ".FILE": line[0], ".SECTION": cur.section}
+    if name not in pseudo:
+        raise ConfigError(f"{cur.where}: unknown pseudo-variable '{name}'")
+    return pseudo[name]
+
+
+def _close_brace(cur: _Line, value: str | None) -> str | None:
+    """Read ``-default}`` or ``}`` after a braced name; the default applies when unset."""
+    if cur.peek() == "-":
+        end = cur.text.find("}", cur.pos)
+        if end < 0:
+            raise ConfigError(f"{cur.where}: unmatched '{{' in variable")
+        if value is None:
+            value = cur.text[cur.pos + 1 : end]
+        cur.pos = end
+    if cur.peek() != "}":
+        raise ConfigError(f"{cur.where}: unmatched '{{' in variable")
+    cur.pos += 1
+    return value
 
 
 # ------------------------------------------------------------------------- I/O
