@@ -230,7 +230,10 @@ async def _aia_certificates(
     data = await fetcher.get(url)
     certs = issuers.parse_certificates(data)
     if certs and cached is not None:
-        cached.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # mkdir(parents=True) gives the parents the default mode (0755): make
+        # the state directory itself private first.
+        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # noqa: ASYNC240 - once per AIA download
+        cached.parent.mkdir(mode=0o700, exist_ok=True)
         store.write_atomic(cached, data)
     return certs
 
