@@ -27,7 +27,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from hastaple import issuer as issuers
-from hastaple import pem, schedule, store
+from hastaple import config, pem, schedule, store
 from hastaple.discover import CertEntry
 from hastaple.errors import CertificateError, HAProxyError, HastapleError
 from hastaple.fetch import Fetcher
@@ -59,7 +59,7 @@ class Staple:
 
     der: bytes
     verdict: Verdict
-    deploy: DeployItem
+    deploys: tuple[DeployItem, ...]  # one per name HAProxy loaded the file under
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +71,7 @@ class _Cert:
     issuer: x509.Certificate
     issuer_pem: bytes | None
     url: str
+    names: tuple[str, ...]  # how HAProxy spells the file in runtime commands
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +141,7 @@ async def _prepare(
         if url is None:
             return _Prepared(ResultRow(name, None, Status.NO_OCSP, Action.SKIPPED))
         issuer, issuer_pem = await resolve_issuer(entry.path, bundle, fetcher, options.state_dir)
-        cert = _Cert(entry.path, bundle.leaf, issuer, issuer_pem, url)
+        cert = _Cert(entry.path, bundle.leaf, issuer, issuer_pem, url, entry.haproxy_names)
         return await _refresh(cert, options, fetcher, now)
     except CertificateError as exc:
         return _Prepared(dataclasses.replace(_failed(name, url, str(exc)), bad_input=True))
@@ -232,7 +233,7 @@ async def _aia_certificates(
     if certs and cached is not None:
         # mkdir(parents=True) gives the parents the default mode (0755): make
         # the state directory itself private first.
-        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # noqa: ASYNC240 - once per AIA download
+        cached.parent.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         cached.parent.mkdir(mode=0o700, exist_ok=True)
         store.write_atomic(cached, data)
     return certs
@@ -272,15 +273,19 @@ def _current_staple(
 
 
 def _staple(cert: _Cert, der: bytes, verdict: Verdict) -> Staple:
-    item = DeployItem(
-        crt=str(cert.path),
-        der=der,
-        cert_id=request.cert_id(cert.leaf, cert.issuer),
-        issuer_pem=cert.issuer_pem,
-        this_update=verdict.this_update,
-        next_update=verdict.next_update,
+    cert_id = request.cert_id(cert.leaf, cert.issuer)
+    items = tuple(
+        DeployItem(
+            crt=name,
+            der=der,
+            cert_id=cert_id,
+            issuer_pem=cert.issuer_pem,
+            this_update=verdict.this_update,
+            next_update=verdict.next_update,
+        )
+        for name in cert.names
     )
-    return Staple(der, verdict, item)
+    return Staple(der, verdict, items)
 
 
 def _times(current: tuple[bytes, Verdict]) -> tuple[dt.datetime, dt.datetime]:
@@ -314,16 +319,16 @@ def _failed(name: str, url: str | None, error: str) -> ResultRow:
 
 async def _deploy_all(prepared: list[_Prepared], sockets: Sequence[str]) -> list[ResultRow]:
     """Push every staple to every socket, one batch per socket, concurrently."""
-    items = [p.staple.deploy for p in prepared if p.staple is not None]
+    items = [item for p in prepared if p.staple is not None for item in p.staple.deploys]
     per_socket = await asyncio.gather(*(_deploy_one(s, items) for s in sockets))
     rows = []
     for p in prepared:
         if p.staple is None:
             rows.append(p.row)
             continue
-        crt = p.staple.deploy.crt
         results = {
-            sock: outcomes.get(crt) for sock, outcomes in zip(sockets, per_socket, strict=True)
+            sock: [outcomes.get(item.crt) for item in p.staple.deploys]
+            for sock, outcomes in zip(sockets, per_socket, strict=True)
         }
         rows.append(_merge(p.row, results))
     return rows
@@ -339,22 +344,24 @@ async def _deploy_one(socket: str, items: list[DeployItem]) -> dict[str, DeployO
     return {o.crt: o for o in outcomes}
 
 
-def _merge(row: ResultRow, results: dict[str, DeployOutcome | str | None]) -> ResultRow:
+def _merge(row: ResultRow, results: dict[str, list[DeployOutcome | str | None]]) -> ResultRow:
+    """One row from the outcomes of every name on every socket: any failure fails it."""
     haproxy: dict[str, str] = {}
     errors = []
-    for sock, result in results.items():
-        if isinstance(result, str):
-            haproxy[sock] = "error"
-            errors.append(result)
-        elif result is None or not result.ok:
-            haproxy[sock] = "error"
-            why = result.error if result else "no outcome"
-            errors.append(f"haproxy {sock}: {why}")
-        else:
-            haproxy[sock] = result.method
+    for sock, outcomes in results.items():
+        methods = []
+        for result in outcomes:
+            if isinstance(result, str):
+                errors.append(result)
+            elif result is None or not result.ok:
+                why = result.error if result else "no outcome"
+                errors.append(f"haproxy {sock}: {why}")
+            else:
+                methods.append(result.method)
+        ok = len(methods) == len(outcomes)
+        haproxy[sock] = "+".join(dict.fromkeys(methods)) if ok else "error"
     if errors:
-        return dataclasses.replace(
-            row, action=Action.FAILED, error="; ".join(errors), haproxy=haproxy
-        )
+        error = "; ".join(dict.fromkeys(errors))
+        return dataclasses.replace(row, action=Action.FAILED, error=error, haproxy=haproxy)
     action = Action.DEPLOYED if row.action is Action.FETCHED else row.action
     return dataclasses.replace(row, action=action, haproxy=haproxy)
