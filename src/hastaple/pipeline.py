@@ -26,8 +26,8 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from hastaple import issuer as issuers
 from hastaple import config, pem, schedule, store
+from hastaple import issuer as issuers
 from hastaple.discover import CertEntry
 from hastaple.errors import CertificateError, HAProxyError, HastapleError
 from hastaple.fetch import Fetcher
@@ -233,8 +233,8 @@ async def _aia_certificates(
     if certs and cached is not None:
         # mkdir(parents=True) gives the parents the default mode (0755): make
         # the state directory itself private first.
-        cached.parent.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        cached.parent.mkdir(mode=0o700, exist_ok=True)
+        config.ensure_private_dir(cached.parent.parent)
+        config.ensure_private_dir(cached.parent)
         store.write_atomic(cached, data)
     return certs
 
