@@ -18,7 +18,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,14 +102,17 @@ async def run(
     *,
     fetcher: Fetcher,
     now: dt.datetime,
+    progress: Callable[[], None] | None = None,
 ) -> list[ResultRow]:
     """
     Fetch, validate, store and deploy staples for ``entries``; one row each.
 
     Certificates are handled concurrently (the fetcher bounds each responder);
-    then each HAProxy socket gets every staple in one batch.
+    then each HAProxy socket gets every staple in one batch. ``progress`` is
+    called once per certificate when its staple is ready (a progress bar).
     """
-    return [o.row for o in await run_outcomes(entries, options, fetcher=fetcher, now=now)]
+    outcomes = await run_outcomes(entries, options, fetcher=fetcher, now=now, progress=progress)
+    return [o.row for o in outcomes]
 
 
 async def run_outcomes(
@@ -118,9 +121,17 @@ async def run_outcomes(
     *,
     fetcher: Fetcher,
     now: dt.datetime,
+    progress: Callable[[], None] | None = None,
 ) -> list[Outcome]:
     """``run``, with the responder's max-age and latency per certificate (the daemon)."""
-    prepared = await asyncio.gather(*(_prepare(e, options, fetcher, now) for e in entries))
+
+    async def prepare(entry: CertEntry) -> _Prepared:
+        prepared = await _prepare(entry, options, fetcher, now)
+        if progress is not None:
+            progress()
+        return prepared
+
+    prepared = await asyncio.gather(*(prepare(e) for e in entries))
     if options.sockets and not options.dry_run:
         rows = await _deploy_all(list(prepared), options.sockets)
     else:
