@@ -19,6 +19,8 @@ from typing import NoReturn
 
 import click
 from cryptography import x509
+from rich.console import Console
+from rich.progress import Progress
 
 from hastaple import __version__, config, discover, pem, render, service, state
 from hastaple import issuer as issuers
@@ -61,7 +63,7 @@ def cli(ctx: click.Context, verbose: int, quiet: bool, debug: bool) -> None:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
     )
-    ctx.obj = {"debug": debug}
+    ctx.obj = {"debug": debug, "quiet": quiet}
 
 
 _state_dir_option = click.option(
@@ -139,7 +141,8 @@ def fetch(
         )
         _check_sockets(options.sockets)
         limits = Limits(timeout=timeout, connect_timeout=min(timeout, Limits().connect_timeout))
-        rows = asyncio.run(_fetch(found.certs, options, limits))
+        bar = sys.stderr.isatty() and not ctx.obj.get("quiet")
+        rows = asyncio.run(_fetch(found.certs, options, limits, progress=bar))
     _finish(rows, as_json=as_json)
 
 
@@ -157,10 +160,20 @@ def _check_sockets(sockets: Sequence[str]) -> None:
 
 
 async def _fetch(
-    entries: Sequence[discover.CertEntry], options: Options, limits: Limits
+    entries: Sequence[discover.CertEntry], options: Options, limits: Limits, *, progress: bool
 ) -> list[ResultRow]:
+    now = dt.datetime.now(dt.UTC)
     async with Fetcher(limits) as fetcher:
-        return await run(entries, options, fetcher=fetcher, now=dt.datetime.now(dt.UTC))
+        if not progress:
+            return await run(entries, options, fetcher=fetcher, now=now)
+        # A bar on stderr for a person at a terminal; pipes and cron get none.
+        with Progress(*Progress.get_default_columns(), console=Console(stderr=True)) as bar:
+            task = bar.add_task("Stapling", total=len(entries))
+            rows = await run(
+                entries, options, fetcher=fetcher, now=now, progress=lambda: bar.advance(task)
+            )
+            bar.update(task, description="Stapled")
+            return rows
 
 
 @cli.command()
