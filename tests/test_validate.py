@@ -270,3 +270,11 @@ def test_fuzz_mutated_responses(pki, data):
 
 
 _FUZZ_LEAF: dict[str, object] = {}
+
+
+def test_extreme_clock_does_not_crash(pki, leaf):
+    """check --at 9999-12-31 judges the response expired instead of overflowing."""
+    der = pki.response(leaf.cert)
+    end = dt.datetime.max.replace(tzinfo=dt.UTC)
+    with pytest.raises(InvalidResponse, match="expired"):
+        validate(der, cert=leaf.cert, issuer=pki.intermediate.cert, now=end)

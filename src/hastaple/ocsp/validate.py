@@ -234,7 +234,7 @@ def _check_times(
 ) -> tuple[dt.datetime, dt.datetime]:
     this_update = single.this_update_utc
     next_update = single.next_update_utc
-    if this_update > now + CLOCK_SKEW:
+    if this_update - now > CLOCK_SKEW:  # not now + skew: that overflows at year 9999
         raise InvalidResponse(
             f"response thisUpdate {_fmt(this_update)} is in the future (now {_fmt(now)})"
         )
