@@ -76,3 +76,19 @@ def test_temp_name_starts_with_dot(tmp_path, monkeypatch):
     store.write_atomic(tmp_path / "site.pem.ocsp", b"DER")
     temp = [p for p in seen if p.endswith(".tmp")]
     assert temp and all(Path(p).name.startswith(".site.pem.ocsp.") for p in temp)
+
+
+@pytest.mark.parametrize("count", [3, store.SYNCFS_MIN_BATCH + 8])
+def test_write_many_replaces_each_file_and_fails_one_alone(tmp_path, count):
+    """A batch (small: fsync each; large: one syncfs) replaces every file; a bad one fails alone."""
+    targets = [tmp_path / f"c{i}.pem.ocsp" for i in range(count)]
+    targets[0].write_bytes(b"OLD")
+    bad = tmp_path / "missing-dir" / "x.pem.ocsp"
+    writes = [store.Write(t, b"NEW%d" % i) for i, t in enumerate(targets)]
+    results = store.write_many([*writes[:1], store.Write(bad, b"X"), *writes[1:]])
+    assert isinstance(results[1], StoreError)
+    assert results[1].path == bad
+    assert [r for i, r in enumerate(results) if i != 1] == [None] * count
+    assert [t.read_bytes() for t in targets] == [b"NEW%d" % i for i in range(count)]
+    assert {stat.S_IMODE(t.stat().st_mode) for t in targets} == {0o644}
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(t.name for t in targets)

@@ -124,9 +124,10 @@ async def run_outcomes(
     progress: Callable[[], None] | None = None,
 ) -> list[Outcome]:
     """``run``, with the responder's max-age and latency per certificate (the daemon)."""
+    writer = _Writer()
 
     async def prepare(entry: CertEntry) -> _Prepared:
-        prepared = await _prepare(entry, options, fetcher, now)
+        prepared = await _prepare(entry, options, fetcher, now, writer)
         if progress is not None:
             progress()
         return prepared
@@ -139,8 +140,55 @@ async def run_outcomes(
     return [Outcome(r, p.max_age, p.elapsed) for r, p in zip(rows, prepared, strict=True)]
 
 
+class _Writer:
+    """
+    Group commit for staple files: each is written as soon as it is validated.
+
+    Whatever arrives while one batch is being flushed (in a thread, so fetches
+    go on) goes into the next one, so 10,000 staples cost a handful of
+    ``syncfs`` calls instead of 10,000 ``fsync``s, and a single staple is not
+    kept waiting for the others (``store.write_many``).
+    """
+
+    def __init__(self) -> None:
+        self._pending: list[tuple[store.Write, asyncio.Future[None]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def write(self, path: Path, data: bytes, *, owner_of: Path) -> None:
+        """
+        Replace ``path`` atomically and durably, batched with its neighbours.
+
+        Raises:
+            StoreError: ``path`` was left unchanged.
+        """
+        done = asyncio.get_running_loop().create_future()
+        self._pending.append((store.Write(path, data, owner_of), done))
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush())
+        await done
+
+    async def _flush(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                results: list[BaseException | None]
+                try:
+                    results = list(await asyncio.to_thread(store.write_many, [w for w, _ in batch]))
+                except Exception as exc:  # noqa: BLE001 - a bug: each row reports it, none hangs
+                    results = [exc] * len(batch)
+                for (_, done), error in zip(batch, results, strict=True):
+                    if done.done():
+                        continue
+                    if error is None:
+                        done.set_result(None)
+                    else:
+                        done.set_exception(error)
+        finally:
+            self._flusher = None
+
+
 async def _prepare(
-    entry: CertEntry, options: Options, fetcher: Fetcher, now: dt.datetime
+    entry: CertEntry, options: Options, fetcher: Fetcher, now: dt.datetime, writer: _Writer
 ) -> _Prepared:
     name = str(entry.path)
     url: str | None = None
@@ -153,7 +201,7 @@ async def _prepare(
             return _Prepared(ResultRow(name, None, Status.NO_OCSP, Action.SKIPPED))
         issuer, issuer_pem = await resolve_issuer(entry.path, bundle, fetcher, options.state_dir)
         cert = _Cert(entry.path, bundle.leaf, issuer, issuer_pem, url, entry.haproxy_names)
-        return await _refresh(cert, options, fetcher, now)
+        return await _refresh(cert, options, fetcher, now, writer)
     except CertificateError as exc:
         return _Prepared(dataclasses.replace(_failed(name, url, str(exc)), bad_input=True))
     except HastapleError as exc:
@@ -163,7 +211,9 @@ async def _prepare(
         return _Prepared(_failed(name, url, f"internal error: {exc!r} (see the log)"))
 
 
-async def _refresh(cert: _Cert, options: Options, fetcher: Fetcher, now: dt.datetime) -> _Prepared:
+async def _refresh(
+    cert: _Cert, options: Options, fetcher: Fetcher, now: dt.datetime, writer: _Writer
+) -> _Prepared:
     name, url, path = str(cert.path), cert.url, cert.path
     staple_path = store.staple_path(path)
     current = _current_staple(staple_path, cert, now, options.margin)
@@ -192,7 +242,7 @@ async def _refresh(cert: _Cert, options: Options, fetcher: Fetcher, now: dt.date
     if cert.issuer_pem is not None and not _haproxy_can_find_issuer(path):
         return _Prepared(_row(name, url, verdict, Action.FAILED, _no_issuer_on_disk(path)))
     if not options.dry_run:
-        store.write_atomic(staple_path, reply.der, owner_of=path)
+        await writer.write(staple_path, reply.der, owner_of=path)
     staple = _staple(cert, reply.der, verdict)
     return _Prepared(_row(name, url, verdict, Action.FETCHED), staple, **hints)
 

@@ -6,13 +6,22 @@ name starts with a dot: HAProxy loads every other file of a ``crt`` directory
 as a certificate, and a leftover ``x.pem.ocsp.tmp`` stops it from starting
 (HAPROXY.md §5.10). Data is fsynced before the rename and the directory after,
 so the new name never points at unwritten blocks.
+
+``write_many`` gives each file the same guarantee for a whole batch at the
+cost of one ``syncfs`` instead of one ``fsync`` per file (each one a journal
+commit on ext4: about 1 ms, so 10 s for 10,000 staples): every temp file is
+written, the filesystem is flushed once, and only then is each renamed and
+each directory fsynced once.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import secrets
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from hastaple.errors import StoreError
@@ -20,6 +29,9 @@ from hastaple.errors import StoreError
 # An OCSP response is public (every TLS client receives it); readable by the
 # HAProxy user, writable only by the owner.
 STAPLE_MODE = 0o644
+# syncfs flushes the whole filesystem, other programs' dirty data too: worth
+# it only when it replaces many fsyncs. Smaller batches fsync file by file.
+SYNCFS_MIN_BATCH = 32
 
 
 def staple_path(cert: Path) -> Path:
@@ -35,6 +47,15 @@ def read(path: Path) -> bytes | None:
         return None
 
 
+@dataclass(frozen=True, slots=True)
+class Write:
+    """One file for ``write_many``: its path, its bytes, and whose owner it takes."""
+
+    path: Path
+    data: bytes
+    owner_of: Path | None = None
+
+
 def write_atomic(path: Path, data: bytes, *, owner_of: Path | None = None) -> None:
     """
     Replace ``path`` with ``data`` atomically, owned like ``owner_of`` when possible.
@@ -42,7 +63,49 @@ def write_atomic(path: Path, data: bytes, *, owner_of: Path | None = None) -> No
     Raises:
         StoreError: nothing was changed; the previous file, if any, is intact.
     """
-    directory = path.parent
+    tmp = _stage(Write(path, data, owner_of), fsync=True)
+    _rename(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def write_many(writes: Sequence[Write]) -> list[StoreError | None]:
+    """
+    Replace every file of ``writes`` atomically, flushing the disk once for all.
+
+    Each file is either replaced by durable new data or left as it was, as
+    with ``write_atomic``; a kill at any moment leaves at most dot temp files.
+
+    Returns:
+        One entry per write, in order: None when the file was replaced, else
+        the ``StoreError`` saying why it was left unchanged.
+    """
+    results: list[StoreError | None] = [None] * len(writes)
+    staged: list[tuple[int, Path]] = []
+    batched = _SYNCFS is not None and len(writes) >= SYNCFS_MIN_BATCH
+    for i, w in enumerate(writes):
+        try:
+            tmp = _stage(w, fsync=not batched)
+            if batched:
+                staged.append((i, tmp))
+            else:
+                _rename(tmp, w.path)
+        except StoreError as exc:
+            results[i] = exc
+    synced_devices: set[int] = set()
+    for i, tmp in staged:
+        try:
+            _make_durable(tmp, writes[i].path, synced_devices)
+            _rename(tmp, writes[i].path)
+        except StoreError as exc:
+            results[i] = exc
+    for directory in dict.fromkeys(w.path.parent for w in writes):
+        _fsync_dir(directory)
+    return results
+
+
+def _stage(w: Write, *, fsync: bool) -> Path:
+    """Write ``w.data`` into a new dot temp file next to ``w.path``; return its path."""
+    path, directory = w.path, w.path.parent
     tmp = directory / f".{path.name}.{secrets.token_hex(4)}.tmp"
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
     try:
@@ -51,17 +114,68 @@ def write_atomic(path: Path, data: bytes, *, owner_of: Path | None = None) -> No
         raise StoreError(path, f"cannot create a file in {directory}: {_why(exc)}") from exc
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            f.write(w.data)
             f.flush()
             os.fchmod(f.fileno(), STAPLE_MODE)  # the umask may have narrowed it
-            _copy_owner(f.fileno(), owner_of)
-            os.fsync(f.fileno())
+            _copy_owner(f.fileno(), w.owner_of)
+            if fsync:
+                os.fsync(f.fileno())
+    except OSError as exc:
+        _discard(tmp)
+        raise StoreError(path, f"cannot write: {_why(exc)}") from exc
+    return tmp
+
+
+def _make_durable(tmp: Path, path: Path, synced_devices: set[int]) -> None:
+    """
+    Make ``tmp``'s data durable: one syncfs per filesystem, else fsync the file.
+
+    Raises:
+        StoreError: the data may not be on disk; ``tmp`` was removed.
+    """
+    if _SYNCFS is None:  # pragma: no cover - write_many then stages with fsync
+        return
+    try:
+        fd = os.open(tmp, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        try:
+            device = os.fstat(fd).st_dev
+            if device not in synced_devices:
+                if _SYNCFS(fd) != 0:
+                    err = ctypes.get_errno()
+                    raise OSError(err, os.strerror(err))
+                synced_devices.add(device)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        _discard(tmp)
+        raise StoreError(path, f"cannot flush to disk: {_why(exc)}") from exc
+
+
+def _rename(tmp: Path, path: Path) -> None:
+    try:
         tmp.replace(path)
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
+        _discard(tmp)
         raise StoreError(path, f"cannot write: {_why(exc)}") from exc
-    _fsync_dir(directory)
+
+
+def _discard(tmp: Path) -> None:
+    with contextlib.suppress(OSError):
+        tmp.unlink()
+
+
+def _load_syncfs() -> Callable[[int], int] | None:
+    """Linux's syncfs(2) (flush one filesystem), or None where libc lacks it."""
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_SYNCFS = _load_syncfs()
 
 
 def _copy_owner(fd: int, like: Path | None) -> None:
