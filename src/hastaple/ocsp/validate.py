@@ -32,6 +32,7 @@ Raises ``InvalidResponse`` with a sentence for a person; anything else is a bug.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -178,7 +179,7 @@ def _signer(
     delegate = candidates[0]
     who = delegate.subject.rfc4514_string()
     try:
-        delegate.verify_directly_issued_by(issuer)
+        _issued_by(delegate, issuer)
     except (ValueError, TypeError, InvalidSignature) as exc:
         raise InvalidResponse(
             f"response is signed by {who}, which was not issued by the certificate's "
@@ -255,6 +256,20 @@ def _check_times(
     return this_update, next_update
 
 
+@functools.lru_cache(maxsize=64)
+def _issued_by(delegate: x509.Certificate, issuer: x509.Certificate) -> None:
+    """
+    Raise unless ``issuer``'s key signed ``delegate``; success is remembered.
+
+    A CA's delegated responder signs every response it makes, so a batch of
+    10,000 staples would verify the same certificate against the same issuer
+    10,000 times. Certificates hash and compare by their DER, so a hit is the
+    very same pair; a failure raises and is never cached.
+    """
+    delegate.verify_directly_issued_by(issuer)
+
+
+@functools.lru_cache(maxsize=64)
 def _public_key_bits(cert: x509.Certificate) -> bytes:
     """The subjectPublicKey BIT STRING contents, which CertID and ResponderID hash."""
     spki = cert.public_key().public_bytes(
