@@ -103,6 +103,10 @@ class Fetcher:
         self.limits = limits
         self._user_agent = user_agent
         self._session: aiohttp.ClientSession | None = None
+        # Our own per-host queue, in front of aiohttp's: a request's timeout
+        # starts when it may talk, so 10,000 certificates queued behind 4
+        # connections to one responder never time out while merely waiting.
+        self._slots: dict[tuple[str, str | None, int | None], asyncio.Semaphore] = {}
 
     async def __aenter__(self) -> Self:
         connector = aiohttp.TCPConnector(
@@ -179,27 +183,30 @@ class Fetcher:
         target = _parse_url(origin, url)
         _check_scheme(origin, target, redirected=False)
         headers = {"Content-Type": "application/ocsp-request"} if body is not None else {}
-        with _MapErrors(origin, self.limits):
-            async with asyncio.timeout(self.limits.timeout):
-                for _ in range(self.limits.max_redirects + 1):
-                    async with session.request(
-                        method, target, data=body, headers=headers, allow_redirects=False
-                    ) as resp:
-                        if resp.status in _REDIRECT_STATUSES:
-                            target = _redirect_target(origin, resp)
-                            # The method and body are kept even for 301-303: an
-                            # OCSP POST is a query, and a GET would lose it.
-                            continue
-                        _check_status(origin, resp.status)
-                        if content_type is not None and resp.content_type != content_type:
-                            raise FetchError(
-                                origin,
-                                f"responder answered with content type '{resp.content_type}',"
-                                f" not {content_type}",
-                            )
-                        data = await _read_capped(origin, resp, self.limits.max_body_bytes)
-                        return _Body(data, str(resp.url), resp.headers.get("Cache-Control"))
-                raise FetchError(origin, f"more than {self.limits.max_redirects} redirects")
+        key = (target.scheme, target.host, target.port)
+        slot = self._slots.setdefault(key, asyncio.Semaphore(self.limits.per_host))
+        async with slot:
+            with _MapErrors(origin, self.limits):
+                async with asyncio.timeout(self.limits.timeout):
+                    for _ in range(self.limits.max_redirects + 1):
+                        async with session.request(
+                            method, target, data=body, headers=headers, allow_redirects=False
+                        ) as resp:
+                            if resp.status in _REDIRECT_STATUSES:
+                                target = _redirect_target(origin, resp)
+                                # The method and body are kept even for 301-303: an
+                                # OCSP POST is a query, and a GET would lose it.
+                                continue
+                            _check_status(origin, resp.status)
+                            if content_type is not None and resp.content_type != content_type:
+                                raise FetchError(
+                                    origin,
+                                    f"responder answered with content type '{resp.content_type}',"
+                                    f" not {content_type}",
+                                )
+                            data = await _read_capped(origin, resp, self.limits.max_body_bytes)
+                            return _Body(data, str(resp.url), resp.headers.get("Cache-Control"))
+                    raise FetchError(origin, f"more than {self.limits.max_redirects} redirects")
 
 
 def _parse_url(origin: str, url: str) -> URL:
