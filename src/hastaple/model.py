@@ -47,6 +47,12 @@ class Verdict:
     revocation_time: datetime | None = None
     revocation_reason: str | None = None
 
+    def revocation(self) -> str:
+        """A revoked status as a person reads it: ``REVOKED since <time> (<reason>)``."""
+        when = _rfc3339(self.revocation_time) or "an unknown time"
+        why = f" ({self.revocation_reason})" if self.revocation_reason else ""
+        return f"REVOKED since {when}{why}"
+
 
 @dataclass(frozen=True, slots=True)
 class ResultRow:

@@ -202,13 +202,7 @@ def judge(target: Target, result: Handshake, *, now: dt.datetime) -> Check:
     left = int((verdict.next_update - now).total_seconds())
     error = None
     if verdict.status is Status.REVOKED:
-        when = (
-            verdict.revocation_time.strftime("%Y-%m-%d %H:%M:%SZ")
-            if verdict.revocation_time
-            else "?"
-        )
-        why = f" ({verdict.revocation_reason})" if verdict.revocation_reason else ""
-        error = f"the staple says this certificate is REVOKED since {when}{why}"
+        error = f"the staple says this certificate is {verdict.revocation()}"
     elif verdict.status is not Status.GOOD:
         error = f"the staple says this certificate's status is {verdict.status.value}"
     return Check(target, True, name, url, verdict.status, verdict, error, left)  # noqa: FBT003
