@@ -1,0 +1,214 @@
+"""
+Remember validated staples, so an hourly run does not re-read 10,000 unchanged files.
+
+For each certificate the index keeps what the pipeline learnt the last time it
+parsed the PEM and validated the staple next to it: OCSP URL, CertID, the
+issuer PEM HAProxy may need, the verdict's times, and until when the staple
+stays valid (its nextUpdate, or sooner if a certificate in the response, the
+delegated signer, expires first). It is keyed by the file identities
+(inode, size, mtime and ctime in nanoseconds) of the PEM, of ``<crt>.ocsp``
+and of ``<crt>.issuer``: any change to any of them (a renewal, a new staple
+from anyone, an edited issuer) is a miss and the pipeline parses and
+validates everything again. A hit is therefore the same bytes that passed
+every check before; only the clock has moved, and the caller re-checks the
+times against ``now``.
+
+The file lives in the state directory (``index.json``), written atomically;
+a missing, unreadable or foreign file is an empty index, never an error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.x509 import ocsp
+
+from hastaple import store
+from hastaple.errors import StoreError
+from hastaple.model import Status, Verdict
+from hastaple.ocsp.validate import CLOCK_SKEW
+
+INDEX_NAME = "index.json"
+_VERSION = 1
+
+Fingerprint = tuple[int, int, int, int]  # inode, size, mtime_ns, ctime_ns
+
+
+def fingerprint(path: Path) -> Fingerprint | None:
+    """The identity of ``path``'s current content, or None when it is missing."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """What a validated, good staple and its certificate told us, and about which files."""
+
+    pem: Fingerprint
+    ocsp: Fingerprint
+    issuer_file: Fingerprint | None
+    url: str
+    cert_id: bytes
+    issuer_pem: bytes | None
+    verdict: Verdict
+    valid_from: dt.datetime
+    valid_until: dt.datetime
+
+
+def signer_window(der: bytes, verdict: Verdict) -> tuple[dt.datetime, dt.datetime]:
+    """
+    When a validated response stays valid: within every included certificate's validity.
+
+    Conservative: the earliest notAfter of any certificate in the response (the
+    delegated signer) and its nextUpdate, so a hit is never judged valid later
+    than a full validation would.
+    """
+    certs = ocsp.load_der_ocsp_response(der).certificates
+    start = max([verdict.this_update - CLOCK_SKEW, *(c.not_valid_before_utc for c in certs)])
+    end = min([verdict.next_update, *(c.not_valid_after_utc for c in certs)])
+    return start, end
+
+
+class Index:
+    """The index of one state directory; ``load``, ``lookup``/``record``, then ``save``."""
+
+    def __init__(self, path: Path | None, entries: dict[str, Entry] | None = None) -> None:
+        self.path = path
+        self._entries = entries or {}
+        self._dirty = False
+
+    @classmethod
+    def load(cls, state_dir: Path | None) -> Index:
+        """Read ``state_dir``/index.json; anything unusable gives an empty index."""
+        if state_dir is None:
+            return cls(None)
+        path = state_dir / INDEX_NAME
+        entries: dict[str, Entry] = {}
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            doc = json.loads(path.read_bytes())
+            if doc.get("version") == _VERSION:
+                entries = {name: _entry(raw) for name, raw in doc["certs"].items()}
+        return cls(path, entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def lookup(self, cert: Path, pem: Fingerprint | None) -> Entry | None:
+        """The entry for ``cert`` if none of its files changed since it was recorded."""
+        entry = self._entries.get(str(cert))
+        if entry is None or pem is None or entry.pem != pem:
+            return None
+        if entry.ocsp != fingerprint(store.staple_path(cert)):
+            return None
+        if entry.issuer_file != fingerprint(_issuer_file(cert)):
+            return None
+        return entry
+
+    def read_staple(self, cert: Path, entry: Entry) -> bytes | None:
+        """The bytes of ``<crt>.ocsp`` if they are still the ones ``entry`` describes."""
+        try:
+            with store.staple_path(cert).open("rb") as f:
+                st = os.fstat(f.fileno())  # before reading: a later change is a miss
+                if (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) != entry.ocsp:
+                    return None
+                return f.read()
+        except OSError:
+            return None
+
+    def record(self, cert: Path, entry: Entry) -> None:
+        """Remember ``entry`` for ``cert`` (saved by ``save``)."""
+        self._entries[str(cert)] = entry
+        self._dirty = True
+
+    def forget(self, cert: Path) -> None:
+        """Drop what we knew about ``cert`` (its staple is no longer good)."""
+        if self._entries.pop(str(cert), None) is not None:
+            self._dirty = True
+
+    def save(self) -> None:
+        """
+        Write the index atomically when it changed; a failure only costs speed.
+
+        The state directory is created private (0700) by the caller's config.
+        """
+        if not self._dirty or self.path is None:
+            return
+        doc = {
+            "version": _VERSION,
+            "certs": {name: _raw(e) for name, e in self._entries.items()},
+        }
+        with contextlib.suppress(OSError, StoreError):
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            store.write_atomic(self.path, json.dumps(doc, separators=(",", ":")).encode())
+            self._dirty = False
+
+
+def issuer_fingerprint(cert: Path) -> Fingerprint | None:
+    """The fingerprint of ``<crt>.issuer`` (None when there is none)."""
+    return fingerprint(_issuer_file(cert))
+
+
+def _issuer_file(cert: Path) -> Path:
+    return cert.with_name(cert.name + ".issuer")
+
+
+def _raw(e: Entry) -> dict[str, object]:
+    v = e.verdict
+    return {
+        "pem": e.pem,
+        "ocsp": e.ocsp,
+        "issuer_file": e.issuer_file,
+        "url": e.url,
+        "cert_id": e.cert_id.hex(),
+        "issuer_pem": e.issuer_pem.decode("ascii") if e.issuer_pem else None,
+        "this": v.this_update.isoformat(),
+        "next": v.next_update.isoformat(),
+        "produced": v.produced_at.isoformat(),
+        "serial": format(v.serial, "x"),
+        "signer": v.signer,
+        "from": e.valid_from.isoformat(),
+        "until": e.valid_until.isoformat(),
+    }
+
+
+def _entry(raw: dict[str, object]) -> Entry:
+    def fp(value: object) -> Fingerprint | None:
+        if value is None:
+            return None
+        a, b, c, d = (int(x) for x in value)  # type: ignore[attr-defined]
+        return (a, b, c, d)
+
+    def time(key: str) -> dt.datetime:
+        return dt.datetime.fromisoformat(str(raw[key]))
+
+    pem, staple = fp(raw["pem"]), fp(raw["ocsp"])
+    if pem is None or staple is None:
+        raise ValueError  # caught by load: an unusable file
+    issuer_pem = raw["issuer_pem"]
+    verdict = Verdict(
+        status=Status.GOOD,
+        this_update=time("this"),
+        next_update=time("next"),
+        produced_at=time("produced"),
+        serial=int(str(raw["serial"]), 16),
+        signer=str(raw["signer"]),
+    )
+    return Entry(
+        pem=pem,
+        ocsp=staple,
+        issuer_file=fp(raw["issuer_file"]),
+        url=str(raw["url"]),
+        cert_id=bytes.fromhex(str(raw["cert_id"])),
+        issuer_pem=str(issuer_pem).encode("ascii") if issuer_pem is not None else None,
+        verdict=verdict,
+        valid_from=time("from"),
+        valid_until=time("until"),
+    )

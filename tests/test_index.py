@@ -1,0 +1,131 @@
+"""index.py and its use by the pipeline: a warm run trusts only unchanged files."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+
+import pytest
+
+from hastaple import index, store
+from hastaple.discover import CertEntry
+from hastaple.fetch import Fetcher
+from hastaple.model import Action
+from hastaple.pipeline import Options, run
+from pki import now
+from responders import Serve
+
+
+@pytest.fixture(name="setup")
+def _setup(pki, fault_responder, tmp_path):
+    """One certificate served a good response; a state directory for the index."""
+    leaf = pki.leaf("idx.example.test", ocsp_url=fault_responder.url_for("idx"))
+    fault_responder.on("idx", Serve(pki.response(leaf.cert)))
+    path = pki.write(tmp_path, "idx.pem", leaf)
+    return path, tmp_path / "state", fault_responder
+
+
+async def _run(path, state, when=None, **kw):
+    async with Fetcher() as fetcher:
+        options = Options(state_dir=state, **kw)
+        (row,) = await run([CertEntry(path)], options, fetcher=fetcher, now=when or now())
+    return row
+
+
+async def test_fetch_records_what_was_validated(setup, pki):
+    """After a fetch the index holds the staple's facts, keyed by the files' identities."""
+    path, state, _ = setup
+    row = await _run(path, state)
+    assert row.action is Action.FETCHED
+    entry = index.Index.load(state).lookup(path, index.fingerprint(path))
+    assert entry is not None
+    assert entry.ocsp == index.fingerprint(store.staple_path(path))
+    assert (entry.verdict.this_update, entry.verdict.next_update) == (
+        row.this_update,
+        row.next_update,
+    )
+    assert entry.valid_until <= pki.responder.cert.not_valid_after_utc
+
+
+async def test_warm_run_asks_no_ca_and_matches_a_full_check(setup, tmp_path):
+    """A warm run answers FRESH with the same times as a run without the index."""
+    path, state, responder = setup
+    await _run(path, state)
+    asked = responder.requests
+    warm = await _run(path, state)
+    full = await _run(path, tmp_path / "other-state")  # no index: parses and validates
+    assert responder.requests == asked
+    assert warm.action is full.action is Action.FRESH
+    assert (warm.this_update, warm.next_update, warm.ocsp_url) == (
+        full.this_update,
+        full.next_update,
+        full.ocsp_url,
+    )
+
+
+async def test_a_replaced_staple_is_validated_again(setup):
+    """Garbage written over the .ocsp (a new file identity) is a miss: the CA is asked again."""
+    path, state, responder = setup
+    await _run(path, state)
+    store.staple_path(path).write_bytes(b"not a response")
+    asked = responder.requests
+    assert (await _run(path, state)).action is Action.FETCHED
+    assert responder.requests == asked + 1
+
+
+async def test_a_touched_certificate_is_parsed_again(setup, pki, fault_responder):
+    """A renewed PEM (same name, new content) is a miss even when the staple is unchanged."""
+    path, state, responder = setup
+    await _run(path, state)
+    other = pki.leaf("renewed.example.test", ocsp_url=fault_responder.url_for("idx2"))
+    fault_responder.on("idx2", Serve(pki.response(other.cert)))
+    st = path.stat()
+    pki.write(path.parent, path.name, other)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # same mtime: ctime/inode still differ
+    row = await _run(path, state)
+    assert row.action is Action.FETCHED
+    assert row.ocsp_url == fault_responder.url_for("idx2")
+    assert responder.seen_under("idx2")
+
+
+async def test_the_clock_is_checked_on_a_hit(setup):
+    """A recorded staple past its refresh point is fetched again, without re-parsing help."""
+    path, state, responder = setup
+    first = await _run(path, state)
+    later = first.this_update + (first.next_update - first.this_update) * 0.75
+    asked = responder.requests
+    assert (await _run(path, state, when=later)).action is Action.FETCHED
+    assert responder.requests == asked + 1
+
+
+async def test_force_and_dry_run(setup):
+    """--force skips the index (asks the CA); --dry-run neither reads nor writes it."""
+    path, state, responder = setup
+    assert (await _run(path, state, dry_run=True)).action is Action.FETCHED
+    assert not (state / index.INDEX_NAME).exists()
+    await _run(path, state)
+    asked = responder.requests
+    assert (await _run(path, state, force=True)).action is Action.FETCHED
+    assert responder.requests == asked + 1
+
+
+@pytest.mark.parametrize("content", [b"", b"{not json", b'{"version": 99, "certs": {}}',
+                                     b'{"version": 1, "certs": {"x": {"pem": 1}}}'])  # fmt: skip
+def test_unusable_index_file_is_empty(tmp_path, content):
+    """A truncated, foreign or future index is ignored, never an error."""
+    (tmp_path / index.INDEX_NAME).write_bytes(content)
+    assert len(index.Index.load(tmp_path)) == 0
+
+
+def test_signer_window_is_the_tightest(pki):
+    """valid_until is the earlier of nextUpdate and the delegated signer's notAfter."""
+    leaf = pki.leaf("w.example.test")
+    this = now() - dt.timedelta(minutes=1)
+    far = pki.responder.cert.not_valid_after_utc + dt.timedelta(days=30)
+    der = pki.response(leaf.cert, this_update=this, next_update=far)
+    from hastaple.ocsp.validate import validate  # noqa: PLC0415
+
+    verdict = validate(der, cert=leaf.cert, issuer=pki.intermediate.cert, now=now())
+    start, end = index.signer_window(der, verdict)
+    assert end == pki.responder.cert.not_valid_after_utc
+    assert start <= now()
