@@ -92,3 +92,22 @@ async def test_pipe_gets_plain_stable_lines(pki, openssl_responder, tmp_path):
         assert cert == str(certs / f"site{n}.pem")
         assert (status, action) == ("good", "fetched")
         assert next_update.endswith("Z")
+
+
+def test_table_shows_brackets_literally():
+    """Paths and errors with [brackets] are printed as they are, not read as markup."""
+    import io  # noqa: PLC0415 - this test only
+
+    from hastaple import render  # noqa: PLC0415
+    from hastaple.model import Action, ResultRow, Status  # noqa: PLC0415
+
+    row = ResultRow(
+        "/certs/[old]/a.pem", None, Status.ERROR, Action.FAILED,
+        error="haproxy [/run/h.sock]: no such socket [/]",
+    )  # fmt: skip
+    out = io.StringIO()
+    render.table([row], out)
+    text = out.getvalue()
+    assert "/certs/[old]/a.pem" in text
+    assert "[/run/h.sock]" in text
+    assert "[/]" in text

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import IO
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from hastaple.model import Action, ResultRow, Status
@@ -45,7 +46,7 @@ def as_lines(rows: Sequence[ResultRow]) -> str:
 
 
 def table(rows: Sequence[ResultRow], stream: IO[str]) -> None:
-    """A rich table for a terminal."""
+    """A rich table for a terminal; paths and errors are text, never markup."""
     t = Table(box=None, header_style="bold")
     for col in ("certificate", "status", "action", "next update", "error"):
         t.add_column(col, overflow="fold")
@@ -53,10 +54,10 @@ def table(rows: Sequence[ResultRow], stream: IO[str]) -> None:
         style = _STYLE.get(r.status, "")
         action_style = "red" if r.action is Action.FAILED else ""
         t.add_row(
-            r.cert,
+            escape(r.cert),
             f"[{style}]{r.status.value}[/]" if style else r.status.value,
             f"[{action_style}]{r.action.value}[/]" if action_style else r.action.value,
             r.to_json()["next_update"] or "-",
-            r.error or "",
+            escape(r.error or ""),
         )
     Console(file=stream).print(t)
