@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from pathlib import Path
@@ -35,27 +36,29 @@ def test_write_replaces_atomically(tmp_path):
     assert target.stat().st_ino != inode
 
 
-def test_failure_leaves_old_file(tmp_path):
-    """When the temp file cannot be written, StoreError names the path; the old file stays."""
+def test_failure_leaves_old_file(tmp_path, monkeypatch):
+    """A write that fails midway (disk full at fsync) leaves the old staple and no temp file."""
     target = tmp_path / "site.pem.ocsp"
     target.write_bytes(b"old")
-    blocker = tmp_path / "gone"
+
+    def disk_full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
     with pytest.raises(StoreError) as info:
-        store.write_atomic(blocker / "x.ocsp", b"new")
-    assert str(blocker / "x.ocsp") in str(info.value)
+        store.write_atomic(target, b"new")
+    assert str(target) in str(info.value)
+    assert "no space left on device" in str(info.value)
     assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["site.pem.ocsp"]
 
 
-def test_owner_copied_from_certificate(tmp_path):
-    """Run as root, the staple gets the certificate's owner and group."""
-    if os.geteuid() != 0:
-        pytest.skip("only root can give files away")
-    cert = tmp_path / "site.pem"
-    cert.write_bytes(b"cert")
-    os.chown(cert, 65534, 65534)
-    target = tmp_path / "site.pem.ocsp"
-    store.write_atomic(target, b"DER", owner_of=cert)
-    assert (target.stat().st_uid, target.stat().st_gid) == (65534, 65534)
+def test_unwritable_directory(tmp_path):
+    """A directory that does not exist: StoreError naming the path, nothing created."""
+    missing = tmp_path / "gone" / "x.ocsp"
+    with pytest.raises(StoreError, match="cannot create a file"):
+        store.write_atomic(missing, b"new")
+    assert not missing.parent.exists()
 
 
 def test_staple_path_is_haproxy_convention(tmp_path):
