@@ -11,6 +11,7 @@ expiry" is never stale between refreshes.
 from __future__ import annotations
 
 import datetime as dt
+import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
@@ -20,6 +21,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from hastaple import schedule
+from hastaple.errors import ConfigError
 from hastaple.state import Record
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -140,11 +142,24 @@ def app(metrics: Metrics, check: Callable[[], Health]) -> web.Application:
 
 
 async def serve(application: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
-    """Start serving; return the runner (``await runner.cleanup()`` stops it) and the port."""
+    """
+    Start serving; return the runner (``await runner.cleanup()`` stops it) and the port.
+
+    Raises:
+        ConfigError: the address cannot be bound (in use, not ours); the runner is
+            cleaned up first, so nothing is left half-started.
+    """
     runner = web.AppRunner(application, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        # asyncio wraps the bind error in a long sentence; the errno says it plainly.
+        why = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        raise ConfigError(f"metrics_address {where}: {why}") from exc
     server = site._server  # noqa: SLF001 - aiohttp exposes the bound port nowhere else
     sockets = getattr(server, "sockets", None) or ()
     bound = int(sockets[0].getsockname()[1]) if sockets else port

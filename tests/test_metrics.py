@@ -1,0 +1,60 @@
+"""The metrics server's edge: an address that cannot be bound is a configuration error."""
+
+from __future__ import annotations
+
+import logging
+import socket
+
+import pytest
+from aiohttp import web
+from click.testing import CliRunner
+
+from hastaple import metrics
+from hastaple.cli import cli
+from hastaple.errors import ConfigError
+
+
+@pytest.fixture(name="busy_port")
+def _busy_port():
+    """A 127.0.0.1 port some other listener holds for the test."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+def _app() -> web.Application:
+    return metrics.app(metrics.Metrics(lambda: (None, [])), lambda: metrics.Health(True, ()))
+
+
+async def test_busy_address_is_config_error_and_runner_cleaned_up(busy_port, monkeypatch):
+    """A port in use raises ConfigError naming the address; the runner is cleaned up first."""
+    cleaned = []
+    original = web.AppRunner.cleanup
+
+    async def cleanup(self: web.AppRunner) -> None:
+        cleaned.append(self)
+        await original(self)
+
+    monkeypatch.setattr(web.AppRunner, "cleanup", cleanup)
+    with pytest.raises(ConfigError) as info:
+        await metrics.serve(_app(), "127.0.0.1", busy_port)
+    assert str(info.value) == f"metrics_address 127.0.0.1:{busy_port}: address already in use"
+    assert len(cleaned) == 1
+    runner, port = await metrics.serve(_app(), "127.0.0.1", 0)  # the negative: a free port works
+    assert port not in {0, busy_port}
+    await runner.cleanup()
+
+
+def test_run_with_busy_metrics_address_exits_2_one_line(busy_port, tmp_path):
+    """`hastaple run --metrics-address <busy>`: exit 2, one error line, no traceback."""
+    (tmp_path / "crt").mkdir()
+    args = ["run", "--paths", str(tmp_path / "crt"), "--state-dir", str(tmp_path / "state")]
+    try:
+        result = CliRunner().invoke(cli, [*args, "--metrics-address", f"127.0.0.1:{busy_port}"])
+    finally:
+        logging.getLogger().handlers.clear()  # `run` installs its log handler on stderr
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: metrics_address 127.0.0.1:{busy_port}: address already in use"]
+    assert "Traceback" not in result.stderr
