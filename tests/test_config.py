@@ -100,6 +100,32 @@ def test_bad_config_names_file_and_problem(tmp_path, text, needle):
         assert str(toml) in str(info.value)
 
 
+@pytest.mark.parametrize(
+    "value",
+    ["inf", "-inf", "nan", "99999999999999999999", "1e300", "'99999999999d'", "'36500d'"],
+)
+def test_absurd_toml_duration_is_config_error(tmp_path, value):
+    """Infinite, NaN or absurdly long durations are a ConfigError, not an OverflowError."""
+    toml = tmp_path / "bad.toml"
+    toml.write_text(f"paths = ['/a']\n[refresh]\ninterval = {value}\n")
+    with pytest.raises(ConfigError, match="refresh_interval") as info:
+        config.load(toml, {})
+    assert str(toml) in str(info.value)
+
+
+@pytest.mark.parametrize("text", ["99999999999d", "1" + "0" * 400, "3651d", "9" * 20])
+def test_absurd_flag_duration_is_config_error(text):
+    """`--refresh-interval 99999999999d` names the flag and the longest duration allowed."""
+    with pytest.raises(ConfigError, match=r"--refresh-interval: refresh_interval: .*3650d"):
+        config.load(None, {}, {"paths": ("/a",), "refresh_interval": text})
+
+
+def test_longest_duration_is_accepted():
+    """The bound itself (3650 days) is a valid duration: the negative of the cases above."""
+    cfg = config.load(None, {}, {"paths": ("/a",), "refresh_interval": "3650d"})
+    assert cfg.policy.interval == config.MAX_DURATION == dt.timedelta(days=3650)
+
+
 def test_bad_env_names_variable():
     """A bad environment value names the variable."""
     with pytest.raises(ConfigError, match="HASTAPLE_HAPROXY_POLL"):

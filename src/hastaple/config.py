@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import ipaddress
+import math
 import os
 import re
 import tomllib
@@ -27,6 +28,8 @@ from hastaple.schedule import DEFAULT_POLICY, Policy
 SYSTEM_STATE_DIR = Path("/var/lib/hastaple")
 DEFAULT_METRICS_ADDRESS = "127.0.0.1:9877"
 LOG_FORMATS = ("keyvalue", "json")
+# Longer is a typo, not a policy: "now + interval" must stay a datetime (year <= 9999).
+MAX_DURATION = dt.timedelta(days=3650)
 
 
 def default_state_dir(environ: Mapping[str, str], *, is_root: bool | None = None) -> Path:
@@ -229,7 +232,7 @@ def _parse(field: Field, where: str, value: object) -> Any:  # noqa: ANN401 - on
         parsed = _PARSERS[field.kind](value)
         if check := _CHECKS.get(field.name):
             check(parsed)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, OverflowError) as exc:
         raise ConfigError(f"{where}: {field.name}: {exc}") from None
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
@@ -288,6 +291,8 @@ def _duration(value: object) -> dt.timedelta:
         raise ValueError(f"expected a duration such as 30s, 5m, 12h or 2d, not {value!r}")
     if seconds < 0:
         raise ValueError("a duration cannot be negative")
+    if not math.isfinite(seconds) or seconds > MAX_DURATION.total_seconds():
+        raise ValueError(f"{value!r}: a duration must be finite and at most {MAX_DURATION.days}d")
     return dt.timedelta(seconds=seconds)
 
 
