@@ -98,11 +98,15 @@ def test_parse_target_accepts_host_and_optional_port(text, expected):
 
 
 @pytest.mark.parametrize(
-    "text", ["", ":443", "host:0", "host:65536", "host:https", "a:b:c", "[::1", "http://x/"]
-)
+    "text",
+    [
+        "", ":443", "host:0", "host:65536", "host:https", "a:b:c", "[::1", "http://x/",
+        "a" * 64 + ".test", "a" * 64 + ".test:443", "a..b", "[a..b]:443",
+    ],
+)  # fmt: skip
 def test_parse_target_rejects_bad_input(text):
-    """Anything else is a ConfigError (exit 2), naming the text."""
-    with pytest.raises(ConfigError, match=r"HOST|port"):
+    """Anything else, including a name DNS cannot carry, is a ConfigError (exit 2)."""
+    with pytest.raises(ConfigError, match=r"HOST|port|host name"):
         verify.parse_target(text)
 
 
@@ -270,6 +274,20 @@ def test_bad_servername_is_a_verify_error(pki, leaf):
     with StaplingServer(leaf, [pki.intermediate.cert], None) as server:
         [result] = verify.check([Target("127.0.0.1", server.port, "a..b")])
     assert result.error == "'a..b' is not a host name"
+
+
+def test_host_dns_cannot_carry_is_a_verify_error_not_a_traceback():
+    """A host with a label over 63 octets fails the check with a sentence, no UnicodeError.
+
+    The name is refused while encoding, before any lookup, so nothing leaves the machine.
+    """
+    target = Target("a" * 70 + ".test", 443)
+    with pytest.raises(VerifyError, match="is not a host name"):
+        verify.handshake(target)
+    results = verify.check([target, Target("b" * 70, 443)])  # through the thread pool too
+    assert [r.error for r in results] == [
+        f"could not connect: {t.host!r} is not a host name" for t in (target, Target("b" * 70, 443))
+    ]
 
 
 def test_handshake_times_out_on_a_silent_server():
@@ -442,6 +460,7 @@ def test_cli_colour_only_on_a_terminal(pki, leaf):
         ((), "nothing to check"),
         (("host:99999",), "port must be"),
         (("h", "--at", "yesterday"), "not an RFC 3339 time"),
+        (("a" * 70,), "not a host name"),
     ],
 )
 def test_cli_bad_usage_exits_2(args, message):

@@ -166,11 +166,28 @@ def parse_target(text: str, *, default_port: int = DEFAULT_PORT) -> tuple[str, i
             raise ConfigError(f"{text!r}: not HOST[:PORT] (write IPv6 as [ADDRESS]:PORT)") from None
     if not host or any(c in host for c in "/ @"):
         raise ConfigError(f"{text!r}: not HOST[:PORT]")
+    if not _is_host_name(host):
+        raise ConfigError(f"{text!r}: not a host name (DNS labels are 1-63 characters)")
     if not port_text:
         return host, default_port
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:  # noqa: PLR2004 - TCP port range
         raise ConfigError(f"{text!r}: port must be a number from 1 to 65535")
     return host, int(port_text)
+
+
+def _is_host_name(host: str) -> bool:
+    """Whether the resolver can be asked for ``host``: an IP literal, or a name IDNA encodes."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        return True
+    try:
+        host.encode("idna")  # what getaddrinfo() does first; it refuses labels over 63 octets
+    except UnicodeError:
+        return False
+    return True
 
 
 def judge(target: Target, result: Handshake, *, now: dt.datetime) -> Check:
@@ -227,6 +244,9 @@ def handshake(target: Target, *, timeout: float = TIMEOUT_SECONDS) -> Handshake:
     ctx.set_ocsp_client_callback(on_ocsp)
     try:
         sock = socket.create_connection((target.host, target.port), timeout=timeout)
+    except UnicodeError as exc:  # IDNA refused the name (a label over 63 octets, an empty one)
+        why = f"could not connect: {target.host!r} is not a host name"
+        raise VerifyError(target.address, why) from exc
     except TimeoutError as exc:
         raise VerifyError(
             target.address, f"could not connect: timed out after {timeout:g} s"
