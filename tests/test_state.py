@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 import stat
+from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from hastaple import state as st
+from hastaple.cli import cli
 from hastaple.errors import ConfigError
 from hastaple.schedule import Window
 
@@ -99,3 +103,27 @@ def test_to_json_shape():
     assert out["this_update"] == "2026-01-01T00:00:00Z"
     assert out["haproxy"] == {"/run/a.sock": "update"}
     assert out["failures"] == 0
+
+
+def test_readonly_relative_state_dir(tmp_path, monkeypatch):
+    """A relative state directory opens read-only (SQLite's URI needs an absolute path)."""
+    monkeypatch.chdir(tmp_path)
+    writer = st.State.open(Path("st"))
+    writer.put(_record())
+    reader = st.State.open_readonly(Path("st"))
+    assert [r.cert for r in reader.all()] == ["/c/a.pem"]
+    reader.close()
+    writer.close()
+
+
+@pytest.mark.parametrize("how", ["flag", "env"])
+def test_status_with_relative_state_dir(tmp_path, monkeypatch, how):
+    """`status --state-dir st` and HASTAPLE_STATE_DIR=st answer, no ValueError traceback."""
+    monkeypatch.chdir(tmp_path)
+    writer = st.State.open(Path("st"))
+    writer.put(_record())
+    writer.close()
+    args, env = (["--state-dir", "st"], {}) if how == "flag" else ([], {"HASTAPLE_STATE_DIR": "st"})
+    result = CliRunner().invoke(cli, ["status", "--json", *args], env=env)
+    assert result.exit_code == 0, result.output
+    assert [row["cert"] for row in json.loads(result.stdout)] == ["/c/a.pem"]

@@ -102,7 +102,9 @@ class State:
     def __init__(self, path: Path, *, readonly: bool = False) -> None:
         try:
             if readonly:
-                self._db = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)
+                # A file: URI needs an absolute path (``status --state-dir st``).
+                uri = path.resolve().as_uri()
+                self._db = sqlite3.connect(f"{uri}?mode=ro", uri=True)
             else:
                 self._db = sqlite3.connect(path)
                 self._db.execute("PRAGMA journal_mode=WAL")
