@@ -254,3 +254,26 @@ def test_log_formats(fmt, capsys):
         assert 'event=expiring cert="/c/a b.pem" failures=3' in line
         assert "level=warning" in line
     logging.getLogger().handlers.clear()
+
+
+async def test_source_briefly_broken_is_a_warning_not_an_internal_error(pki, tmp_path, caplog):
+    """A crt-list naming a certificate that is missing mid-renewal: a WARNING, no traceback."""
+    caplog.set_level(logging.INFO, logger="hastaple")
+    world = _world(pki, tmp_path, 2)
+    listed = tmp_path / "list.txt"
+    listed.write_text(f"{world.crt_dir / 'c0.pem'}\n{world.crt_dir / 'c1.pem'}\n")
+    world.daemon.config = dataclasses.replace(world.config, paths=(), crt_lists=(listed,))
+    world.daemon.rediscover()
+    before = dict(world.daemon.records)
+    gone = world.crt_dir / "c1.pem"
+    gone.unlink()
+    world.daemon.on_change({gone})
+    [line] = [r for r in caplog.records if "event=discover_failed" in r.getMessage()]
+    assert line.levelno == logging.WARNING
+    assert "c1.pem: No such file or directory" in line.getMessage()
+    assert not [r for r in caplog.records if r.exc_info or "internal error" in r.getMessage()]
+    assert world.daemon.records == before  # the last good view is kept
+    pki.write(world.crt_dir, "c1.pem", world.leaves[1])  # the renewal completes
+    world.daemon.on_change({gone})
+    assert set(world.daemon.entries) == set(before)
+    assert len([r for r in caplog.records if "event=discover_failed" in r.getMessage()]) == 1

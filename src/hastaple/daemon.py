@@ -124,6 +124,21 @@ class Daemon:
         self.watch_roots = frozenset(self._roots(found.certs))
         self.wake.set()
 
+    def on_change(self, changed: Iterable[Path]) -> None:
+        """
+        A watched file changed: read the sources again, the changed ones due at once.
+
+        A source that is briefly broken (a certificate missing while a renewal
+        swaps files) is expected: a warning, and the last good view is kept
+        until the next event. Only anything else is a bug with a traceback.
+        """
+        try:
+            self.rediscover(changed, at_once=True)
+        except HastapleError as exc:
+            log_event(logging.WARNING, "discover_failed", error=str(exc))
+        except Exception:
+            logger.exception("internal error while reading the certificate sources")
+
     def _track(
         self,
         name: str,
@@ -402,10 +417,7 @@ class Daemon:
                 *roots, stop_event=stop, watch_filter=_relevant, step=_WATCH_STEP_MS,
                 debounce=500, recursive=False,
             ):  # fmt: skip
-                try:
-                    self.rediscover({Path(p) for _, p in changes}, at_once=True)
-                except Exception:
-                    logger.exception("internal error while reading the certificate sources")
+                self.on_change({Path(p) for _, p in changes})
                 if self.watch_roots != roots:
                     break
 
