@@ -46,7 +46,6 @@ from hastaple.model import Action, ResultRow, Status
 from hastaple.state import Record, State
 
 logger = logging.getLogger(__name__)
-_SKIPPED_EXT = (".key", ".ocsp", ".issuer", ".sctl")
 _WATCH_STEP_MS = 50  # a burst of events is handled 50 ms after it ends
 _ERROR_PAUSE_SECONDS = 5.0
 
