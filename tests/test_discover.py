@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hastaple.discover import (
+    Bind,
     CertEntry,
     CertRef,
     HAProxyConfig,
@@ -20,6 +21,7 @@ from hastaple.discover import (
     is_certificate_file,
     parse_crt_list,
     parse_haproxy_config,
+    resolve_ref,
 )
 from hastaple.errors import ConfigError
 
@@ -205,6 +207,35 @@ def test_crt_base_last_value_and_sockets_only_in_global():
         "global\n crt-base /a\nfrontend f\n stats socket /x.sock level admin\n", source="h"
     )
     assert config == HAProxyConfig(crt_base="/a")
+
+
+def test_binds_keep_address_ssl_and_their_own_references():
+    """Each bind line: its address as written, ssl only as a keyword, and only its references."""
+    config = parse_haproxy_config(
+        G + "  crt-base /b\n" + F + "  bind 127.0.0.1:8443,:9443 ssl crt a.pem crt-list l.txt\n"
+        "  bind :80 name ssl\n  bind ipv4@:443 ssl\n",
+        source="h",
+    )
+    a = CertRef(kind="crt", path="a.pem", crt_base="/b", source="h:4")
+    listed = CertRef(kind="crt-list", path="l.txt", crt_base="/b", source="h:4")
+    assert config.binds == (
+        Bind("127.0.0.1:8443,:9443", ssl=True, refs=(a, listed), source="h:4"),
+        Bind(":80", ssl=False, refs=(), source="h:5"),  # "ssl" here is the bind's name
+        Bind("ipv4@:443", ssl=True, refs=(), source="h:6"),
+    )
+    assert config.refs == (a, listed)
+
+
+def test_resolve_ref_is_one_reference_as_discover_finds_it(tmp_path):
+    """resolve_ref applies crt-base and HAProxy's working directory, and walks a directory."""
+    (tmp_path / "certs").mkdir()
+    for name in ("a.pem", "a.pem.ocsp", ".a.pem.ocsp.1a2b3c4d.tmp"):
+        (tmp_path / "certs" / name).write_text("x")
+    ref = CertRef(kind="crt", path="certs", crt_base=None, source="h:3")
+    [entry] = resolve_ref(ref, cwd=tmp_path)
+    assert (entry.path, entry.names) == (tmp_path / "certs" / "a.pem", ("certs/a.pem",))
+    with pytest.raises(ConfigError, match=r"h:3: certificate /b/x\.pem"):
+        resolve_ref(CertRef(kind="crt", path="x.pem", crt_base="/b", source="h:3"), cwd=tmp_path)
 
 
 CONFIG_ERRORS = [

@@ -165,6 +165,16 @@ class CertRef:
 
 
 @dataclass(frozen=True, slots=True)
+class Bind:
+    """A ``bind`` line: its address argument as written, whether it has ``ssl``, its references."""
+
+    address: str
+    ssl: bool
+    refs: tuple[CertRef, ...]
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
 class StatsSocket:
     """A ``stats socket`` line: address as written and its access level."""
 
@@ -182,6 +192,7 @@ class HAProxyConfig:
     crt_base: str | None = None
     sockets: tuple[StatsSocket, ...] = ()
     warnings: tuple[str, ...] = ()
+    binds: tuple[Bind, ...] = ()
 
     @property
     def crts(self) -> tuple[CertRef, ...]:
@@ -327,6 +338,7 @@ def parse_haproxy_config(
     """
     env = environ if environ is not None else {}
     refs: list[CertRef] = []
+    binds: list[Bind] = []
     sockets: list[StatsSocket] = []
     warnings: list[str] = []
     crt_base: str | None = None
@@ -350,13 +362,29 @@ def parse_haproxy_config(
             if warning:
                 warnings.append(warning)
         elif keyword == "bind" and section != "global":
-            refs.extend(_bind_refs(words[2:], crt_base, where))
+            bind_refs = tuple(_bind_refs(words[2:], crt_base, where))
+            refs.extend(bind_refs)
+            address = words[1] if len(words) > 1 else ""
+            ssl = _has_flag(words[2:], "ssl")
+            binds.append(Bind(address, ssl=ssl, refs=bind_refs, source=where))
     return HAProxyConfig(
         refs=tuple(refs),
         crt_base=crt_base,
         sockets=tuple(sockets),
         warnings=tuple(warnings),
+        binds=tuple(binds),
     )
+
+
+def _has_flag(options: Sequence[str], flag: str) -> bool:
+    """Whether ``flag`` is among bind options as a keyword, not as another option's argument."""
+    index = 0
+    while index < len(options):
+        if options[index] == flag:
+            return True
+        takes_arg = options[index] in _ARG_KEYWORDS | _CRT_KEYWORDS | {"crt-list"}
+        index += 2 if takes_arg else 1
+    return False
 
 
 def _bind_refs(options: Sequence[str], crt_base: str | None, where: str) -> Iterator[CertRef]:
@@ -479,6 +507,16 @@ def discover(
         sockets=tuple(dict.fromkeys(sockets)),
         warnings=tuple(warnings),
     )
+
+
+def resolve_ref(ref: CertRef, *, cwd: Path) -> list[CertEntry]:
+    """
+    One reference's certificate files, as ``discover`` finds them (for per-bind callers).
+
+    Raises:
+        ConfigError: a missing or unreadable file, directory or crt-list.
+    """
+    return _resolve_ref(ref, cwd)
 
 
 def _resolve_ref(ref: CertRef, cwd: Path) -> list[CertEntry]:
