@@ -127,3 +127,41 @@ def test_status_with_relative_state_dir(tmp_path, monkeypatch, how):
     result = CliRunner().invoke(cli, ["status", "--json", *args], env=env)
     assert result.exit_code == 0, result.output
     assert [row["cert"] for row in json.loads(result.stdout)] == ["/c/a.pem"]
+
+
+_CONTRACT = {"cert", "ocsp_url", "status", "action", "this_update", "next_update", "error"}
+_STATUSES = {"good", "revoked", "unknown", "no-ocsp", "managed", "error"}
+_ACTIONS = {"fetched", "fresh", "deployed", "skipped", "failed"}
+
+
+@pytest.mark.parametrize(
+    ("changes", "status", "action"),
+    [
+        ({"haproxy": ()}, "good", "fetched"),
+        ({}, "good", "deployed"),  # fetched, then loaded into HAProxy
+        ({"haproxy": (("/run/a.sock", "error"),), "error": "haproxy /run/a.sock: refused"},
+         "good", "failed"),
+        ({"result": "fresh"}, "good", "fresh"),
+        ({"result": "error", "error": "timed out", "failures": 2}, "good", "failed"),
+        ({"result": "revoked", "status": "revoked"}, "revoked", "failed"),
+        ({"result": "unknown", "status": "unknown"}, "unknown", "failed"),
+        ({"result": "skipped", "status": "no-ocsp"}, "no-ocsp", "skipped"),
+        ({"result": "skipped", "status": "managed"}, "managed", "skipped"),
+        ({"result": "error", "status": "error", "error": "refused"}, "error", "failed"),
+    ],
+)  # fmt: skip
+def test_to_json_action_from_last_result(changes, status, action):
+    """`status --json` carries the contract's `action`, derived from the last result."""
+    out = _record(**changes).to_json()
+    assert (out["status"], out["action"]) == (status, action)
+    assert set(out) >= _CONTRACT
+
+
+def test_to_json_before_first_attempt_is_never_null_status():
+    """A certificate not yet checked is status `error`, action `skipped`, with a sentence."""
+    out = st.Record("/c/new.pem", serial="1002").to_json()
+    assert set(out) >= _CONTRACT
+    assert (out["status"], out["action"]) == ("error", "skipped")
+    assert out["error"] == "not checked yet"
+    assert out["status"] in _STATUSES
+    assert out["action"] in _ACTIONS

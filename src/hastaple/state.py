@@ -76,13 +76,39 @@ class Record:
             return None
         return Window(self.this_update, self.next_update, self.fetched_at, self.max_age)
 
+    def action(self) -> str:
+        """
+        The contract's ``action`` for the last attempt, derived from ``result``.
+
+        The daemon records its own outcome word (fetched, fresh, revoked,
+        unknown, error, skipped); a fetched staple that HAProxy took is
+        "deployed", and any error (a failed push included) is "failed".
+        """
+        if self.result in {"fetched", "fresh"}:
+            if self.error:
+                return "failed"
+            pushed = any(how != "error" for _, how in self.haproxy)
+            return "deployed" if self.result == "fetched" and pushed else self.result
+        if self.result in {None, "skipped"}:
+            return "skipped"
+        return "failed"
+
     def to_json(self) -> dict[str, object]:
-        """The ``status --json`` object (RFC 3339 UTC times)."""
+        """
+        The ``status --json`` object: DESIGN.md's row fields, then the daemon's own.
+
+        ``status`` is never null: a certificate not checked yet is "error"
+        with the sentence "not checked yet" (RFC 3339 UTC times).
+        """
         out: dict[str, object] = {
             f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "haproxy"
         }
         for name in _TIMES:
             out[name] = _rfc3339(getattr(self, name))
+        out["action"] = self.action()
+        if self.status is None:
+            out["status"] = "error"
+            out["error"] = self.error or "not checked yet"
         out["haproxy"] = dict(self.haproxy)
         return out
 
