@@ -277,3 +277,29 @@ async def test_source_briefly_broken_is_a_warning_not_an_internal_error(pki, tmp
     world.daemon.on_change({gone})
     assert set(world.daemon.entries) == set(before)
     assert len([r for r in caplog.records if "event=discover_failed" in r.getMessage()]) == 1
+
+
+async def test_file_event_reparses_only_changed_certificates(pki, tmp_path, monkeypatch):
+    """One changed file among many: only it is parsed again, the others by file identity."""
+    world = _world(pki, tmp_path, 6)
+    parsed: list[str] = []
+    real = daemonmod.pem.parse_file
+
+    def counting(path):
+        parsed.append(path.name)
+        return real(path)
+
+    monkeypatch.setattr(daemonmod.pem, "parse_file", counting)
+    world.daemon.rediscover()
+    assert parsed == []  # nothing changed since the first discovery
+    renewed = pki.leaf("c3.test", ocsp_url="http://ocsp.test/")
+    path = pki.write(world.crt_dir, "c3.pem", renewed)
+    world.daemon.on_change({path})
+    assert parsed == ["c3.pem"]
+    assert world.daemon.records[str(path)].serial == format(renewed.cert.serial_number, "x")
+    parsed.clear()
+    staging = tmp_path / "c5.pem"  # changed without an event naming it (e.g. SIGHUP)
+    staging.write_bytes(pki.bundle(pki.leaf("c5.test", ocsp_url="http://ocsp.test/")))
+    staging.replace(world.crt_dir / "c5.pem")
+    world.daemon.rediscover()
+    assert parsed == ["c5.pem"]

@@ -35,7 +35,7 @@ from typing import Protocol
 
 import watchfiles
 
-from hastaple import discover, pem, pipeline, schedule
+from hastaple import discover, index, pem, pipeline, schedule
 from hastaple import metrics as prom
 from hastaple.config import Config
 from hastaple.errors import HastapleError
@@ -96,6 +96,9 @@ class Daemon:
         # One pipeline run at a time: a refresh batch and a re-push to the same
         # HAProxy must not open competing transactions on one certificate.
         self._busy = asyncio.Lock()
+        # Serial per certificate with the file identity it was read from: a file
+        # event re-parses only what changed, not 10,000 PEMs on the event loop.
+        self._serials: dict[str, tuple[index.Fingerprint, str | None]] = {}
 
     # -- discovery -------------------------------------------------------
 
@@ -117,6 +120,8 @@ class Daemon:
             self.state.forget(name)
             del self.records[name]
             log_event(logging.INFO, "removed", cert=name)
+        for name in set(self._serials) - set(entries):
+            del self._serials[name]
         for name, entry in entries.items():
             self._track(name, entry, now, touched=name in touched, at_once=at_once)
         self.entries = entries
@@ -147,7 +152,7 @@ class Daemon:
         touched: bool,
         at_once: bool,
     ) -> None:
-        serial = _serial(entry.path)
+        serial = self._serial(name, entry.path, touched=touched)
         rec = self.records.get(name)
         due = now if at_once else schedule.next_refresh(None, now, 0, self.rng, self.config.policy)
         if rec is None:
@@ -162,6 +167,24 @@ class Daemon:
         else:
             return
         self._save(rec)
+
+    def _serial(self, name: str, path: Path, *, touched: bool) -> str | None:
+        """
+        The leaf's serial, parsed again only when the file changed.
+
+        A file an event names is always read (an in-place rewrite of the same
+        size can keep the identity within one timestamp tick).
+        """
+        fingerprint = index.fingerprint(path)
+        known = self._serials.get(name)
+        if not touched and fingerprint is not None and known and known[0] == fingerprint:
+            return known[1]
+        serial = _serial(path)
+        if fingerprint is None:
+            self._serials.pop(name, None)
+        else:
+            self._serials[name] = (fingerprint, serial)
+        return serial
 
     def _roots(self, certs: Sequence[discover.CertEntry]) -> set[Path]:
         cfg = self.config
