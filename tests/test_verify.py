@@ -319,60 +319,112 @@ def test_handshake_with_a_non_tls_server_fails():
 
 
 @pytest.mark.parametrize(
-    ("line", "addresses"),
+    ("address", "expected"),
     [
-        ("bind 127.0.0.1:8443 ssl crt a.pem", [("127.0.0.1", 8443)]),
-        ("bind :443 ssl crt a.pem", [("127.0.0.1", 443)]),
-        ("bind *:443,:8443 ssl crt a.pem", [("127.0.0.1", 443), ("127.0.0.1", 8443)]),
-        ("bind 0.0.0.0:443 ssl crt a.pem", [("127.0.0.1", 443)]),
-        ("bind ipv4@10.0.0.1:443 ssl crt a.pem", [("10.0.0.1", 443)]),
-        ("bind [::]:443 ssl crt a.pem", [("::1", 443)]),
-        ("bind :::443 ssl crt a.pem", [("::1", 443)]),
-        ("bind :80", []),  # no ssl
-        ("bind unix@/run/x.sock ssl crt a.pem", []),
-        ("bind :443-445 ssl crt a.pem", []),  # port ranges are skipped
-        ("# bind :443 ssl crt a.pem", []),
+        ("127.0.0.1:8443", [("127.0.0.1", 8443)]),
+        (":443", [("127.0.0.1", 443)]),
+        ("*:443,:8443", [("127.0.0.1", 443), ("127.0.0.1", 8443)]),
+        ("0.0.0.0:443", [("127.0.0.1", 443)]),
+        ("ipv4@10.0.0.1:443", [("10.0.0.1", 443)]),
+        ("[::]:443", [("::1", 443)]),
+        (":::443", [("::1", 443)]),
+        ("unix@/run/x.sock", []),
+        ("/run/x.sock", []),
+        (":443-445", []),  # port ranges are skipped
+        ("quic4@:443", []),  # QUIC is not TCP
+        ("", []),
     ],
 )
-def test_parse_binds_addresses(tmp_path, line, addresses):
-    """TLS bind addresses; wildcard addresses are checked on loopback."""
-    binds = verify.parse_binds(f"frontend f\n    {line}\n", base=tmp_path)
-    assert [a for b in binds for a in b.addresses] == addresses
+def test_bind_addresses(address, expected):
+    """Where to connect for a bind's address argument; wildcards are checked on loopback."""
+    assert verify.bind_addresses(address) == expected
 
 
-def test_parse_binds_applies_crt_base_and_crt_list(tmp_path):
-    """Paths after `crt` are relative to crt-base; crt-list paths to the config's directory."""
-    text = (
-        "global\n    crt-base /etc/certs\nfrontend f\n"
-        "    bind :443 ssl crt site.pem crt /abs/x.pem crt-list list.txt alpn h2\n"
-    )
-    [bind] = verify.parse_binds(text, base=tmp_path)
-    assert bind.crts == (tmp_path / "/etc/certs" / "site.pem", tmp_path / "/abs/x.pem")
-    assert bind.crts[1].as_posix() == "/abs/x.pem"
-    assert bind.crt_lists == (tmp_path / "list.txt",)
+def _config(tmp_path, text, name="haproxy.cfg"):
+    cfg = tmp_path / name
+    cfg.parent.mkdir(parents=True, exist_ok=True)
+    cfg.write_text(text)
+    return cfg
 
 
 def test_bind_targets_from_a_real_config(tmp_path, pki):
-    """Every name of every certificate (dir, file, crt-list) on every TLS bind is a target."""
+    """Every name of each bind's certificates (dir, file, crt-list) on that bind is a target."""
     crt_dir = tmp_path / "certs"
     crt_dir.mkdir()
     pki.write(crt_dir, "a.pem", pki.leaf("a.test", sans=["a.test", "*.wild.test"]))
     (crt_dir / "a.pem.ocsp").write_bytes(b"")  # skipped, as HAProxy skips it
     pki.write(tmp_path, "b.pem", pki.leaf("b.test"), chain=False)  # b.pem.issuer skipped too
     (tmp_path / "list.txt").write_text("# comment\nb.pem [ocsp-update on]\n")
-    cfg = tmp_path / "haproxy.cfg"
-    cfg.write_text(
+    cfg = _config(
+        tmp_path,
         "frontend f\n"
         f"    bind 127.0.0.1:8443 ssl crt {crt_dir}\n"
         "    bind 127.0.0.1:9443 ssl crt-list list.txt\n"
-        "    bind 127.0.0.1:8080\n"
+        "    bind 127.0.0.1:8080\n",
     )
-    targets = verify.bind_targets(cfg)
+    targets = verify.bind_targets(cfg, cwd=tmp_path)
     assert [(t.port, t.servername) for t in targets] == [
         (8443, "a.test"),
         (8443, "hastaple-verify.wild.test"),
         (9443, "b.test"),
     ]
+
+
+def test_bind_targets_skip_hastaples_own_temp_files(tmp_path, pki):
+    """A dot temp file left in a crt directory (a staple being written) is not a certificate."""
+    crt_dir = tmp_path / "certs"
+    crt_dir.mkdir()
+    pki.write(crt_dir, "site.pem", pki.leaf("site.test"))
+    (crt_dir / ".site.pem.ocsp.1a2b3c4d.tmp").write_bytes(b"half a staple")
+    cfg = _config(tmp_path, f"frontend f\n    bind :8443 ssl crt {crt_dir}\n")
+    assert [t.servername for t in verify.bind_targets(cfg, cwd=tmp_path)] == ["site.test"]
+
+
+def test_bind_targets_resolve_relative_paths_in_haproxys_working_directory(tmp_path, pki):
+    """Relative paths resolve in HAProxy's working directory, not the config's directory.
+
+    crt-base applies to a relative crt and to crt-list entries, never to the list file itself.
+    """
+    (tmp_path / "certs").mkdir()
+    pki.write(tmp_path / "certs", "a.pem", pki.leaf("a.test"))
+    pki.write(tmp_path / "certs", "b.pem", pki.leaf("b.test"))
+    pki.write(tmp_path, "c.pem", pki.leaf("c.test"))
+    (tmp_path / "lists").mkdir()
+    (tmp_path / "lists" / "l.txt").write_text("b.pem\n")  # certs/b.pem via crt-base
+    cfg = _config(
+        tmp_path,
+        "global\n    crt-base certs\nfrontend f\n"
+        f"    bind :8443 ssl crt a.pem crt-list lists/l.txt crt {tmp_path}/c.pem\n",
+        name="etc/haproxy.cfg",
+    )
+    targets = verify.bind_targets(cfg, cwd=tmp_path)
+    assert [t.servername for t in targets] == ["a.test", "b.test", "c.test"]
+
+
+def test_bind_targets_read_haproxy_quoting_and_default_crt(tmp_path, pki):
+    """Quotes, "${VAR}" and a quoted '#' read as HAProxy reads them; default-crt counts.
+
+    A stats socket's crt is not a listener to check.
+    """
+    (tmp_path / "my #1 certs").mkdir()
+    pki.write(tmp_path / "my #1 certs", "a.pem", pki.leaf("a.test"))
+    pki.write(tmp_path, "d.pem", pki.leaf("d.test"))
+    pki.write(tmp_path, "s.pem", pki.leaf("s.test"))
+    cfg = _config(
+        tmp_path,
+        "global\n    stats socket ipv4@127.0.0.1:9999 ssl crt s.pem level admin\n"
+        "frontend f\n"
+        "    bind :8443 ssl crt \"${HASTAPLE_T}/my #1 certs\" default-crt 'd.pem'  # comment\n",
+    )
+    targets = verify.bind_targets(cfg, cwd=tmp_path, environ={"HASTAPLE_T": str(tmp_path)})
+    assert [(t.port, t.servername) for t in targets] == [(8443, "a.test"), (8443, "d.test")]
+
+
+def test_bind_targets_missing_certificate_is_a_config_error(tmp_path):
+    """A certificate the config names but that is missing is bad input, naming file:line."""
+    cfg = _config(tmp_path, "frontend f\n    bind :8443 ssl crt gone.pem\n")
+    with pytest.raises(ConfigError, match=r"haproxy\.cfg:2: certificate gone\.pem"):
+        verify.bind_targets(cfg, cwd=tmp_path)
 
 
 def test_bind_targets_without_tls_binds_is_a_config_error(tmp_path):

@@ -10,9 +10,9 @@ chain is not verified against a trust store: what is judged is the staple,
 against the certificate the server actually served. ``judge`` is pure (bytes,
 certificates and a clock in, a ``Check`` out); ``handshake`` is the thin I/O.
 
-``bind_targets`` reads the TLS ``bind`` lines of an haproxy.cfg and the names
-of the certificates behind them, so ``verify --haproxy-config`` can check every
-certificate on every TLS listener.
+``bind_targets`` takes the TLS ``bind`` lines of an haproxy.cfg and the
+certificates behind each from ``discover`` (one parser of HAProxy's rules), so
+``verify --haproxy-config`` checks every certificate name on its TLS listeners.
 """
 
 from __future__ import annotations
@@ -20,13 +20,12 @@ from __future__ import annotations
 import concurrent.futures
 import datetime as dt
 import ipaddress
-import itertools
 import json
+import os
 import select
-import shlex
 import socket
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,8 +35,8 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
 
+from hastaple import discover, pem
 from hastaple import issuer as issuers
-from hastaple import pem
 from hastaple.errors import CertificateError, ConfigError, HastapleError, InvalidResponse
 from hastaple.model import Action, ResultRow, Status, Verdict
 from hastaple.ocsp.validate import validate
@@ -47,8 +46,6 @@ TIMEOUT_SECONDS = 10.0
 # A served staple is judged as a TLS client would: valid until nextUpdate.
 # The 15-minute margin of ``fetch`` is about what is safe to push, not to serve.
 SERVED_MARGIN = dt.timedelta(0)
-# HAProxy skips these in a crt directory (DESIGN.md: discover).
-_NOT_CERTS = (".key", ".ocsp", ".issuer", ".sctl")
 
 
 class VerifyError(HastapleError):
@@ -348,43 +345,15 @@ def _subject(cert: x509.Certificate) -> str:
 # --- haproxy.cfg: TLS binds and the names behind them -------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Bind:
-    """One TLS ``bind`` line: its addresses and the certificate paths it serves."""
-
-    addresses: tuple[tuple[str, int], ...]
-    crts: tuple[Path, ...]
-    crt_lists: tuple[Path, ...]
-
-
-def parse_binds(text: str, *, base: Path) -> list[Bind]:
+def bind_addresses(address: str) -> list[tuple[str, int]]:
     """
-    The ``bind ... ssl`` lines of an haproxy.cfg, with ``crt-base`` applied.
+    Where to connect for a ``bind`` line's address argument (``discover.Bind.address``).
 
     Pure. Addresses like ``:443``, ``*:443`` and ``0.0.0.0:443`` mean "every
     address", checked on 127.0.0.1; ``ipv4@``/``ipv6@`` prefixes are dropped;
-    unix sockets, ``fd@`` and port ranges are skipped.
+    unix sockets, ``fd@``, QUIC and port ranges are skipped.
     """
-    binds: list[Bind] = []
-    crt_base = base
-    for raw in text.splitlines():
-        line = raw.split("#", 1)[0].strip()
-        try:
-            words = shlex.split(line)
-        except ValueError:
-            continue
-        if not words:
-            continue
-        if words[0] == "crt-base" and len(words) > 1:
-            crt_base = base / words[1]
-        if words[0] != "bind" or "ssl" not in words[2:] or len(words) < 2:  # noqa: PLR2004
-            continue
-        crts = [crt_base / w for k, w in itertools.pairwise(words) if k == "crt"]
-        lists = [base / w for k, w in itertools.pairwise(words) if k == "crt-list"]
-        addresses = tuple(a for part in words[1].split(",") if (a := _bind_address(part)))
-        if addresses:
-            binds.append(Bind(addresses, tuple(crts), tuple(lists)))
-    return binds
+    return [a for part in address.split(",") if (a := _bind_address(part))]
 
 
 def _bind_address(text: str) -> tuple[str, int] | None:
@@ -403,30 +372,6 @@ def _bind_address(text: str) -> tuple[str, int] | None:
     return host, int(port)
 
 
-def cert_files(bind: Bind) -> list[Path]:
-    """Certificate files behind a bind: ``crt`` files or directories, and crt-list lines."""
-    found: list[Path] = []
-    for crt in bind.crts:
-        if crt.is_dir():
-            found += sorted(
-                p for p in crt.iterdir() if p.is_file() and not p.name.endswith(_NOT_CERTS)
-            )
-        else:
-            found.append(crt)
-    for crt_list in bind.crt_lists:
-        try:
-            lines = crt_list.read_text().splitlines()
-        except OSError as exc:
-            raise ConfigError(f"{crt_list}: {exc.strerror or exc}") from exc
-        for line in lines:
-            words = line.split("#", 1)[0].split()
-            if words:
-                found.append(
-                    crt_list.parent / words[0] if not words[0].startswith("/") else Path(words[0])
-                )
-    return found
-
-
 def names(cert: x509.Certificate) -> list[str]:
     """The DNS names to send as SNI for ``cert``: its SANs (``*.`` made concrete), else CN."""
     try:
@@ -439,30 +384,51 @@ def names(cert: x509.Certificate) -> list[str]:
     return list(dict.fromkeys(n.replace("*.", "hastaple-verify.", 1) for n in dns))
 
 
-def bind_targets(config: Path) -> list[Target]:
+def bind_targets(
+    config: Path, *, cwd: Path | None = None, environ: Mapping[str, str] | None = None
+) -> list[Target]:
     """
-    One Target per (bind address, certificate name) of an haproxy.cfg.
+    One Target per (address, certificate name) of each TLS bind of an haproxy.cfg.
+
+    The config is read by ``discover`` (HAProxy's quoting, crt-base, crt-lists,
+    the files a crt directory loads); ``cwd`` is HAProxy's working directory,
+    where relative paths resolve (default: ours), ``environ`` its environment
+    for ``"$VAR"`` (default: ours).
 
     Raises:
-        ConfigError: the file cannot be read or has no TLS bind with certificates.
+        ConfigError: the file or a certificate it names cannot be read, or it
+            has no TLS bind with certificates.
     """
+    base = Path.cwd() if cwd is None else cwd
     try:
-        text = config.read_text()
+        text = (base / config).read_bytes().decode("utf-8", "surrogateescape")
     except OSError as exc:
         raise ConfigError(f"{config}: {exc.strerror or exc}") from exc
+    env = os.environ if environ is None else environ
+    parsed = discover.parse_haproxy_config(text, source=str(config), environ=env)
+    seen: dict[Path, list[str]] = {}
     targets: list[Target] = []
-    for bind in parse_binds(text, base=config.parent):
+    for bind in parsed.binds:
+        addresses = bind_addresses(bind.address) if bind.ssl else []
+        if not addresses:
+            continue
         sni: list[str] = []
-        for path in cert_files(bind):
-            try:
-                sni += names(pem.parse_file(path).leaf)
-            except CertificateError as exc:
-                raise ConfigError(str(exc)) from exc
-        for host, port in bind.addresses:
-            targets += [Target(host, port, n) for n in dict.fromkeys(sni)]
+        for ref in bind.refs:
+            for entry in discover.resolve_ref(ref, cwd=base):
+                if entry.path not in seen:
+                    seen[entry.path] = _names_in(entry.path)
+                sni += seen[entry.path]
+        targets += [Target(host, port, n) for host, port in addresses for n in dict.fromkeys(sni)]
     if not targets:
         raise ConfigError(f"{config}: no TLS bind line with certificates found")
     return targets
+
+
+def _names_in(path: Path) -> list[str]:
+    try:
+        return names(pem.parse_file(path).leaf)
+    except CertificateError as exc:
+        raise ConfigError(str(exc)) from exc
 
 
 def unique(targets: Iterable[Target]) -> list[Target]:
