@@ -30,7 +30,7 @@ from hastaple.fetch import Fetcher, Limits
 from hastaple.haproxy.protocol import parse_address
 from hastaple.model import Action, ResultRow, Status
 from hastaple.ocsp.validate import validate
-from hastaple.pipeline import Options, run
+from hastaple.pipeline import Options, local_issuer, run
 
 logger = logging.getLogger("hastaple")
 
@@ -218,19 +218,14 @@ def _offline_issuer(
     cert_path: Path, bundle: pem.Bundle, issuer_path: Path | None
 ) -> x509.Certificate:
     """--issuer, else the PEM chain, else ``<cert>.issuer``; no network for ``check``."""
-    sources: list[Path] = [issuer_path] if issuer_path else []
-    if not sources:
-        if (found := issuers.choose(bundle.leaf, bundle.chain)) is not None:
-            return found
-        sources = [cert_path.with_name(cert_path.name + ".issuer")]
-    for source in sources:
-        if not source.exists():
-            continue
-        found = issuers.choose(bundle.leaf, issuers.parse_certificates(pem.read(source)))
-        if found is None:
-            raise UsageError(f"{source}: does not hold the issuer of {cert_path}")
-        return found
-    raise UsageError(f"{cert_path}: issuer not found: no chain in the file; give --issuer")
+    if issuer_path is None:
+        if (local := local_issuer(cert_path, bundle)) is not None:
+            return local[0]
+        raise UsageError(f"{cert_path}: issuer not found: no chain in the file; give --issuer")
+    found = issuers.choose(bundle.leaf, issuers.parse_certificates(pem.read(issuer_path)))
+    if found is None:
+        raise UsageError(f"{issuer_path}: does not hold the issuer of {cert_path}")
+    return found
 
 
 def _parse_time(text: str) -> dt.datetime:

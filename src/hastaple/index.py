@@ -80,9 +80,17 @@ def signer_window(der: bytes, verdict: Verdict) -> tuple[dt.datetime, dt.datetim
 class Index:
     """The index of one state directory; ``load``, ``lookup``/``record``, then ``save``."""
 
-    def __init__(self, path: Path | None, entries: dict[str, Entry] | None = None) -> None:
+    def __init__(
+        self,
+        path: Path | None,
+        entries: dict[str, Entry] | None = None,
+        revoked: dict[str, int] | None = None,
+    ) -> None:
         self.path = path
         self._entries = entries or {}
+        # certificate path -> serial the CA said is revoked: an older good staple
+        # on disk must not count as fresh, nor be pushed, for that serial.
+        self._revoked = revoked or {}
         self._dirty = False
 
     @classmethod
@@ -92,11 +100,13 @@ class Index:
             return cls(None)
         path = state_dir / INDEX_NAME
         entries: dict[str, Entry] = {}
-        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        revoked: dict[str, int] = {}
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError, AttributeError):
             doc = json.loads(path.read_bytes())
             if doc.get("version") == _VERSION:
                 entries = {name: _entry(raw) for name, raw in doc["certs"].items()}
-        return cls(path, entries)
+                revoked = {name: int(serial) for name, serial in doc.get("revoked", {}).items()}
+        return cls(path, entries, revoked)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -133,6 +143,21 @@ class Index:
         if self._entries.pop(str(cert), None) is not None:
             self._dirty = True
 
+    def mark_revoked(self, cert: Path, serial: int) -> None:
+        """Remember that the CA answered "revoked" for ``cert`` with this serial."""
+        if self._revoked.get(str(cert)) != serial:
+            self._revoked[str(cert)] = serial
+            self._dirty = True
+
+    def clear_revoked(self, cert: Path) -> None:
+        """The CA answered "good" again (or the certificate was renewed)."""
+        if self._revoked.pop(str(cert), None) is not None:
+            self._dirty = True
+
+    def is_revoked(self, cert: Path, serial: int) -> bool:
+        """Whether the last answer for this certificate and serial was "revoked"."""
+        return self._revoked.get(str(cert)) == serial
+
     def save(self) -> None:
         """
         Write the index atomically when it changed; a failure only costs speed.
@@ -144,6 +169,7 @@ class Index:
         doc = {
             "version": _VERSION,
             "certs": {name: _raw(e) for name, e in self._entries.items()},
+            "revoked": dict(self._revoked),
         }
         with contextlib.suppress(OSError, StoreError):
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -157,7 +183,7 @@ def issuer_fingerprint(cert: Path) -> Fingerprint | None:
 
 
 def _issuer_file(cert: Path) -> Path:
-    return cert.with_name(cert.name + ".issuer")
+    return store.issuer_path(cert)
 
 
 def _raw(e: Entry) -> dict[str, object]:

@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives import serialization
 from hastaple import config, index, pem, schedule, store
 from hastaple import issuer as issuers
 from hastaple.discover import CertEntry
-from hastaple.errors import CertificateError, HAProxyError, HastapleError
+from hastaple.errors import CertificateError, FetchError, HAProxyError, HastapleError, StoreError
 from hastaple.fetch import Fetcher
 from hastaple.haproxy.deploy import DeployItem, DeployOutcome, deploy
 from hastaple.model import Action, ResultRow, Status, Verdict
@@ -223,7 +223,8 @@ async def _prepare(  # noqa: PLR0911 - one early return per kind of row
         url = issuers.ocsp_url(bundle.leaf)
         if url is None:
             return _Prepared(ResultRow(name, None, Status.NO_OCSP, Action.SKIPPED))
-        issuer, issuer_pem = await resolve_issuer(entry.path, bundle, fetcher, options.state_dir)
+        state_dir = None if options.dry_run else options.state_dir  # dry-run writes nothing
+        issuer, issuer_pem = await resolve_issuer(entry.path, bundle, fetcher, state_dir)
         cert = _Cert(entry.path, bundle.leaf, issuer, issuer_pem, url, entry.haproxy_names, pem_fp)
         return await _refresh(cert, options, fetcher, now, ctx)
     except CertificateError as exc:
@@ -250,7 +251,7 @@ def _from_index(
     over 10,000 unchanged certificates parses nothing (``index``).
     """
     hit = ctx.index.lookup(entry.path, pem_fp)
-    if hit is None:
+    if hit is None or ctx.index.is_revoked(entry.path, hit.verdict.serial):
         return None
     verdict = hit.verdict
     if not (
@@ -297,40 +298,62 @@ def _remember(
 async def _refresh(
     cert: _Cert, options: Options, fetcher: Fetcher, now: dt.datetime, ctx: _Context
 ) -> _Prepared:
+    """Keep the staple on disk while it is fresh; otherwise fetch, validate and store."""
     name, url, path = str(cert.path), cert.url, cert.path
     staple_path = store.staple_path(path)
     ocsp_fp = index.fingerprint(staple_path)  # before reading: a later change is a miss
     current = _current_staple(staple_path, cert, now, options.margin)
-    if (
-        current
-        and not options.force
-        and (not options.fetch or schedule.is_fresh(*_times(current), now))
-    ):
+    # After a signed "revoked", an older good staple is neither fresh nor pushed again.
+    revoked = ctx.index.is_revoked(path, cert.leaf.serial_number)
+    keep = current and not revoked and not options.force
+    if keep and current and (not options.fetch or schedule.is_fresh(*_times(current), now)):
         staple = _staple(cert, *current)
         _remember(ctx, cert, staple, ocsp_fp)
         return _Prepared(_row(name, url, current[1], Action.FRESH), staple)
     ctx.index.forget(path)
     if not options.fetch:
-        error = f"no valid {staple_path.name} to deploy"
-        return _Prepared(ResultRow(name, url, Status.ERROR, Action.SKIPPED, error=error))
+        status, what = (Status.REVOKED, "the CA said REVOKED") if revoked else (Status.ERROR, "")
+        error = f"no valid {staple_path.name} to deploy" + (f" ({what})" if what else "")
+        return _Prepared(ResultRow(name, url, status, Action.SKIPPED, error=error))
+    return await _fetch(cert, current, options=options, fetcher=fetcher, now=now, ctx=ctx)
+
+
+async def _fetch(
+    cert: _Cert,
+    current: tuple[bytes, Verdict] | None,
+    *,
+    options: Options,
+    fetcher: Fetcher,
+    now: dt.datetime,
+    ctx: _Context,
+) -> _Prepared:
+    """Ask the CA, validate, and store the answer if it is better than ``current``."""
+    name, url, path = str(cert.path), cert.url, cert.path
+    staple_path = store.staple_path(path)
     reply = await fetcher.ocsp(url, request.build(cert.leaf, cert.issuer))
     verdict = validate(
         reply.der, cert=cert.leaf, issuer=cert.issuer, now=now, margin=options.margin
     )
     hints: dict[str, Any] = {"max_age": reply.max_age, "elapsed": reply.elapsed}
     if verdict.status is not Status.GOOD:
+        if verdict.status is Status.REVOKED and not options.dry_run:
+            ctx.index.mark_revoked(path, verdict.serial)
         error = _bad_status(verdict, staple_path, current)
         return _Prepared(_row(name, url, verdict, Action.FAILED, error), None, **hints)
-    if current and current[1].this_update > verdict.this_update:
-        # A cache in front of the responder served an older answer: keep ours.
+    if not options.dry_run:
+        ctx.index.clear_revoked(path)
+    if current and (
+        current[1].this_update > verdict.this_update or current[1].next_update > verdict.next_update
+    ):
+        # A cache in front of the responder served an older answer, or one that
+        # expires sooner than ours: never replace a staple with a worse one.
         staple = _staple(cert, *current)
         return _Prepared(_row(name, url, current[1], Action.FRESH), staple, **hints)
     if cert.issuer_pem is not None and not _haproxy_can_find_issuer(path):
         return _Prepared(_row(name, url, verdict, Action.FAILED, _no_issuer_on_disk(path)))
-    if not options.dry_run:
-        await ctx.writer.write(staple_path, reply.der, owner_of=path)
     staple = _staple(cert, reply.der, verdict)
     if not options.dry_run:
+        await ctx.writer.write(staple_path, reply.der, owner_of=path)
         _remember(ctx, cert, staple, index.fingerprint(staple_path))
     return _Prepared(_row(name, url, verdict, Action.FETCHED), staple, **hints)
 
@@ -339,39 +362,60 @@ async def resolve_issuer(
     path: Path, bundle: pem.Bundle, fetcher: Fetcher, state_dir: Path | None
 ) -> tuple[x509.Certificate, bytes | None]:
     """
-    Find the issuer of ``bundle.leaf``: ``<crt>.issuer``, the chain, then AIA.
+    Find the issuer of ``bundle.leaf``: the chain, ``<crt>.issuer``, then AIA.
 
     Returns the issuer and, when HAProxy cannot find it in the PEM chain, its
     PEM to send as ``<crt>.issuer`` in the commit (HAPROXY.md §3d, D3).
 
     Raises:
-        CertificateError: no source holds the issuer.
+        CertificateError: no local source holds the issuer and there is no AIA URL.
+        FetchError: the AIA URLs did not give it.
     """
-    leaf = bundle.leaf
-    in_chain = issuers.choose(leaf, bundle.chain)
-    if in_chain is not None:
-        return in_chain, None
-    issuer_file = path.with_name(path.name + ".issuer")
-    if issuer_file.exists():
-        found = issuers.choose(leaf, issuers.parse_certificates(pem.read(issuer_file)))
-        if found is None:
-            raise CertificateError(issuer_file, f"does not hold the issuer of {path.name}")
-        return found, found.public_bytes(serialization.Encoding.PEM)
-    for url in issuers.ca_issuers_urls(leaf):
-        found = issuers.choose(leaf, await _aia_certificates(url, fetcher, state_dir))
+    if (local := local_issuer(path, bundle)) is not None:
+        return local
+    urls = issuers.ca_issuers_urls(bundle.leaf)
+    for url in urls:
+        found = issuers.choose(bundle.leaf, await _aia_certificates(url, fetcher, state_dir))
         if found is not None:
             return found, found.public_bytes(serialization.Encoding.PEM)
+    if urls:
+        raise FetchError(urls[0], f"gave no certificate that issued {path}")
     raise CertificateError(
         path,
         "issuer not found: the file has no chain, there is no "
-        f"{issuer_file.name}, and no AIA caIssuers URL gave it",
+        f"{store.issuer_path(path).name}, and no AIA caIssuers URL",
     )
+
+
+def local_issuer(path: Path, bundle: pem.Bundle) -> tuple[x509.Certificate, bytes | None] | None:
+    """
+    The issuer from the PEM chain, else from ``<crt>.issuer``, as HAProxy looks (§3a).
+
+    Returns None when neither has it; the PEM to send is set only for ``.issuer``.
+
+    Raises:
+        CertificateError: ``<crt>.issuer`` exists but holds another certificate.
+    """
+    in_chain = issuers.choose(bundle.leaf, bundle.chain)
+    if in_chain is not None:
+        return in_chain, None
+    issuer_file = store.issuer_path(path)
+    if not issuer_file.exists():
+        return None
+    found = issuers.choose(bundle.leaf, issuers.parse_certificates(pem.read(issuer_file)))
+    if found is None:
+        raise CertificateError(issuer_file, f"does not hold the issuer of {path.name}")
+    return found, found.public_bytes(serialization.Encoding.PEM)
 
 
 async def _aia_certificates(
     url: str, fetcher: Fetcher, state_dir: Path | None
 ) -> list[x509.Certificate]:
-    """Download caIssuers ``url`` once; the cache lives in the state directory only."""
+    """
+    Download caIssuers ``url`` once; the cache lives in the state directory only.
+
+    The cache is a convenience: failing to write it never fails the certificate.
+    """
     cached = None
     if state_dir is not None:
         cached = state_dir / "issuers" / (hashlib.sha256(url.encode()).hexdigest() + ".der")
@@ -380,11 +424,14 @@ async def _aia_certificates(
     data = await fetcher.get(url)
     certs = issuers.parse_certificates(data)
     if certs and cached is not None:
-        # mkdir(parents=True) gives the parents the default mode (0755): make
-        # the state directory itself private first.
-        config.ensure_private_dir(cached.parent.parent)
-        config.ensure_private_dir(cached.parent)
-        store.write_atomic(cached, data)
+        try:
+            # mkdir(parents=True) gives the parents the default mode (0755):
+            # make the state directory itself private first.
+            config.ensure_private_dir(cached.parent.parent)
+            config.ensure_private_dir(cached.parent)
+            store.write_atomic(cached, data)
+        except (OSError, StoreError) as exc:
+            logger.warning("could not cache the issuer from %s: %s", url, exc)
     return certs
 
 
@@ -396,7 +443,7 @@ def _haproxy_can_find_issuer(path: Path) -> bool:
     start (HAPROXY.md §3a), so a staple whose issuer came from AIA must not be
     written next to it.
     """
-    return path.with_name(path.name + ".issuer").exists()
+    return store.issuer_path(path).exists()
 
 
 def _no_issuer_on_disk(path: Path) -> str:
@@ -444,13 +491,7 @@ def _times(current: tuple[bytes, Verdict]) -> tuple[dt.datetime, dt.datetime]:
 def _bad_status(verdict: Verdict, staple_path: Path, current: tuple[bytes, Verdict] | None) -> str:
     kept = f"; kept the existing {staple_path.name}" if current else ""
     if verdict.status is Status.REVOKED:
-        when = (
-            verdict.revocation_time.strftime("%Y-%m-%d %H:%M:%SZ")
-            if verdict.revocation_time
-            else "?"
-        )
-        why = f" ({verdict.revocation_reason})" if verdict.revocation_reason else ""
-        return f"the CA says this certificate is REVOKED since {when}{why}; not deployed{kept}"
+        return f"the CA says this certificate is {verdict.revocation()}; not deployed{kept}"
     return f"the CA says this certificate's status is unknown; not deployed{kept}"
 
 

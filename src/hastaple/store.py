@@ -39,6 +39,11 @@ def staple_path(cert: Path) -> Path:
     return cert.with_name(cert.name + ".ocsp")
 
 
+def issuer_path(cert: Path) -> Path:
+    """Where HAProxy looks for the issuer of a chainless ``cert``: ``<crt>.issuer``."""
+    return cert.with_name(cert.name + ".issuer")
+
+
 def read(path: Path) -> bytes | None:
     """The bytes of an existing staple, or None when there is none or it cannot be read."""
     try:
