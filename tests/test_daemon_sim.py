@@ -19,7 +19,7 @@ from cryptography.x509 import ocsp
 
 from hastaple import config as cfgmod
 from hastaple import daemon as daemonmod
-from hastaple import events
+from hastaple import events, service
 from hastaple.errors import FetchError
 from hastaple.fetch import OCSPReply
 from hastaple.state import State
@@ -303,3 +303,20 @@ async def test_file_event_reparses_only_changed_certificates(pki, tmp_path, monk
     staging.replace(world.crt_dir / "c5.pem")
     world.daemon.rediscover()
     assert parsed == ["c5.pem"]
+
+
+def test_reload_without_proxy_restores_the_started_environment(pki, tmp_path):
+    """SIGHUP dropping `proxy` puts back the HTTP(S)_PROXY the daemon started with."""
+    world = _world(pki, tmp_path, 1)
+    environ = {"HTTPS_PROXY": "http://corp.test:3128", "HOME": "/home/h"}
+    started = dict(environ)
+    configs = [world.config, dataclasses.replace(world.config, proxy="http://cfg.test:8080")]
+    fetcher = service.ConfiguredFetcher(configs.pop(), environ=environ)
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+        assert environ[name] == "http://cfg.test:8080"  # lower case too: urllib prefers it
+    try:
+        service._reload(world.daemon, fetcher, configs.pop)
+    finally:
+        logging.getLogger().handlers.clear()  # the reload installs its log handler
+    assert environ == started
+    assert fetcher.config.proxy is None

@@ -14,7 +14,7 @@ import asyncio
 import logging
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 
 from aiohttp import web
 
@@ -26,13 +26,35 @@ from hastaple.events import log_event
 from hastaple.fetch import Fetcher, OCSPReply
 from hastaple.state import State
 
+# aiohttp's trust_env reads these at each request (urllib prefers the lower case).
+_PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")
+
 
 class ConfiguredFetcher(Fetcher):
     """The pipeline's fetcher, asking an operator's replacement URL where configured."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, environ: MutableMapping[str, str] | None = None) -> None:
         super().__init__()
+        self.environ = os.environ if environ is None else environ
+        # What the process started with, so a reload that drops `proxy` restores it.
+        self._started = {name: self.environ.get(name) for name in _PROXY_VARS}
         self.config = config
+        self.configure(config)
+
+    def configure(self, config: Config) -> None:
+        """
+        Use ``config`` from now on: its responder overrides and its proxy.
+
+        The configured proxy goes into HTTP(S)_PROXY, which aiohttp's trust_env
+        reads; without one, the variables are as the process started.
+        """
+        self.config = config
+        for name, started in self._started.items():
+            value = config.proxy or started
+            if value is None:
+                self.environ.pop(name, None)
+            else:
+                self.environ[name] = value
 
     async def ocsp(self, url: str, request_der: bytes) -> OCSPReply:
         """Ask ``config.responder(url)`` instead of ``url``."""
@@ -47,7 +69,6 @@ def run(load: Callable[[], Config]) -> int:
 async def _main(load: Callable[[], Config]) -> int:
     config = load()
     events.configure(config.log_format)
-    _apply_proxy(config)
     state = State.open(config.state_dir)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -101,17 +122,11 @@ def _reload(daemon: Daemon, fetcher: ConfiguredFetcher, load: Callable[[], Confi
         if getattr(new, name) != getattr(old, name):
             log_event(logging.WARNING, "restart_needed", key=name)
     events.configure(new.log_format)
-    _apply_proxy(new)
-    daemon.config = fetcher.config = new
+    fetcher.configure(new)
+    daemon.config = new
     try:
         daemon.rediscover()
     except HastapleError as exc:
         log_event(logging.ERROR, "reload_failed", error=str(exc))
         return
     log_event(logging.INFO, "reloaded", certs=len(daemon.entries), sockets=len(daemon.sockets))
-
-
-def _apply_proxy(config: Config) -> None:
-    """Put the configured proxy in HTTP(S)_PROXY, which aiohttp's trust_env reads."""
-    if config.proxy:
-        os.environ["HTTP_PROXY"] = os.environ["HTTPS_PROXY"] = config.proxy
