@@ -365,3 +365,12 @@ def test_module_help():
         [sys.executable, "-m", "hastaple", "--help"], capture_output=True, text=True, check=True
     ).stdout
     assert "fetch" in out and "check" in out
+
+
+def test_environment_lists_are_comma_separated(pki, tmp_path, monkeypatch):
+    """HASTAPLE_HAPROXY holds several sockets separated by commas, as `run` reads it."""
+    cert = pki.write(tmp_path, "site.pem", pki.leaf())
+    monkeypatch.setenv("HASTAPLE_HAPROXY", f"{tmp_path}/a.sock, {tmp_path}/b.sock")
+    code, _, err = run_cli("fetch", cert)
+    assert code == 2
+    assert err == f"error: {tmp_path}/a.sock: no such HAProxy socket\n"  # the first of two

@@ -66,6 +66,20 @@ def cli(ctx: click.Context, verbose: int, quiet: bool, debug: bool) -> None:
     ctx.obj = {"debug": debug, "quiet": quiet}
 
 
+class _ListPath(click.Path):
+    """A repeatable path whose environment variable is comma-separated, as for ``run``."""
+
+    def split_envvar_value(self, rv: str) -> Sequence[str]:
+        return config.split_list(rv)
+
+
+class _ListText(click.types.StringParamType):
+    """A repeatable string whose environment variable is comma-separated, as for ``run``."""
+
+    def split_envvar_value(self, rv: str) -> Sequence[str]:
+        return config.split_list(rv)
+
+
 _state_dir_option = click.option(
     "--state-dir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -80,15 +94,23 @@ _state_dir_option = click.option(
     "--haproxy-config",
     "configs",
     multiple=True,
-    type=click.Path(path_type=Path),
+    type=_ListPath(path_type=Path),
     envvar="HASTAPLE_HAPROXY_CONFIG",
     help="haproxy.cfg: its bind lines give the certificates, its admin stats sockets the targets.",
 )
-@click.option("--crt-list", "crt_lists", multiple=True, type=click.Path(path_type=Path))
+@click.option(
+    "--crt-list",
+    "crt_lists",
+    multiple=True,
+    type=_ListPath(path_type=Path),
+    envvar="HASTAPLE_CRT_LISTS",
+    help="An HAProxy crt-list file (repeatable).",
+)
 @click.option(
     "--haproxy",
     "sockets",
     multiple=True,
+    type=_ListText(),
     envvar="HASTAPLE_HAPROXY",
     help="Runtime socket to load staples into: a unix path, host:port, or master.sock@1.",
 )

@@ -261,9 +261,14 @@ _CHECKS: dict[str, Any] = {
 }
 
 
+def split_list(text: str) -> tuple[str, ...]:
+    """A list given as one string (environment, flag): comma-separated, blanks dropped."""
+    return tuple(p.strip() for p in text.split(",") if p.strip())
+
+
 def _strings(value: object) -> tuple[str, ...]:
     if isinstance(value, str):
-        return tuple(p.strip() for p in value.split(",") if p.strip())
+        return split_list(value)
     if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
         return tuple(s for v in value for s in _strings(v))
     raise TypeError(f"expected a list of strings, not {value!r}")
