@@ -27,9 +27,14 @@ class Connection:
     """An open prompt-mode connection; use ``connect()`` to get one."""
 
     def __init__(
-        self, address: protocol.Address, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        self,
+        address: protocol.Address,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        idle_timeout: float | None = None,
     ) -> None:
         self.address = address
+        self.idle_timeout = idle_timeout
         self._reader = reader
         self._writer = writer
         self._replies = protocol.ReplyReader()
@@ -71,7 +76,11 @@ class Connection:
     async def _next(self) -> protocol.Reply:
         while (reply := self._replies.next_reply()) is None:
             try:
-                chunk = await self._reader.read(_READ_CHUNK)
+                async with asyncio.timeout(self.idle_timeout):
+                    chunk = await self._reader.read(_READ_CHUNK)
+            except TimeoutError as exc:
+                why = f"no answer within {self.idle_timeout:g} s"
+                raise HAProxyUnreachable(self.address.text, why) from exc
             except OSError as exc:
                 raise _unreachable(self.address, exc) from exc
             if chunk:
@@ -91,10 +100,15 @@ class Connection:
 async def connect(
     socket: str | protocol.Address,
     *,
-    timeout: float = 10.0,  # noqa: ASYNC109 - one budget for the whole session, per DESIGN
+    timeout: float | None = 10.0,  # noqa: ASYNC109 - one budget for the whole session, per DESIGN
+    idle_timeout: float | None = None,
 ) -> AsyncIterator[Connection]:
     """
     Open a prompt-mode connection; everything inside must finish within ``timeout`` s.
+
+    ``idle_timeout`` bounds each wait for HAProxy instead (connecting, and
+    every read of a reply): a batch of thousands of commands may take longer
+    than any fixed budget while HAProxy keeps answering. None means no limit.
 
     Raises:
         ConfigError: ``socket`` is not an address.
@@ -102,9 +116,10 @@ async def connect(
             answer in time.
     """
     address = socket if isinstance(socket, protocol.Address) else protocol.parse_address(socket)
+    limits = [t for t in (timeout, idle_timeout) if t is not None]
     try:
         async with asyncio.timeout(timeout):
-            conn = await _open(address, min(timeout, CONNECT_TIMEOUT))
+            conn = await _open(address, min([*limits, CONNECT_TIMEOUT]), idle_timeout)
             try:
                 reply = await conn.run_one(protocol.PROMPT)
                 if reply.closed:
@@ -116,7 +131,7 @@ async def connect(
         raise HAProxyUnreachable(address.text, f"no answer within {timeout:g} s") from exc
 
 
-async def _open(address: protocol.Address, limit: float) -> Connection:
+async def _open(address: protocol.Address, limit: float, idle_timeout: float | None) -> Connection:
     try:
         async with asyncio.timeout(limit):
             if address.path is not None:
@@ -127,7 +142,7 @@ async def _open(address: protocol.Address, limit: float) -> Connection:
         raise HAProxyUnreachable(address.text, f"could not connect within {limit:g} s") from exc
     except OSError as exc:
         raise _unreachable(address, exc) from exc
-    return Connection(address, reader, writer)
+    return Connection(address, reader, writer, idle_timeout)
 
 
 def _unreachable(address: protocol.Address, exc: OSError) -> HAProxyUnreachable:

@@ -9,14 +9,17 @@ and ``commit ssl cert`` in one transaction, committed only when every part was
 accepted. Then, because neither "updated" nor "Success!" proves a staple
 (§0.5, §5.3), read back ``show ssl ocsp-response <key>`` and compare.
 
-All of a socket's commands share one connection; one certificate's failure
-never stops the others.
+All of a socket's commands share one connection, pipelined: the ``show``
+batch, the fast-path batch, the read-back batch, and the transactions one
+certificate after the other (HAProxy holds only one at a time), each write
+closing one and opening the next. One certificate's failure, a name that
+cannot be sent included, never stops the others.
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -32,6 +35,7 @@ if TYPE_CHECKING:
 # few quick retries. A timeout or "permission denied" is not retried.
 RETRY_DELAYS = (0.2, 0.5, 1.0)  # seconds
 _TRANSIENT = (ConnectionRefusedError, FileNotFoundError)
+_READ_BACK_FAILED = "HAProxy answered 'updated' but the read-back failed: {}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,10 +70,15 @@ async def deploy(
     socket: str,
     items: Sequence[DeployItem],
     *,
-    timeout: float = 10.0,  # noqa: ASYNC109 - one budget for the whole socket, per DESIGN
+    timeout: float = 10.0,  # noqa: ASYNC109 - an idle limit per wait, not a budget
 ) -> list[DeployOutcome]:
     """
     Load every item into the HAProxy at ``socket``; one outcome per item, in order.
+
+    ``timeout`` bounds each wait for HAProxy (connecting, every read of a
+    reply), not the whole socket: thousands of certificates to commit on a
+    first run take longer than any fixed budget while HAProxy keeps answering,
+    and a budget hit half-way would fail every row after partial commits.
 
     Raises:
         ConfigError: ``socket`` is not an address.
@@ -93,7 +102,7 @@ async def _deploy_once(
     items: Sequence[DeployItem],
     timeout: float,  # noqa: ASYNC109 - passed on to client.connect, as in deploy()
 ) -> list[DeployOutcome]:
-    async with client.connect(address, timeout=timeout) as conn:
+    async with client.connect(address, timeout=None, idle_timeout=timeout) as conn:
         return await _Run(conn, address).deploy(items)
 
 
@@ -105,11 +114,19 @@ class _Run:
         self.socket = address.text
 
     async def deploy(self, items: Sequence[DeployItem]) -> list[DeployOutcome]:
-        shows = [protocol.show_cert(item.crt) for item in items]
-        replies = await self.conn.run(shows)
         outcomes: dict[int, DeployOutcome] = {}
+        shows: list[tuple[int, protocol.Command]] = []
+        for i, item in enumerate(items):
+            cmd = protocol.show_cert(item.crt)
+            if (refused := self._refused([cmd])) is not None:
+                outcomes[i] = DeployOutcome(item.crt, ok=False, method="update", error=refused)
+            else:
+                shows.append((i, cmd))
+        replies = await self.conn.run([cmd for _, cmd in shows])
         fast: list[int] = []
-        for i, (item, cmd, reply) in enumerate(zip(items, shows, replies, strict=True)):
+        bare: list[int] = []
+        for (i, cmd), reply in zip(shows, replies, strict=True):
+            item = items[i]
             try:
                 info = protocol.parse_show_cert(self.socket, cmd, reply)
             except HAProxyCommandFailed as exc:
@@ -119,7 +136,7 @@ class _Run:
                 error = f"HAProxy does not serve {item.crt}"
                 outcomes[i] = DeployOutcome(item.crt, ok=False, method="update", error=error)
             elif info.ocsp_key is None:
-                outcomes[i] = await self._commit(item)
+                bare.append(i)
             elif info.ocsp_key != item.cert_id.hex():
                 error = (
                     f"HAProxy's OCSP key for {item.crt} is {info.ocsp_key}, not the response's "
@@ -128,6 +145,7 @@ class _Run:
                 outcomes[i] = DeployOutcome(item.crt, ok=False, method="update", error=error)
             else:
                 fast.append(i)
+        outcomes.update(await self._commit([(i, items[i]) for i in bare]))
         outcomes.update(await self._update([(i, items[i]) for i in fast]))
         done = [(i, items[i]) for i in sorted(outcomes) if outcomes[i].ok]
         for i, error in await self._read_back(done):
@@ -136,16 +154,28 @@ class _Run:
             )
         return [outcomes[i] for i in range(len(items))]
 
+    def _refused(self, cmds: Sequence[protocol.Command]) -> str | None:
+        """
+        Why one of ``cmds`` cannot be sent (too big, control character), or None.
+
+        Checked per item, so that one bad name fails only its own certificate,
+        not the batch (``Connection.run`` refuses a whole batch).
+        """
+        for cmd in cmds:
+            try:
+                cmd.encode(self.conn.address)
+            except HAProxyCommandFailed as exc:
+                return str(exc)
+        return None
+
     async def _update(self, todo: list[tuple[int, DeployItem]]) -> dict[int, DeployOutcome]:
         """The fast path, pipelined: every item is independent of the others."""
         outcomes: dict[int, DeployOutcome] = {}
         cmds: list[tuple[int, DeployItem, protocol.Command]] = []
         for i, item in todo:
-            try:
-                cmd = protocol.set_ocsp_response(item.der)
-                cmd.encode(self.conn.address)
-            except HAProxyCommandFailed as exc:
-                outcomes[i] = DeployOutcome(item.crt, ok=False, method="update", error=str(exc))
+            cmd = protocol.set_ocsp_response(item.der)
+            if (refused := self._refused([cmd])) is not None:
+                outcomes[i] = DeployOutcome(item.crt, ok=False, method="update", error=refused)
             else:
                 cmds.append((i, item, cmd))
         replies = await self.conn.run([cmd for _, _, cmd in cmds])
@@ -158,53 +188,96 @@ class _Run:
                 outcomes[i] = DeployOutcome(item.crt, ok=True, method="update")
         return outcomes
 
-    async def _commit(self, item: DeployItem) -> DeployOutcome:
-        """The transaction path; commit only when every part was accepted, else abort."""
-        parts = [protocol.set_cert_ocsp(item.crt, item.der)]
-        if item.issuer_pem is not None:
-            parts.append(protocol.set_cert_issuer(item.crt, item.issuer_pem))
-        try:
-            for cmd in parts:
-                cmd.encode(self.conn.address)  # refuse before opening a transaction
-            replies = await self.conn.run(parts)
+    async def _commit(self, todo: list[tuple[int, DeployItem]]) -> dict[int, DeployOutcome]:
+        """
+        The transaction path, one certificate after the other, pipelined.
+
+        HAProxy holds one transaction at a time: 2.8 refuses a ``set ssl cert``
+        for a second certificate, and 2.6 files it into the open transaction
+        of the first (both measured). So each write ends the previous
+        certificate's transaction (commit when every part was accepted, else
+        abort) and then opens the next one's: n certificates take n + 1 round
+        trips, not 2-3 each. Every commit is followed by an abort of the same
+        certificate, which answers "No ongoing transaction!" after a commit
+        that consumed it, and otherwise keeps a failed commit's transaction
+        from swallowing the next certificate's parts.
+        """
+        outcomes: dict[int, DeployOutcome] = {}
+        queue: list[_Open] = []
+        for i, item in todo:
+            parts = [protocol.set_cert_ocsp(item.crt, item.der)]
+            if item.issuer_pem is not None:
+                parts.append(protocol.set_cert_issuer(item.crt, item.issuer_pem))
+            if (refused := self._refused(parts)) is not None:  # before opening a transaction
+                outcomes[i] = DeployOutcome(item.crt, ok=False, method="commit", error=refused)
+            else:
+                queue.append(_Open(i, item, parts))
+        previous: _Open | None = None
+        for current in [*queue, None]:
+            ending = self._ending(previous) if previous is not None else []
+            opening = current.parts if current is not None else []
+            replies = await self.conn.run([*ending, *opening])
+            if previous is not None:
+                outcomes[previous.index] = self._ended(previous, ending, replies[: len(ending)])
+            if current is not None:
+                current.replies = replies[len(ending) :]
+            previous = current
+        return outcomes
+
+    def _ending(self, txn: _Open) -> list[protocol.Command]:
+        """Commit + abort when every part of ``txn`` was accepted, else only abort."""
+        abort = protocol.abort_cert(txn.item.crt)
+        if self._part_error(txn) is not None:
+            return [abort]
+        return [protocol.commit_cert(txn.item.crt), abort]
+
+    def _ended(
+        self, txn: _Open, ending: list[protocol.Command], replies: list[protocol.Reply]
+    ) -> DeployOutcome:
+        """The outcome of ``txn`` once its ending's replies are in (abort replies are moot)."""
+        crt = txn.item.crt
+        error = self._part_error(txn)
+        if error is None:
             try:
-                for cmd, reply in zip(parts, replies, strict=True):
-                    protocol.parse_set_cert(self.socket, cmd, reply)
-            except HAProxyCommandFailed:
-                await self._abort(item.crt)
-                raise
-            commit = protocol.commit_cert(item.crt)
-            protocol.parse_commit(self.socket, commit, await self.conn.run_one(commit))
-        except HAProxyCommandFailed as exc:
-            return DeployOutcome(item.crt, ok=False, method="commit", error=str(exc))
-        return DeployOutcome(item.crt, ok=True, method="commit")
+                protocol.parse_commit(self.socket, ending[0], replies[0])
+            except HAProxyCommandFailed as exc:
+                error = str(exc)
+        if error is not None:
+            return DeployOutcome(crt, ok=False, method="commit", error=error)
+        return DeployOutcome(crt, ok=True, method="commit")
 
-    async def _abort(self, crt: str) -> None:
-        """
-        Abort our own transaction on ``crt``; another one's is left alone.
-
-        HAProxy refuses to abort a transaction on another certificate, so a
-        failed ``set ssl cert`` because someone else's transaction is open
-        cannot hurt it.
-        """
-        cmd = protocol.abort_cert(crt)
-        try:
-            protocol.parse_abort(self.socket, cmd, await self.conn.run_one(cmd))
-        except HAProxyCommandFailed:
-            return
+    def _part_error(self, txn: _Open) -> str | None:
+        """Why a ``set ssl cert`` part of ``txn`` was not accepted for its own certificate."""
+        for cmd, reply in zip(txn.parts, txn.replies, strict=True):
+            try:
+                protocol.parse_set_cert(self.socket, cmd, reply)
+            except HAProxyCommandFailed as exc:
+                return str(exc)
+            if not reply.text.strip().endswith(f" for certificate {txn.item.crt}!"):
+                # HAProxy 2.6 puts it into another certificate's open transaction.
+                why = (
+                    f"HAProxy filed it under another open transaction ({reply.text.strip()}); "
+                    "abort that transaction ('abort ssl cert <crt>') if it is stale"
+                )
+                return str(HAProxyCommandFailed(self.socket, str(cmd), why))
+        return None
 
     async def _read_back(self, done: list[tuple[int, DeployItem]]) -> list[tuple[int, str]]:
         """Check what HAProxy serves for each deployed item (§0.5): registered, same times."""
-        cmds: list[protocol.Command] = []
-        for _, item in done:
-            cmds += [protocol.show_cert(item.crt), protocol.show_ocsp_response(item.cert_id.hex())]
-        replies = await self.conn.run(cmds)
         errors: list[tuple[int, str]] = []
-        for n, (i, item) in enumerate(done):
+        checks: list[tuple[int, DeployItem, list[protocol.Command]]] = []
+        for i, item in done:
+            cmds = [protocol.show_cert(item.crt), protocol.show_ocsp_response(item.cert_id.hex())]
+            if (refused := self._refused(cmds)) is not None:
+                errors.append((i, _READ_BACK_FAILED.format(refused)))
+            else:
+                checks.append((i, item, cmds))
+        replies = await self.conn.run([cmd for _, _, cmds in checks for cmd in cmds])
+        for n, (i, item, cmds) in enumerate(checks):
             try:
-                error = self._compare(item, cmds[2 * n : 2 * n + 2], replies[2 * n : 2 * n + 2])
+                error = self._compare(item, cmds, replies[2 * n : 2 * n + 2])
             except HAProxyCommandFailed as exc:
-                error = f"HAProxy answered 'updated' but the read-back failed: {exc}"
+                error = _READ_BACK_FAILED.format(exc)
             if error is not None:
                 errors.append((i, error))
         return errors
@@ -229,6 +302,16 @@ class _Run:
                 f"for {item.crt} (expected good, {want[0].isoformat()}, {want[1].isoformat()})"
             )
         return None
+
+
+@dataclass(slots=True)
+class _Open:
+    """A certificate whose transaction parts were sent; ``replies`` once they are in."""
+
+    index: int
+    item: DeployItem
+    parts: list[protocol.Command]
+    replies: list[protocol.Reply] = field(default_factory=list)
 
 
 def _seconds(when: datetime) -> datetime:
