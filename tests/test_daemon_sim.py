@@ -48,6 +48,7 @@ class SignerFetcher:
         self.asked: collections.Counter[int] = collections.Counter()
         self.down = False
         self.max_age: int | None = None
+        self.revoked: set[int] = set()
 
     async def ocsp(self, url: str, request_der: bytes) -> OCSPReply:
         serial = ocsp.load_der_ocsp_request(request_der).serial_number
@@ -55,7 +56,10 @@ class SignerFetcher:
         if self.down:
             raise FetchError(url, "connection refused")
         this = self.clock.now() - dt.timedelta(minutes=1)
-        der = self.pki.response(self.leaves[serial].cert, this_update=this, next_update=this + WEEK)
+        status = "revoked" if serial in self.revoked else "good"
+        der = self.pki.response(
+            self.leaves[serial].cert, status=status, this_update=this, next_update=this + WEEK
+        )
         return OCSPReply(der, url, self.max_age, 0.02)
 
     async def get(self, url: str) -> bytes:
@@ -320,3 +324,24 @@ def test_reload_without_proxy_restores_the_started_environment(pki, tmp_path):
         logging.getLogger().handlers.clear()  # the reload installs its log handler
     assert environ == started
     assert fetcher.config.proxy is None
+
+
+async def test_repush_after_restart_skips_a_revoked_certificate(pki, tmp_path, caplog):
+    """After a signed REVOKED, an HAProxy restart does not get the older good staple pushed."""
+    caplog.set_level(logging.INFO, logger="hastaple.daemon")
+    world = _world(pki, tmp_path, 2)
+    world.clock.t += dt.timedelta(seconds=11)
+    await world.daemon.refresh_due()
+    revoked, good = (str(world.crt_dir / f"c{i}.pem") for i in range(2))
+    world.fetcher.revoked.add(world.leaves[0].cert.serial_number)
+    world.clock.t = world.daemon.records[revoked].next_refresh
+    await world.daemon.refresh_due()
+    assert world.daemon.records[revoked].status == "revoked"
+    assert (world.crt_dir / "c0.pem.ocsp").exists()  # the older good staple is still on disk
+    sock = str(tmp_path / "restarted.sock")  # nobody listens: every push attempted fails
+    await world.daemon.repush(sock)
+    assert dict(world.daemon.records[revoked].haproxy) == {}  # not even attempted
+    assert dict(world.daemon.records[good].haproxy) == {sock: "error"}  # the negative
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("event=repush_skipped" in m and f"cert={revoked}" in m for m in messages)
+    assert any(f"event=repushed socket={sock} certs=1" in m for m in messages)

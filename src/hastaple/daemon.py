@@ -336,9 +336,26 @@ class Daemon:
                 await self.repush(socket)
 
     async def repush(self, socket: str) -> None:
-        """Load every valid staple on disk into ``socket``; ask no CA."""
+        """
+        Load every valid staple on disk into ``socket``; ask no CA.
+
+        A certificate whose last signed answer was REVOKED is left out: the good
+        staple still on disk is older than that answer, and pushing it would
+        tell clients the opposite of what the CA said last.
+        """
         failed = False
-        entries = [e for n, e in self.entries.items() if self.records.get(n, Record(n)).ocsp_url]
+        entries = []
+        for name, entry in self.entries.items():
+            rec = self.records.get(name, Record(name))
+            if not rec.ocsp_url:
+                continue
+            if rec.status == Status.REVOKED.value:
+                log_event(
+                    logging.WARNING, "repush_skipped", cert=name, socket=socket,
+                    status=rec.status, error=rec.error,
+                )  # fmt: skip
+                continue
+            entries.append(entry)
         if not entries:
             self._push_again.pop(socket, None)
             return
