@@ -278,3 +278,62 @@ def test_extreme_clock_does_not_crash(pki, leaf):
     end = dt.datetime.max.replace(tzinfo=dt.UTC)
     with pytest.raises(InvalidResponse, match="expired"):
         validate(der, cert=leaf.cert, issuer=pki.intermediate.cert, now=end)
+
+
+def test_responder_rollover_picks_the_valid_certificate(pki, leaf):
+    """
+    Two responder certificates for one key (old expired, renewed valid) in one response.
+
+    The renewed one authorises the signature, whatever the order; alone, the
+    expired one is refused.
+    """
+    old_start = now() - dt.timedelta(days=30)
+    expired = issue(
+        pki.intermediate, "Rollover Responder", ocsp_signing=True, ocsp_url=None,
+        not_before=old_start, not_after=old_start + dt.timedelta(days=1),
+    )  # fmt: skip
+    renewed = _reissue(pki, expired.cert, expired.key)
+    good = _signed_by(pki, leaf, expired.key, [expired.cert, renewed])
+    verdict = check(pki, leaf, good)
+    assert verdict.status is Status.GOOD
+    assert "Rollover Responder" in verdict.signer
+    with pytest.raises(InvalidResponse, match="not valid at"):
+        check(pki, leaf, _signed_by(pki, leaf, expired.key, [expired.cert]))
+
+
+def _signed_by(pki: PKI, leaf: Issued, key, certs) -> bytes:
+    """A good response signed with ``key``, naming ``certs[0]`` and carrying ``certs``."""
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
+
+    this = now() - dt.timedelta(minutes=1)
+    return (
+        ocsp.OCSPResponseBuilder()
+        .add_response(
+            cert=leaf.cert, issuer=pki.intermediate.cert, algorithm=hashes.SHA1(),  # noqa: S303 - HAProxy matches SHA-1 CertIDs
+            cert_status=ocsp.OCSPCertStatus.GOOD, this_update=this,
+            next_update=this + dt.timedelta(days=7), revocation_time=None, revocation_reason=None,
+        )
+        .responder_id(ocsp.OCSPResponderEncoding.HASH, certs[0])
+        .certificates(certs)
+        .sign(key, hashes.SHA256())
+        .public_bytes(serialization.Encoding.DER)
+    )  # fmt: skip
+
+
+def _reissue(pki: PKI, template, key):
+    """``template`` renewed: same subject and key, new validity, signed by the intermediate."""
+    from cryptography import x509  # noqa: PLC0415
+
+    start = now() - dt.timedelta(days=1)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(template.subject)
+        .issuer_name(template.issuer)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(start + dt.timedelta(days=365))
+    )
+    for ext in template.extensions:
+        builder = builder.add_extension(ext.value, ext.critical)
+    return builder.sign(pki.intermediate.key, hashes.SHA256())

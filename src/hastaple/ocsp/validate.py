@@ -39,7 +39,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, padding, rsa
 from cryptography.x509 import ocsp
-from cryptography.x509.oid import ExtendedKeyUsageOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, SignatureAlgorithmOID
 
 from hastaple.errors import InvalidResponse
 from hastaple.model import Status, Verdict
@@ -176,7 +176,21 @@ def _signer(
             "response is signed by a responder that is neither the issuer nor a "
             "certificate included in the response"
         )
-    delegate = candidates[0]
+    # Several may match during a responder-certificate rollover: the first
+    # authorised one wins; if none is, the first one's reason is reported.
+    problems: list[InvalidResponse] = []
+    for delegate in candidates:
+        try:
+            _check_delegate(delegate, issuer, now)
+        except InvalidResponse as exc:
+            problems.append(exc)
+            continue
+        return delegate, f"delegated responder {delegate.subject.rfc4514_string()}"
+    raise problems[0]
+
+
+def _check_delegate(delegate: x509.Certificate, issuer: x509.Certificate, now: dt.datetime) -> None:
+    """RFC 6960 §4.2.2.2: issued by the issuer, id-kp-OCSPSigning, valid now."""
     who = delegate.subject.rfc4514_string()
     try:
         _issued_by(delegate, issuer)
@@ -200,7 +214,6 @@ def _signer(
             f"at {_fmt(now)} (valid {_fmt(delegate.not_valid_before_utc)} to "
             f"{_fmt(delegate.not_valid_after_utc)})"
         )
-    return delegate, f"delegated responder {who}"
 
 
 def _responder_is(resp: ocsp.OCSPResponse, cert: x509.Certificate) -> bool:
@@ -211,6 +224,10 @@ def _responder_is(resp: ocsp.OCSPResponse, cert: x509.Certificate) -> bool:
 
 
 def _check_signature(resp: ocsp.OCSPResponse, signer: x509.Certificate) -> None:
+    if resp.signature_algorithm_oid == SignatureAlgorithmOID.RSASSA_PSS:
+        # cryptography does not expose an OCSP response's PSS parameters; say so
+        # rather than call a genuine signature forged.
+        raise InvalidResponse("response is signed with RSASSA-PSS, which hastaple cannot verify")
     key = signer.public_key()
     data, signature, alg = resp.tbs_response_bytes, resp.signature, resp.signature_hash_algorithm
     try:
