@@ -49,6 +49,15 @@ class Cert:
     crt: str
     key_hex: str | None  # None: loaded without .ocsp (the pitfall state)
     der: bytes | None = None
+    commit_key: str | None = None  # the key a commit with a .ocsp registers
+
+
+@dataclass
+class Transaction:
+    """The one open ``set ssl cert`` transaction (HAProxy holds one at a time)."""
+
+    crt: str
+    der: bytes | None = None
 
 
 @dataclass
@@ -62,6 +71,11 @@ class FakeHAProxy:
     ``close-after``: the connection is dropped after ``after`` commands.
     ``too-big``: commands longer than ``bufsize`` get 2.8's "too big" reply.
     ``slow``: every reply waits ``delay`` seconds.
+
+    Transactions behave as HAProxy 2.8's (one at a time; ``set ssl cert`` for
+    another certificate is refused), or as 2.6's with ``merge_transactions``
+    (filed into the open transaction, measured). ``fail_commit`` names
+    certificates whose commit says ``Failed!`` and leaves the transaction open.
     """
 
     path: Path
@@ -71,13 +85,23 @@ class FakeHAProxy:
     bufsize: int = 16384
     delay: float = 0.0
     certs: dict[str, Cert] = field(default_factory=dict)
+    merge_transactions: bool = False
+    fail_commit: set[str] = field(default_factory=set)
+    transaction: Transaction | None = None
     commands: list[str] = field(default_factory=list)
     connections: int = 0
     _server: asyncio.Server | None = None
 
-    def register(self, crt: str, key_hex: str | None, der: bytes | None = None) -> None:
-        """Serve ``crt``; ``key_hex`` None means it had no ``.ocsp`` at load time."""
-        self.certs[crt] = Cert(crt, key_hex, der)
+    def register(
+        self, crt: str, key_hex: str | None, der: bytes | None = None, *, commit_key: str = ""
+    ) -> None:
+        """
+        Serve ``crt``; ``key_hex`` None means it had no ``.ocsp`` at load time.
+
+        ``commit_key`` is the key a later commit of ``<crt>.ocsp`` registers
+        (HAProxy computes it from the certificate and its issuer).
+        """
+        self.certs[crt] = Cert(crt, key_hex, der, commit_key or None)
 
     async def __aenter__(self) -> Self:
         self._server = await asyncio.start_unix_server(self._handle, path=str(self.path))
@@ -151,17 +175,45 @@ class FakeHAProxy:
                     return "OCSP Response updated!\n"
             return PITFALL
         if line.startswith("set ssl cert ") and words[3].endswith(".ocsp"):
-            crt = words[3].removesuffix(".ocsp")
-            self.certs.setdefault(crt, Cert(crt, None)).der = base64.b64decode(payload or "")
-            return f"Transaction created for certificate {crt}!\n"
-        if line.startswith("commit ssl cert "):
-            return f"Committing {words[3]}.\nSuccess!\n"
+            return self._set_cert(words[3].removesuffix(".ocsp"), payload)
+        if line.startswith(("commit ssl cert ", "abort ssl cert ")):
+            return self._end_transaction(words[0], words[3])
         if line.startswith("show ssl ocsp-response "):
             for cert in self.certs.values():
                 if cert.key_hex == words[3].lower() and cert.der:
                     return _dump(cert.der)
             return "Certificate ID does not match any certificate.\n"
         return "Unknown command.\n"
+
+    def _set_cert(self, crt: str, payload: str | None) -> str:
+        txn = self.transaction
+        if txn is not None and txn.crt != crt and not self.merge_transactions:
+            return (
+                f"The ongoing transaction is about '{txn.crt}' but you are trying to set "
+                f"'{crt}'\nCan't update {crt}.ocsp!\n"
+            )
+        verb = "created" if txn is None else "updated"
+        if txn is None:
+            txn = self.transaction = Transaction(crt)
+        txn.der = base64.b64decode(payload or "")
+        return f"Transaction {verb} for certificate {txn.crt}!\n"
+
+    def _end_transaction(self, verb: str, crt: str) -> str:
+        txn = self.transaction
+        if txn is None:
+            return "No ongoing transaction!\n"
+        if txn.crt != crt:
+            return f"The ongoing transaction is about '{txn.crt}' but you want to {verb} '{crt}'\n"
+        if verb == "abort":
+            self.transaction = None
+            return f"Transaction aborted for certificate '{crt}'!\n"
+        if crt in self.fail_commit:
+            return f"Committing {crt}.\nFailed!\n"  # and the transaction stays open
+        self.transaction = None
+        cert = self.certs.setdefault(crt, Cert(crt, None))
+        cert.key_hex = cert.key_hex or cert.commit_key
+        cert.der = txn.der
+        return f"Committing {crt}.\nSuccess!\n"
 
 
 async def _read_command(reader: asyncio.StreamReader) -> tuple[str, str | None, int] | None:

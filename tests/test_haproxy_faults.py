@@ -331,3 +331,107 @@ def _unescaped_semicolons(data: bytes) -> int:
         elif byte == ord(";"):
             count += 1
     return count
+
+
+# -- one certificate's problem stays its own; long batches are not a timeout ---------------
+
+BAD = "/etc/haproxy/certs/bad\tname.pem"  # a tab: refused before sending (it would split)
+
+
+def bare(sock_dir: Path, pki, leaf, crts: tuple[str, ...], **kwargs) -> FakeHAProxy:
+    """A fake serving ``crts`` with no OCSP entry (the pitfall): only a commit staples them."""
+    hap = FakeHAProxy(sock_dir / "admin.sock", **kwargs)
+    for crt in crts:
+        hap.register(crt, None, commit_key=cert_id(leaf.cert, pki.intermediate.cert).hex())
+    return hap
+
+
+async def test_bad_name_fails_alone_on_fast_path(pki, leaf, sock_dir):
+    """A name with a control character fails its own item; the good one in the batch is updated."""
+    async with fake(sock_dir, pki, leaf) as hap:
+        bad, good = await deploy(str(hap.path), [item(pki, leaf, BAD), item(pki, leaf)])
+    assert (bad.ok, good.ok, good.method, good.error) == (False, True, "update", None)
+    assert "control character" in (bad.error or "")
+    assert not any("bad" in command for command in hap.commands)
+
+
+async def test_bad_name_fails_alone_on_commit_path(pki, leaf, sock_dir):
+    """The same on the transaction path: the good certificate is committed and read back."""
+    async with bare(sock_dir, pki, leaf, (CRT,)) as hap:
+        good, bad = await deploy(str(hap.path), [item(pki, leaf), item(pki, leaf, BAD)])
+    assert (good.ok, good.method, good.error) == (True, "commit", None)
+    assert not bad.ok
+    assert "control character" in (bad.error or "")
+    assert hap.transaction is None
+
+
+async def test_transactions_follow_each_other(pki, leaf, sock_dir):
+    """
+    Each certificate's commit (and an abort) comes before the next one's ``set ssl cert``.
+
+    HAProxy holds one transaction at a time, so this order is what lets the
+    writes be pipelined.
+    """
+    async with bare(sock_dir, pki, leaf, (CRT, OTHER)) as hap:
+        outcomes = await deploy(str(hap.path), [item(pki, leaf), item(pki, leaf, OTHER)])
+    assert [(o.ok, o.method) for o in outcomes] == [(True, "commit"), (True, "commit")]
+    txn = [c for c in hap.commands if c.startswith(("set ssl cert", "commit", "abort"))]
+    assert txn == [
+        f"set ssl cert {CRT}.ocsp",
+        f"commit ssl cert {CRT}",
+        f"abort ssl cert {CRT}",
+        f"set ssl cert {OTHER}.ocsp",
+        f"commit ssl cert {OTHER}",
+        f"abort ssl cert {OTHER}",
+    ]
+
+
+async def test_failed_commit_does_not_block_the_next(pki, leaf, sock_dir):
+    """
+    A commit that fails and leaves its transaction open is aborted before the next certificate.
+
+    Without that, the next ``set ssl cert`` would be refused (2.8) or filed
+    into the failed certificate's transaction (2.6).
+    """
+    async with bare(sock_dir, pki, leaf, (CRT, OTHER), fail_commit={CRT}) as hap:
+        failed, ok = await deploy(str(hap.path), [item(pki, leaf), item(pki, leaf, OTHER)])
+    assert (failed.ok, failed.method) == (False, "commit")
+    assert "Failed!" in (failed.error or "")
+    assert (ok.ok, ok.method, ok.error) == (True, "commit", None)
+    assert hap.transaction is None
+
+
+@pytest.mark.parametrize("merge", [False, True], ids=["2.8-refuses", "2.6-merges"])
+async def test_foreign_transaction_is_not_committed(pki, leaf, sock_dir, merge):
+    """
+    Someone's open transaction on another certificate: our item fails and theirs is left alone.
+
+    2.8 refuses our ``set ssl cert``; 2.6 files it into their transaction
+    ("Transaction updated for certificate <theirs>!"), which must not count as
+    accepted for ours: no commit is sent, and their transaction stays open.
+    """
+    async with bare(sock_dir, pki, leaf, (CRT,), merge_transactions=merge) as hap:
+        hap.register(OTHER, None)
+        hap.answer(f"set ssl cert {OTHER}.ocsp", "MAA=")  # someone else's, still open
+        [outcome] = await deploy(str(hap.path), [item(pki, leaf)])
+    assert (outcome.ok, outcome.method) == (False, "commit")
+    assert OTHER in (outcome.error or "")
+    assert f"commit ssl cert {CRT}" not in hap.commands
+    assert hap.transaction is not None
+    assert hap.transaction.crt == OTHER
+
+
+async def test_timeout_is_per_wait_not_per_batch(pki, leaf, sock_dir):
+    """
+    A batch longer than ``timeout`` still succeeds while every reply comes in time.
+
+    Each reply takes 0.1 s and the timeout is 0.3 s; the whole deploy takes
+    longer than that (a one-budget timeout would fail every row).
+    """
+    items = [item(pki, leaf), item(pki, leaf, OTHER)]
+    async with fake(sock_dir, pki, leaf, fault="slow", delay=0.1) as hap:
+        started = time.monotonic()
+        outcomes = await deploy(str(hap.path), items, timeout=0.3)
+        elapsed = time.monotonic() - started
+    assert [o.error for o in outcomes] == [None, None]
+    assert elapsed > 0.3
