@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import socket
+import time
 
 import pytest
 from cryptography.x509 import ocsp
@@ -263,3 +265,84 @@ def test_every_socket_error_is_mapped(exc, problem):
     assert isinstance(error, HAProxyUnreachable)
     assert str(error).startswith("haproxy /run/haproxy.sock: ")
     assert problem in str(error)
+
+
+async def test_bad_name_fails_alone(pki, crt_dir, start_haproxy):
+    """A name that cannot be sent (a tab) fails alone; the other unregistered cert is stapled."""
+    leaf = pki.leaf("good.test")
+    crt = pki.write(crt_dir, "good.pem", leaf)
+    hap = start_haproxy()
+    good = _item(pki, leaf, crt)
+    bad = DeployItem(
+        f"{crt_dir}/bad\tname.pem", good.der, good.cert_id, None, good.this_update, good.next_update
+    )
+
+    bad_out, good_out = await deploy(str(hap.socket), [bad, good])
+
+    assert not bad_out.ok
+    assert "control character" in bad_out.error
+    assert (good_out.ok, good_out.method, good_out.error) == (True, "commit", None)
+    _assert_stapled(hap, "good.test", good)
+
+
+async def test_foreign_open_transaction_is_left_alone(pki, crt_dir, start_haproxy):
+    """
+    Another client's open transaction: our commit fails naming it, theirs stays open.
+
+    HAProxy holds one transaction at a time. 2.8 refuses our ``set ssl cert``;
+    2.6 answers "Transaction updated for certificate <theirs>!" (it files our
+    .ocsp into their transaction), which deploy must not take as accepted.
+    """
+    ours, theirs = pki.leaf("ours.test"), pki.leaf("theirs.test")
+    crt, other = pki.write(crt_dir, "ours.pem", ours), pki.write(crt_dir, "theirs.pem", theirs)
+    hap = start_haproxy()
+    b64 = base64.b64encode(pki.response(theirs.cert)).decode()
+    assert "Transaction created" in hap.command(f"set ssl cert {other}.ocsp <<\n{b64}\n")
+    item = _item(pki, ours, crt)
+
+    [outcome] = await deploy(str(hap.socket), [item])
+
+    assert (outcome.ok, outcome.method) == (False, "commit")
+    assert str(other) in outcome.error
+    assert f"*{other}" in hap.command("show ssl cert").splitlines()[1]
+    assert "no response sent" in haproxy_proc.staple(hap.port, "ours.test")
+    assert "Transaction aborted" in hap.command(f"abort ssl cert {other}")
+
+
+async def test_thousands_of_unregistered_certs_within_a_short_idle_timeout(
+    pki, crt_dir, start_haproxy
+):
+    """
+    2,000 certificates without .ocsp (a first run): all committed, though it takes > timeout.
+
+    The timeout bounds each wait for HAProxy, not the socket's whole batch
+    (about 1 s for 2,000 commits here), so a large first run cannot fail
+    every row half-way.
+    """
+    count = 2000
+    items = []
+    for n in range(count):
+        leaf = pki.leaf(f"m{n}.test")
+        der = pki.response(leaf.cert, signer="issuer")
+        resp = ocsp.load_der_ocsp_response(der)
+        items.append(
+            DeployItem(
+                str(pki.write(crt_dir, f"m{n}.pem", leaf)),
+                der,
+                cert_id(leaf.cert, pki.intermediate.cert),
+                None,
+                resp.this_update_utc,
+                resp.next_update_utc,
+            )
+        )
+    hap = start_haproxy()
+    started = time.monotonic()
+
+    outcomes = await deploy(str(hap.socket), items, timeout=0.5)
+
+    elapsed = time.monotonic() - started
+    assert [o.error for o in outcomes if not o.ok] == []
+    assert {o.method for o in outcomes} == {"commit"}
+    assert elapsed > 0.5  # longer than the timeout, and still no HAProxyUnreachable
+    for n in (0, count - 1):
+        _assert_stapled(hap, f"m{n}.test", items[n])
