@@ -46,9 +46,9 @@ def test_demo_with_haproxy_staples_and_cleans_up(haproxy_binary):
     assert result.exit_code == 0, result.output
     assert took < DEMO_SECONDS
     out = result.output
-    assert "[4] verify before: FAILED: no OCSP staple" in out
-    assert "[5] fetch: demo.pem good, deployed (commit)" in out
-    assert "[6] verify after: stapled, good, 23h " in out
+    assert "[5] verify before: FAILED: no OCSP staple" in out
+    assert "[6] fetch: demo.pem good, deployed (commit)" in out
+    assert "[7] verify after: stapled, good, 23h " in out
     assert "\x1b[" not in out
     port = int(re.search(r"on 127\.0\.0\.1:(\d+), admin socket", out).group(1))
     assert _port_closed(port)
