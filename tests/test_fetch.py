@@ -445,6 +445,48 @@ async def test_no_proxy_env(monkeypatch, fault_responder, request_der, good_der)
     assert proxy.request_lines == []
 
 
+async def test_proxy_env_change_seen_by_a_live_fetcher(
+    monkeypatch, fault_responder, request_der, good_der
+):
+    """A proxy set after a direct request is used by the same Fetcher's next one (daemon reload)."""
+    url = fault_responder.on("ok", Serve(b"direct"))
+    monkeypatch.delenv("HTTP_PROXY", raising=False)
+    monkeypatch.delenv("http_proxy", raising=False)
+    async with RecordingProxy(good_der) as proxy, Fetcher(FAST) as fetcher:
+        first = await fetcher.ocsp(url, request_der)
+        monkeypatch.setenv("HTTP_PROXY", proxy.url)
+        second = await fetcher.ocsp(url, request_der)
+
+    assert (first.der, second.der) == (b"direct", good_der)
+    assert len(proxy.request_lines) == 1
+
+
+async def test_netrc_credentials_sent(monkeypatch, tmp_path, request_der):
+    """NETRC (~/.netrc) credentials for the responder's host are sent, as with trust_env."""
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login ocsp password s3cret\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    heads: list[bytes] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        heads.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/ocsp-response\r\n"
+            b"Content-Length: 2\r\nConnection: close\r\n\r\nok"
+        )
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    async with server:
+        port = server.sockets[0].getsockname()[1]
+        reply = await _fetch(f"http://127.0.0.1:{port}/", request_der)
+
+    assert reply.der == b"ok"
+    assert b"\r\nAuthorization: Basic b2NzcDpzM2NyZXQ=\r\n" in heads[0]
+
+
 # --- the error mapping, type by type --------------------------------------------------------
 
 _KEY = types.SimpleNamespace(host="ocsp.example.test", port=80, ssl=False)
