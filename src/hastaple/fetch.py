@@ -264,14 +264,26 @@ class _Routes:
         return route
 
 
+# Every variable the lookups below read for an http(s) URL (urllib's getproxies
+# and proxy_bypass, aiohttp's netrc_from_env): a fixed list, because iterating
+# os.environ on every request costs more than the request's own Python.
+_ENV_NAMES = (
+    "http_proxy",
+    "HTTP_PROXY",
+    "https_proxy",
+    "HTTPS_PROXY",
+    "no_proxy",
+    "NO_PROXY",
+    "REQUEST_METHOD",  # a CGI environment: urllib then ignores HTTP_PROXY
+    "NETRC",
+    "HOME",
+)
+
+
 def _environment_key() -> tuple[object, ...]:
     """What the proxy and netrc lookups read: their variables and the netrc file's identity."""
-    env = tuple(
-        (k, v)
-        for k, v in os.environ.items()
-        if k[-6:].lower() == "_proxy" or k in {"NETRC", "HOME", "REQUEST_METHOD"}
-    )
-    netrc = os.environ.get("NETRC") or os.path.expanduser("~/.netrc")  # noqa: PTH111
+    env = tuple(map(os.environ.get, _ENV_NAMES))
+    netrc = env[-2] or os.path.join(env[-1] or os.path.expanduser("~"), ".netrc")  # noqa: PTH111, PTH118
     try:
         st = os.stat(netrc)  # noqa: PTH116 - a bare stat, no Path needed
     except OSError:
