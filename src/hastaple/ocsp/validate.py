@@ -33,11 +33,13 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+from dataclasses import dataclass, field
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import ExtendedKeyUsageOID, SignatureAlgorithmOID
 
@@ -132,14 +134,12 @@ def _our_single_response(
 ) -> ocsp.OCSPSingleResponse:
     """Find the SingleResponse whose CertID is the SHA-1 CertID of ``cert``."""
     singles = list(resp.responses)
-    issuer_name, key_bits = issuer.subject.public_bytes(), _public_key_bits(issuer)
     for single in singles:
-        alg = single.hash_algorithm
         if single.serial_number != cert.serial_number:
             continue
-        if single.issuer_name_hash != _digest(alg, issuer_name):
-            continue
-        if single.issuer_key_hash != _digest(alg, key_bits):
+        alg = single.hash_algorithm
+        name_hash, key_hash = _issuer_hashes(issuer, _HashKey(alg.name, alg.digest_size, alg))
+        if single.issuer_name_hash != name_hash or single.issuer_key_hash != key_hash:
             continue
         if not isinstance(alg, hashes.SHA1):
             raise InvalidResponse(
@@ -169,7 +169,7 @@ def _signer(
 ) -> tuple[x509.Certificate, str]:
     """Return the authorised certificate that signed ``resp`` (RFC 6960 §4.2.2.2)."""
     if _responder_is(resp, issuer):
-        return issuer, f"issuer {issuer.subject.rfc4514_string()}"
+        return issuer, f"issuer {_who(issuer)}"
     candidates = [c for c in resp.certificates if _responder_is(resp, c)]
     if not candidates:
         raise InvalidResponse(
@@ -185,19 +185,38 @@ def _signer(
         except InvalidResponse as exc:
             problems.append(exc)
             continue
-        return delegate, f"delegated responder {delegate.subject.rfc4514_string()}"
+        return delegate, f"delegated responder {_who(delegate)}"
     raise problems[0]
 
 
 def _check_delegate(delegate: x509.Certificate, issuer: x509.Certificate, now: dt.datetime) -> None:
     """RFC 6960 §4.2.2.2: issued by the issuer, id-kp-OCSPSigning, valid now."""
-    who = delegate.subject.rfc4514_string()
+    _check_authorised(delegate, issuer)
+    if not delegate.not_valid_before_utc <= now <= delegate.not_valid_after_utc:
+        raise InvalidResponse(
+            f"response is signed by the responder certificate {_who(delegate)}, which is not "
+            f"valid at {_fmt(now)} (valid {_fmt(delegate.not_valid_before_utc)} to "
+            f"{_fmt(delegate.not_valid_after_utc)})"
+        )
+
+
+@functools.lru_cache(maxsize=64)
+def _check_authorised(delegate: x509.Certificate, issuer: x509.Certificate) -> None:
+    """
+    Raise unless ``issuer``'s key signed ``delegate`` and it has id-kp-OCSPSigning.
+
+    Success is remembered: a CA's delegated responder signs every response it
+    makes, so a batch of 10,000 staples would check the same certificate
+    against the same issuer 10,000 times. Certificates hash and compare by
+    their DER, so a hit is the very same pair; a failure raises and is never
+    cached. The validity period depends on ``now`` and is checked every time.
+    """
     try:
-        _issued_by(delegate, issuer)
+        delegate.verify_directly_issued_by(issuer)
     except (ValueError, TypeError, InvalidSignature) as exc:
         raise InvalidResponse(
-            f"response is signed by {who}, which was not issued by the certificate's "
-            "issuer, so it is not authorised to answer for it"
+            f"response is signed by {_who(delegate)}, which was not issued by the "
+            "certificate's issuer, so it is not authorised to answer for it"
         ) from exc
     try:
         eku = delegate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
@@ -205,21 +224,15 @@ def _check_delegate(delegate: x509.Certificate, issuer: x509.Certificate, now: d
         eku = x509.ExtendedKeyUsage([])
     if ExtendedKeyUsageOID.OCSP_SIGNING not in eku:
         raise InvalidResponse(
-            f"response is signed by {who}, which lacks the OCSP Signing extended key "
-            "usage, so it is not authorised to sign OCSP responses"
-        )
-    if not delegate.not_valid_before_utc <= now <= delegate.not_valid_after_utc:
-        raise InvalidResponse(
-            f"response is signed by the responder certificate {who}, which is not valid "
-            f"at {_fmt(now)} (valid {_fmt(delegate.not_valid_before_utc)} to "
-            f"{_fmt(delegate.not_valid_after_utc)})"
+            f"response is signed by {_who(delegate)}, which lacks the OCSP Signing extended "
+            "key usage, so it is not authorised to sign OCSP responses"
         )
 
 
 def _responder_is(resp: ocsp.OCSPResponse, cert: x509.Certificate) -> bool:
     """Whether the ResponderID (by name or by SHA-1 key hash) designates ``cert``."""
     if resp.responder_key_hash is not None:
-        return resp.responder_key_hash == _digest(hashes.SHA1(), _public_key_bits(cert))  # noqa: S303
+        return resp.responder_key_hash == _key_sha1(cert)
     return resp.responder_name == cert.subject
 
 
@@ -228,7 +241,7 @@ def _check_signature(resp: ocsp.OCSPResponse, signer: x509.Certificate) -> None:
         # cryptography does not expose an OCSP response's PSS parameters; say so
         # rather than call a genuine signature forged.
         raise InvalidResponse("response is signed with RSASSA-PSS, which hastaple cannot verify")
-    key = signer.public_key()
+    key = _public_key(signer)
     data, signature, alg = resp.tbs_response_bytes, resp.signature, resp.signature_hash_algorithm
     try:
         if isinstance(key, rsa.RSAPublicKey) and alg is not None:
@@ -273,17 +286,44 @@ def _check_times(
     return this_update, next_update
 
 
-@functools.lru_cache(maxsize=64)
-def _issued_by(delegate: x509.Certificate, issuer: x509.Certificate) -> None:
-    """
-    Raise unless ``issuer``'s key signed ``delegate``; success is remembered.
+@dataclass(frozen=True, slots=True)
+class _HashKey:
+    """A hash algorithm as a cache key: its name and size, not the object's identity."""
 
-    A CA's delegated responder signs every response it makes, so a batch of
-    10,000 staples would verify the same certificate against the same issuer
-    10,000 times. Certificates hash and compare by their DER, so a hit is the
-    very same pair; a failure raises and is never cached.
-    """
-    delegate.verify_directly_issued_by(issuer)
+    name: str
+    digest_size: int
+    algorithm: hashes.HashAlgorithm = field(compare=False, hash=False)
+
+
+# Per-certificate facts, the same for every response an issuer or a delegated
+# responder is part of: computed once per certificate (DER equality), not once
+# per response. Nothing here depends on the response being checked.
+
+
+@functools.lru_cache(maxsize=64)
+def _issuer_hashes(issuer: x509.Certificate, alg: _HashKey) -> tuple[bytes, bytes]:
+    """The issuerNameHash and issuerKeyHash a CertID for a certificate of ``issuer`` holds."""
+    return _digest(alg.algorithm, issuer.subject.public_bytes()), _digest(
+        alg.algorithm, _public_key_bits(issuer)
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _key_sha1(cert: x509.Certificate) -> bytes:
+    """The SHA-1 of the subjectPublicKey bits: a ResponderID byKey (RFC 6960 §4.2.1)."""
+    return _digest(hashes.SHA1(), _public_key_bits(cert))  # noqa: S303 - RFC 6960 says SHA-1
+
+
+@functools.lru_cache(maxsize=64)
+def _public_key(cert: x509.Certificate) -> CertificatePublicKeyTypes:
+    """The certificate's key object (loading it costs about a third of an ECDSA verify)."""
+    return cert.public_key()
+
+
+@functools.lru_cache(maxsize=64)
+def _who(cert: x509.Certificate) -> str:
+    """The certificate's subject as a person reads it, for reasons and the verdict."""
+    return cert.subject.rfc4514_string()
 
 
 @functools.lru_cache(maxsize=64)
