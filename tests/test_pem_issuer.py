@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import pytest
-from cryptography.hazmat.primitives import serialization
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import pkcs7
 
 from hastaple import issuer, pem
@@ -47,6 +51,65 @@ def test_choose_needs_the_signing_key(pki):
     assert impostor.cert.subject == pki.intermediate.cert.subject
     assert issuer.choose(leaf.cert, [impostor.cert]) is None
     assert issuer.choose(leaf.cert, [impostor.cert, pki.intermediate.cert]) == pki.intermediate.cert
+
+
+def _same_name_other_key(ca, *, key_cert_sign=True):
+    """A CA certificate with ``ca``'s subject, no SKI and a key that signed nothing here."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    start = dt.datetime.now(dt.UTC) - dt.timedelta(days=1)
+    usage = x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=key_cert_sign,
+        crl_sign=True,
+        encipher_only=False,
+        decipher_only=False,
+    )
+    return (
+        x509.CertificateBuilder()
+        .subject_name(ca.subject)
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(start + dt.timedelta(days=30))
+        .add_extension(usage, critical=True)
+        .sign(key, hashes.SHA256())
+    )
+
+
+def test_choose_local_is_haproxys_rule(pki):
+    """Local files: the one chain certificate X509_check_issued accepts wins, as in HAProxy."""
+    leaf = pki.leaf()
+    look_alike = _same_name_other_key(pki.intermediate.cert)
+    assert issuer.choose_local(leaf.cert, [pki.root.cert, pki.intermediate.cert]) == (
+        pki.intermediate.cert
+    )
+    # HAProxy checks no signature: a lone look-alike is what it computes the CertID with.
+    assert issuer.choose_local(leaf.cert, [look_alike]) == look_alike
+    assert issuer.choose(leaf.cert, [look_alike]) is None
+
+
+def test_choose_local_several_matches_the_key_decides(pki):
+    """When more than one candidate passes HAProxy's rule, only the leaf's signature decides."""
+    leaf = pki.leaf()
+    look_alike = _same_name_other_key(pki.intermediate.cert)
+    found = issuer.choose_local(leaf.cert, [look_alike, pki.intermediate.cert])
+    assert found == pki.intermediate.cert
+    assert issuer.choose_local(leaf.cert, [look_alike, look_alike]) is None
+
+
+def test_choose_local_refuses_what_x509_check_issued_refuses(pki):
+    """An SKI other than the leaf's AKI keyid, or no keyCertSign, makes no issuer."""
+    leaf = pki.leaf()
+    impostor = make_ca(pki.intermediate.cert.subject.rfc4514_string().split("=", 1)[1], pki.root)
+    no_cert_sign = _same_name_other_key(pki.intermediate.cert, key_cert_sign=False)
+    assert issuer.choose_local(leaf.cert, [impostor.cert]) is None
+    assert issuer.choose_local(leaf.cert, [no_cert_sign]) is None
+    assert issuer.choose_local(leaf.cert, [pki.root.cert]) is None
 
 
 @pytest.mark.parametrize("form", ["der", "pem", "pkcs7-der", "pkcs7-pem"])

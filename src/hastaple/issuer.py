@@ -11,26 +11,94 @@ Everything here is pure; the pipeline reads files and downloads.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TypeVar
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509.oid import AuthorityInformationAccessOID
 
+_E = TypeVar("_E", bound=x509.ExtensionType)
+
 
 def choose(
     leaf: x509.Certificate, candidates: Iterable[x509.Certificate]
 ) -> x509.Certificate | None:
-    """Return the candidate whose subject is the leaf's issuer and whose key signed it."""
+    """
+    Return the candidate whose subject is the leaf's issuer and whose key signed it.
+
+    For certificates from the network (AIA caIssuers over plain http): the
+    issuer is what responses are checked against, so only the signature on
+    the leaf may decide, never a name an attacker can copy.
+    """
     for cand in candidates:
-        if cand.subject != leaf.issuer:
+        if not _same_name(cand.subject, leaf.issuer):
             continue
-        try:
-            leaf.verify_directly_issued_by(cand)
-        except (ValueError, TypeError, InvalidSignature):
-            continue
-        return cand
+        if _signed(leaf, cand):
+            return cand
     return None
+
+
+def choose_local(
+    leaf: x509.Certificate, candidates: Iterable[x509.Certificate]
+) -> x509.Certificate | None:
+    """
+    The issuer among the operator's own files (PEM chain, ``<crt>.issuer``), as HAProxy picks it.
+
+    HAProxy takes the first chain certificate that ``X509_check_issued`` the
+    leaf (HAPROXY.md §3a): subject = the leaf's issuer name, AKI keyid (and
+    issuer serial) = its SKI, keyCertSign if it has a key usage; no signature.
+    We apply that rule, so the CertID we ask for and push is the one HAProxy
+    computes for the file. The signature check (an ECDSA verify per
+    certificate, a tenth of a millisecond: as much as validating the response)
+    is kept when more than one candidate passes, where only the key can tell
+    which one issued the leaf. These files are local configuration, trusted
+    exactly as HAProxy trusts them; certificates from the network go
+    through ``choose``.
+    """
+    matches = [c for c in candidates if _check_issued(c, leaf)]
+    if len(matches) == 1:
+        return matches[0]
+    return next((c for c in matches if _signed(leaf, c)), None)
+
+
+def _check_issued(cand: x509.Certificate, leaf: x509.Certificate) -> bool:
+    """OpenSSL's X509_check_issued(cand, leaf) without its proxy-certificate cases."""
+    if not _same_name(cand.subject, leaf.issuer):
+        return False
+    aki = _extension(leaf, x509.AuthorityKeyIdentifier)
+    if aki is not None:
+        if aki.key_identifier is not None:
+            ski = _extension(cand, x509.SubjectKeyIdentifier)
+            if ski is not None and ski.digest != aki.key_identifier:
+                return False
+        if (
+            aki.authority_cert_serial_number is not None
+            and aki.authority_cert_serial_number != cand.serial_number
+        ):
+            return False
+    usage = _extension(cand, x509.KeyUsage)
+    return usage is None or usage.key_cert_sign
+
+
+def _same_name(a: x509.Name, b: x509.Name) -> bool:
+    """Name equality, the identical-DER case first (four times cheaper than ``==``)."""
+    return a.public_bytes() == b.public_bytes() or a == b
+
+
+def _extension(cert: x509.Certificate, kind: type[_E]) -> _E | None:
+    try:
+        return cert.extensions.get_extension_for_class(kind).value
+    except x509.ExtensionNotFound:
+        return None
+
+
+def _signed(leaf: x509.Certificate, cand: x509.Certificate) -> bool:
+    try:
+        leaf.verify_directly_issued_by(cand)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
 
 
 def parse_certificates(data: bytes) -> list[x509.Certificate]:

@@ -396,13 +396,13 @@ def local_issuer(path: Path, bundle: pem.Bundle) -> tuple[x509.Certificate, byte
     Raises:
         CertificateError: ``<crt>.issuer`` exists but holds another certificate.
     """
-    in_chain = issuers.choose(bundle.leaf, bundle.chain)
+    in_chain = issuers.choose_local(bundle.leaf, bundle.chain)
     if in_chain is not None:
         return in_chain, None
     issuer_file = store.issuer_path(path)
     if not issuer_file.exists():
         return None
-    found = issuers.choose(bundle.leaf, issuers.parse_certificates(pem.read(issuer_file)))
+    found = issuers.choose_local(bundle.leaf, issuers.parse_certificates(pem.read(issuer_file)))
     if found is None:
         raise CertificateError(issuer_file, f"does not hold the issuer of {path.name}")
     return found, found.public_bytes(serialization.Encoding.PEM)
