@@ -330,7 +330,9 @@ async def _fetch(
     """Ask the CA, validate, and store the answer if it is better than ``current``."""
     name, url, path = str(cert.path), cert.url, cert.path
     staple_path = store.staple_path(path)
-    reply = await fetcher.ocsp(url, request.build(cert.leaf, cert.issuer))
+    req = request.build(cert.leaf, cert.issuer)
+    cert_id = request.cert_id_of(req)  # one request built per certificate, not two
+    reply = await fetcher.ocsp(url, req)
     verdict = validate(
         reply.der, cert=cert.leaf, issuer=cert.issuer, now=now, margin=options.margin
     )
@@ -347,11 +349,11 @@ async def _fetch(
     ):
         # A cache in front of the responder served an older answer, or one that
         # expires sooner than ours: never replace a staple with a worse one.
-        staple = _staple(cert, *current)
+        staple = _staple(cert, *current, cert_id=cert_id)
         return _Prepared(_row(name, url, current[1], Action.FRESH), staple, **hints)
     if cert.issuer_pem is not None and not _haproxy_can_find_issuer(path):
         return _Prepared(_row(name, url, verdict, Action.FAILED, _no_issuer_on_disk(path)))
-    staple = _staple(cert, reply.der, verdict)
+    staple = _staple(cert, reply.der, verdict, cert_id=cert_id)
     if not options.dry_run:
         await ctx.writer.write(staple_path, reply.der, owner_of=path)
         _remember(ctx, cert, staple, index.fingerprint(staple_path))
@@ -468,8 +470,8 @@ def _current_staple(
     return (der, verdict) if verdict.status is Status.GOOD else None
 
 
-def _staple(cert: _Cert, der: bytes, verdict: Verdict) -> Staple:
-    cert_id = request.cert_id(cert.leaf, cert.issuer)
+def _staple(cert: _Cert, der: bytes, verdict: Verdict, *, cert_id: bytes | None = None) -> Staple:
+    cert_id = cert_id or request.cert_id(cert.leaf, cert.issuer)
     items = tuple(
         DeployItem(
             crt=name,
