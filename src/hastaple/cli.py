@@ -23,9 +23,8 @@ from cryptography import x509
 from rich.console import Console
 from rich.progress import Progress
 
-from hastaple import __version__, config, discover, pem, render, service, state
+from hastaple import __version__, config, discover, pem, render
 from hastaple import issuer as issuers
-from hastaple import status as status_view
 from hastaple.errors import HastapleError, InvalidResponse
 from hastaple.fetch import Fetcher, Limits
 from hastaple.haproxy.protocol import parse_address
@@ -387,6 +386,8 @@ def run_daemon(ctx: click.Context, /, config_file: Path | None, **flags: object)
     def load() -> config.Config:
         return config.load(config_file, os.environ, flags)
 
+    from hastaple import service  # noqa: PLC0415 - the daemon's stack only for `run`
+
     with _errors(ctx):
         load()  # a bad configuration exits 2 before anything starts
         code = service.run(load)
@@ -402,6 +403,9 @@ def status(
     ctx: click.Context, config_file: Path | None, state_dir: Path | None, as_json: bool
 ) -> None:
     """One row per certificate, from the daemon's state; asks no CA and no HAProxy."""
+    from hastaple import state  # noqa: PLC0415 - sqlite and the views only for `status`
+    from hastaple import status as status_view  # noqa: PLC0415
+
     with _errors(ctx):
         if state_dir is None and config_file is not None:
             state_dir = config.load(config_file, os.environ).state_dir
