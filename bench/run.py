@@ -525,7 +525,7 @@ def _proc_cpu(pid: int) -> float:
 
 
 def _kb_to_mb(text: str) -> float:
-    return int(text.split()[0]) / 1024
+    return int(text.split(maxsplit=1)[0]) / 1024
 
 
 def _staples_in_state(db: Path, *, pushed: bool) -> int:
@@ -542,7 +542,7 @@ def _staples_in_state(db: Path, *, pushed: bool) -> int:
         return 0
 
 
-def daemon_phase(  # noqa: PLR0913, PLR0917 - one call site
+def daemon_phase(  # noqa: PLR0917 - one call site
     crt_dir: Path,
     state: Path,
     responder: Responder,
