@@ -35,7 +35,7 @@ defaults
     timeout connect 5s
 
 frontend tls
-    bind 127.0.0.1:{port} ssl crt {crt} strict-sni
+    bind 127.0.0.1:{port} ssl {certs} strict-sni
     http-request return status 200
 """
 
@@ -119,7 +119,13 @@ def cli(sock: Path | str, line: str, timeout: float = 5.0) -> str:
 
 
 def start(
-    binary: str, workdir: Path, crt_dir: Path, *, global_extra: str = "", master: bool = False
+    binary: str,
+    workdir: Path,
+    crt_dir: Path,
+    *,
+    global_extra: str = "",
+    master: bool = False,
+    crt_list: Path | None = None,
 ) -> HAProxy:
     """
     Start HAProxy serving every certificate in ``crt_dir``; wait until the socket answers.
@@ -133,7 +139,8 @@ def start(
     for _ in range(3):
         port = free_port()
         cfg = workdir / "haproxy.cfg"
-        cfg.write_text(_CONFIG.format(sock=sock, port=port, crt=crt_dir, global_extra=global_extra))
+        certs = f"crt-list {crt_list}" if crt_list else f"crt {crt_dir}"
+        cfg.write_text(_CONFIG.format(sock=sock, port=port, certs=certs, global_extra=global_extra))
         log = (workdir / "haproxy.log").open("wb")
         proc = subprocess.Popen(
             [binary, "-db", *extra_args, "-f", str(cfg)],
