@@ -349,3 +349,24 @@ def test_command_over_bufsize_is_refused_before_sending(payload):
     with pytest.raises(HAProxyCommandFailed, match=r"not sent.*tune\.bufsize") as info:
         p.set_ocsp_response(b"x" * 12329, payload=payload).encode(address)
     assert info.value.socket == SOCK
+
+
+@pytest.mark.parametrize(
+    ("version", "expected"),
+    [("2.8.25-5cf5d0683", True), ("3.0.1", True), ("2.6.12-1+deb12u4", False), ("2.7.0", False),
+     ("", False)],
+)  # fmt: skip
+def test_shows_der_from_version(version, expected):
+    """Only 2.8 and later get the base64 read-back; 2.6 does not know it, 2.7 was not measured."""
+    assert p.shows_der(version) is expected
+
+
+def test_parse_ocsp_response_der():
+    """The base64 read-back decodes to the exact bytes; 2.6's refusal text is a failure."""
+    cmd = p.show_ocsp_response_der("30aa")
+    assert cmd.line == "show ssl ocsp-response base64 30aa"
+    assert p.parse_ocsp_response_der("s", cmd, p.Reply("MIIB\n")) == b"0\x82\x01"
+    with pytest.raises(HAProxyCommandFailed, match="does not match"):
+        p.parse_ocsp_response_der(
+            "s", cmd, p.Reply("Certificate ID does not match any certificate.")
+        )

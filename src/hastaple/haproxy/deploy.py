@@ -7,21 +7,28 @@ ocsp-response``. Not registered (no ``.ocsp`` when HAProxy loaded it, the
 pitfall): ``set ssl cert <crt>.ocsp <<`` (+ ``.issuer`` for a chainless PEM)
 and ``commit ssl cert`` in one transaction, committed only when every part was
 accepted. Then, because neither "updated" nor "Success!" proves a staple
-(§0.5, §5.3), read back ``show ssl ocsp-response <key>`` and compare.
+(§0.5, §5.3), read back ``show ssl cert`` (the OCSP key must still be ours)
+and the served response: on 2.8 ``show ssl ocsp-response base64 <key>``,
+compared byte for byte; on older versions (``show info``'s Version) the text
+dump, compared on status and times.
 
-All of a socket's commands share one connection, pipelined: the ``show``
-batch, the fast-path batch, the read-back batch, and the transactions one
-certificate after the other (HAProxy holds only one at a time), each write
-closing one and opening the next. One certificate's failure, a name that
+All of a socket's commands share one connection, pipelined, CHUNK
+certificates per round: the ``show`` batch, the fast-path batch, the
+read-back batch, and the transactions one certificate after the other
+(HAProxy holds only one at a time), each write closing one and opening the
+next. One certificate's failure, a name that
 cannot be sent included, never stops the others.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
+
+from cryptography.x509 import ocsp
 
 from hastaple.errors import HAProxyCommandFailed, HAProxyUnreachable
 from hastaple.haproxy import client, protocol
@@ -35,6 +42,9 @@ if TYPE_CHECKING:
 # few quick retries. A timeout or "permission denied" is not retried.
 RETRY_DELAYS = (0.2, 0.5, 1.0)  # seconds
 _TRANSIENT = (ConnectionRefusedError, FileNotFoundError)
+# Certificates per pipelined round: bounds the commands and replies held at
+# once (10,000 certificates held about 40 MB of read-back text in one batch).
+CHUNK = 256
 _READ_BACK_FAILED = "HAProxy answered 'updated' but the read-back failed: {}"
 
 
@@ -112,8 +122,23 @@ class _Run:
     def __init__(self, conn: client.Connection, address: protocol.Address) -> None:
         self.conn = conn
         self.socket = address.text
+        # None until ``show info`` answered: the read-back then uses the text dump.
+        self.version: str | None = None
 
     async def deploy(self, items: Sequence[DeployItem]) -> list[DeployOutcome]:
+        """
+        Every item, CHUNK certificates per pipelined round, on the one connection.
+
+        Chunks bound what is held at once (commands, replies, the read-back
+        dumps) to a few hundred certificates instead of all of them; the
+        first one also asks ``show info`` for the version (read-back form).
+        """
+        outcomes: list[DeployOutcome] = []
+        for start in range(0, len(items), CHUNK):
+            outcomes += await self._chunk(items[start : start + CHUNK], first=start == 0)
+        return outcomes
+
+    async def _chunk(self, items: Sequence[DeployItem], *, first: bool) -> list[DeployOutcome]:
         outcomes: dict[int, DeployOutcome] = {}
         shows: list[tuple[int, protocol.Command]] = []
         for i, item in enumerate(items):
@@ -122,7 +147,11 @@ class _Run:
                 outcomes[i] = DeployOutcome(item.crt, ok=False, method="update", error=refused)
             else:
                 shows.append((i, cmd))
-        replies = await self.conn.run([cmd for _, cmd in shows])
+        ask = [protocol.SHOW_INFO] if first else []
+        replies = await self.conn.run([*ask, *(cmd for _, cmd in shows)])
+        if first:
+            self._note_version(replies[0])
+            replies = replies[1:]
         fast: list[int] = []
         bare: list[int] = []
         for (i, cmd), reply in zip(shows, replies, strict=True):
@@ -153,6 +182,11 @@ class _Run:
                 items[i].crt, ok=False, method=outcomes[i].method, error=error
             )
         return [outcomes[i] for i in range(len(items))]
+
+    def _note_version(self, reply: protocol.Reply) -> None:
+        """Keep the version when ``show info`` answered; any failure shows up in later replies."""
+        with contextlib.suppress(HAProxyCommandFailed):
+            self.version = protocol.parse_info(self.socket, protocol.SHOW_INFO, reply).version
 
     def _refused(self, cmds: Sequence[protocol.Command]) -> str | None:
         """
@@ -266,8 +300,10 @@ class _Run:
         """Check what HAProxy serves for each deployed item (§0.5): registered, same times."""
         errors: list[tuple[int, str]] = []
         checks: list[tuple[int, DeployItem, list[protocol.Command]]] = []
+        der = self.version is not None and protocol.shows_der(self.version)
+        show = protocol.show_ocsp_response_der if der else protocol.show_ocsp_response
         for i, item in done:
-            cmds = [protocol.show_cert(item.crt), protocol.show_ocsp_response(item.cert_id.hex())]
+            cmds = [protocol.show_cert(item.crt), show(item.cert_id.hex())]
             if (refused := self._refused(cmds)) is not None:
                 errors.append((i, _READ_BACK_FAILED.format(refused)))
             else:
@@ -291,6 +327,9 @@ class _Run:
         info = protocol.parse_show_cert(self.socket, cmds[0], replies[0])
         if info is None or info.ocsp_key != item.cert_id.hex():
             return f"HAProxy answered 'updated' but {item.crt} has no OCSP entry (not registered)"
+        if cmds[1].line.startswith("show ssl ocsp-response base64 "):
+            served_der = protocol.parse_ocsp_response_der(self.socket, cmds[1], replies[1])
+            return _compare_der(item, served_der)
         served = protocol.parse_ocsp_response(self.socket, cmds[1], replies[1])
         want = (_seconds(item.this_update), _seconds(item.next_update))
         got = (served.this_update, served.next_update)
@@ -312,6 +351,26 @@ class _Open:
     item: DeployItem
     parts: list[protocol.Command]
     replies: list[protocol.Reply] = field(default_factory=list)
+
+
+def _compare_der(item: DeployItem, served_der: bytes) -> str | None:
+    """Why what HAProxy 2.8 serves (base64 read-back) is not ``item``, or None."""
+    if served_der != item.der:
+        return (
+            f"HAProxy answered 'updated' but serves another response for {item.crt} "
+            f"({len(served_der)} bytes, not the {len(item.der)} bytes sent)"
+        )
+    # Ours, byte for byte: the times are ours too, but a staple must be good.
+    try:
+        status = ocsp.load_der_ocsp_response(served_der).certificate_status
+    except ValueError as exc:
+        return f"HAProxy answered 'updated' but serves an unreadable response: {exc}"
+    if status is not ocsp.OCSPCertStatus.GOOD:
+        return (
+            f"HAProxy answered 'updated' but serves status {status.name.lower()} "
+            f"for {item.crt} (expected good)"
+        )
+    return None
 
 
 def _seconds(when: datetime) -> datetime:

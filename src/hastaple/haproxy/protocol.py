@@ -198,6 +198,32 @@ def show_ocsp_response(key_hex: str) -> Command:
     return Command(f"show ssl ocsp-response {key_hex}")
 
 
+def show_ocsp_response_der(key_hex: str) -> Command:
+    """
+    ``show ssl ocsp-response base64 <key>``: the served DER itself (2.8 on, §2).
+
+    Exact to compare, and about 40 times cheaper for HAProxy than the text
+    dump, which prints the whole response with its signer certificate
+    (measured on 2.8.25: 0.005-0.01 against 0.2 ms of HAProxy CPU each).
+    """
+    return Command(f"show ssl ocsp-response base64 {key_hex}")
+
+
+_VERSION = re.compile(r"(\d+)\.(\d+)")
+
+
+def shows_der(version: str) -> bool:
+    """
+    Whether an HAProxy of ``version`` (``show info``'s Version) has the base64 form.
+
+    2.6 answers ``show ssl ocsp-response base64 <key>`` with "Certificate ID
+    does not match any certificate." (measured); 2.8 has it; 2.7 was not
+    measured, so it keeps the text dump.
+    """
+    match = _VERSION.match(version.strip())
+    return match is not None and (int(match.group(1)), int(match.group(2))) >= (2, 8)
+
+
 @dataclass(frozen=True, slots=True)
 class Reply:
     """One reply; ``closed`` means the connection ended before the prompt came."""
@@ -358,6 +384,15 @@ def parse_ocsp_response(socket: str, command: Command, reply: Reply) -> Served:
             serial=fields.get("Serial Number"),
         )
     except (KeyError, ValueError):
+        raise _fail(socket, command, reply) from None
+
+
+def parse_ocsp_response_der(socket: str, command: Command, reply: Reply) -> bytes:
+    """Return the DER of ``show ssl ocsp-response base64 <key>`` (one base64 line)."""
+    _check_common(socket, command, reply)
+    try:
+        return base64.b64decode("".join(reply.text.split()), validate=True)
+    except ValueError:  # binascii.Error: an error text, or garbage
         raise _fail(socket, command, reply) from None
 
 
