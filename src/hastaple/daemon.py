@@ -29,7 +29,7 @@ import dataclasses
 import datetime as dt
 import logging
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -99,6 +99,8 @@ class Daemon:
         # Serial per certificate with the file identity it was read from: a file
         # event re-parses only what changed, not 10,000 PEMs on the event loop.
         self._serials: dict[str, tuple[index.Fingerprint, str | None]] = {}
+        # Saves waiting for one transaction while a batch runs (``_batch``).
+        self._pending: list[tuple[Record, str | None, dt.datetime | None]] | None = None
 
     # -- discovery -------------------------------------------------------
 
@@ -122,8 +124,9 @@ class Daemon:
             log_event(logging.INFO, "removed", cert=name)
         for name in set(self._serials) - set(entries):
             del self._serials[name]
-        for name, entry in entries.items():
-            self._track(name, entry, now, touched=name in touched, at_once=at_once)
+        with self._batch():
+            for name, entry in entries.items():
+                self._track(name, entry, now, touched=name in touched, at_once=at_once)
         self.entries = entries
         self.watch_roots = frozenset(self._roots(found.certs))
         self.wake.set()
@@ -221,8 +224,9 @@ class Daemon:
                     outcomes += await pipeline.run_outcomes(
                         entries, options, fetcher=self.fetcher, now=now
                     )
-        for outcome in outcomes:
-            self._record(outcome, now)
+        with self._batch():
+            for outcome in outcomes:
+                self._record(outcome, now)
         return outcomes
 
     def _options(self, *, force: bool = False, fetch: bool = True) -> pipeline.Options:
@@ -310,7 +314,30 @@ class Daemon:
         self, rec: Record, *, event: str | None = None, at: dt.datetime | None = None
     ) -> None:
         self.records[rec.cert] = rec
-        self.state.put(rec, event=event, at=at)
+        if self._pending is not None:
+            self._pending.append((rec, event, at))
+        else:
+            self.state.put(rec, event=event, at=at)
+
+    @contextlib.contextmanager
+    def _batch(self) -> Iterator[None]:
+        """
+        Save the records of a whole batch in one state transaction, at the end.
+
+        One commit per certificate (a WAL sync each) made a cold daemon spend
+        about 0.7 ms per certificate on SQLite alone, twice (added, fetched).
+        Records saved inside are written even when the batch raises part-way.
+        """
+        if self._pending is not None:  # nested: the outer batch writes
+            yield
+            return
+        self._pending = []
+        try:
+            yield
+        finally:
+            pending, self._pending = self._pending, None
+            if pending:
+                self.state.put_many(pending)
 
     # -- HAProxy ---------------------------------------------------------
 
@@ -364,19 +391,20 @@ class Daemon:
             outcomes = await pipeline.run_outcomes(
                 entries, options, fetcher=self.fetcher, now=self.clock.now()
             )
-        for outcome in outcomes:
-            row = outcome.row
-            if socket not in row.haproxy or row.cert not in self.records:
-                continue
-            self._count_pushes(row)
-            rec = self.records[row.cert]
-            served = tuple(sorted({**dict(rec.haproxy), socket: row.haproxy[socket]}.items()))
-            self._save(dataclasses.replace(rec, haproxy=served))
-            if row.haproxy[socket] == "error":
-                failed = True
-                log_event(
-                    logging.ERROR, "push_failed", cert=row.cert, socket=socket, error=row.error
-                )
+        with self._batch():
+            for outcome in outcomes:
+                row = outcome.row
+                if socket not in row.haproxy or row.cert not in self.records:
+                    continue
+                self._count_pushes(row)
+                rec = self.records[row.cert]
+                served = tuple(sorted({**dict(rec.haproxy), socket: row.haproxy[socket]}.items()))
+                self._save(dataclasses.replace(rec, haproxy=served))
+                if row.haproxy[socket] == "error":
+                    failed = True
+                    log_event(
+                        logging.ERROR, "push_failed", cert=row.cert, socket=socket, error=row.error
+                    )
         if failed:
             self._push_failed(socket, self.clock.now())
         else:
