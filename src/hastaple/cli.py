@@ -20,8 +20,6 @@ from typing import NoReturn
 
 import click
 from cryptography import x509
-from rich.console import Console
-from rich.progress import Progress
 
 from hastaple import __version__, config, discover, pem, render
 from hastaple import issuer as issuers
@@ -192,7 +190,11 @@ async def _fetch(
     async with Fetcher(limits) as fetcher:
         if not progress:
             return await run(entries, options, fetcher=fetcher, now=now)
-        # A bar on stderr for a person at a terminal; pipes and cron get none.
+        # A bar on stderr for a person at a terminal; pipes and cron get none
+        # (nor the import of rich: about 4 MB the daemon and cron never use).
+        from rich.console import Console  # noqa: PLC0415
+        from rich.progress import Progress  # noqa: PLC0415
+
         with Progress(*Progress.get_default_columns(), console=Console(stderr=True)) as bar:
             task = bar.add_task("Stapling", total=len(entries))
             rows = await run(

@@ -12,10 +12,6 @@ import json
 from collections.abc import Sequence
 from typing import IO
 
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
-
 from hastaple.model import Action, ResultRow, Status
 
 _STYLE = {
@@ -54,6 +50,11 @@ def as_lines(rows: Sequence[ResultRow]) -> str:
 
 def table(rows: Sequence[ResultRow], stream: IO[str]) -> None:
     """A rich table for a terminal; paths and errors are text, never markup."""
+    # rich only when a table is printed: the daemon and --json never pay for it.
+    from rich.console import Console  # noqa: PLC0415
+    from rich.markup import escape  # noqa: PLC0415
+    from rich.table import Table  # noqa: PLC0415
+
     t = Table(box=None, header_style="bold")
     for col in ("certificate", "status", "action", "next update", "error"):
         t.add_column(col, overflow="fold")

@@ -12,9 +12,6 @@ import json
 from collections.abc import Sequence
 from typing import IO
 
-from rich.console import Console
-from rich.table import Table
-
 from hastaple.state import Record
 
 COLUMNS = ("certificate", "ocsp url", "status", "this update", "next update", "next refresh",
@@ -48,6 +45,10 @@ def as_lines(records: Sequence[Record]) -> str:
 
 def table(records: Sequence[Record], stream: IO[str]) -> None:
     """A rich table for a terminal."""
+    # rich only when a table is printed (see render.table).
+    from rich.console import Console  # noqa: PLC0415
+    from rich.table import Table  # noqa: PLC0415
+
     t = Table(box=None, header_style="bold")
     for col in COLUMNS:
         t.add_column(col, overflow="fold")
