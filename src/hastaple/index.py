@@ -24,6 +24,7 @@ import dataclasses
 import datetime as dt
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -258,13 +259,13 @@ def _entry(raw: dict[str, object], pems: dict[bytes, bytes]) -> Entry:
         next_update=time("next"),
         produced_at=time("produced"),
         serial=int(str(raw["serial"]), 16),
-        signer=str(raw["signer"]),
+        signer=sys.intern(str(raw["signer"])),  # one copy per responder, not per entry
     )
     return Entry(
         pem=pem,
         ocsp=staple,
         issuer_file=fp(raw["issuer_file"]),
-        url=str(raw["url"]),
+        url=sys.intern(str(raw["url"])),
         cert_id=bytes.fromhex(str(raw["cert_id"])),
         issuer_pem=None if issuer_pem is None else _shared(str(issuer_pem).encode("ascii"), pems),
         verdict=verdict,

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import sys
 from dataclasses import dataclass, field
 
 from cryptography import x509
@@ -185,7 +186,8 @@ def _signer(
         except InvalidResponse as exc:
             problems.append(exc)
             continue
-        return delegate, f"delegated responder {_who(delegate)}"
+        # One string for the thousands of responses one delegate signs (memory).
+        return delegate, sys.intern(f"delegated responder {_who(delegate)}")
     raise problems[0]
 
 
