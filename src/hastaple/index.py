@@ -183,7 +183,7 @@ class Index:
             store.write_atomic(self.path, self._encode())
             self._dirty = False
 
-    def _encode(self) -> bytes:
+    def _encode(self) -> bytearray:
         """
         The same bytes as one ``json.dumps`` of the whole document, built entry by entry.
 
@@ -200,7 +200,7 @@ class Index:
         out += b'},"revoked":'
         out += _dumps(self._revoked).encode()
         out += b"}"
-        return bytes(out)
+        return out  # written as is: a bytes copy would be a second document
 
 
 def _shared(data: bytes, pems: dict[bytes, bytes]) -> bytes:

@@ -61,11 +61,11 @@ class Write:
     """One file for ``write_many``: its path, its bytes, and whose owner it takes."""
 
     path: Path
-    data: bytes
+    data: bytes | bytearray  # a bytearray is written as is, not copied
     owner_of: Path | None = None
 
 
-def write_atomic(path: Path, data: bytes, *, owner_of: Path | None = None) -> None:
+def write_atomic(path: Path, data: bytes | bytearray, *, owner_of: Path | None = None) -> None:
     """
     Replace ``path`` with ``data`` atomically, owned like ``owner_of`` when possible.
 
