@@ -65,6 +65,23 @@ class Staple:
     verdict: Verdict
     deploys: tuple[DeployItem, ...]  # one per name HAProxy loaded the file under
 
+    @classmethod
+    def of(
+        cls,
+        der: bytes,
+        verdict: Verdict,
+        *,
+        names: Sequence[str],
+        cert_id: bytes,
+        issuer_pem: bytes | None,
+    ) -> Staple:
+        """The staple ``der`` and one DeployItem for each name HAProxy knows the file by."""
+        items = tuple(
+            DeployItem(name, der, cert_id, issuer_pem, verdict.this_update, verdict.next_update)
+            for name in names
+        )
+        return cls(der, verdict, items)
+
 
 @dataclass(frozen=True, slots=True)
 class _Cert:
@@ -263,12 +280,10 @@ def _from_index(
     der = ctx.index.read_staple(entry.path, hit) if options.sockets else b""
     if der is None:
         return None
-    items = tuple(
-        DeployItem(name, der, hit.cert_id, hit.issuer_pem, verdict.this_update, verdict.next_update)
-        for name in entry.haproxy_names
+    staple = Staple.of(
+        der, verdict, names=entry.haproxy_names, cert_id=hit.cert_id, issuer_pem=hit.issuer_pem
     )
-    row = _row(str(entry.path), hit.url, verdict, Action.FRESH)
-    return _Prepared(row, Staple(der, verdict, items))
+    return _Prepared(_row(str(entry.path), hit.url, verdict, Action.FRESH), staple)
 
 
 def _remember(
@@ -471,19 +486,13 @@ def _current_staple(
 
 
 def _staple(cert: _Cert, der: bytes, verdict: Verdict, *, cert_id: bytes | None = None) -> Staple:
-    cert_id = cert_id or request.cert_id(cert.leaf, cert.issuer)
-    items = tuple(
-        DeployItem(
-            crt=name,
-            der=der,
-            cert_id=cert_id,
-            issuer_pem=cert.issuer_pem,
-            this_update=verdict.this_update,
-            next_update=verdict.next_update,
-        )
-        for name in cert.names
+    return Staple.of(
+        der,
+        verdict,
+        names=cert.names,
+        cert_id=cert_id or request.cert_id(cert.leaf, cert.issuer),
+        issuer_pem=cert.issuer_pem,
     )
-    return Staple(der, verdict, items)
 
 
 def _times(current: tuple[bytes, Verdict]) -> tuple[dt.datetime, dt.datetime]:
