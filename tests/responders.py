@@ -350,6 +350,7 @@ class RecordingProxy:
         self.body = body
         self.content_type = content_type
         self.request_lines: list[str] = []
+        self.heads: list[str] = []  # each request's whole head, headers included
         self.url = ""
         self._server: asyncio.Server | None = None
 
@@ -374,6 +375,7 @@ class RecordingProxy:
             head = await reader.readuntil(b"\r\n\r\n")
             lines = head.decode("latin-1").split("\r\n")
             self.request_lines.append(lines[0])
+            self.heads.append(head.decode("latin-1"))
             length = next(
                 (int(v) for k, _, v in (ln.partition(":") for ln in lines[1:])
                  if k.strip().lower() == "content-length"),

@@ -432,6 +432,31 @@ async def test_http_proxy_env(monkeypatch, fault_responder, request_der, good_de
     assert fault_responder.seen == []
 
 
+async def test_http_proxy_credentials_sent(monkeypatch, fault_responder, request_der, good_der):
+    """HTTP_PROXY=http://user:pw@proxy: a plain-http request carries Proxy-Authorization."""
+    url = fault_responder.on("ok", Serve(b"direct"))
+    async with RecordingProxy(good_der) as proxy:
+        monkeypatch.setenv("HTTP_PROXY", proxy.url.replace("http://", "http://user:pw@"))
+
+        reply = await _fetch(url, request_der)
+
+    assert reply.der == good_der
+    assert "Proxy-Authorization: Basic dXNlcjpwdw==" in proxy.heads[0]  # user:pw
+
+
+async def test_password_only_url_with_netrc(monkeypatch, tmp_path, fault_responder, request_der):
+    """http://:pw@host plus a netrc entry: a FetchError or an answer, never a ValueError."""
+    netrc = tmp_path / "netrc"
+    netrc.write_text("default login ocsp password s3cret\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    url = fault_responder.on("ok", Serve(b"fine")).replace("http://", "http://:pw@")
+
+    reply = await _fetch(url, request_der)
+
+    assert reply.der == b"fine"
+
+
 async def test_no_proxy_env(monkeypatch, fault_responder, request_der, good_der):
     """NO_PROXY exempts a host from HTTP_PROXY."""
     url = fault_responder.on("ok", Serve(good_der))

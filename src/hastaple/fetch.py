@@ -229,8 +229,8 @@ class _Route:
     """How to reach one origin: through which proxy, with which credentials."""
 
     proxy: URL | None = None
-    proxy_headers: dict[str, str] | None = None  # Proxy-Authorization
-    headers: dict[str, str] | None = None  # Authorization (netrc)
+    proxy_headers: dict[str, str] | None = None  # Proxy-Authorization for CONNECT (https)
+    headers: dict[str, str] | None = None  # Authorization (netrc); Proxy-Authorization (http)
 
 
 _DIRECT = _Route()
@@ -257,7 +257,7 @@ class _Routes:
         key = _environment_key()
         if key != self._key:
             self._key, self._routes = key, {}
-        origin = (url.scheme, url.host, url.port, url.raw_user is not None)
+        origin = (url.scheme, url.host, url.port, _has_credentials(url))
         route = self._routes.get(origin)
         if route is None:
             route = self._routes[origin] = _env_route(url)
@@ -294,7 +294,7 @@ def _environment_key() -> tuple[object, ...]:
 def _env_route(url: URL) -> _Route:
     """The trust_env rules of aiohttp: env proxy unless NO_PROXY, netrc for the host."""
     headers = None
-    if url.host is not None and url.raw_user is None:  # credentials in the URL win
+    if url.host is not None and not _has_credentials(url):  # credentials in the URL win
         with contextlib.suppress(LookupError):
             auth = helpers.basicauth_from_netrc(helpers.netrc_from_env(), url.host)
             headers = {"Authorization": auth.encode()}
@@ -302,8 +302,19 @@ def _env_route(url: URL) -> _Route:
         proxy, proxy_auth = helpers.get_env_proxy_for_url(url)
     except LookupError:
         return _Route(headers=headers) if headers else _DIRECT
-    proxy_headers = {"Proxy-Authorization": proxy_auth.encode()} if proxy_auth else None
-    return _Route(proxy, proxy_headers, headers)
+    if proxy_auth is None:
+        return _Route(proxy, None, headers)
+    credentials = {"Proxy-Authorization": proxy_auth.encode()}
+    if url.scheme == "https":  # sent on the CONNECT to the proxy
+        return _Route(proxy, credentials, headers)
+    # A plain-http request goes to the proxy as is: aiohttp puts proxy_headers
+    # only on a CONNECT, so the credentials travel with the request itself.
+    return _Route(proxy, None, (headers or {}) | credentials)
+
+
+def _has_credentials(url: URL) -> bool:
+    """A user or a password in the URL (``http://:pw@host`` counts): netrc is then not used."""
+    return url.raw_user is not None or url.raw_password is not None
 
 
 def _parse_url(origin: str, url: str) -> URL:
