@@ -129,3 +129,15 @@ def test_signer_window_is_the_tightest(pki):
     start, end = index.signer_window(der, verdict)
     assert end == pki.responder.cert.not_valid_after_utc
     assert start <= now()
+
+
+def test_fingerprint_if_only_for_our_bytes(tmp_path):
+    """The identity is taken only when the file holds what we wrote (another writer raced us)."""
+    from hastaple.index import fingerprint, fingerprint_if  # noqa: PLC0415
+
+    path = tmp_path / "site.pem.ocsp"
+    path.write_bytes(b"ours")
+    assert fingerprint_if(path, b"ours") == fingerprint(path)
+    path.write_bytes(b"someone else's")
+    assert fingerprint_if(path, b"ours") is None
+    assert fingerprint_if(tmp_path / "missing", b"ours") is None

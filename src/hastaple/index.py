@@ -41,6 +41,23 @@ _VERSION = 1
 Fingerprint = tuple[int, int, int, int]  # inode, size, mtime_ns, ctime_ns
 
 
+def fingerprint_if(path: Path, data: bytes) -> Fingerprint | None:
+    """
+    The identity of ``path`` if it holds exactly ``data``, else None.
+
+    Taken from the open file, so another writer replacing ``path`` after our
+    write can never get its bytes indexed under our verdict.
+    """
+    try:
+        with path.open("rb") as f:
+            st = os.fstat(f.fileno())
+            if f.read() != data:
+                return None
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
 def fingerprint(path: Path) -> Fingerprint | None:
     """The identity of ``path``'s current content, or None when it is missing."""
     try:

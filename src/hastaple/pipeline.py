@@ -371,7 +371,7 @@ async def _fetch(
     staple = _staple(cert, reply.der, verdict, cert_id=cert_id)
     if not options.dry_run:
         await ctx.writer.write(staple_path, reply.der, owner_of=path)
-        _remember(ctx, cert, staple, index.fingerprint(staple_path))
+        _remember(ctx, cert, staple, index.fingerprint_if(staple_path, reply.der))
     return _Prepared(_row(name, url, verdict, Action.FETCHED), staple, **hints)
 
 
