@@ -83,18 +83,24 @@ def write_many(writes: Sequence[Write]) -> list[StoreError | None]:
 
     Each file is either replaced by durable new data or left as it was, as
     with ``write_atomic``; a kill at any moment leaves at most dot temp files.
-    The steps are ``stage_many``, ``make_durable``, ``publish``, ``fsync_dirs``;
-    run them all in one thread (creating a file is kernel work too: staging
-    on the event loop made a cold run 20% slower on the bench).
+    The steps (stage, sync, publish, fsync the directories) run in one
+    thread: creating a file is kernel work too, and staging on the event loop
+    made a cold run 20% slower on the bench.
 
     Returns:
         One entry per write, in order: None when the file was replaced, else
         the ``StoreError`` saying why it was left unchanged.
     """
-    staged = stage_many(writes)
-    durable = make_durable(staged)
-    published = publish(staged, durable)
-    fsync_dirs(writes)
+    # One syncfs only pays off over many files; a few are fsynced as they are written.
+    syncfs = _SYNCFS if len(writes) >= SYNCFS_MIN_BATCH else None
+    staged = _stage_many(writes, fsync=syncfs is None)
+    if syncfs is None:
+        durable = [tmp if isinstance(tmp, StoreError) else None for _, tmp in staged]
+    else:
+        durable = _sync(staged, syncfs)
+    published = _publish(staged, durable)
+    for directory in dict.fromkeys(w.path.parent for w in writes):
+        _fsync_dir(directory)  # the renames are durable too
     return published
 
 
@@ -102,33 +108,32 @@ def write_many(writes: Sequence[Write]) -> list[StoreError | None]:
 Staged = tuple[Write, Path | StoreError]
 
 
-def stage_many(writes: Sequence[Write]) -> list[Staged]:
-    """Write each file's data into a new dot temp file next to it; nothing is durable yet."""
+def _stage_many(writes: Sequence[Write], *, fsync: bool) -> list[Staged]:
+    """Write each file's data into a new dot temp file next to it."""
     staged: list[Staged] = []
     for w in writes:
         try:
-            staged.append((w, _stage(w, fsync=False)))
+            staged.append((w, _stage(w, fsync=fsync)))
         except StoreError as exc:
             staged.append((w, exc))
     return staged
 
 
-def make_durable(staged: Sequence[Staged]) -> list[StoreError | None]:
+def _sync(staged: Sequence[Staged], syncfs: Callable[[int], int]) -> list[StoreError | None]:
     """
-    Make the staged temp files' data durable: one syncfs per filesystem, else fsync each.
+    Make the staged temp files' data durable: one syncfs per filesystem.
 
-    A failed temp file is removed and its error returned (in order, None when durable).
+    Called only once every temp file of the group is written, so one syncfs
+    covers them all. A failed temp file is removed and its error returned.
     """
     results: list[StoreError | None] = []
-    todo = [tmp for _, tmp in staged if isinstance(tmp, Path)]
-    batched = _SYNCFS is not None and len(todo) >= SYNCFS_MIN_BATCH
     synced_devices: set[int] = set()
     for w, tmp in staged:
         if isinstance(tmp, StoreError):
             results.append(tmp)
             continue
         try:
-            _make_durable(tmp, w.path, synced_devices if batched else None)
+            _syncfs_once(tmp, w.path, synced_devices, syncfs)
         except StoreError as exc:
             results.append(exc)
             continue
@@ -136,10 +141,10 @@ def make_durable(staged: Sequence[Staged]) -> list[StoreError | None]:
     return results
 
 
-def publish(
+def _publish(
     staged: Sequence[Staged], durable: Sequence[StoreError | None]
 ) -> list[StoreError | None]:
-    """Rename each durable temp file over its target (``make_durable`` first, always)."""
+    """Rename each durable temp file over its target (its data is on disk first, always)."""
     results: list[StoreError | None] = []
     for (w, tmp), error in zip(staged, durable, strict=True):
         if error is not None or not isinstance(tmp, Path):
@@ -152,12 +157,6 @@ def publish(
             continue
         results.append(None)
     return results
-
-
-def fsync_dirs(writes: Sequence[Write]) -> None:
-    """Make the renames of ``writes`` durable: each directory fsynced once."""
-    for directory in dict.fromkeys(w.path.parent for w in writes):
-        _fsync_dir(directory)
 
 
 def _stage(w: Write, *, fsync: bool) -> Path:
@@ -186,9 +185,11 @@ def _stage(w: Write, *, fsync: bool) -> Path:
     return tmp
 
 
-def _make_durable(tmp: Path, path: Path, synced_devices: set[int] | None) -> None:
+def _syncfs_once(
+    tmp: Path, path: Path, synced_devices: set[int], syncfs: Callable[[int], int]
+) -> None:
     """
-    Make ``tmp``'s data durable: one syncfs per filesystem (``synced_devices``), else fsync.
+    Flush ``tmp``'s filesystem, unless this group already did (``synced_devices``).
 
     Raises:
         StoreError: the data may not be on disk; ``tmp`` was removed.
@@ -196,12 +197,9 @@ def _make_durable(tmp: Path, path: Path, synced_devices: set[int] | None) -> Non
     try:
         fd = os.open(tmp, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
         try:
-            if synced_devices is None or _SYNCFS is None:
-                os.fsync(fd)
-                return
             device = os.fstat(fd).st_dev
             if device not in synced_devices:
-                if _SYNCFS(fd) != 0:
+                if syncfs(fd) != 0:
                     err = ctypes.get_errno()
                     raise OSError(err, os.strerror(err))
                 synced_devices.add(device)
