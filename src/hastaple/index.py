@@ -55,7 +55,7 @@ def fingerprint_if(path: Path, data: bytes) -> Fingerprint | None:
                 return None
     except OSError:
         return None
-    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    return _identity(st)
 
 
 def fingerprint(path: Path) -> Fingerprint | None:
@@ -64,6 +64,10 @@ def fingerprint(path: Path) -> Fingerprint | None:
         st = path.stat()
     except OSError:
         return None
+    return _identity(st)
+
+
+def _identity(st: os.stat_result) -> Fingerprint:
     return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
@@ -104,6 +108,7 @@ class Index:
         path: Path | None,
         entries: dict[str, Entry] | None = None,
         revoked: dict[str, int] | None = None,
+        pems: dict[bytes, bytes] | None = None,
     ) -> None:
         self.path = path
         self._entries = entries or {}
@@ -111,10 +116,9 @@ class Index:
         # on disk must not count as fresh, nor be pushed, for that serial.
         self._revoked = revoked or {}
         self._dirty = False
-        self._pems: dict[bytes, bytes] = {}
-        for e in self._entries.values():
-            if e.issuer_pem is not None:
-                self._pems.setdefault(e.issuer_pem, e.issuer_pem)
+        # One copy of each issuer PEM (thousands of entries share an intermediate);
+        # ``load`` fills it while it reads, so the copies never exist at once.
+        self._pems: dict[bytes, bytes] = pems if pems is not None else {}
 
     @classmethod
     def load(cls, state_dir: Path | None) -> Index:
@@ -130,7 +134,7 @@ class Index:
             if doc.get("version") == _VERSION:
                 entries = {name: _entry(raw, pems) for name, raw in doc["certs"].items()}
                 revoked = {name: int(serial) for name, serial in doc.get("revoked", {}).items()}
-        return cls(path, entries, revoked)
+        return cls(path, entries, revoked, pems)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -151,7 +155,7 @@ class Index:
         try:
             with store.staple_path(cert).open("rb") as f:
                 st = os.fstat(f.fileno())  # before reading: a later change is a miss
-                if (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) != entry.ocsp:
+                if _identity(st) != entry.ocsp:
                     return None
                 return f.read()
         except OSError:
