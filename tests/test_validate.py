@@ -337,3 +337,14 @@ def _reissue(pki: PKI, template, key):
     for ext in template.extensions:
         builder = builder.add_extension(ext.value, ext.critical)
     return builder.sign(pki.intermediate.key, hashes.SHA256())
+
+
+def test_cert_id_is_haproxys_key(pki, leaf):
+    """The CertID taken from the request is HAProxy's 'OCSP Response Key' (HAPROXY.md §3a)."""
+    from hastaple.ocsp import request  # noqa: PLC0415
+
+    cid = request.cert_id_of(request.build(leaf.cert, pki.intermediate.cert))
+    assert cid == request.cert_id(leaf.cert, pki.intermediate.cert)
+    assert cid.hex().startswith("303b300906052b0e03021a05000414")  # SEQUENCE, SHA-1, name hash
+    assert cid.hex().endswith(f"02{len(f'{leaf.cert.serial_number:x}') // 2:02x}"
+                              f"{leaf.cert.serial_number:x}")  # fmt: skip

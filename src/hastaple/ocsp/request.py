@@ -56,12 +56,11 @@ def cert_id(cert: x509.Certificate, issuer: x509.Certificate) -> bytes:
 
 def cert_id_of(req: bytes) -> bytes:
     """The CertID inside a one-certificate DER OCSPRequest made by ``build``."""
-    start, end = 0, len(req)
-    for _ in range(4):  # OCSPRequest, TBSRequest, requestList, Request
-        _, start, end = der.element(req, start)
-    first_start = start
-    _, _, end = der.element(req, first_start)
-    return req[first_start:end]
+    start = 0
+    for _ in range(4):  # into OCSPRequest, TBSRequest, requestList, Request
+        _, start, _ = der.element(req, start)
+    _, _, end = der.element(req, start)  # the CertID, whole
+    return req[start:end]
 
 
 def http_request(url: str, der: bytes) -> HTTPRequest:
