@@ -311,7 +311,7 @@ class _Run:
         replies = await self.conn.run([cmd for _, _, cmds in checks for cmd in cmds])
         for n, (i, item, cmds) in enumerate(checks):
             try:
-                error = self._compare(item, cmds, replies[2 * n : 2 * n + 2])
+                error = self._compare(item, cmds, replies[2 * n : 2 * n + 2], der=der)
             except HAProxyCommandFailed as exc:
                 error = _READ_BACK_FAILED.format(exc)
             if error is not None:
@@ -323,11 +323,13 @@ class _Run:
         item: DeployItem,
         cmds: list[protocol.Command],
         replies: list[protocol.Reply],
+        *,
+        der: bool,
     ) -> str | None:
         info = protocol.parse_show_cert(self.socket, cmds[0], replies[0])
         if info is None or info.ocsp_key != item.cert_id.hex():
             return f"HAProxy answered 'updated' but {item.crt} has no OCSP entry (not registered)"
-        if cmds[1].line.startswith("show ssl ocsp-response base64 "):
+        if der:  # 2.8: the exact bytes served
             served_der = protocol.parse_ocsp_response_der(self.socket, cmds[1], replies[1])
             return _compare_der(item, served_der)
         served = protocol.parse_ocsp_response(self.socket, cmds[1], replies[1])
