@@ -63,6 +63,7 @@ class Staple:
 
     der: bytes
     verdict: Verdict
+    cert_id: bytes  # DER; its hex is HAProxy's "OCSP Response Key"
     deploys: tuple[DeployItem, ...]  # one per name HAProxy loaded the file under
 
     @classmethod
@@ -80,7 +81,7 @@ class Staple:
             DeployItem(name, der, cert_id, issuer_pem, verdict.this_update, verdict.next_update)
             for name in names
         )
-        return cls(der, verdict, items)
+        return cls(der, verdict, cert_id, items)
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,7 +293,6 @@ def _remember(
     """Record a staple that passed every check, with the files it was judged on."""
     if cert.pem_fp is None or ocsp_fp is None:
         return
-    cert_id = staple.deploys[0].cert_id if staple.deploys else b""
     valid_from, valid_until = index.signer_window(staple.der, staple.verdict)
     ctx.index.record(
         cert.path,
@@ -301,7 +301,7 @@ def _remember(
             ocsp=ocsp_fp,
             issuer_file=index.issuer_fingerprint(cert.path),
             url=cert.url,
-            cert_id=cert_id or request.cert_id(cert.leaf, cert.issuer),
+            cert_id=staple.cert_id,
             issuer_pem=cert.issuer_pem,
             verdict=staple.verdict,
             valid_from=valid_from,
