@@ -158,7 +158,7 @@ class FakeHAProxy:
         echo = "+ " * len(payload.splitlines()) if payload is not None else ""
         return (echo + self.answer(line, payload)).encode() + b"\n> "
 
-    def answer(self, line: str, payload: str | None) -> str:  # noqa: C901, PLR0911 - one branch per command
+    def answer(self, line: str, payload: str | None) -> str:  # noqa: PLR0911 - one branch per command
         """What a healthy HAProxy answers (texts from HAPROXY.md)."""
         words = line.split()
         if line.startswith("show ssl cert "):
@@ -169,11 +169,10 @@ class FakeHAProxy:
             return f"Filename: {cert.crt}\nStatus: Used\nSerial: 1001\nOCSP Response Key: {key}\n"
         if line.startswith("set ssl ocsp-response"):
             der = base64.b64decode(payload or words[3])
-            for cert in self.certs.values():
-                if cert.key_hex is not None:
-                    cert.der = der  # routed by CertID in the real thing; one cert is enough here
-                    return "OCSP Response updated!\n"
-            return PITFALL
+            routed = [c for c in self.certs.values() if c.key_hex and _for_key(der, c.key_hex)]
+            for cert in routed:  # one OCSP entry per CertID, shared by its certificates
+                cert.der = der
+            return "OCSP Response updated!\n" if routed else PITFALL
         if line.startswith("set ssl cert ") and words[3].endswith(".ocsp"):
             return self._set_cert(words[3].removesuffix(".ocsp"), payload)
         if line.startswith(("commit ssl cert ", "abort ssl cert ")):
@@ -230,6 +229,18 @@ async def _read_command(reader: asyncio.StreamReader) -> tuple[str, str | None, 
         size += len(part)
         lines.append(part.decode("ascii", errors="replace").rstrip("\n"))
     return line.removesuffix(" <<"), "\n".join(lines), size + 1
+
+
+def _for_key(der: bytes, key_hex: str) -> bool:
+    """Whether response ``der`` is for the CertID ``key_hex`` (issuer key hash, serial)."""
+    try:
+        resp = ocsp.load_der_ocsp_response(der)
+        serial = resp.serial_number
+        key_hash = resp.issuer_key_hash
+    except ValueError:
+        return False
+    raw = serial.to_bytes(serial.bit_length() // 8 + 1, "big")  # DER INTEGER, positive
+    return key_hash.hex() in key_hex and key_hex.endswith((bytes([2, len(raw)]) + raw).hex())
 
 
 def _dump(der: bytes) -> str:

@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from fake_haproxy import NOGROUP, FakeHAProxy, Threaded, as_nobody
 from hastaple.errors import ConfigError, HAProxyCommandFailed, HAProxyError, HAProxyUnreachable
 from hastaple.haproxy import protocol as p
-from hastaple.haproxy.deploy import RETRY_DELAYS, DeployItem, deploy
+from hastaple.haproxy.deploy import RETRY_DELAYS, DeployItem, Session, deploy
 from hastaple.ocsp.request import cert_id
 
 CRT = "/etc/haproxy/certs/site.pem"
@@ -165,6 +165,43 @@ async def test_connection_dropped_mid_batch(pki, leaf, sock_dir, after):
     for outcome in outcomes:
         assert not outcome.ok
         assert "closed the connection" in (outcome.error or ""), outcome.error
+
+
+async def test_session_reconnects_after_haproxy_closed(pki, leaf, sock_dir):
+    """
+    HAProxy closes the connection during one round (a restart).
+
+    That round's items fail, and the next round of the same run goes in over
+    a new connection.
+    """
+    hap = fake(sock_dir, pki, leaf, fault="close-after", after=1)
+    async with hap, Session(str(hap.path), timeout=5) as session:
+        [lost] = await session.push([item(pki, leaf)])
+        hap.fault = "none"
+        [pushed] = await session.push([item(pki, leaf, OTHER)])
+    assert not lost.ok
+    assert "closed the connection" in (lost.error or ""), lost.error
+    assert pushed.ok, pushed.error
+    assert hap.connections == 2
+
+
+async def test_session_gives_up_on_a_dead_socket_once(pki, leaf, sock_dir):
+    """
+    No socket: the first round waits out the retries and fails.
+
+    Later rounds fail at once with the same error instead of retrying every time.
+    """
+    path = sock_dir / "gone.sock"
+    async with Session(str(path), timeout=5) as session:
+        with pytest.raises(HAProxyUnreachable, match="no such socket"):
+            await session.push([item(pki, leaf)])
+        async with fake(sock_dir, pki, leaf) as hap:
+            hap.path.rename(path)  # the socket appears now: too late for this run
+            started = time.monotonic()
+            with pytest.raises(HAProxyUnreachable, match="no such socket"):
+                await session.push([item(pki, leaf)])
+            assert time.monotonic() - started < RETRY_DELAYS[0]
+    assert hap.connections == 0
 
 
 async def test_too_big_reply(pki, leaf, sock_dir):

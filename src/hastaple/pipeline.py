@@ -2,7 +2,7 @@
 One certificate end to end, and a batch of them.
 
     load PEM -> OCSP URL -> issuer -> staple on disk fresh? -> fetch -> validate
-             -> store <crt>.ocsp atomically -> deploy to every HAProxy (batched)
+             -> store <crt>.ocsp atomically -> deploy to every HAProxy (in rounds)
 
 This is the one place a ``HastapleError`` becomes a result row: a bad file,
 a lying responder or a dead socket fails that certificate, never the batch.
@@ -29,12 +29,13 @@ from cryptography.hazmat.primitives import serialization
 from hastaple import config, index, pem, schedule, store
 from hastaple import issuer as issuers
 from hastaple.discover import CertEntry
-from hastaple.errors import CertificateError, FetchError, HAProxyError, HastapleError, StoreError
+from hastaple.errors import CertificateError, FetchError, HastapleError, StoreError
 from hastaple.fetch import Fetcher
-from hastaple.haproxy.deploy import DeployItem, DeployOutcome, deploy
+from hastaple.haproxy.deploy import DeployItem
 from hastaple.model import Action, ResultRow, Status, Verdict
 from hastaple.ocsp import request
 from hastaple.ocsp.validate import MIN_REMAINING, validate
+from hastaple.pusher import Pusher
 
 logger = logging.getLogger(__name__)
 
@@ -131,7 +132,9 @@ async def run(
     Fetch, validate, store and deploy staples for ``entries``; one row each.
 
     Certificates are handled concurrently (the fetcher bounds each responder);
-    then each HAProxy socket gets every staple in one batch. ``progress`` is
+    each stored staple goes to every HAProxy socket in rounds of a few hundred
+    on one connection per socket, while the rest are still being fetched
+    (``pusher``). ``progress`` is
     called once per certificate when its staple is ready (a progress bar).
     """
     outcomes = await run_outcomes(entries, options, fetcher=fetcher, now=now, progress=progress)
@@ -148,27 +151,39 @@ async def run_outcomes(
 ) -> list[Outcome]:
     """``run``, with the responder's max-age and latency per certificate (the daemon)."""
     ctx = _Context(_Writer(), index.Index.load(None if options.dry_run else options.state_dir))
-
     results: list[_Prepared | None] = [None] * len(entries)
+    pusher = None
+    if options.sockets and not options.dry_run:
+
+        def deployed(i: int, row: ResultRow) -> None:
+            # The staple is in HAProxy (or its row says why not): let it go.
+            done = results[i]
+            assert done is not None  # noqa: S101 - pushed only once prepared
+            results[i] = dataclasses.replace(done, row=row, staple=None)
+
+        pusher = Pusher(options.sockets, deployed)
     todo = iter(enumerate(entries))
 
     async def worker() -> None:
         for i, entry in todo:
-            results[i] = await _prepare(entry, options, fetcher, now, ctx)
+            results[i] = prepared = await _prepare(entry, options, fetcher, now, ctx)
             if progress is not None:
                 progress()
+            if pusher is not None and prepared.staple is not None:
+                await pusher.add(i, prepared.row, prepared.staple.deploys)
 
     # A bounded pool, not one task per certificate: 10,000 live tasks hold
     # 10,000 parsed bundles and requests at once (about 100 MB more at 10k)
     # while the fetcher lets only a few talk to each responder anyway.
-    await asyncio.gather(*(worker() for _ in range(min(MAX_IN_FLIGHT, len(entries)))))
-    prepared = [p for p in results if p is not None]
+    try:
+        await asyncio.gather(*(worker() for _ in range(min(MAX_IN_FLIGHT, len(entries)))))
+        if pusher is not None:
+            await pusher.finish()
+    finally:
+        if pusher is not None:
+            await pusher.close()
     ctx.index.save()
-    if options.sockets and not options.dry_run:
-        rows = await _deploy_all(list(prepared), options.sockets)
-    else:
-        rows = [p.row for p in prepared]
-    return [Outcome(r, p.max_age, p.elapsed) for r, p in zip(rows, prepared, strict=True)]
+    return [Outcome(p.row, p.max_age, p.elapsed) for p in results if p is not None]
 
 
 class _Writer:
@@ -516,53 +531,3 @@ def _row(
 
 def _failed(name: str, url: str | None, error: str) -> ResultRow:
     return ResultRow(name, url, Status.ERROR, Action.FAILED, error=error)
-
-
-async def _deploy_all(prepared: list[_Prepared], sockets: Sequence[str]) -> list[ResultRow]:
-    """Push every staple to every socket, one batch per socket, concurrently."""
-    items = [item for p in prepared if p.staple is not None for item in p.staple.deploys]
-    per_socket = await asyncio.gather(*(_deploy_one(s, items) for s in sockets))
-    rows = []
-    for p in prepared:
-        if p.staple is None:
-            rows.append(p.row)
-            continue
-        results = {
-            sock: [outcomes.get(item.crt) for item in p.staple.deploys]
-            for sock, outcomes in zip(sockets, per_socket, strict=True)
-        }
-        rows.append(_merge(p.row, results))
-    return rows
-
-
-async def _deploy_one(socket: str, items: list[DeployItem]) -> dict[str, DeployOutcome | str]:
-    if not items:
-        return {}
-    try:
-        outcomes = await deploy(socket, items)
-    except HAProxyError as exc:
-        return {item.crt: str(exc) for item in items}
-    return {o.crt: o for o in outcomes}
-
-
-def _merge(row: ResultRow, results: dict[str, list[DeployOutcome | str | None]]) -> ResultRow:
-    """One row from the outcomes of every name on every socket: any failure fails it."""
-    haproxy: dict[str, str] = {}
-    errors = []
-    for sock, outcomes in results.items():
-        methods = []
-        for result in outcomes:
-            if isinstance(result, str):
-                errors.append(result)
-            elif result is None or not result.ok:
-                why = result.error if result else "no outcome"
-                errors.append(f"haproxy {sock}: {why}")
-            else:
-                methods.append(result.method)
-        ok = len(methods) == len(outcomes)
-        haproxy[sock] = "+".join(dict.fromkeys(methods)) if ok else "error"
-    if errors:
-        error = "; ".join(dict.fromkeys(errors))
-        return dataclasses.replace(row, action=Action.FAILED, error=error, haproxy=haproxy)
-    action = Action.DEPLOYED if row.action is Action.FETCHED else row.action
-    return dataclasses.replace(row, action=action, haproxy=haproxy)

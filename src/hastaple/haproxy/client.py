@@ -39,6 +39,11 @@ class Connection:
         self._writer = writer
         self._replies = protocol.ReplyReader()
 
+    @property
+    def closed_by_peer(self) -> bool:
+        """HAProxy closed the connection (a restart, or 2.6 after an error)."""
+        return self._replies.at_eof
+
     async def run(self, commands: Sequence[protocol.Command]) -> list[protocol.Reply]:
         """
         Send ``commands`` pipelined and return one reply per command, in order.

@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Self
 
 from cryptography.x509 import ocsp
 
@@ -96,47 +96,128 @@ async def deploy(
             when it is missing or refusing, as while HAProxy restarts); the
             caller turns it into one row per certificate.
     """
-    address = protocol.parse_address(socket)
-    for delay in RETRY_DELAYS:
+    async with Session(socket, timeout=timeout) as session:
+        await session.open()
+        return await session.push(items)
+
+
+class Session:
+    """
+    One socket for a whole run: batches are pushed as they become ready.
+
+    The pipeline pushes each group of staples as soon as it is stored, so
+    deploying overlaps fetching and no run holds every staple until the end.
+    All pushes share one connection. When HAProxy drops it, that push fails
+    (``HAProxyUnreachable``) and the next one reconnects; when connecting
+    fails, after the retries, every later push fails at once with the same
+    error instead of waiting out the retries again.
+    """
+
+    def __init__(self, socket: str, *, timeout: float = 10.0) -> None:
+        """
+        A session with the HAProxy at ``socket``; ``timeout`` as in ``deploy``.
+
+        Raises:
+            ConfigError: ``socket`` is not an address.
+        """
+        self._address = protocol.parse_address(socket)
+        self._timeout = timeout
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._run: _Run | None = None
+        self._dead: HAProxyUnreachable | None = None
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def open(self) -> None:
+        """
+        Connect now (a push connects when needed).
+
+        Raises:
+            HAProxyUnreachable: as ``push``.
+        """
+        await self._connection()
+
+    async def push(self, items: Sequence[DeployItem]) -> list[DeployOutcome]:
+        """
+        Load ``items``, CHUNK certificates per pipelined round; one outcome per item.
+
+        Raises:
+            HAProxyUnreachable: the socket cannot be used, or the connection
+                was lost during this push (outcomes of this push unknown).
+        """
+        if not items:
+            return []
+        run = await self._connection()
+        outcomes: list[DeployOutcome] = []
         try:
-            return await _deploy_once(address, items, timeout)
+            for start in range(0, len(items), CHUNK):
+                outcomes += await run.chunk(items[start : start + CHUNK])
+        except BaseException:
+            await self.close()  # replies may still be in flight: never reuse it
+            raise
+        if run.conn.closed_by_peer:  # its items failed as "closed"; the next push reconnects
+            await self.close()
+        return outcomes
+
+    async def close(self) -> None:
+        """Close the connection, if any; a later push opens a new one."""
+        stack, self._stack, self._run = self._stack, None, None
+        if stack is not None:
+            await stack.aclose()
+
+    async def _connection(self) -> _Run:
+        if self._run is not None:
+            return self._run
+        if self._dead is not None:
+            raise self._dead
+        try:
+            for delay in RETRY_DELAYS:
+                try:
+                    return await self._connect()
+                except HAProxyUnreachable as exc:
+                    if not isinstance(exc.__cause__, _TRANSIENT):
+                        raise
+                await asyncio.sleep(delay)
+            return await self._connect()
         except HAProxyUnreachable as exc:
-            if not isinstance(exc.__cause__, _TRANSIENT):
-                raise
-        await asyncio.sleep(delay)
-    return await _deploy_once(address, items, timeout)
+            self._dead = exc
+            raise
 
-
-async def _deploy_once(
-    address: protocol.Address,
-    items: Sequence[DeployItem],
-    timeout: float,  # noqa: ASYNC109 - passed on to client.connect, as in deploy()
-) -> list[DeployOutcome]:
-    async with client.connect(address, timeout=None, idle_timeout=timeout) as conn:
-        return await _Run(conn, address).deploy(items)
+    async def _connect(self) -> _Run:
+        stack = contextlib.AsyncExitStack()
+        async with stack:
+            conn = await stack.enter_async_context(
+                client.connect(self._address, timeout=None, idle_timeout=self._timeout)
+            )
+            self._stack, self._run = stack.pop_all(), _Run(conn, self._address)
+        return self._run
 
 
 class _Run:
-    """One socket's deployment; outcomes are decided item by item."""
+    """One connection's deployment; outcomes are decided item by item."""
 
     def __init__(self, conn: client.Connection, address: protocol.Address) -> None:
         self.conn = conn
         self.socket = address.text
         # None until ``show info`` answered: the read-back then uses the text dump.
         self.version: str | None = None
+        self._asked_version = False
 
-    async def deploy(self, items: Sequence[DeployItem]) -> list[DeployOutcome]:
+    async def chunk(self, items: Sequence[DeployItem]) -> list[DeployOutcome]:
         """
-        Every item, CHUNK certificates per pipelined round, on the one connection.
+        Up to CHUNK items in one pipelined round.
 
         Chunks bound what is held at once (commands, replies, the read-back
         dumps) to a few hundred certificates instead of all of them; the
-        first one also asks ``show info`` for the version (read-back form).
+        connection's first one also asks ``show info`` for the version
+        (read-back form).
         """
-        outcomes: list[DeployOutcome] = []
-        for start in range(0, len(items), CHUNK):
-            outcomes += await self._chunk(items[start : start + CHUNK], first=start == 0)
-        return outcomes
+        first, self._asked_version = not self._asked_version, True
+        return await self._chunk(items, first=first)
 
     async def _chunk(self, items: Sequence[DeployItem], *, first: bool) -> list[DeployOutcome]:
         outcomes: dict[int, DeployOutcome] = {}

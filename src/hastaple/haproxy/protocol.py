@@ -247,6 +247,11 @@ class ReplyReader:
         """Note that HAProxy closed the connection."""
         self._eof = True
 
+    @property
+    def at_eof(self) -> bool:
+        """HAProxy closed the connection: every later reply is ``closed``."""
+        return self._eof
+
     def next_reply(self) -> Reply | None:
         """Return the next complete reply, or None until more bytes arrive."""
         match = _PROMPT.search(self._buf)

@@ -1,0 +1,116 @@
+"""
+Deploying in rounds while fetching (``hastaple.pusher``).
+
+A stored staple reaches HAProxy while later certificates are still being
+fetched, and a slow HAProxy holds the producers back instead of letting
+staples pile up in memory. Real responder (the fault-injecting one, which can
+wait for HAProxy) and the fake HAProxy (which can be slow on demand).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from cryptography.x509 import ocsp
+
+from fake_haproxy import FakeHAProxy
+from hastaple import pipeline, pusher
+from hastaple.discover import CertEntry
+from hastaple.fetch import Fetcher
+from hastaple.haproxy.deploy import DeployItem
+from hastaple.model import Action, ResultRow, Status
+from hastaple.ocsp.request import cert_id
+from pki import now
+from responders import OCSP_TYPE, FaultResponder, Serve
+
+
+@pytest.fixture(name="sock_dir")
+def _sock_dir():
+    """A short directory for unix sockets (tmp_path can exceed the 107-byte limit)."""
+    path = Path(tempfile.mkdtemp(prefix="hs-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@dataclass
+class AfterDeploy:
+    """Answer only once ``hap`` was sent a staple (or after ``limit`` seconds)."""
+
+    hap: FakeHAProxy
+    body: bytes
+    limit: float = 3.0
+    saw_deploy: bool = field(default=False, init=False)
+
+    async def __call__(self, request: web.Request, server: FaultResponder) -> web.StreamResponse:  # noqa: ARG002
+        deadline = time.monotonic() + self.limit
+        while time.monotonic() < deadline:
+            if any(c.startswith("set ssl ocsp-response") for c in self.hap.commands):
+                self.saw_deploy = True
+                break
+            await asyncio.sleep(0.01)
+        return web.Response(body=self.body, content_type=OCSP_TYPE)
+
+
+async def test_a_stored_staple_is_deployed_while_others_are_fetched(
+    pki, fault_responder, tmp_path, sock_dir, monkeypatch
+):
+    """Round size 1: the first staple is in HAProxy before the second responder answers."""
+    monkeypatch.setattr(pusher, "ROUND", 1)
+    fast = pki.leaf("fast.example.test", ocsp_url=fault_responder.url_for("fast"))
+    late = pki.leaf("late.example.test", ocsp_url=fault_responder.url_for("late"))
+    hap = FakeHAProxy(sock_dir / "admin.sock")
+    entries = []
+    for name, leaf in (("fast.pem", fast), ("late.pem", late)):
+        path = pki.write(tmp_path, name, leaf)
+        hap.register(str(path), cert_id(leaf.cert, pki.intermediate.cert).hex())
+        entries.append(CertEntry(path, names=(str(path),)))
+    fault_responder.on("fast", Serve(pki.response(fast.cert)))
+    waiting = AfterDeploy(hap, pki.response(late.cert))
+    fault_responder.on("late", waiting)
+    options = pipeline.Options(sockets=(str(hap.path),), state_dir=tmp_path / "state")
+    async with hap, Fetcher() as fetcher:
+        rows = await pipeline.run(entries, options, fetcher=fetcher, now=now())
+    assert [(r.status, r.action) for r in rows] == [(Status.GOOD, Action.DEPLOYED)] * 2, rows
+    assert waiting.saw_deploy, "the first staple waited for the last fetch"
+    assert hap.connections == 1  # both rounds on one connection
+
+
+async def test_a_slow_haproxy_holds_producers_back(pki, sock_dir, monkeypatch):
+    """
+    HAProxy answering slowly: once ROUNDS_WAITING rounds wait, ``add`` waits too.
+
+    Without that, a run against a slow HAProxy would hold every staple until
+    the end (the memory the rounds exist to save).
+    """
+    monkeypatch.setattr(pusher, "ROUND", 1)
+    leaf = pki.leaf("slow.example.test")
+    der = pki.response(leaf.cert)
+    resp = ocsp.load_der_ocsp_response(der)
+    key = cert_id(leaf.cert, pki.intermediate.cert)
+    hap = FakeHAProxy(sock_dir / "admin.sock", fault="slow", delay=0.1)
+    crts = [f"/certs/{i}.pem" for i in range(pusher.ROUNDS_WAITING + 3)]
+    for crt in crts:
+        hap.register(crt, key.hex())
+    rows: dict[int, ResultRow] = {}
+    returned: list[float] = []
+    async with hap:
+        push = pusher.Pusher([str(hap.path)], rows.__setitem__)
+        started = time.monotonic()
+        for i, crt in enumerate(crts):
+            item = DeployItem(crt, der, key, None, resp.this_update_utc, resp.next_update_utc)
+            row = ResultRow(crt, None, Status.GOOD, Action.FETCHED)
+            await push.add(i, row, (item,))
+            returned.append(time.monotonic() - started)
+        await push.finish()
+    free = pusher.ROUNDS_WAITING + 1  # one round being pushed, the rest waiting
+    assert max(returned[:free]) < 0.1, returned
+    assert returned[free] > 0.2, returned  # a round (3+ slow replies) had to finish first
+    assert sorted(rows) == list(range(len(crts)))
+    assert all(r.action is Action.DEPLOYED for r in rows.values()), rows
