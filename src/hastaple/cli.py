@@ -8,7 +8,6 @@ stderr that names the file and the problem (a traceback only with --debug).
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import gc
 import logging
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import NoReturn
 
 import click
+import uvloop
 from cryptography import x509
 
 from hastaple import __version__, config, discover, pem, render
@@ -166,7 +166,8 @@ def fetch(
         # until exit: keep the cyclic collector from re-scanning it on every
         # collection of a 10,000-certificate run.
         gc.freeze()
-        rows = asyncio.run(_fetch(found.certs, options, limits, progress=bar))
+        # uvloop, not asyncio's own loop: 13% less CPU per certificate (bench/).
+        rows = uvloop.run(_fetch(found.certs, options, limits, progress=bar))
     _finish(rows, as_json=as_json)
 
 
@@ -348,7 +349,7 @@ def demo_command(binary: str | None, no_haproxy: bool) -> None:
 
     haproxy = None if no_haproxy else (binary or demo.find_haproxy())
     why_not = "HAProxy not used (--no-haproxy)" if no_haproxy else demo.NOT_FOUND
-    ok = asyncio.run(demo.demo(click.echo, haproxy=haproxy, why_not=why_not))
+    ok = uvloop.run(demo.demo(click.echo, haproxy=haproxy, why_not=why_not))
     sys.exit(EXIT_OK if ok else EXIT_FAILED)
 
 

@@ -16,6 +16,7 @@ import os
 import signal
 from collections.abc import Callable, MutableMapping
 
+import uvloop
 from aiohttp import web
 
 from hastaple import events, metrics
@@ -63,7 +64,7 @@ class ConfiguredFetcher(Fetcher):
 
 def run(load: Callable[[], Config]) -> int:
     """Run the daemon until SIGTERM; ``load`` reads the configuration (again on SIGHUP)."""
-    return asyncio.run(_main(load))
+    return uvloop.run(_main(load))
 
 
 async def _main(load: Callable[[], Config]) -> int:
