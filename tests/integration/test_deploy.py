@@ -91,6 +91,32 @@ async def test_second_deploy_after_commit_takes_fast_path(pki, crt_dir, start_ha
     _assert_stapled(hap, "again.test", second)
 
 
+async def test_same_certificate_in_a_second_file_without_ocsp(pki, crt_dir, start_haproxy):
+    """
+    Registration is per file (HAPROXY.md §3c): the same certificate twice, one with a .ocsp.
+
+    The set for the second file answers "updated" (it updates the shared
+    CertID entry) but leaves that file unregistered: it must be committed.
+    """
+    leaf = pki.leaf("twice.test")
+    first = pki.write(crt_dir, "twice-a.pem", leaf)
+    second = pki.write(crt_dir, "twice-b.pem", leaf)
+    first.with_name("twice-a.pem.ocsp").write_bytes(b"")  # registered at start (§0.2)
+    hap = start_haproxy()
+
+    a, b = await deploy(str(hap.socket), [_item(pki, leaf, first), _item(pki, leaf, second)])
+
+    assert (a.ok, a.error) == (True, None)  # 2.6 reports no key for it either: a commit
+    assert (b.ok, b.method, b.error) == (True, "commit", None)
+    key = cert_id(leaf.cert, pki.intermediate.cert).hex()
+    async with client.connect(str(hap.socket)) as conn:
+        for crt in (first, second):
+            cmd = protocol.show_cert(str(crt))
+            info = protocol.parse_show_cert(str(hap.socket), cmd, await conn.run_one(cmd))
+            assert info is not None
+            assert info.ocsp_key == key, crt
+
+
 async def test_chainless_pem_needs_issuer_in_transaction(pki, crt_dir, start_haproxy):
     """A chainless PEM is stapled when the issuer goes in the transaction, and not without."""
     leaf = pki.leaf("nochain.test")

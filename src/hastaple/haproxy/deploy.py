@@ -1,23 +1,22 @@
 """
 Load validated OCSP responses into a running HAProxy, without a reload.
 
-For each certificate (HAPROXY.md §0, §6): ``show ssl cert`` tells whether
-HAProxy registered an OCSP entry for it. Registered: the fast path ``set ssl
-ocsp-response``. Not registered (no ``.ocsp`` when HAProxy loaded it, the
-pitfall): ``set ssl cert <crt>.ocsp <<`` (+ ``.issuer`` for a chainless PEM)
-and ``commit ssl cert`` in one transaction, committed only when every part was
-accepted. Then, because neither "updated" nor "Success!" proves a staple
-(§0.5, §5.3), read back ``show ssl cert`` (the OCSP key must still be ours)
-and the served response: on 2.8 ``show ssl ocsp-response base64 <key>``,
-compared byte for byte; on older versions (``show info``'s Version) the text
-dump, compared on status and times.
+For each certificate (HAPROXY.md §0, §6), in one pipelined round: the fast
+path ``set ssl ocsp-response``, then ``show ssl cert`` (is this file
+registered, under our CertID?) and the read-back of the served response, on
+2.8 ``show ssl ocsp-response base64 <key>`` compared byte for byte, on older
+versions (``show info``'s Version) the text dump compared on status and
+times; neither "updated" nor "Success!" proves a staple (§0.5, §5.3). A file
+HAProxy loaded without ``.ocsp`` (the pitfall) has no OCSP key: it then takes
+``set ssl cert <crt>.ocsp <<`` (+ ``.issuer`` for a chainless PEM) and
+``commit ssl cert`` in one transaction, committed only when every part was
+accepted, and is read back the same way.
 
-All of a socket's commands share one connection, pipelined, CHUNK
-certificates per round: the ``show`` batch, the fast-path batch, the
-read-back batch, and the transactions one certificate after the other
+All of a socket's commands share one connection (``Session``), CHUNK
+certificates per round; the transactions go one certificate after the other
 (HAProxy holds only one at a time), each write closing one and opening the
-next. One certificate's failure, a name that
-cannot be sent included, never stops the others.
+next. One certificate's failure, a name that cannot be sent included, never
+stops the others.
 """
 
 from __future__ import annotations
@@ -203,71 +202,93 @@ class _Run:
     def __init__(self, conn: client.Connection, address: protocol.Address) -> None:
         self.conn = conn
         self.socket = address.text
-        # None until ``show info`` answered: the read-back then uses the text dump.
-        self.version: str | None = None
+        # The read-back form: base64 DER from 2.8 on (``show info``'s Version),
+        # else, or when ``show info`` failed, the text dump.
+        self._der_read_back = False
         self._asked_version = False
 
     async def chunk(self, items: Sequence[DeployItem]) -> list[DeployOutcome]:
         """
-        Up to CHUNK items in one pipelined round.
+        Up to CHUNK items: the fast path and its read-back in one pipelined round.
 
-        Chunks bound what is held at once (commands, replies, the read-back
-        dumps) to a few hundred certificates instead of all of them; the
-        connection's first one also asks ``show info`` for the version
-        (read-back form).
+        Per certificate ``set ssl ocsp-response``, then ``show ssl cert`` (is
+        this file registered under our CertID? §0.5, §3c: registration is per
+        file) and the read-back of what is served. A file that is not
+        registered (the pitfall) takes the transaction path afterwards, and
+        its own read-back. Chunks bound what is held at once (commands,
+        replies, dumps) to a few hundred certificates. The connection's first
+        chunk asks ``show info`` first: the version decides the read-back form.
         """
-        first, self._asked_version = not self._asked_version, True
-        return await self._chunk(items, first=first)
-
-    async def _chunk(self, items: Sequence[DeployItem], *, first: bool) -> list[DeployOutcome]:
+        if not self._asked_version:
+            self._asked_version = True
+            self._note_version(await self.conn.run_one(protocol.SHOW_INFO))
         outcomes: dict[int, DeployOutcome] = {}
-        shows: list[tuple[int, protocol.Command]] = []
+        sent: list[tuple[int, list[protocol.Command]]] = []
         for i, item in enumerate(items):
-            cmd = protocol.show_cert(item.crt)
-            if (refused := self._refused([cmd])) is not None:
+            cmds = [
+                protocol.set_ocsp_response(item.der),
+                protocol.show_cert(item.crt),
+                self._show_served(item),
+            ]
+            if (refused := self._refused(cmds)) is not None:
                 outcomes[i] = DeployOutcome(item.crt, ok=False, method="update", error=refused)
             else:
-                shows.append((i, cmd))
-        ask = [protocol.SHOW_INFO] if first else []
-        replies = await self.conn.run([*ask, *(cmd for _, cmd in shows)])
-        if first:
-            self._note_version(replies[0])
-            replies = replies[1:]
-        fast: list[int] = []
-        bare: list[int] = []
-        for (i, cmd), reply in zip(shows, replies, strict=True):
+                sent.append((i, cmds))
+        replies = await self.conn.run([cmd for _, cmds in sent for cmd in cmds])
+        bare: list[tuple[int, DeployItem]] = []
+        for n, (i, cmds) in enumerate(sent):
             item = items[i]
             try:
-                info = protocol.parse_show_cert(self.socket, cmd, reply)
+                outcome = self._updated(item, cmds, replies[3 * n : 3 * n + 3])
             except HAProxyCommandFailed as exc:
-                outcomes[i] = DeployOutcome(item.crt, ok=False, method="update", error=str(exc))
-                continue
-            if info is None:
-                error = f"HAProxy does not serve {item.crt}"
-                outcomes[i] = DeployOutcome(item.crt, ok=False, method="update", error=error)
-            elif info.ocsp_key is None:
-                bare.append(i)
-            elif info.ocsp_key != item.cert_id.hex():
-                error = (
-                    f"HAProxy's OCSP key for {item.crt} is {info.ocsp_key}, not the response's "
-                    f"CertID {item.cert_id.hex()} (another issuer?)"
-                )
-                outcomes[i] = DeployOutcome(item.crt, ok=False, method="update", error=error)
+                outcome = DeployOutcome(item.crt, ok=False, method="update", error=str(exc))
+            if outcome is None:
+                bare.append((i, item))
             else:
-                fast.append(i)
-        outcomes.update(await self._commit([(i, items[i]) for i in bare]))
-        outcomes.update(await self._update([(i, items[i]) for i in fast]))
-        done = [(i, items[i]) for i in sorted(outcomes) if outcomes[i].ok]
+                outcomes[i] = outcome
+        committed = await self._commit(bare)
+        outcomes.update(committed)
+        done = [(i, items[i]) for i in sorted(committed) if committed[i].ok]
         for i, error in await self._read_back(done):
-            outcomes[i] = DeployOutcome(
-                items[i].crt, ok=False, method=outcomes[i].method, error=error
-            )
+            outcomes[i] = DeployOutcome(items[i].crt, ok=False, method="commit", error=error)
         return [outcomes[i] for i in range(len(items))]
+
+    def _updated(
+        self, item: DeployItem, cmds: list[protocol.Command], replies: list[protocol.Reply]
+    ) -> DeployOutcome | None:
+        """
+        The fast path's outcome from its three replies; None: not registered, commit it.
+
+        A file HAProxy loaded without ``.ocsp`` answers the set with the
+        pitfall text, or with "updated" when another file shares the CertID,
+        and has no OCSP key either way.
+        """
+        info = protocol.parse_show_cert(self.socket, cmds[1], replies[1])
+        error = None
+        if info is None:
+            error = f"HAProxy does not serve {item.crt}"
+        elif info.ocsp_key is None:
+            return None
+        elif info.ocsp_key != item.cert_id.hex():
+            error = (
+                f"HAProxy's OCSP key for {item.crt} is {info.ocsp_key}, not the response's "
+                f"CertID {item.cert_id.hex()} (another issuer?)"
+            )
+        else:
+            protocol.parse_set_ocsp_response(self.socket, cmds[0], replies[0])
+            try:
+                error = self._served_error(item, cmds[2], replies[2])
+            except HAProxyCommandFailed as exc:
+                error = _READ_BACK_FAILED.format(exc)
+        if error is not None:
+            return DeployOutcome(item.crt, ok=False, method="update", error=error)
+        return DeployOutcome(item.crt, ok=True, method="update")
 
     def _note_version(self, reply: protocol.Reply) -> None:
         """Keep the version when ``show info`` answered; any failure shows up in later replies."""
         with contextlib.suppress(HAProxyCommandFailed):
-            self.version = protocol.parse_info(self.socket, protocol.SHOW_INFO, reply).version
+            version = protocol.parse_info(self.socket, protocol.SHOW_INFO, reply).version
+            self._der_read_back = protocol.shows_der(version)
 
     def _refused(self, cmds: Sequence[protocol.Command]) -> str | None:
         """
@@ -282,26 +303,6 @@ class _Run:
             except HAProxyCommandFailed as exc:
                 return str(exc)
         return None
-
-    async def _update(self, todo: list[tuple[int, DeployItem]]) -> dict[int, DeployOutcome]:
-        """The fast path, pipelined: every item is independent of the others."""
-        outcomes: dict[int, DeployOutcome] = {}
-        cmds: list[tuple[int, DeployItem, protocol.Command]] = []
-        for i, item in todo:
-            cmd = protocol.set_ocsp_response(item.der)
-            if (refused := self._refused([cmd])) is not None:
-                outcomes[i] = DeployOutcome(item.crt, ok=False, method="update", error=refused)
-            else:
-                cmds.append((i, item, cmd))
-        replies = await self.conn.run([cmd for _, _, cmd in cmds])
-        for (i, item, cmd), reply in zip(cmds, replies, strict=True):
-            try:
-                protocol.parse_set_ocsp_response(self.socket, cmd, reply)
-            except HAProxyCommandFailed as exc:
-                outcomes[i] = DeployOutcome(item.crt, ok=False, method="update", error=str(exc))
-            else:
-                outcomes[i] = DeployOutcome(item.crt, ok=True, method="update")
-        return outcomes
 
     async def _commit(self, todo: list[tuple[int, DeployItem]]) -> dict[int, DeployOutcome]:
         """
@@ -378,13 +379,11 @@ class _Run:
         return None
 
     async def _read_back(self, done: list[tuple[int, DeployItem]]) -> list[tuple[int, str]]:
-        """Check what HAProxy serves for each deployed item (§0.5): registered, same times."""
+        """Check what HAProxy serves for each committed item (§0.5): registered, ours."""
         errors: list[tuple[int, str]] = []
         checks: list[tuple[int, DeployItem, list[protocol.Command]]] = []
-        der = self.version is not None and protocol.shows_der(self.version)
-        show = protocol.show_ocsp_response_der if der else protocol.show_ocsp_response
         for i, item in done:
-            cmds = [protocol.show_cert(item.crt), show(item.cert_id.hex())]
+            cmds = [protocol.show_cert(item.crt), self._show_served(item)]
             if (refused := self._refused(cmds)) is not None:
                 errors.append((i, _READ_BACK_FAILED.format(refused)))
             else:
@@ -392,28 +391,33 @@ class _Run:
         replies = await self.conn.run([cmd for _, _, cmds in checks for cmd in cmds])
         for n, (i, item, cmds) in enumerate(checks):
             try:
-                error = self._compare(item, cmds, replies[2 * n : 2 * n + 2], der=der)
+                info = protocol.parse_show_cert(self.socket, cmds[0], replies[2 * n])
+                if info is None or info.ocsp_key != item.cert_id.hex():
+                    error: str | None = (
+                        f"HAProxy answered 'updated' but {item.crt} has no OCSP entry "
+                        "(not registered)"
+                    )
+                else:
+                    error = self._served_error(item, cmds[1], replies[2 * n + 1])
             except HAProxyCommandFailed as exc:
                 error = _READ_BACK_FAILED.format(exc)
             if error is not None:
                 errors.append((i, error))
         return errors
 
-    def _compare(
-        self,
-        item: DeployItem,
-        cmds: list[protocol.Command],
-        replies: list[protocol.Reply],
-        *,
-        der: bool,
+    def _show_served(self, item: DeployItem) -> protocol.Command:
+        """The read-back of the response served for ``item``'s CertID (2.8: base64 DER)."""
+        if self._der_read_back:
+            return protocol.show_ocsp_response_der(item.cert_id.hex())
+        return protocol.show_ocsp_response(item.cert_id.hex())
+
+    def _served_error(
+        self, item: DeployItem, cmd: protocol.Command, reply: protocol.Reply
     ) -> str | None:
-        info = protocol.parse_show_cert(self.socket, cmds[0], replies[0])
-        if info is None or info.ocsp_key != item.cert_id.hex():
-            return f"HAProxy answered 'updated' but {item.crt} has no OCSP entry (not registered)"
-        if der:  # 2.8: the exact bytes served
-            served_der = protocol.parse_ocsp_response_der(self.socket, cmds[1], replies[1])
-            return _compare_der(item, served_der)
-        served = protocol.parse_ocsp_response(self.socket, cmds[1], replies[1])
+        """Why what HAProxy serves for ``item``'s CertID is not ``item``, or None."""
+        if self._der_read_back:  # 2.8: the exact bytes
+            return _compare_der(item, protocol.parse_ocsp_response_der(self.socket, cmd, reply))
+        served = protocol.parse_ocsp_response(self.socket, cmd, reply)
         want = (_seconds(item.this_update), _seconds(item.next_update))
         got = (served.this_update, served.next_update)
         if served.cert_status != "good" or got != want:

@@ -352,12 +352,19 @@ class CertInfo:
         return self.ocsp_key is not None
 
 
+# The three lines of ``show ssl cert`` we use, found without splitting the
+# whole dump (the leaf's and every chain certificate's details) into fields.
+_CERT_FIELDS = re.compile(r"^[ \t]*(Filename|Serial|OCSP Response Key)[ \t]*:(.*)$", re.MULTILINE)
+
+
 def parse_show_cert(socket: str, command: Command, reply: Reply) -> CertInfo | None:
     """Return the certificate's details, or None when HAProxy does not know it."""
     _check_common(socket, command, reply)
     if reply.text.startswith("Can't display the certificate: Not found"):
         return None
-    fields = _fields(reply.text)
+    fields: dict[str, str] = {}
+    for match in _CERT_FIELDS.finditer(reply.text):  # the chain's dumps follow: first wins
+        fields.setdefault(match[1], match[2].strip())
     if "Filename" not in fields or "OCSP Response Key" not in fields:
         raise _fail(socket, command, reply)
     return CertInfo(
