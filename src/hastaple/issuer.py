@@ -10,8 +10,10 @@ Everything here is pure; the pipeline reads files and downloads.
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import TypeVar
 
 from cryptography import x509
@@ -57,29 +59,63 @@ def choose_local(
     exactly as HAProxy trusts them; certificates from the network go
     through ``choose``.
     """
-    matches = [c for c in candidates if _check_issued(c, leaf)]
+    issuer_der = leaf.issuer.public_bytes()
+    aki = _extension(leaf, x509.AuthorityKeyIdentifier)
+    matches = [c for c in candidates if _check_issued(_facts(c), leaf, issuer_der, aki)]
     if len(matches) == 1:
         return matches[0]
     return next((c for c in matches if _signed(leaf, c)), None)
 
 
-def _check_issued(cand: x509.Certificate, leaf: x509.Certificate) -> bool:
+@dataclass(frozen=True, slots=True)
+class _Facts:
+    """What ``X509_check_issued`` reads of a candidate issuer."""
+
+    subject: x509.Name
+    subject_der: bytes
+    ski: bytes | None
+    serial: int
+    can_sign: bool  # no key usage, or keyCertSign
+
+
+@functools.lru_cache(maxsize=64)
+def _facts(cand: x509.Certificate) -> _Facts:
+    """
+    A candidate's facts, once per certificate (hashed and compared by DER).
+
+    Thousands of PEM files usually share one intermediate: its name, SKI and
+    key usage were decoded again for every leaf.
+    """
+    ski = _extension(cand, x509.SubjectKeyIdentifier)
+    usage = _extension(cand, x509.KeyUsage)
+    subject = cand.subject
+    return _Facts(
+        subject,
+        subject.public_bytes(),
+        ski.digest if ski is not None else None,
+        cand.serial_number,
+        usage is None or usage.key_cert_sign,
+    )
+
+
+def _check_issued(
+    cand: _Facts,
+    leaf: x509.Certificate,
+    issuer_der: bytes,
+    aki: x509.AuthorityKeyIdentifier | None,
+) -> bool:
     """OpenSSL's X509_check_issued(cand, leaf) without its proxy-certificate cases."""
-    if not _same_name(cand.subject, leaf.issuer):
+    if cand.subject_der != issuer_der and cand.subject != leaf.issuer:  # DER first: cheaper
         return False
-    aki = _extension(leaf, x509.AuthorityKeyIdentifier)
     if aki is not None:
-        if aki.key_identifier is not None:
-            ski = _extension(cand, x509.SubjectKeyIdentifier)
-            if ski is not None and ski.digest != aki.key_identifier:
-                return False
+        if None not in (aki.key_identifier, cand.ski) and cand.ski != aki.key_identifier:
+            return False
         if (
             aki.authority_cert_serial_number is not None
-            and aki.authority_cert_serial_number != cand.serial_number
+            and aki.authority_cert_serial_number != cand.serial
         ):
             return False
-    usage = _extension(cand, x509.KeyUsage)
-    return usage is None or usage.key_cert_sign
+    return cand.can_sign
 
 
 def _same_name(a: x509.Name, b: x509.Name) -> bool:
