@@ -120,9 +120,8 @@ class Fetcher:
             connector=connector,
             # `sock_connect`, not `connect`: the latter also counts the wait for
             # a free slot under `limit_per_host`, which is queueing, not a fault.
-            timeout=aiohttp.ClientTimeout(
-                total=self.limits.timeout, sock_connect=self.limits.connect_timeout
-            ),
+            # No `total`: `_exchange` bounds each exchange, redirects included.
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.limits.connect_timeout),
             headers={"User-Agent": self._user_agent},
             # The proxy variables and ~/.netrc are honoured, but looked up by
             # `_Routes`: aiohttp's trust_env costs two thread hand-offs per request.
@@ -192,7 +191,9 @@ class Fetcher:
         _check_scheme(origin, target, redirected=False)
         headers = {"Content-Type": "application/ocsp-request"} if body is not None else {}
         key = (target.scheme, target.host, target.port)
-        slot = self._slots.setdefault(key, asyncio.Semaphore(self.limits.per_host))
+        slot = self._slots.get(key)
+        if slot is None:
+            slot = self._slots[key] = asyncio.Semaphore(self.limits.per_host)
         async with slot:
             with _MapErrors(origin, self.limits):
                 async with asyncio.timeout(self.limits.timeout):
@@ -357,6 +358,8 @@ async def _read_capped(origin: str, resp: aiohttp.ClientResponse, cap: int) -> b
     if resp.content_length is not None and resp.content_length > cap:
         resp.close()  # drop the connection rather than drain a huge body
         raise FetchError(origin, too_large)
+    if resp.content_length is not None:  # within the cap: aiohttp reads exactly that much
+        return await resp.read()
     chunks: list[bytes] = []
     size = 0
     async for chunk in resp.content.iter_chunked(_READ_CHUNK_BYTES):
