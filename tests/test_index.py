@@ -117,6 +117,25 @@ def test_unusable_index_file_is_empty(tmp_path, content):
     assert len(index.Index.load(tmp_path)) == 0
 
 
+async def test_a_large_index_reads_back_whole(setup, tmp_path):
+    """Written in pieces (hundreds of certificates), the index loads back entry for entry."""
+    path, state, _ = setup
+    await _run(path, state)
+    first = index.Index.load(state)
+    entry = first.lookup(path, index.fingerprint(path))
+    assert entry is not None
+    names = [tmp_path / f"copy-{i:04d}.pem" for i in range(400)]
+    for name in names:
+        first.record(name, entry)
+    first.mark_revoked(names[7], 1234)
+    first.save()
+    assert (state / index.INDEX_NAME).stat().st_size > 2 * index._PIECE
+    again = index.Index.load(state)
+    assert len(again) == len(first) == len(names) + 1
+    assert all(again._entries[str(n)] == entry for n in names)
+    assert again.is_revoked(names[7], 1234)
+
+
 def test_signer_window_is_the_tightest(pki):
     """valid_until is the earlier of nextUpdate and the delegated signer's notAfter."""
     leaf = pki.leaf("w.example.test")

@@ -53,6 +53,23 @@ def test_failure_leaves_old_file(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["site.pem.ocsp"]
 
 
+def test_chunks_are_written_as_produced_and_a_broken_producer_leaves_nothing(tmp_path):
+    """A document given in pieces is the pieces joined; a producer that fails changes nothing."""
+    target = tmp_path / "index.json"
+    pieces = [b"{", b"x" * 100_000, b"", b"}"]
+    store.write_atomic(target, iter(pieces))
+    assert target.read_bytes() == b"".join(pieces)
+
+    def broken():
+        yield b"{half"
+        raise RuntimeError("a bug while encoding")
+
+    with pytest.raises(RuntimeError, match="a bug"):
+        store.write_atomic(target, broken())
+    assert target.read_bytes() == b"".join(pieces)
+    assert [p.name for p in tmp_path.iterdir()] == ["index.json"]
+
+
 def test_unwritable_directory(tmp_path):
     """A directory that does not exist: StoreError naming the path, nothing created."""
     missing = tmp_path / "gone" / "x.ocsp"

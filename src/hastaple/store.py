@@ -20,7 +20,7 @@ import contextlib
 import ctypes
 import os
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,11 +61,15 @@ class Write:
     """One file for ``write_many``: its path, its bytes, and whose owner it takes."""
 
     path: Path
-    data: bytes | bytearray  # a bytearray is written as is, not copied
+    # A bytearray is written as is, not copied; an iterable of chunks (a large
+    # document produced piece by piece) is written as it is produced.
+    data: bytes | bytearray | Iterable[bytes]
     owner_of: Path | None = None
 
 
-def write_atomic(path: Path, data: bytes | bytearray, *, owner_of: Path | None = None) -> None:
+def write_atomic(
+    path: Path, data: bytes | bytearray | Iterable[bytes], *, owner_of: Path | None = None
+) -> None:
     """
     Replace ``path`` with ``data`` atomically, owned like ``owner_of`` when possible.
 
@@ -170,9 +174,11 @@ def _stage(w: Write, *, fsync: bool) -> Path:
         raise StoreError(path, f"cannot create a file in {directory}: {_why(exc)}") from exc
     try:
         try:
-            view = memoryview(w.data)
-            while view:  # os.write: no buffered file object (fstat, lseek) per staple
-                view = view[os.write(fd, view) :]
+            chunks = (w.data,) if isinstance(w.data, bytes | bytearray) else w.data
+            for chunk in chunks:
+                view = memoryview(chunk)
+                while view:  # os.write: no buffered file object (fstat, lseek) per staple
+                    view = view[os.write(fd, view) :]
             os.fchmod(fd, STAPLE_MODE)  # the umask may have narrowed it
             _copy_owner(fd, w.owner_of)
             if fsync:
@@ -182,6 +188,9 @@ def _stage(w: Write, *, fsync: bool) -> Path:
     except OSError as exc:
         _discard(tmp)
         raise StoreError(path, f"cannot write: {_why(exc)}") from exc
+    except BaseException:  # a bug in whatever produced the chunks: no temp file left
+        _discard(tmp)
+        raise
     return tmp
 
 
