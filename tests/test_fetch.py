@@ -8,6 +8,7 @@ and a sensible ``retryable``; nothing else may escape.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import os
 import socket
 import ssl
@@ -217,6 +218,17 @@ async def test_huge_declared_length_refused_at_once(fault_responder, request_der
     assert err.problem == "response larger than 65536 bytes"
     await asyncio.wait_for(huge.done.wait(), 10)
     assert huge.sent <= 2048
+
+
+async def test_compressed_body_is_capped_after_decompression(fault_responder, request_der):
+    """20 KB of gzip (with its Content-Length) that inflates to 20 MB is refused at the cap."""
+    bomb = gzip.compress(b"\0" * (20 * MB))
+    assert len(bomb) < 65536
+    url = fault_responder.on("bomb", Serve(bomb, headers=(("Content-Encoding", "gzip"),)))
+
+    err = await _fetch_error(url, request_der, Limits(timeout=10))
+
+    assert err.problem == "response larger than 65536 bytes"
 
 
 @pytest.mark.parametrize("declare_length", [True, False])

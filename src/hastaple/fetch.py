@@ -358,8 +358,8 @@ async def _read_capped(origin: str, resp: aiohttp.ClientResponse, cap: int) -> b
     if resp.content_length is not None and resp.content_length > cap:
         resp.close()  # drop the connection rather than drain a huge body
         raise FetchError(origin, too_large)
-    if resp.content_length is not None:  # within the cap: aiohttp reads exactly that much
-        return await resp.read()
+    if resp.content_length is not None and not resp.headers.get("Content-Encoding"):
+        return await resp.read()  # within the cap, and not inflated by decompression
     chunks: list[bytes] = []
     size = 0
     async for chunk in resp.content.iter_chunked(_READ_CHUNK_BYTES):
