@@ -112,6 +112,42 @@ def test_choose_local_refuses_what_x509_check_issued_refuses(pki):
     assert issuer.choose_local(leaf.cert, [pki.root.cert]) is None
 
 
+def _undecodable_key_usage(subject: x509.Name) -> x509.Certificate:
+    """A certificate named ``subject`` whose KeyUsage extension cryptography cannot decode."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    start = dt.datetime.now(dt.UTC) - dt.timedelta(days=1)
+    bad = x509.UnrecognizedExtension(x509.oid.ExtensionOID.KEY_USAGE, b"\x04\x00")
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(start + dt.timedelta(days=30))
+        .add_extension(bad, critical=False)
+        .sign(key, hashes.SHA256())
+    )
+
+
+def test_choose_local_reads_extensions_only_of_a_name_match(pki):
+    """
+    As X509_check_issued: the name first; extensions that do not decode make no issuer.
+
+    HAProxy loads a bundle with such an extra certificate, so it is no error here.
+    """
+    leaf = pki.leaf()
+    other = _undecodable_key_usage(x509.Name.from_rfc4514_string("CN=Somebody Else"))
+    look_alike = _undecodable_key_usage(pki.intermediate.cert.subject)
+    with pytest.raises(ValueError, match="error parsing asn1"):
+        _ = look_alike.extensions  # cryptography refuses to decode it
+    assert issuer.choose_local(leaf.cert, [other, pki.intermediate.cert]) == pki.intermediate.cert
+    assert issuer.choose_local(leaf.cert, [look_alike]) is None
+    assert issuer.choose_local(leaf.cert, [look_alike, pki.intermediate.cert]) == (
+        pki.intermediate.cert
+    )
+
+
 @pytest.mark.parametrize("form", ["der", "pem", "pkcs7-der", "pkcs7-pem"])
 def test_parse_certificates_forms(pki, form):
     """CaIssuers answers come as DER, PEM or PKCS#7 (RFC 5280 §4.2.2.1)."""

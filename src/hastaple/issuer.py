@@ -60,8 +60,7 @@ def choose_local(
     through ``choose``.
     """
     issuer_der = leaf.issuer.public_bytes()
-    aki = _extension(leaf, x509.AuthorityKeyIdentifier)
-    matches = [c for c in candidates if _check_issued(_facts(c), leaf, issuer_der, aki)]
+    matches = [c for c in candidates if _check_issued(c, leaf, issuer_der)]
     if len(matches) == 1:
         return matches[0]
     return next((c for c in matches if _signed(leaf, c)), None)
@@ -69,53 +68,54 @@ def choose_local(
 
 @dataclass(frozen=True, slots=True)
 class _Facts:
-    """What ``X509_check_issued`` reads of a candidate issuer."""
+    """What ``X509_check_issued`` reads of a candidate issuer, once its name matched."""
 
-    subject: x509.Name
-    subject_der: bytes
     ski: bytes | None
     serial: int
-    can_sign: bool  # no key usage, or keyCertSign
+    can_sign: bool  # no key usage, or keyCertSign; False when the extensions do not decode
+
+
+@functools.lru_cache(maxsize=64)
+def _subject_der(cand: x509.Certificate) -> tuple[x509.Name, bytes]:
+    """A candidate's subject, once per certificate (hashed and compared by DER)."""
+    subject = cand.subject
+    return subject, subject.public_bytes()
 
 
 @functools.lru_cache(maxsize=64)
 def _facts(cand: x509.Certificate) -> _Facts:
     """
-    A candidate's facts, once per certificate (hashed and compared by DER).
+    A candidate's SKI and key usage, once per certificate.
 
-    Thousands of PEM files usually share one intermediate: its name, SKI and
-    key usage were decoded again for every leaf.
+    Thousands of PEM files usually share one intermediate: its extensions
+    were decoded again for every leaf. Extensions that do not decode make it
+    no issuer, as OpenSSL's extension cache failing does in X509_check_issued.
     """
-    ski = _extension(cand, x509.SubjectKeyIdentifier)
-    usage = _extension(cand, x509.KeyUsage)
-    subject = cand.subject
-    return _Facts(
-        subject,
-        subject.public_bytes(),
-        ski.digest if ski is not None else None,
-        cand.serial_number,
-        usage is None or usage.key_cert_sign,
-    )
+    try:
+        ski = _extension(cand, x509.SubjectKeyIdentifier)
+        usage = _extension(cand, x509.KeyUsage)
+    except ValueError:
+        return _Facts(None, cand.serial_number, can_sign=False)
+    digest = ski.digest if ski is not None else None
+    return _Facts(digest, cand.serial_number, usage is None or usage.key_cert_sign)
 
 
-def _check_issued(
-    cand: _Facts,
-    leaf: x509.Certificate,
-    issuer_der: bytes,
-    aki: x509.AuthorityKeyIdentifier | None,
-) -> bool:
+def _check_issued(cand: x509.Certificate, leaf: x509.Certificate, issuer_der: bytes) -> bool:
     """OpenSSL's X509_check_issued(cand, leaf) without its proxy-certificate cases."""
-    if cand.subject_der != issuer_der and cand.subject != leaf.issuer:  # DER first: cheaper
+    subject, subject_der = _subject_der(cand)
+    if subject_der != issuer_der and subject != leaf.issuer:  # the name first, as OpenSSL
         return False
+    facts = _facts(cand)
+    aki = _extension(leaf, x509.AuthorityKeyIdentifier)  # decoded once by cryptography
     if aki is not None:
-        if None not in (aki.key_identifier, cand.ski) and cand.ski != aki.key_identifier:
+        if None not in (aki.key_identifier, facts.ski) and facts.ski != aki.key_identifier:
             return False
         if (
             aki.authority_cert_serial_number is not None
-            and aki.authority_cert_serial_number != cand.serial
+            and aki.authority_cert_serial_number != facts.serial
         ):
             return False
-    return cand.can_sign
+    return facts.can_sign
 
 
 def _same_name(a: x509.Name, b: x509.Name) -> bool:
