@@ -82,6 +82,40 @@ async def test_a_stored_staple_is_deployed_while_others_are_fetched(
     assert hap.connections == 1  # both rounds on one connection
 
 
+async def test_a_failing_certificate_stops_the_whole_run(
+    pki, fault_responder, tmp_path, monkeypatch
+):
+    """
+    An exception that is a bug (here from the progress callback) ends the run.
+
+    The other workers are cancelled: none goes on asking CAs and writing
+    staples after the caller has seen the error (the daemon's next batch).
+    """
+    monkeypatch.setattr(pipeline, "MAX_IN_FLIGHT", 2)
+    url = fault_responder.url_for("slow")
+    entries = []
+    for i in range(8):
+        leaf = pki.leaf(f"c{i}.example.test", ocsp_url=url)
+        entries.append(CertEntry(pki.write(tmp_path, f"c{i}.pem", leaf)))
+    fault_responder.on("slow", Serve(pki.response(leaf.cert), delay=0.05))
+
+    calls = []
+
+    def progress() -> None:
+        calls.append(1)
+        if len(calls) == 1:  # once: the other worker would go on alone
+            raise RuntimeError("the terminal went away")
+
+    async with Fetcher() as fetcher:  # open on, as the daemon's is
+        with pytest.raises(RuntimeError, match="terminal went away"):
+            await pipeline.run(
+                entries, pipeline.Options(), fetcher=fetcher, now=now(), progress=progress
+            )
+        asked = fault_responder.requests
+        await asyncio.sleep(0.3)
+        assert fault_responder.requests == asked < len(entries)
+
+
 async def test_a_slow_haproxy_holds_producers_back(pki, sock_dir, monkeypatch):
     """
     HAProxy answering slowly: once ROUNDS_WAITING rounds wait, ``add`` waits too.

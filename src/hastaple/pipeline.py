@@ -175,11 +175,17 @@ async def run_outcomes(
     # A bounded pool, not one task per certificate: 10,000 live tasks hold
     # 10,000 parsed bundles and requests at once (about 100 MB more at 10k)
     # while the fetcher lets only a few talk to each responder anyway.
+    workers = [asyncio.create_task(worker()) for _ in range(min(MAX_IN_FLIGHT, len(entries)))]
     try:
-        await asyncio.gather(*(worker() for _ in range(min(MAX_IN_FLIGHT, len(entries)))))
+        await asyncio.gather(*workers)
         if pusher is not None:
             await pusher.finish()
     finally:
+        # After a bug in one worker, the others must not go on fetching and
+        # writing behind the caller's back (the daemon's next batch).
+        for task in workers:
+            task.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
         if pusher is not None:
             await pusher.close()
     ctx.index.save()
