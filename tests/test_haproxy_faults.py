@@ -185,6 +185,24 @@ async def test_session_reconnects_after_haproxy_closed(pki, leaf, sock_dir):
     assert hap.connections == 2
 
 
+async def test_session_resends_a_round_its_idle_connection_lost(pki, leaf, sock_dir):
+    """
+    HAProxy's idle timeout closes the connection just as the next round is sent.
+
+    Nothing of that round was read, so it goes again over a new connection
+    instead of failing every certificate in it.
+    """
+    # The first connection answers 'show info' and one certificate's three
+    # commands, then hangs up on the next command it reads.
+    hap = fake(sock_dir, pki, leaf, fault="close-after", after=4)
+    async with hap, Session(str(hap.path), timeout=5) as session:
+        [first] = await session.push([item(pki, leaf)])
+        [second] = await session.push([item(pki, leaf, OTHER)])
+    assert first.ok, first.error
+    assert second.ok, second.error
+    assert hap.connections == 2
+
+
 async def test_session_gives_up_on_a_dead_socket_once(pki, leaf, sock_dir):
     """
     No socket: the first round waits out the retries and fails.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime as dt
 import socket
@@ -13,7 +14,7 @@ from cryptography.x509 import ocsp
 import haproxy_proc
 from hastaple.errors import HAProxyUnreachable
 from hastaple.haproxy import client, protocol
-from hastaple.haproxy.deploy import DeployItem, deploy
+from hastaple.haproxy.deploy import DeployItem, Session, deploy
 from hastaple.ocsp.request import cert_id
 from pki import now
 
@@ -115,6 +116,28 @@ async def test_same_certificate_in_a_second_file_without_ocsp(pki, crt_dir, star
             info = protocol.parse_show_cert(str(hap.socket), cmd, await conn.run_one(cmd))
             assert info is not None
             assert info.ocsp_key == key, crt
+
+
+async def test_round_after_haproxy_closed_the_idle_connection(pki, crt_dir, start_haproxy):
+    """
+    A round after HAProxy closed the connection for 'stats timeout' still goes in.
+
+    Rounds of one run are apart by however long the fetching takes, which can
+    exceed 'stats timeout' (10 s by default, 1 s here).
+    """
+    leaf = pki.leaf("idle.test")
+    crt = pki.write(crt_dir, "idle.pem", leaf)
+    crt.with_name("idle.pem.ocsp").write_bytes(b"")
+    hap = start_haproxy(global_extra="    stats timeout 1s")
+    async with Session(str(hap.socket), timeout=5) as session:
+        [first] = await session.push([_item(pki, leaf, crt)])
+        await asyncio.sleep(1.5)
+        item = _item(pki, leaf, crt, this_update=now() - dt.timedelta(minutes=1))
+        [second] = await session.push([item])
+
+    assert (first.ok, first.error) == (True, None)
+    assert (second.ok, second.method, second.error) == (True, "update", None)
+    _assert_stapled(hap, "idle.test", item)
 
 
 async def test_chainless_pem_needs_issuer_in_transaction(pki, crt_dir, start_haproxy):

@@ -41,8 +41,14 @@ class Connection:
 
     @property
     def closed_by_peer(self) -> bool:
-        """HAProxy closed the connection (a restart, or 2.6 after an error)."""
-        return self._replies.at_eof
+        """
+        HAProxy closed the connection: a restart, 2.6 after an error, or ``stats timeout``.
+
+        Seen even while nothing is being read: an idle connection's end of
+        file is delivered to the reader as it arrives.
+        """
+        reader = self._reader
+        return self._replies.at_eof or reader.at_eof() or reader.exception() is not None
 
     async def run(self, commands: Sequence[protocol.Command]) -> list[protocol.Reply]:
         """

@@ -150,16 +150,19 @@ class Session:
         """
         if not items:
             return []
-        run = await self._connection()
         outcomes: list[DeployOutcome] = []
         try:
             for start in range(0, len(items), CHUNK):
-                outcomes += await run.chunk(items[start : start + CHUNK])
+                chunk = items[start : start + CHUNK]
+                run = await self._connection()
+                try:
+                    outcomes += await run.chunk(chunk)
+                except _Stale:  # closed while idle, just before this chunk: once more
+                    await self.close()
+                    outcomes += await (await self._connection()).chunk(chunk)
         except BaseException:
             await self.close()  # replies may still be in flight: never reuse it
             raise
-        if run.conn.closed_by_peer:  # its items failed as "closed"; the next push reconnects
-            await self.close()
         return outcomes
 
     async def close(self) -> None:
@@ -169,6 +172,10 @@ class Session:
             await stack.aclose()
 
     async def _connection(self) -> _Run:
+        if self._run is not None and self._run.conn.closed_by_peer:
+            # HAProxy ends a connection idle for its ``stats timeout`` (10 s by
+            # default): fetching the next round can take longer than that.
+            await self.close()
         if self._run is not None:
             return self._run
         if self._dead is not None:
@@ -196,6 +203,10 @@ class Session:
         return self._run
 
 
+class _Stale(Exception):  # noqa: N818 - internal signal, never leaves this module
+    """A reused connection was closed before HAProxy read the first command of a chunk."""
+
+
 class _Run:
     """One connection's deployment; outcomes are decided item by item."""
 
@@ -206,6 +217,7 @@ class _Run:
         # else, or when ``show info`` failed, the text dump.
         self._der_read_back = False
         self._asked_version = False
+        self._used = False  # a chunk went through: the connection has been idle since
 
     async def chunk(self, items: Sequence[DeployItem]) -> list[DeployOutcome]:
         """
@@ -235,6 +247,10 @@ class _Run:
             else:
                 sent.append((i, cmds))
         replies = await self.conn.run([cmd for _, cmds in sent for cmd in cmds])
+        if self._used and replies and replies[0].closed and not replies[0].text:
+            # HAProxy's idle timeout won the race with this chunk: nothing of it
+            # was read (a closed connection answers nothing), so it is safe to resend.
+            raise _Stale
         bare: list[tuple[int, DeployItem]] = []
         for n, (i, cmds) in enumerate(sent):
             item = items[i]
@@ -251,6 +267,7 @@ class _Run:
         done = [(i, items[i]) for i in sorted(committed) if committed[i].ok]
         for i, error in await self._read_back(done):
             outcomes[i] = DeployOutcome(items[i].crt, ok=False, method="commit", error=error)
+        self._used = True
         return [outcomes[i] for i in range(len(items))]
 
     def _updated(
