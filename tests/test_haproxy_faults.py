@@ -456,6 +456,25 @@ async def test_failed_commit_does_not_block_the_next(pki, leaf, sock_dir):
     assert hap.transaction is None
 
 
+async def test_cancelled_commit_leaves_no_transaction_open(pki, leaf, sock_dir):
+    """
+    A run stopped while a transaction is open (Ctrl-C, the daemon's SIGTERM) aborts it.
+
+    HAProxy keeps a transaction after the connection closes, and holds one at
+    a time: left open, it would refuse (2.8) or swallow (2.6) every later
+    commit until someone aborted it by hand.
+    """
+    async with bare(sock_dir, pki, leaf, (CRT, OTHER), fault="slow", delay=0.05) as hap:
+        push = asyncio.create_task(deploy(str(hap.path), [item(pki, leaf), item(pki, leaf, OTHER)]))
+        while hap.transaction is None:  # the first certificate's .ocsp is in
+            await asyncio.sleep(0.005)
+        push.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await push
+        assert hap.transaction is None
+        assert hap.commands[-1].startswith("abort ssl cert ")
+
+
 @pytest.mark.parametrize("merge", [False, True], ids=["2.8-refuses", "2.6-merges"])
 async def test_foreign_transaction_is_not_committed(pki, leaf, sock_dir, merge):
     """

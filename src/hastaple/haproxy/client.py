@@ -38,6 +38,7 @@ class Connection:
         self._reader = reader
         self._writer = writer
         self._replies = protocol.ReplyReader()
+        self._unanswered = 0  # commands sent whose replies were not read yet
 
     @property
     def closed_by_peer(self) -> bool:
@@ -62,13 +63,14 @@ class Connection:
             HAProxyUnreachable: the socket failed while talking.
         """
         data = b"".join(cmd.encode(self.address) for cmd in commands)
-        writer = asyncio.create_task(self._send(data))
+        self._write(data, len(commands))
+        drain = asyncio.create_task(self._drain())
         try:
             replies = [await self._next() for _ in commands]
         finally:
-            writer.cancel()
+            drain.cancel()
             with contextlib.suppress(asyncio.CancelledError, OSError):
-                await writer
+                await drain
         return replies
 
     async def run_one(self, command: protocol.Command) -> protocol.Reply:
@@ -76,12 +78,31 @@ class Connection:
         (reply,) = await self.run([command])
         return reply
 
-    async def _send(self, data: bytes) -> None:
-        # Written by a task so replies are read while we write: HAProxy stops
-        # reading when its output is not drained (no deadlock on big batches).
-        # A write error (EPIPE after 2.6 closes) shows up as EOF to the reader.
+    async def run_after_unanswered(
+        self, commands: Sequence[protocol.Command]
+    ) -> list[protocol.Reply]:
+        """
+        ``run``, after the replies of commands sent earlier and never read (dropped).
+
+        For clean-up after a cancelled ``run``: HAProxy answers in order, so
+        ``commands`` are handled after everything sent before them.
+        """
+        while self._unanswered:
+            await self._next()
+        return await self.run(commands)
+
+    def _write(self, data: bytes, count: int) -> None:
+        # Handed to the transport at once (it buffers), so a cancelled run
+        # still knows what HAProxy will answer. A write error (EPIPE after
+        # 2.6 closes) shows up as EOF to the reader.
         with contextlib.suppress(OSError):
             self._writer.write(data)
+        self._unanswered += count
+
+    async def _drain(self) -> None:
+        # A task, so replies are read while the transport empties: HAProxy
+        # stops reading when its output is not drained (no deadlock on big batches).
+        with contextlib.suppress(OSError):
             await self._writer.drain()
 
     async def _next(self) -> protocol.Reply:
@@ -98,6 +119,7 @@ class Connection:
                 self._replies.feed(chunk)
             else:
                 self._replies.feed_eof()
+        self._unanswered = max(0, self._unanswered - 1)
         return reply
 
     async def close(self) -> None:

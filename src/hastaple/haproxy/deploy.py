@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Self
 
 from cryptography.x509 import ocsp
 
-from hastaple.errors import HAProxyCommandFailed, HAProxyUnreachable
+from hastaple.errors import HAProxyCommandFailed, HAProxyError, HAProxyUnreachable
 from hastaple.haproxy import client, protocol
 
 if TYPE_CHECKING:
@@ -45,6 +45,8 @@ _TRANSIENT = (ConnectionRefusedError, FileNotFoundError)
 # once (10,000 certificates held about 40 MB of read-back text in one batch).
 CHUNK = 256
 _READ_BACK_FAILED = "HAProxy answered 'updated' but the read-back failed: {}"
+# Seconds to end the transactions of a round broken off by a cancellation.
+ABANDON_TIMEOUT = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,9 +163,25 @@ class Session:
                     await self.close()
                     outcomes += await (await self._connection()).chunk(chunk)
         except BaseException:
-            await self.close()  # replies may still be in flight: never reuse it
+            # Replies may still be in flight: never reuse the connection, and
+            # end any transaction a cancelled round left open (HAProxy holds
+            # one at a time: it would block every later commit). Shielded: a
+            # second cancellation leaves it to finish within its time limit.
+            cleanup = asyncio.ensure_future(self._abandon())
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(cleanup)
             raise
         return outcomes
+
+    async def _abandon(self) -> None:
+        """Abort the transactions a broken-off round may have left open, then close."""
+        run = self._run
+        if run is not None and run.maybe_open and not run.conn.closed_by_peer:
+            aborts = [protocol.abort_cert(crt) for crt in run.maybe_open]
+            with contextlib.suppress(HAProxyError, TimeoutError):
+                async with asyncio.timeout(ABANDON_TIMEOUT):
+                    await run.conn.run_after_unanswered(aborts)
+        await self.close()
 
     async def close(self) -> None:
         """Close the connection, if any; a later push opens a new one."""
@@ -218,6 +236,9 @@ class _Run:
         self._der_read_back = False
         self._asked_version = False
         self._used = False  # a chunk went through: the connection has been idle since
+        # Certificates whose transaction this run may have left open in HAProxy
+        # while a round is in flight (HAProxy keeps it after the connection).
+        self.maybe_open: list[str] = []
 
     async def chunk(self, items: Sequence[DeployItem]) -> list[DeployOutcome]:
         """
@@ -349,12 +370,14 @@ class _Run:
         for current in [*queue, None]:
             ending = self._ending(previous) if previous is not None else []
             opening = current.parts if current is not None else []
+            self.maybe_open = [t.item.crt for t in (previous, current) if t is not None]
             replies = await self.conn.run([*ending, *opening])
             if previous is not None:
                 outcomes[previous.index] = self._ended(previous, ending, replies[: len(ending)])
             if current is not None:
                 current.replies = replies[len(ending) :]
             previous = current
+        self.maybe_open = []
         return outcomes
 
     def _ending(self, txn: _Open) -> list[protocol.Command]:
