@@ -51,13 +51,10 @@ def fingerprint_if(path: Path, data: bytes) -> Fingerprint | None:
     write can never get its bytes indexed under our verdict.
     """
     try:
-        with path.open("rb") as f:
-            st = os.fstat(f.fileno())
-            if f.read() != data:
-                return None
+        held, st = store.read_file(path)
     except OSError:
         return None
-    return _identity(st)
+    return _identity(st) if held == data else None
 
 
 def fingerprint(path: Path) -> Fingerprint | None:
@@ -155,13 +152,10 @@ class Index:
     def read_staple(self, cert: Path, entry: Entry) -> bytes | None:
         """The bytes of ``<crt>.ocsp`` if they are still the ones ``entry`` describes."""
         try:
-            with store.staple_path(cert).open("rb") as f:
-                st = os.fstat(f.fileno())  # before reading: a later change is a miss
-                if _identity(st) != entry.ocsp:
-                    return None
-                return f.read()
+            der, st = store.read_file(store.staple_path(cert))  # st: of exactly these bytes
         except OSError:
             return None
+        return der if _identity(st) == entry.ocsp else None
 
     def record(self, cert: Path, entry: Entry) -> None:
         """Remember ``entry`` for ``cert`` (saved by ``save``)."""

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from cryptography import x509
 
+from hastaple import store
 from hastaple.errors import CertificateError
 
 _CERT_MARKER = b"-----BEGIN CERTIFICATE-----"
@@ -62,7 +63,7 @@ def read(path: Path) -> bytes:
         CertificateError: the file is missing, unreadable or a directory.
     """
     try:
-        return path.read_bytes()
+        return store.read_file(path)[0]
     except FileNotFoundError as exc:
         raise CertificateError(path, "no such file") from exc
     except PermissionError as exc:

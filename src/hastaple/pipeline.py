@@ -338,7 +338,9 @@ async def _refresh(
     name, url, path = str(cert.path), cert.url, cert.path
     staple_path = store.staple_path(path)
     ocsp_fp = index.fingerprint(staple_path)  # before reading: a later change is a miss
-    current = _current_staple(staple_path, cert, now, options.margin)
+    # None: no file; size 0: HAProxy's "empty .ocsp" registration (§0.2). Nothing to read.
+    has_bytes = ocsp_fp is not None and ocsp_fp[1] > 0
+    current = _current_staple(staple_path, cert, now, options.margin) if has_bytes else None
     # After a signed "revoked", an older good staple is neither fresh nor pushed again.
     revoked = ctx.index.is_revoked(path, cert.leaf.serial_number)
     keep = current and not revoked and not options.force
