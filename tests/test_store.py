@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import threading
 from pathlib import Path
 
 import pytest
@@ -68,6 +69,34 @@ def test_chunks_are_written_as_produced_and_a_broken_producer_leaves_nothing(tmp
         store.write_atomic(target, broken())
     assert target.read_bytes() == b"".join(pieces)
     assert [p.name for p in tmp_path.iterdir()] == ["index.json"]
+
+
+@pytest.mark.parametrize("size", [0, 1, 4096, 200_000])
+def test_read_file_returns_the_bytes_and_their_identity(tmp_path, size):
+    """Whole files of any size, with the fstat of the very file that was read."""
+    path = tmp_path / "x.pem"
+    data = os.urandom(size)
+    path.write_bytes(data)
+    got, st = store.read_file(path)
+    assert got == data
+    assert (st.st_ino, st.st_size) == (path.stat().st_ino, size)
+
+
+def test_read_file_reads_a_pipe_to_its_end(tmp_path):
+    """Not a regular file (no size to trust): read until the end, in pieces."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    data = os.urandom(150_000)
+
+    def feed() -> None:
+        with fifo.open("wb") as f:
+            f.write(data)
+
+    writer = threading.Thread(target=feed)
+    writer.start()
+    got, _ = store.read_file(fifo)
+    writer.join()
+    assert got == data
 
 
 def test_unwritable_directory(tmp_path):
