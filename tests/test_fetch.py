@@ -524,6 +524,35 @@ async def test_netrc_credentials_sent(monkeypatch, tmp_path, request_der):
     assert b"\r\nAuthorization: Basic b2NzcDpzM2NyZXQ=\r\n" in heads[0]
 
 
+async def test_netrc_written_later_is_used_by_a_live_fetcher(monkeypatch, tmp_path, request_der):
+    """The daemon's fetcher lives for days: a netrc created meanwhile is read within a recheck."""
+    monkeypatch.setattr(fetch, "NETRC_RECHECK", 0.2)
+    netrc = tmp_path / "netrc"
+    monkeypatch.setenv("NETRC", str(netrc))  # not there yet
+    heads: list[bytes] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        heads.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/ocsp-response\r\n"
+            b"Content-Length: 2\r\nConnection: close\r\n\r\nok"
+        )
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    async with server, Fetcher(FAST) as fetcher:
+        url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/"
+        await fetcher.ocsp(url, request_der)
+        netrc.write_text("machine 127.0.0.1 login ocsp password s3cret\n")
+        netrc.chmod(0o600)
+        await asyncio.sleep(0.3)
+        await fetcher.ocsp(url, request_der)
+
+    assert b"Authorization:" not in heads[0]
+    assert b"\r\nAuthorization: Basic b2NzcDpzM2NyZXQ=\r\n" in heads[1]
+
+
 # --- the error mapping, type by type --------------------------------------------------------
 
 _KEY = types.SimpleNamespace(host="ocsp.example.test", port=80, ssl=False)

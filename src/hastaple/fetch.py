@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import os
 import re
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Self
 
@@ -246,18 +247,24 @@ class _Routes:
     thread hand-offs and the GIL contention that comes with them (measured:
     the biggest single cost of a cold run). We call the same aiohttp helpers,
     on the loop, once per origin, and look again whenever the variables they
-    read or the netrc file change (the daemon's reload sets ``HTTP_PROXY``).
+    read change (the daemon's reload sets ``HTTP_PROXY``) or, within
+    ``NETRC_RECHECK`` seconds, the netrc file does.
     """
 
     def __init__(self) -> None:
         self._key: tuple[object, ...] | None = None
         self._routes: dict[tuple[str, str | None, int | None, bool], _Route] = {}
+        self._netrc_seen = -NETRC_RECHECK  # monotonic time of the last stat of ~/.netrc
 
     def get(self, url: URL) -> _Route:
         """The route for ``url`` under the current environment."""
-        key = _environment_key()
-        if key != self._key:
-            self._key, self._routes = key, {}
+        env = tuple(map(os.environ.get, _ENV_NAMES))
+        now = time.monotonic()
+        if self._key is None or env != self._key[0] or now - self._netrc_seen >= NETRC_RECHECK:
+            self._netrc_seen = now
+            key = (env, _netrc_identity(env))
+            if key != self._key:
+                self._key, self._routes = key, {}
         origin = (url.scheme, url.host, url.port, _has_credentials(url))
         route = self._routes.get(origin)
         if route is None:
@@ -279,17 +286,19 @@ _ENV_NAMES = (
     "NETRC",
     "HOME",
 )
+# Seconds between looks at the netrc file for changes: a stat per request is
+# a system call per certificate; the variables are compared on every request.
+NETRC_RECHECK = 1.0
 
 
-def _environment_key() -> tuple[object, ...]:
-    """What the proxy and netrc lookups read: their variables and the netrc file's identity."""
-    env = tuple(map(os.environ.get, _ENV_NAMES))
+def _netrc_identity(env: tuple[str | None, ...]) -> tuple[int, int, int, int] | None:
+    """The identity of the netrc file that ``env`` (``_ENV_NAMES``) points at, or None."""
     netrc = env[-2] or os.path.join(env[-1] or os.path.expanduser("~"), ".netrc")  # noqa: PTH111, PTH118
     try:
         st = os.stat(netrc)  # noqa: PTH116 - a bare stat, no Path needed
     except OSError:
-        return (env, None)
-    return (env, (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def _env_route(url: URL) -> _Route:
