@@ -71,6 +71,9 @@ class FakeHAProxy:
     ``close-after``: the connection is dropped after ``after`` commands.
     ``too-big``: commands longer than ``bufsize`` get 2.8's "too big" reply.
     ``slow``: every reply waits ``delay`` seconds.
+    Besides any fault: ``idle_close`` closes a connection idle for that many
+    seconds (HAProxy's ``stats timeout``), ``stall_on`` never answers commands
+    starting with it.
 
     Transactions behave as HAProxy 2.8's (one at a time; ``set ssl cert`` for
     another certificate is refused), or as 2.6's with ``merge_transactions``
@@ -90,6 +93,8 @@ class FakeHAProxy:
     transaction: Transaction | None = None
     commands: list[str] = field(default_factory=list)
     connections: int = 0
+    idle_close: float | None = None
+    stall_on: str = ""
     _server: asyncio.Server | None = None
 
     def register(
@@ -122,7 +127,7 @@ class FakeHAProxy:
         self.connections += 1
         served = 0
         try:
-            while (command := await _read_command(reader)) is not None:
+            while (command := await self._next_command(reader)) is not None:
                 line, payload, size = command
                 self.commands.append(line)
                 if line == "prompt":
@@ -144,7 +149,17 @@ class FakeHAProxy:
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
 
+    async def _next_command(
+        self, reader: asyncio.StreamReader
+    ) -> tuple[str, str | None, int] | None:
+        try:
+            return await asyncio.wait_for(_read_command(reader), self.idle_close)
+        except TimeoutError:
+            return None  # idle for too long: hang up, as 'stats timeout' does
+
     async def _reply(self, line: str, payload: str | None, size: int) -> bytes | None:
+        if self.stall_on and line.startswith(self.stall_on):
+            await asyncio.Event().wait()  # until the client or the server goes away
         if self.fault == "stall":
             await asyncio.Event().wait()  # until the client or the server goes away
         if self.fault == "slow":

@@ -203,6 +203,25 @@ async def test_session_resends_a_round_its_idle_connection_lost(pki, leaf, sock_
     assert hap.connections == 2
 
 
+async def test_session_resends_a_round_written_into_a_closed_idle_connection(pki, leaf, sock_dir):
+    """
+    HAProxy closed the idle connection while the event loop was busy (validating).
+
+    The loop has not seen the close when the next round is written, so the
+    write fails (EPIPE) instead of the reply being a close: that round, too,
+    goes again over a new connection.
+    """
+    hap = fake(sock_dir, pki, leaf, idle_close=0.2)
+    with Threaded(hap):  # the server closes on its own loop while ours is blocked
+        async with Session(str(hap.path), timeout=5) as session:
+            [first] = await session.push([item(pki, leaf)])
+            time.sleep(0.5)  # busy: the close is in the kernel, not yet seen by the loop
+            [second] = await session.push([item(pki, leaf, OTHER)])
+    assert first.ok, first.error
+    assert second.ok, second.error
+    assert hap.connections == 2
+
+
 async def test_session_gives_up_on_a_dead_socket_once(pki, leaf, sock_dir):
     """
     No socket: the first round waits out the retries and fails.
@@ -473,6 +492,24 @@ async def test_cancelled_commit_leaves_no_transaction_open(pki, leaf, sock_dir):
             await push
         assert hap.transaction is None
         assert hap.commands[-1].startswith("abort ssl cert ")
+
+
+async def test_cancelling_the_clean_up_is_not_swallowed(pki, leaf, sock_dir):
+    """
+    A cancellation during the clean-up after a timed-out commit reaches the caller.
+
+    The clean-up (aborts, up to 2 s) must not turn Ctrl-C or the daemon's
+    stop into the timeout's HAProxyUnreachable.
+    """
+    async with bare(sock_dir, pki, leaf, (CRT,), stall_on="commit ssl cert") as hap:
+        push = asyncio.create_task(deploy(str(hap.path), [item(pki, leaf)], timeout=0.5))
+        while not any(c.startswith("commit ssl cert") for c in hap.commands):
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.5 + 0.3)  # the commit timed out; the clean-up is waiting
+        assert not push.done()
+        push.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await push
 
 
 @pytest.mark.parametrize("merge", [False, True], ids=["2.8-refuses", "2.6-merges"])

@@ -68,9 +68,7 @@ class Connection:
         try:
             replies = [await self._next() for _ in commands]
         finally:
-            drain.cancel()
-            with contextlib.suppress(asyncio.CancelledError, OSError):
-                await drain
+            drain.cancel()  # not awaited: a cancellation of ours must not be absorbed there
         return replies
 
     async def run_one(self, command: protocol.Command) -> protocol.Reply:
@@ -93,8 +91,8 @@ class Connection:
 
     def _write(self, data: bytes, count: int) -> None:
         # Handed to the transport at once (it buffers), so a cancelled run
-        # still knows what HAProxy will answer. A write error (EPIPE after
-        # 2.6 closes) shows up as EOF to the reader.
+        # still knows what HAProxy will answer. A write error (EPIPE once
+        # HAProxy closed) is handed to the reader: the next read raises it.
         with contextlib.suppress(OSError):
             self._writer.write(data)
         self._unanswered += count

@@ -167,21 +167,25 @@ class Session:
             # end any transaction a cancelled round left open (HAProxy holds
             # one at a time: it would block every later commit). Shielded: a
             # second cancellation leaves it to finish within its time limit.
-            cleanup = asyncio.ensure_future(self._abandon())
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.shield(cleanup)
+            # A second cancellation while waiting wins (it propagates from here)
+            # and the clean-up goes on by itself.
+            await asyncio.shield(asyncio.ensure_future(self._abandon()))
             raise
         return outcomes
 
     async def _abandon(self) -> None:
         """Abort the transactions a broken-off round may have left open, then close."""
-        run = self._run
-        if run is not None and run.maybe_open and not run.conn.closed_by_peer:
-            aborts = [protocol.abort_cert(crt) for crt in run.maybe_open]
-            with contextlib.suppress(HAProxyError, TimeoutError):
-                async with asyncio.timeout(ABANDON_TIMEOUT):
-                    await run.conn.run_after_unanswered(aborts)
-        await self.close()
+        # Detached first: a push made meanwhile opens its own connection.
+        stack, run, self._stack, self._run = self._stack, self._run, None, None
+        try:
+            if run is not None and run.maybe_open and not run.conn.closed_by_peer:
+                aborts = [protocol.abort_cert(crt) for crt in run.maybe_open]
+                with contextlib.suppress(HAProxyError, TimeoutError):
+                    async with asyncio.timeout(ABANDON_TIMEOUT):
+                        await run.conn.run_after_unanswered(aborts)
+        finally:
+            if stack is not None:
+                await stack.aclose()
 
     async def close(self) -> None:
         """Close the connection, if any; a later push opens a new one."""
@@ -267,11 +271,7 @@ class _Run:
                 outcomes[i] = DeployOutcome(item.crt, ok=False, method="update", error=refused)
             else:
                 sent.append((i, cmds))
-        replies = await self.conn.run([cmd for _, cmds in sent for cmd in cmds])
-        if self._used and replies and replies[0].closed and not replies[0].text:
-            # HAProxy's idle timeout won the race with this chunk: nothing of it
-            # was read (a closed connection answers nothing), so it is safe to resend.
-            raise _Stale
+        replies = await self._send_fast([cmd for _, cmds in sent for cmd in cmds])
         bare: list[tuple[int, DeployItem]] = []
         for n, (i, cmds) in enumerate(sent):
             item = items[i]
@@ -290,6 +290,27 @@ class _Run:
             outcomes[i] = DeployOutcome(items[i].crt, ok=False, method="commit", error=error)
         self._used = True
         return [outcomes[i] for i in range(len(items))]
+
+    async def _send_fast(self, cmds: list[protocol.Command]) -> list[protocol.Reply]:
+        """
+        Send a chunk's sets and shows.
+
+        Raises:
+            _Stale: on a connection idle since its last chunk, HAProxy's idle
+                timeout (``stats timeout``) closed it before reading any of
+                this: the write failed, or the first reply is an empty close.
+                The chunk holds only sets and shows (commits come later), so
+                it is safe to send again.
+        """
+        try:
+            replies = await self.conn.run(cmds)
+        except HAProxyUnreachable as exc:
+            if self._used and isinstance(exc.__cause__, BrokenPipeError | ConnectionResetError):
+                raise _Stale from exc
+            raise
+        if self._used and replies and replies[0].closed and not replies[0].text:
+            raise _Stale
+        return replies
 
     def _updated(
         self, item: DeployItem, cmds: list[protocol.Command], replies: list[protocol.Reply]
