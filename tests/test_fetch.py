@@ -8,11 +8,13 @@ and a sensible ``retryable``; nothing else may escape.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import os
 import socket
 import ssl
 import types
+from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
@@ -498,12 +500,9 @@ async def test_proxy_env_change_seen_by_a_live_fetcher(
     assert len(proxy.request_lines) == 1
 
 
-async def test_netrc_credentials_sent(monkeypatch, tmp_path, request_der):
-    """NETRC (~/.netrc) credentials for the responder's host are sent, as with trust_env."""
-    netrc = tmp_path / "netrc"
-    netrc.write_text("machine 127.0.0.1 login ocsp password s3cret\n")
-    netrc.chmod(0o600)
-    monkeypatch.setenv("NETRC", str(netrc))
+@contextlib.asynccontextmanager
+async def _recording_responder() -> AsyncIterator[tuple[str, list[bytes]]]:
+    """A bare HTTP server answering 'ok' that keeps every request head: (url, heads)."""
     heads: list[bytes] = []
 
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -517,8 +516,18 @@ async def test_netrc_credentials_sent(monkeypatch, tmp_path, request_der):
 
     server = await asyncio.start_server(answer, "127.0.0.1", 0)
     async with server:
-        port = server.sockets[0].getsockname()[1]
-        reply = await _fetch(f"http://127.0.0.1:{port}/", request_der)
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/", heads
+
+
+async def test_netrc_credentials_sent(monkeypatch, tmp_path, request_der):
+    """NETRC (~/.netrc) credentials for the responder's host are sent, as with trust_env."""
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login ocsp password s3cret\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+
+    async with _recording_responder() as (url, heads):
+        reply = await _fetch(url, request_der)
 
     assert reply.der == b"ok"
     assert b"\r\nAuthorization: Basic b2NzcDpzM2NyZXQ=\r\n" in heads[0]
@@ -529,20 +538,8 @@ async def test_netrc_written_later_is_used_by_a_live_fetcher(monkeypatch, tmp_pa
     monkeypatch.setattr(fetch, "NETRC_RECHECK", 0.2)
     netrc = tmp_path / "netrc"
     monkeypatch.setenv("NETRC", str(netrc))  # not there yet
-    heads: list[bytes] = []
 
-    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        heads.append(await reader.readuntil(b"\r\n\r\n"))
-        writer.write(
-            b"HTTP/1.1 200 OK\r\nContent-Type: application/ocsp-response\r\n"
-            b"Content-Length: 2\r\nConnection: close\r\n\r\nok"
-        )
-        await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(answer, "127.0.0.1", 0)
-    async with server, Fetcher(FAST) as fetcher:
-        url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/"
+    async with _recording_responder() as (url, heads), Fetcher(FAST) as fetcher:
         await fetcher.ocsp(url, request_der)
         netrc.write_text("machine 127.0.0.1 login ocsp password s3cret\n")
         netrc.chmod(0o600)
