@@ -108,10 +108,12 @@ class Session:
 
     The pipeline pushes each group of staples as soon as it is stored, so
     deploying overlaps fetching and no run holds every staple until the end.
-    All pushes share one connection. When HAProxy drops it, that push fails
-    (``HAProxyUnreachable``) and the next one reconnects; when connecting
-    fails, after the retries, every later push fails at once with the same
-    error instead of waiting out the retries again.
+    All pushes share one connection. One HAProxy closed while it was idle
+    (``stats timeout``) is replaced, and a round it lost unread is sent
+    again. When HAProxy drops it during a round, that round fails and the
+    next one reconnects; when connecting fails, after the retries, every
+    later push fails at once with the same error instead of waiting out the
+    retries again.
     """
 
     def __init__(self, socket: str, *, timeout: float = 10.0) -> None:
@@ -166,9 +168,8 @@ class Session:
             # Replies may still be in flight: never reuse the connection, and
             # end any transaction a cancelled round left open (HAProxy holds
             # one at a time: it would block every later commit). Shielded: a
-            # second cancellation leaves it to finish within its time limit.
-            # A second cancellation while waiting wins (it propagates from here)
-            # and the clean-up goes on by itself.
+            # second cancellation propagates from here at once, and the
+            # clean-up finishes by itself within its time limit.
             await asyncio.shield(asyncio.ensure_future(self._abandon()))
             raise
         return outcomes
