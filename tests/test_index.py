@@ -88,6 +88,30 @@ async def test_a_touched_certificate_is_parsed_again(setup, pki, fault_responder
     assert responder.seen_under("idx2")
 
 
+async def test_an_issuer_file_counts_only_without_the_issuer_in_the_chain(
+    pki, fault_responder, tmp_path
+):
+    """
+    A replaced ``.issuer`` is a miss for a chainless PEM, and no matter with a chain.
+
+    HAProxy and hastaple take the issuer from the chain first (HAPROXY.md §3a),
+    so only a chainless certificate's ``.issuer`` can change the verdict.
+    """
+    state = tmp_path / "state"
+    stranger = pki.leaf("stranger.example.test").cert_pem  # issued by someone else
+    rows = {}
+    for chain in (False, True):
+        leaf = pki.leaf(f"c{chain}.example.test", ocsp_url=fault_responder.url_for(f"c{chain}"))
+        fault_responder.on(f"c{chain}", Serve(pki.response(leaf.cert)))
+        path = pki.write(tmp_path, f"c{chain}.pem", leaf, chain=chain)
+        assert (await _run(path, state)).action is Action.FETCHED
+        store.issuer_path(path).write_bytes(stranger)  # a new file, another certificate
+        rows[chain] = await _run(path, state)
+    assert rows[False].action is Action.FAILED
+    assert "does not hold the issuer" in (rows[False].error or "")
+    assert rows[True].action is Action.FRESH
+
+
 async def test_the_clock_is_checked_on_a_hit(setup):
     """A recorded staple past its refresh point is fetched again, without re-parsing help."""
     path, state, responder = setup

@@ -145,7 +145,9 @@ class Index:
             return None
         if entry.ocsp != fingerprint(store.staple_path(cert)):
             return None
-        if entry.issuer_file != fingerprint(_issuer_file(cert)):
+        # ``.issuer`` counts only when the chain lacks the issuer (``issuer_pem``
+        # set): HAProxy and we take the chain first (HAPROXY.md §3a).
+        if entry.issuer_pem is not None and entry.issuer_file != fingerprint(_issuer_file(cert)):
             return None
         return entry
 

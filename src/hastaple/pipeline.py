@@ -320,7 +320,8 @@ def _remember(
         index.Entry(
             pem=cert.pem_fp,
             ocsp=ocsp_fp,
-            issuer_file=index.issuer_fingerprint(cert.path),
+            # Only when the issuer is not in the chain does ``.issuer`` matter.
+            issuer_file=index.issuer_fingerprint(cert.path) if cert.issuer_pem else None,
             url=cert.url,
             cert_id=staple.cert_id,
             issuer_pem=cert.issuer_pem,
