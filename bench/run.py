@@ -800,6 +800,13 @@ def main() -> int:  # noqa: C901, PLR0912, PLR0915 - a linear script reads best 
             "ratios": ratios,
         }
         args.json.write_text(json.dumps(doc, indent=2))
+    # A fast run that stapled less is no figure: every certificate must have
+    # come out as the phase expects (fetched, fresh, deployed, pushed).
+    short = [p for p in phases if p.name.startswith("hastaple") and p.ok < p.certs]
+    for p in short:
+        print(f"FAIL: {p.name}: {p.ok} of {p.certs} certificates ({p.note})")
+    if short:
+        return 4
     if args.min_ratio is not None:
         got = ratios["baseline / hastaple cold+deploy"]
         if got < args.min_ratio:
