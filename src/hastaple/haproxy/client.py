@@ -64,12 +64,7 @@ class Connection:
         """
         data = b"".join(cmd.encode(self.address) for cmd in commands)
         self._write(data, len(commands))
-        drain = asyncio.create_task(self._drain())
-        try:
-            replies = [await self._next() for _ in commands]
-        finally:
-            drain.cancel()  # not awaited: a cancellation of ours must not be absorbed there
-        return replies
+        return [await self._next() for _ in commands]
 
     async def run_one(self, command: protocol.Command) -> protocol.Reply:
         """Send one command and return its reply (see ``run``)."""
@@ -90,18 +85,14 @@ class Connection:
         return await self.run(commands)
 
     def _write(self, data: bytes, count: int) -> None:
-        # Handed to the transport at once (it buffers), so a cancelled run
+        # Handed to the transport at once: it buffers what the socket does not
+        # take and sends it as HAProxy reads, while we read the replies (no
+        # drain to wait on, no deadlock on big batches), and a cancelled run
         # still knows what HAProxy will answer. A write error (EPIPE once
         # HAProxy closed) is handed to the reader: the next read raises it.
         with contextlib.suppress(OSError):
             self._writer.write(data)
         self._unanswered += count
-
-    async def _drain(self) -> None:
-        # A task, so replies are read while the transport empties: HAProxy
-        # stops reading when its output is not drained (no deadlock on big batches).
-        with contextlib.suppress(OSError):
-            await self._writer.drain()
 
     async def _next(self) -> protocol.Reply:
         while (reply := self._replies.next_reply()) is None:
