@@ -108,7 +108,7 @@ class Pusher:
                 socket: [outcomes.get(item.crt) for item in w.items]
                 for (socket, _), outcomes in zip(self._sessions, per_socket, strict=True)
             }
-            self._done(w.key, merge(w.row, results))
+            self._done(w.key, _merge(w.row, results))
 
 
 async def _push_one(session: Session, items: list[DeployItem]) -> dict[str, DeployOutcome | str]:
@@ -119,7 +119,7 @@ async def _push_one(session: Session, items: list[DeployItem]) -> dict[str, Depl
     return {o.crt: o for o in outcomes}
 
 
-def merge(row: ResultRow, results: dict[str, list[DeployOutcome | str | None]]) -> ResultRow:
+def _merge(row: ResultRow, results: dict[str, list[DeployOutcome | str | None]]) -> ResultRow:
     """One row from the outcomes of every name on every socket: any failure fails it."""
     haproxy: dict[str, str] = {}
     errors = []
