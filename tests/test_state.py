@@ -74,6 +74,20 @@ def test_forget_removes_record_and_history(tmp_path):
     assert state.history("/c/a.pem") == []
 
 
+def test_forget_several_at_once_keeps_the_others(tmp_path):
+    """Removing a directory forgets its certificates together; the rest stay."""
+    state = st.State.open(tmp_path)
+    for cert in ("/c/a.pem", "/c/b.pem", "/c/c.pem"):
+        state.put(_record(cert=cert), event="fetched")
+    state.forget("/c/a.pem", "/c/c.pem")
+    assert [state.get(c) is None for c in ("/c/a.pem", "/c/b.pem", "/c/c.pem")] == [
+        True,
+        False,
+        True,
+    ]
+    assert len(state.history("/c/b.pem")) == 1
+
+
 def test_readonly_reader_sees_writer(tmp_path):
     """`status` reads while the daemon holds the database open."""
     writer = st.State.open(tmp_path)

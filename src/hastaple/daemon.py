@@ -119,8 +119,9 @@ class Daemon:
         now = self.clock.now()
         touched = {str(p).removesuffix(".issuer") for p in changed}
         entries = {str(e.path): e for e in found.certs}
-        for name in sorted(set(self.records) - set(entries)):
-            self.state.forget(name)
+        removed = sorted(set(self.records) - set(entries))
+        self.state.forget(*removed)  # one transaction: a removed directory is thousands
+        for name in removed:
             del self.records[name]
             log_event(logging.INFO, "removed", cert=name)
         for name in set(self._serials) - set(entries):
@@ -214,8 +215,10 @@ class Daemon:
         ]
         if not due:
             return []
-        forced = [n for n in due if _hint_due(self.records[n], now)]
-        plain = [n for n in due if n not in forced]
+        forced: list[str] = []
+        plain: list[str] = []
+        for n in due:
+            (forced if _hint_due(self.records[n], now) else plain).append(n)
         outcomes: list[pipeline.Outcome] = []
         async with self._busy:
             for names, force in ((plain, False), (forced, True)):
@@ -251,27 +254,24 @@ class Daemon:
             rec, ocsp_url=row.ocsp_url, result=result, error=row.error, last_attempt=now,
             haproxy=haproxy,
         )  # fmt: skip
-        if _has_staple(row) and row.this_update is not None:
-            same = row.this_update == rec.this_update
+        if _has_staple(row):
             new = dataclasses.replace(
                 base,
                 status=row.status.value,
                 this_update=row.this_update,
                 next_update=row.next_update,
-                fetched_at=now if asked else (rec.fetched_at if same else None),
-                max_age=outcome.max_age if asked else (rec.max_age if same else None),
+                # The max-age hint belongs to an answer from the CA; none was asked.
+                fetched_at=now if asked else None,
+                max_age=outcome.max_age if asked else None,
                 last_success=now if asked else rec.last_success,
                 failures=0,
             )
-            if not asked:
-                new = dataclasses.replace(new, fetched_at=None, max_age=None)
             new = dataclasses.replace(
                 new, next_refresh=schedule.next_refresh(new.window(), now, 0, self.rng, policy)
             )
-            if "error" in row.haproxy.values():
-                for sock, how in row.haproxy.items():
-                    if how == "error":
-                        self._push_failed(sock, now)
+            for sock, how in row.haproxy.items():
+                if how == "error":
+                    self._push_failed(sock, now)
         elif row.status in {Status.NO_OCSP, Status.MANAGED}:
             new = dataclasses.replace(
                 base, status=row.status.value, failures=0, next_refresh=now + policy.interval
@@ -522,7 +522,7 @@ async def _show_info(socket: str) -> protocol.Info:
 def _relevant(change: watchfiles.Change, path: str) -> bool:  # noqa: ARG001 - watchfiles' signature
     """Our own ``.ocsp`` writes and temp files are not news; everything else may be."""
     name = Path(path).name
-    return not name.startswith(".") and not name.endswith((".ocsp", ".key", ".sctl"))
+    return discover.is_certificate_file(name) or name.endswith(".issuer")
 
 
 def _serial(path: Path) -> str | None:

@@ -208,11 +208,12 @@ class State:
                 (record.cert, record.cert, HISTORY_PER_CERT),
             )
 
-    def forget(self, cert: str) -> None:
-        """Drop ``cert`` and its history (the certificate was removed)."""
+    def forget(self, *certs: str) -> None:
+        """Drop ``certs`` and their history (removed), in one transaction."""
+        rows = [(cert,) for cert in certs]
         with self._db:
-            self._db.execute("DELETE FROM certs WHERE cert = ?", (cert,))
-            self._db.execute("DELETE FROM history WHERE cert = ?", (cert,))
+            self._db.executemany("DELETE FROM certs WHERE cert = ?", rows)
+            self._db.executemany("DELETE FROM history WHERE cert = ?", rows)
 
     def history(self, cert: str) -> list[Event]:
         """``cert``'s events, oldest first (at most HISTORY_PER_CERT)."""
