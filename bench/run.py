@@ -268,8 +268,7 @@ class HAProxy:
     log: Path
 
     def cpu(self) -> float:
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / _TICKS
+        return _proc_cpu(self.proc.pid)
 
     def stop(self) -> None:
         with contextlib.suppress(ProcessLookupError):

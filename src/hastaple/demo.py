@@ -40,7 +40,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
-from hastaple import verify
+from hastaple import store, verify
 from hastaple.discover import CertEntry
 from hastaple.fetch import Fetcher
 from hastaple.model import ResultRow
@@ -178,7 +178,6 @@ class Responder:
         self.known: dict[int, x509.Certificate] = {}
         self.signer: Issued | None = None
         self.issuer: Issued | None = None
-        self.requests = 0
         self._runner: web.AppRunner | None = None
         self.port = 0
 
@@ -206,7 +205,6 @@ class Responder:
             self._runner = None
 
     async def _handle(self, request: web.Request) -> web.Response:
-        self.requests += 1
         if request.method == "POST":
             body = await request.read()
         else:
@@ -446,7 +444,7 @@ async def _without_haproxy(echo: Echo, crt: Path, workdir: Path, why_not: str) -
     echo(f"{why_not}: fetching, validating and storing only; no deploy, no TLS check")
     rows = await _fetch(crt, workdir, sockets=())
     echo(f"fetch: {_describe(rows)}")
-    staple = crt.with_name(crt.name + ".ocsp")
+    staple = store.staple_path(crt)
     stored = staple.exists()
     echo(f"{staple.name}: " + (f"stored, {staple.stat().st_size} bytes" if stored else "missing"))
     return all(r.ok for r in rows) and stored

@@ -15,6 +15,8 @@ import logging
 import sys
 from typing import Any
 
+from hastaple.model import rfc3339
+
 logger = logging.getLogger("hastaple.daemon")
 
 
@@ -27,7 +29,7 @@ def log_event(level: int, event: str, **fields: object) -> None:
 
 def _plain(value: object) -> str | int | float | bool:
     if isinstance(value, dt.datetime):
-        return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return rfc3339(value)
     if isinstance(value, bool | int | float | str):
         return value
     return str(value)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, overload
 
 
 class Status(enum.Enum):
@@ -49,7 +49,7 @@ class Verdict:
 
     def revocation(self) -> str:
         """A revoked status as a person reads it: ``REVOKED since <time> (<reason>)``."""
-        when = _rfc3339(self.revocation_time) or "an unknown time"
+        when = rfc3339(self.revocation_time) or "an unknown time"
         why = f" ({self.revocation_reason})" if self.revocation_reason else ""
         return f"REVOKED since {when}{why}"
 
@@ -82,14 +82,19 @@ class ResultRow:
             "ocsp_url": self.ocsp_url,
             "status": self.status.value,
             "action": self.action.value,
-            "this_update": _rfc3339(self.this_update),
-            "next_update": _rfc3339(self.next_update),
+            "this_update": rfc3339(self.this_update),
+            "next_update": rfc3339(self.next_update),
             "error": self.error,
             "haproxy": dict(self.haproxy),
         }
 
 
-def _rfc3339(when: datetime | None) -> str | None:
+@overload
+def rfc3339(when: datetime) -> str: ...
+@overload
+def rfc3339(when: datetime | None) -> str | None: ...
+def rfc3339(when: datetime | None) -> str | None:
+    """``2026-11-29T17:00:00Z`` (UTC, whole seconds), the form of every time we print."""
     if when is None:
         return None
-    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -12,7 +12,7 @@ import json
 from collections.abc import Sequence
 from typing import IO
 
-from hastaple.model import Action, ResultRow, Status
+from hastaple.model import Action, ResultRow, Status, rfc3339
 
 _STYLE = {
     Status.GOOD: "green",
@@ -40,7 +40,7 @@ def as_lines(rows: Sequence[ResultRow]) -> str:
     """Plain lines for pipes and logs: cert, status, action, nextUpdate, error."""
     out = []
     for r in rows:
-        nxt = r.to_json()["next_update"] or "-"
+        nxt = rfc3339(r.next_update) or "-"
         fields = [r.cert, r.status.value, r.action.value, nxt]
         if r.error:
             fields.append(r.error)
@@ -65,7 +65,7 @@ def table(rows: Sequence[ResultRow], stream: IO[str]) -> None:
             escape(r.cert),
             f"[{style}]{r.status.value}[/]" if style else r.status.value,
             f"[{action_style}]{r.action.value}[/]" if action_style else r.action.value,
-            r.to_json()["next_update"] or "-",
+            rfc3339(r.next_update) or "-",
             escape(r.error or ""),
         )
     Console(file=stream).print(t)

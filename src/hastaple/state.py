@@ -21,6 +21,7 @@ from pathlib import Path
 
 from hastaple.config import ensure_private_dir
 from hastaple.errors import ConfigError
+from hastaple.model import rfc3339
 from hastaple.schedule import Window
 
 DB_NAME = "state.sqlite3"
@@ -104,7 +105,7 @@ class Record:
             f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "haproxy"
         }
         for name in _TIMES:
-            out[name] = _rfc3339(getattr(self, name))
+            out[name] = rfc3339(getattr(self, name))
         out["action"] = self.action()
         if self.status is None:
             out["status"] = "error"
@@ -240,7 +241,3 @@ def _text(when: dt.datetime | None) -> str | None:
 
 def _time(text: str | None) -> dt.datetime | None:
     return dt.datetime.fromisoformat(text) if text else None
-
-
-def _rfc3339(when: dt.datetime | None) -> str | None:
-    return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if when else None

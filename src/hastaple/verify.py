@@ -38,7 +38,7 @@ from OpenSSL import SSL
 from hastaple import discover, pem
 from hastaple import issuer as issuers
 from hastaple.errors import CertificateError, ConfigError, HastapleError, InvalidResponse
-from hastaple.model import Action, ResultRow, Status, Verdict
+from hastaple.model import Action, ResultRow, Status, Verdict, rfc3339
 from hastaple.ocsp.validate import validate
 
 DEFAULT_PORT = 443
@@ -93,7 +93,6 @@ class Handshake:
 
     staple: bytes | None
     chain: tuple[x509.Certificate, ...]
-    protocol: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,10 +261,9 @@ def handshake(target: Target, *, timeout: float = TIMEOUT_SECONDS) -> Handshake:
         conn.set_connect_state()
         _drive(conn, sock, deadline, target)
         chain = conn.get_peer_cert_chain(as_cryptography=True) or []
-        protocol = conn.get_protocol_version_name()
         conn.set_shutdown(SSL.SENT_SHUTDOWN | SSL.RECEIVED_SHUTDOWN)
     data = staples[-1] if staples else b""
-    return Handshake(staple=data or None, chain=tuple(chain), protocol=protocol)
+    return Handshake(staple=data or None, chain=tuple(chain))
 
 
 def _drive(conn: SSL.Connection, sock: socket.socket, deadline: float, target: Target) -> None:
@@ -277,20 +275,16 @@ def _drive(conn: SSL.Connection, sock: socket.socket, deadline: float, target: T
             _wait(sock, deadline, target, write=False)
         except SSL.WantWriteError:
             _wait(sock, deadline, target, write=True)
-        except SSL.SysCallError as exc:
-            raise VerifyError(target.address, f"TLS handshake failed: {_ssl_reason(exc)}") from exc
-        except SSL.Error as exc:
+        except SSL.Error as exc:  # SysCallError too: _ssl_reason tells them apart
             raise VerifyError(target.address, f"TLS handshake failed: {_ssl_reason(exc)}") from exc
         else:
             return
 
 
 def _wait(sock: socket.socket, deadline: float, target: Target, *, write: bool) -> None:
-    left = deadline - time.monotonic()
-    ready = select.select([], [sock], [], max(left, 0))[1] if write else None
-    if not write:
-        ready = select.select([sock], [], [], max(left, 0))[0]
-    if not ready:
+    reads, writes = ([], [sock]) if write else ([sock], [])
+    readable, writable, _ = select.select(reads, writes, [], max(deadline - time.monotonic(), 0))
+    if not (readable or writable):
         raise VerifyError(target.address, "TLS handshake timed out")
 
 
@@ -459,8 +453,8 @@ def fields(result: Check) -> list[tuple[str, str]]:
     ]
     if v is not None:
         out += [
-            ("this update", _fmt(v.this_update)),
-            ("next update", _fmt(v.next_update)),
+            ("this update", rfc3339(v.this_update)),
+            ("next update", rfc3339(v.next_update)),
             ("time left", duration(result.seconds_left or 0)),
             ("signer", v.signer),
         ]
@@ -478,10 +472,6 @@ def duration(seconds: int) -> str:
     if hours:
         return f"{sign}{hours}h {minutes}m"
     return f"{sign}{minutes}m {rest % 60}s"
-
-
-def _fmt(when: dt.datetime) -> str:
-    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def targets_from(

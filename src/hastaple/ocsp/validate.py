@@ -76,7 +76,6 @@ def validate(
     issuer: x509.Certificate,
     now: dt.datetime,
     margin: dt.timedelta = MIN_REMAINING,
-    max_bytes: int = MAX_DER_BYTES,
 ) -> Verdict:
     """
     Check ``der`` as the staple for ``cert`` issued by ``issuer``, as of ``now``.
@@ -87,7 +86,6 @@ def validate(
         issuer: the certificate that issued ``cert``.
         now: the time to judge validity at (timezone-aware).
         margin: how far in the future nextUpdate must be.
-        max_bytes: the largest response HAProxy's runtime API can take.
 
     Returns:
         The verdict: status and times of a response that passed every check.
@@ -95,9 +93,9 @@ def validate(
     Raises:
         InvalidResponse: the response must not be stapled; ``.reason`` says why.
     """
-    if len(der) > max_bytes:
+    if len(der) > MAX_DER_BYTES:  # the largest response HAProxy's runtime API can take
         raise InvalidResponse(
-            f"response is {len(der)} bytes, more than the {max_bytes} bytes "
+            f"response is {len(der)} bytes, more than the {MAX_DER_BYTES} bytes "
             "HAProxy's runtime API can take"
         )
     resp = _parse(der)
