@@ -8,6 +8,9 @@ tests/ is on sys.path (pytest's rootdir conftest), so helpers import as
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -24,6 +27,14 @@ def _clean_environ(monkeypatch):
     for name in list(os.environ):
         if name.startswith("HASTAPLE_") or name.upper() in _PROXY_VARS:
             monkeypatch.delenv(name)
+
+
+@pytest.fixture(name="sock_dir")
+def _sock_dir():
+    """A short directory for unix sockets (tmp_path can exceed the 107-byte limit)."""
+    path = Path(tempfile.mkdtemp(prefix="hs-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(name="pki", scope="session")

@@ -6,8 +6,10 @@ import datetime as dt
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from hastaple import config
+from hastaple.cli import cli
 from hastaple.errors import ConfigError
 from hastaple.schedule import DEFAULT_POLICY
 
@@ -138,11 +140,31 @@ def test_missing_file(tmp_path):
         config.load(tmp_path / "missing.toml", {})
 
 
+_SAMPLES = {
+    "paths": "/b",
+    "strings": "/run/other.sock",
+    "path": "/tmp/other-state",
+    "float": "0.3",
+    "duration": "7m",
+    "mapping": "http://a.test/=http://b.test/",
+}
+_STRING_SAMPLES = {
+    "metrics_address": "127.0.0.1:1",
+    "proxy": "http://127.0.0.1:3128",
+    "log_format": "json",
+}
+
+
 def test_every_field_has_env_and_flag():
-    """The key table gives each key a HASTAPLE_ variable and a flag."""
+    """Each key's HASTAPLE_ variable is read by load, and `run` offers its flag."""
+    help_text = CliRunner().invoke(cli, ["run", "--help"], terminal_width=200).output
+    base = {"HASTAPLE_PATHS": "/a"}
     for field in config.FIELDS:
         assert field.env == "HASTAPLE_" + field.name.upper()
-        assert field.flag.startswith("--")
+        assert field.flag in help_text, field.flag
+        sample = _STRING_SAMPLES.get(field.name) or _SAMPLES[field.kind]
+        changed = config.load(None, {**base, field.env: sample})
+        assert changed != config.load(None, base), field.env
 
 
 def test_loopback_detection():

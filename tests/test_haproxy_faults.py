@@ -13,9 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
 import socket
-import tempfile
 import time
 from pathlib import Path
 
@@ -32,14 +30,6 @@ from hastaple.ocsp.request import cert_id
 
 CRT = "/etc/haproxy/certs/site.pem"
 OTHER = "/etc/haproxy/certs/other.pem"
-
-
-@pytest.fixture(name="sock_dir")
-def _sock_dir():
-    """A short directory for unix sockets (tmp_path can exceed the 107-byte limit)."""
-    path = Path(tempfile.mkdtemp(prefix="hs-"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def item(pki, leaf, crt: str = CRT, **kwargs) -> DeployItem:

@@ -10,11 +10,8 @@ wait for HAProxy) and the fake HAProxy (which can be slow on demand).
 from __future__ import annotations
 
 import asyncio
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 from aiohttp import web
@@ -29,14 +26,6 @@ from hastaple.model import Action, ResultRow, Status
 from hastaple.ocsp.request import cert_id
 from pki import now
 from responders import OCSP_TYPE, FaultResponder, Serve
-
-
-@pytest.fixture(name="sock_dir")
-def _sock_dir():
-    """A short directory for unix sockets (tmp_path can exceed the 107-byte limit)."""
-    path = Path(tempfile.mkdtemp(prefix="hs-"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @dataclass

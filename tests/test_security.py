@@ -127,6 +127,7 @@ async def test_state_dir_is_private(pki, fault_responder, tmp_path):
     state = tmp_path / "state"
     await fetch_json(cert, "--state-dir", state)
     assert stat.S_IMODE(state.stat().st_mode) == 0o700
+    assert len(list((state / "issuers").glob("*.der"))) == 1  # the cache was written
     for sub in state.rglob("*"):
         if sub.is_dir():
             assert stat.S_IMODE(sub.stat().st_mode) == 0o700, sub

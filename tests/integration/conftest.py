@@ -14,8 +14,6 @@ import pytest
 
 import haproxy_proc
 
-HAPROXY_26 = "/usr/sbin/haproxy"
-
 
 @pytest.fixture(name="haproxy_binary", params=["2.6", "2.8"])
 def _haproxy_binary(request) -> str:
