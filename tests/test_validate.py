@@ -61,6 +61,21 @@ def test_good_rsa_leaf(pki):
     assert check(pki, leaf, pki.response(leaf.cert)).status is Status.GOOD
 
 
+def test_rsa_signed_responses(pki, leaf):
+    """
+    A responder with an RSA key (most public CAs): good when the signature holds, else refused.
+
+    The signer's key, not the leaf's, picks the verification: this is the
+    PKCS#1 v1.5 path, which ECDSA-signed fixtures never reach.
+    """
+    rsa_signer = issue(
+        pki.intermediate, "RSA OCSP Responder", ocsp_signing=True, ocsp_url=None, kind="rsa"
+    )
+    assert check(pki, leaf, pki.response(leaf.cert, signer=rsa_signer)).status is Status.GOOD
+    forged = pki.response(leaf.cert, signer=rsa_signer, bad_signature=True)
+    rejects(pki, leaf, forged, "signature does not verify")
+
+
 def test_revoked_is_a_verdict(pki, leaf):
     """A signed 'revoked' is an answer, with its revocation time, not an error."""
     verdict = check(pki, leaf, pki.response(leaf.cert, status="revoked"))
