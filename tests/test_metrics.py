@@ -27,18 +27,17 @@ def _app() -> web.Application:
     return metrics.app(metrics.Metrics(lambda: (None, [])), lambda: metrics.Health(True, ()))
 
 
-async def test_busy_address_is_config_error_and_runner_cleaned_up(busy_port, monkeypatch):
+async def test_busy_address_is_config_error_and_runner_cleaned_up(busy_port):
     """A port in use raises ConfigError naming the address; the runner is cleaned up first."""
-    cleaned = []
-    original = web.AppRunner.cleanup
+    cleaned: list[web.Application] = []
 
-    async def cleanup(self: web.AppRunner) -> None:
-        cleaned.append(self)
-        await original(self)
+    async def on_cleanup(app: web.Application) -> None:  # aiohttp's own hook, run by cleanup()
+        cleaned.append(app)
 
-    monkeypatch.setattr(web.AppRunner, "cleanup", cleanup)
+    app = _app()
+    app.on_cleanup.append(on_cleanup)
     with pytest.raises(ConfigError) as info:
-        await metrics.serve(_app(), "127.0.0.1", busy_port)
+        await metrics.serve(app, "127.0.0.1", busy_port)
     assert str(info.value) == f"metrics_address 127.0.0.1:{busy_port}: address already in use"
     assert len(cleaned) == 1
     runner, port = await metrics.serve(_app(), "127.0.0.1", 0)  # the negative: a free port works
