@@ -15,20 +15,21 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import click
-import uvloop
 from cryptography import x509
 
 from hastaple import __version__, config, discover, pem, render
 from hastaple import issuer as issuers
 from hastaple.errors import HastapleError, InvalidResponse
-from hastaple.fetch import Fetcher, Limits
 from hastaple.haproxy.protocol import parse_address
 from hastaple.model import Action, ResultRow, Status
 from hastaple.ocsp.validate import validate
-from hastaple.pipeline import Options, local_issuer, run
+
+if TYPE_CHECKING:
+    from hastaple.fetch import Limits
+    from hastaple.pipeline import Options
 
 logger = logging.getLogger("hastaple")
 
@@ -117,7 +118,7 @@ _state_dir_option = click.option(
 @click.option(
     "--timeout",
     type=click.FloatRange(min=0.1),
-    default=Limits().timeout,
+    default=config.FETCH_TIMEOUT,
     show_default=True,
     envvar="HASTAPLE_TIMEOUT",
     help="Seconds for one whole exchange with a responder.",
@@ -143,6 +144,13 @@ def fetch(
     Cron-friendly: a staple that is still fresh (before half its validity) is
     left alone, with no request to the CA, unless --force.
     """
+    # The HTTP stack and the event loop only for the commands that fetch: not
+    # for status, verify, check or --help (about 0.3 s and 15 MB of imports).
+    import uvloop  # noqa: PLC0415
+
+    from hastaple.fetch import Limits  # noqa: PLC0415
+    from hastaple.pipeline import Options  # noqa: PLC0415
+
     with _errors(ctx):
         if not (paths or configs or crt_lists):
             raise UsageError("nothing to do: give certificate files or directories, "
@@ -187,6 +195,9 @@ def _check_sockets(sockets: Sequence[str]) -> None:
 async def _fetch(
     entries: Sequence[discover.CertEntry], options: Options, limits: Limits, *, progress: bool
 ) -> list[ResultRow]:
+    from hastaple.fetch import Fetcher  # noqa: PLC0415
+    from hastaple.pipeline import run  # noqa: PLC0415
+
     now = dt.datetime.now(dt.UTC)
     async with Fetcher(limits) as fetcher:
         if not progress:
@@ -248,6 +259,8 @@ def _offline_issuer(
 ) -> x509.Certificate:
     """--issuer, else the PEM chain, else ``<cert>.issuer``; no network for ``check``."""
     if issuer_path is None:
+        from hastaple.pipeline import local_issuer  # noqa: PLC0415 - see fetch()
+
         if (local := local_issuer(cert_path, bundle)) is not None:
             return local[0]
         raise UsageError(f"{cert_path}: issuer not found: no chain in the file; give --issuer")
@@ -345,6 +358,8 @@ def verify_command(
 @click.option("--no-haproxy", is_flag=True, help="Do everything but the deploy.")
 def demo_command(binary: str | None, no_haproxy: bool) -> None:
     """Throwaway PKI, OCSP responder and HAProxy on 127.0.0.1: the pipeline end to end."""
+    import uvloop  # noqa: PLC0415 - see fetch()
+
     from hastaple import demo  # noqa: PLC0415 - the demo's test PKI is loaded only for this command
 
     haproxy = None if no_haproxy else (binary or demo.find_haproxy())

@@ -25,6 +25,9 @@ from typing import Any
 from hastaple.errors import ConfigError
 from hastaple.schedule import DEFAULT_POLICY, Policy
 
+# Seconds for one whole exchange with a responder (``fetch --timeout``, the daemon).
+FETCH_TIMEOUT = 15.0
+
 SYSTEM_STATE_DIR = Path("/var/lib/hastaple")
 DEFAULT_METRICS_ADDRESS = "127.0.0.1:9877"
 LOG_FORMATS = ("keyvalue", "json")

@@ -29,6 +29,7 @@ from aiohttp import helpers
 from yarl import URL
 
 from hastaple import __version__
+from hastaple.config import FETCH_TIMEOUT
 from hastaple.errors import FetchError
 from hastaple.ocsp.request import http_request
 
@@ -58,7 +59,7 @@ class Limits:
     per_host: int = 4
     total: int = 64
     connect_timeout: float = 5.0
-    timeout: float = 15.0
+    timeout: float = FETCH_TIMEOUT
     max_body_bytes: int = 64 * 1024
     max_redirects: int = 3
 
