@@ -249,7 +249,7 @@ class Daemon:
         policy = self.config.policy
         result = _result(row)
         self.metrics.fetches.labels(result).inc()
-        haproxy = tuple(sorted({**dict(rec.haproxy), **row.haproxy}.items()))
+        haproxy = _served(rec, row.haproxy)
         base = dataclasses.replace(
             rec, ocsp_url=row.ocsp_url, result=result, error=row.error, last_attempt=now,
             haproxy=haproxy,
@@ -295,13 +295,7 @@ class Daemon:
         self._warn_if_expiring(new, now)
 
     def _warn_if_expiring(self, rec: Record, now: dt.datetime) -> None:
-        if (
-            rec.this_update is None
-            or rec.next_update is None
-            or rec.status in {"no-ocsp", "managed"}
-        ):
-            return
-        if schedule.in_alert_window(rec.this_update, rec.next_update, now, self.config.policy):
+        if prom.expiring(rec, now, self.config.policy) and rec.next_update is not None:
             log_event(
                 logging.WARNING, "expiring", cert=rec.cert, next_update=rec.next_update,
                 left=str(rec.next_update - now), failures=rec.failures, error=rec.error,
@@ -399,7 +393,7 @@ class Daemon:
                     continue
                 self._count_pushes(row)
                 rec = self.records[row.cert]
-                served = tuple(sorted({**dict(rec.haproxy), socket: row.haproxy[socket]}.items()))
+                served = _served(rec, {socket: row.haproxy[socket]})
                 self._save(dataclasses.replace(rec, haproxy=served))
                 if row.haproxy[socket] == "error":
                     failed = True
@@ -537,6 +531,11 @@ def _hint_due(rec: Record, now: dt.datetime) -> bool:
     if rec.this_update is None or rec.next_update is None or rec.max_age is None:
         return False
     return schedule.is_fresh(rec.this_update, rec.next_update, now)
+
+
+def _served(rec: Record, pushes: dict[str, str]) -> tuple[tuple[str, str], ...]:
+    """``rec``'s per-socket push results, updated with ``pushes`` (socket -> how)."""
+    return tuple(sorted({**dict(rec.haproxy), **pushes}.items()))
 
 
 def _has_staple(row: ResultRow) -> bool:

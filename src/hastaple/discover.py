@@ -50,8 +50,7 @@ RESERVED_SUFFIXES = frozenset({".key", ".ocsp", ".issuer", ".sctl"})
 #: Multi-certificate bundle extensions HAProxy tries when ``<crt>`` itself is missing.
 BUNDLE_SUFFIXES = (".rsa", ".ecdsa", ".dsa")
 
-_SPACE = SPACE  # C isspace(), what HAProxy splits on
-_CRT_LIST_TOKEN = re.compile(r"[\[\]]|[^\[\]" + re.escape(_SPACE) + "]+")
+_CRT_LIST_TOKEN = re.compile(r"[\[\]]|[^\[\]" + re.escape(SPACE) + "]+")  # C isspace()
 _SECTIONS = frozenset(
     {
         "global",
@@ -345,7 +344,7 @@ def parse_haproxy_config(
     section = ""
     for number, raw in enumerate(text.split("\n"), start=1):
         where = f"{source}:{number}"
-        words = split_line(raw.lstrip(_SPACE), env=env, where=where, section=section)
+        words = split_line(raw.lstrip(SPACE), env=env, where=where, section=section)
         if not words or words[0].startswith("."):
             # .if/.else/.endif/.diag...: conditions are not evaluated, both branches count.
             continue
@@ -533,7 +532,7 @@ def _resolve_ref(ref: CertRef, cwd: Path) -> list[CertEntry]:
         return _walk(full, name=name.rstrip("/"), source=ref.source)
     if info is not None:
         return [CertEntry(path=full, source=ref.source, names=(name,))]
-    bundle = _bundle(name, cwd, ref.source)
+    bundle = _bundle_paths(full, name, ref.source)
     if not bundle:
         raise ConfigError(f"{ref.source}: certificate {name}: No such file or directory")
     return bundle
@@ -546,10 +545,7 @@ def _check_listed(entries: Sequence[CertEntry]) -> list[CertEntry]:
         info = _stat_or_none(entry.path)
         name = entry.haproxy_names[0]
         if info is None:
-            bundle = [
-                CertEntry(path=b.path, managed=entry.managed, source=entry.source, names=b.names)
-                for b in _bundle_paths(entry.path, name, entry.source)
-            ]
+            bundle = _bundle_paths(entry.path, name, entry.source, managed=entry.managed)
             if not bundle:
                 raise ConfigError(f"{entry.source}: certificate {name}: No such file or directory")
             checked.extend(bundle)
@@ -563,14 +559,12 @@ def _check_listed(entries: Sequence[CertEntry]) -> list[CertEntry]:
     return checked
 
 
-def _bundle(name: str, cwd: Path, source: str) -> list[CertEntry]:
-    return _bundle_paths(cwd / name, name, source)
-
-
-def _bundle_paths(full: Path, name: str, source: str) -> list[CertEntry]:
+def _bundle_paths(full: Path, name: str, source: str, *, managed: bool = False) -> list[CertEntry]:
     """The ``<crt>.rsa/.ecdsa/.dsa`` files of a multi-certificate bundle that exist."""
     return [
-        CertEntry(path=Path(f"{full}{suffix}"), source=source, names=(f"{name}{suffix}",))
+        CertEntry(
+            path=Path(f"{full}{suffix}"), managed=managed, source=source, names=(f"{name}{suffix}",)
+        )
         for suffix in BUNDLE_SUFFIXES
         if _stat_or_none(Path(f"{full}{suffix}")) is not None
     ]

@@ -97,6 +97,13 @@ class Health:
     reasons: tuple[str, ...]
 
 
+def expiring(rec: Record, now: dt.datetime, policy: schedule.Policy) -> bool:
+    """Whether ``rec``'s staple is in the alert window (a log warning, and /healthz fails)."""
+    if rec.status in _QUIET or rec.this_update is None or rec.next_update is None:
+        return False
+    return schedule.in_alert_window(rec.this_update, rec.next_update, now, policy)
+
+
 def health(records: Iterable[Record], now: dt.datetime, policy: schedule.Policy) -> Health:
     """
     Unhealthy while a staple is inside the alert window (or expired, or never obtained).
@@ -107,12 +114,11 @@ def health(records: Iterable[Record], now: dt.datetime, policy: schedule.Policy)
     for r in records:
         if r.status in _QUIET:
             continue
-        if r.this_update is not None and r.next_update is not None:
-            if schedule.in_alert_window(r.this_update, r.next_update, now, policy):
-                left = r.next_update - now
-                when = "expired" if left <= dt.timedelta(0) else f"expires in {_human(left)}"
-                why = f": {r.error}" if r.error else ""
-                reasons.append(f"{r.cert}: staple {when} without a successful refresh{why}")
+        if expiring(r, now, policy) and r.next_update is not None:
+            left = r.next_update - now
+            when = "expired" if left <= dt.timedelta(0) else f"expires in {_human(left)}"
+            why = f": {r.error}" if r.error else ""
+            reasons.append(f"{r.cert}: staple {when} without a successful refresh{why}")
         elif r.failures > 0:
             reasons.append(f"{r.cert}: no staple yet: {r.error or 'fetch failed'}")
     return Health(not reasons, tuple(reasons))
