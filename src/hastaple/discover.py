@@ -495,7 +495,7 @@ def discover(
         found.extend(_check_listed(entries))
 
     for path in haproxy_configs:
-        config = parse_haproxy_config(_read(base / path, str(path)), source=str(path), environ=env)
+        config = read_haproxy_config(path, cwd=base, environ=env)
         warnings.extend(config.warnings)
         sockets.extend(_socket_address(s.address, base) for s in config.sockets if _usable(s))
         for ref in config.refs:
@@ -611,6 +611,16 @@ def _socket_address(address: str, cwd: Path) -> str:
     if address.startswith("unix@") and not address[5:].startswith("/"):
         return f"unix@{cwd / address[5:]}"
     return address
+
+
+def read_haproxy_config(path: Path, *, cwd: Path, environ: Mapping[str, str]) -> HAProxyConfig:
+    """
+    Read and parse the haproxy.cfg at ``path`` (relative to ``cwd``).
+
+    Raises:
+        ConfigError: the file cannot be read, or HAProxy would refuse it.
+    """
+    return parse_haproxy_config(_read(cwd / path, str(path)), source=str(path), environ=environ)
 
 
 def _read(path: Path, label: str) -> str:

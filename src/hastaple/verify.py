@@ -394,12 +394,8 @@ def bind_targets(
             has no TLS bind with certificates.
     """
     base = Path.cwd() if cwd is None else cwd
-    try:
-        text = (base / config).read_bytes().decode("utf-8", "surrogateescape")
-    except OSError as exc:
-        raise ConfigError(f"{config}: {exc.strerror or exc}") from exc
     env = os.environ if environ is None else environ
-    parsed = discover.parse_haproxy_config(text, source=str(config), environ=env)
+    parsed = discover.read_haproxy_config(config, cwd=base, environ=env)
     seen: dict[Path, list[str]] = {}
     targets: list[Target] = []
     for bind in parsed.binds:
