@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING, Literal, Self
 
 from cryptography.x509 import ocsp
 
+from haproxy_proc import openssl_time
+
 if TYPE_CHECKING:
     from collections.abc import Callable
     from types import TracebackType
@@ -270,9 +272,7 @@ def _dump(der: bytes) -> str:
 
 
 def _openssl_time(when: dt.datetime | None) -> str:
-    if when is None:
-        return ""
-    return f"{when:%b} {when.day:2d} {when:%H:%M:%S %Y} GMT"
+    return openssl_time(when) if when is not None else ""
 
 
 class Threaded:
