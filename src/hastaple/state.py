@@ -123,6 +123,14 @@ class Event:
     error: str | None
 
 
+# One column per Record field; the statement is the same for every record.
+_COLUMNS = tuple(f.name for f in dataclasses.fields(Record))
+_PUT = (
+    f"INSERT OR REPLACE INTO certs ({', '.join(_COLUMNS)}) "  # noqa: S608 - column names are ours
+    f"VALUES ({', '.join(':' + c for c in _COLUMNS)})"
+)
+
+
 class State:
     """A repository over the SQLite file; one per process, used from one thread."""
 
@@ -190,13 +198,11 @@ class State:
                 self._put(record, event, at)
 
     def _put(self, record: Record, event: str | None, at: dt.datetime | None) -> None:
-        values = {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
+        values = {name: getattr(record, name) for name in _COLUMNS}
         for name in _TIMES:
             values[name] = _text(values[name])
         values["haproxy"] = json.dumps(dict(record.haproxy), sort_keys=True)
-        columns = ", ".join(values)
-        marks = ", ".join(f":{k}" for k in values)
-        self._db.execute(f"INSERT OR REPLACE INTO certs ({columns}) VALUES ({marks})", values)  # noqa: S608 - column names are ours
+        self._db.execute(_PUT, values)
         if event is not None:
             when = at or record.last_attempt or dt.datetime.now(dt.UTC)
             self._db.execute(
