@@ -246,10 +246,7 @@ def check(
             good = verdict.status is Status.GOOD
             error = None if good else f"certificate status is {verdict.status.value}"
             action = Action.FRESH if good else Action.FAILED
-            row = ResultRow(
-                str(cert_path), url, verdict.status, action,
-                verdict.this_update, verdict.next_update, error,
-            )  # fmt: skip
+            row = ResultRow.of(str(cert_path), url, verdict, action, error)
             logger.info("signer=%r produced_at=%s", verdict.signer, verdict.produced_at)
     _finish([row], as_json=as_json)
 

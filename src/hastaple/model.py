@@ -70,6 +70,15 @@ class ResultRow:
     # fetch or deploy (exit 1). Not part of the JSON contract.
     bad_input: bool = False
 
+    @classmethod
+    def of(
+        cls, cert: str, url: str | None, verdict: Verdict, action: Action, error: str | None = None
+    ) -> ResultRow:
+        """The row for a validated response: its status and times."""
+        return cls(
+            cert, url, verdict.status, action, verdict.this_update, verdict.next_update, error
+        )
+
     @property
     def ok(self) -> bool:
         """Whether this row counts as "in order" for the exit code."""

@@ -305,7 +305,7 @@ def _from_index(
     staple = Staple.of(
         der, verdict, names=entry.haproxy_names, cert_id=hit.cert_id, issuer_pem=hit.issuer_pem
     )
-    return _Prepared(_row(str(entry.path), hit.url, verdict, Action.FRESH), staple)
+    return _Prepared(ResultRow.of(str(entry.path), hit.url, verdict, Action.FRESH), staple)
 
 
 def _remember(
@@ -348,7 +348,7 @@ async def _refresh(
     if keep and current and (not options.fetch or schedule.is_fresh(*_times(current), now)):
         staple = _staple(cert, *current)
         _remember(ctx, cert, staple, ocsp_fp)
-        return _Prepared(_row(name, url, current[1], Action.FRESH), staple)
+        return _Prepared(ResultRow.of(name, url, current[1], Action.FRESH), staple)
     ctx.index.forget(path)
     if not options.fetch:
         status, what = (Status.REVOKED, "the CA said REVOKED") if revoked else (Status.ERROR, "")
@@ -380,7 +380,7 @@ async def _fetch(
         if verdict.status is Status.REVOKED and not options.dry_run:
             ctx.index.mark_revoked(path, verdict.serial)
         error = _bad_status(verdict, staple_path, current)
-        return _Prepared(_row(name, url, verdict, Action.FAILED, error), None, **hints)
+        return _Prepared(ResultRow.of(name, url, verdict, Action.FAILED, error), None, **hints)
     if not options.dry_run:
         ctx.index.clear_revoked(path)
     if current and (
@@ -389,14 +389,14 @@ async def _fetch(
         # A cache in front of the responder served an older answer, or one that
         # expires sooner than ours: never replace a staple with a worse one.
         staple = _staple(cert, *current, cert_id=cert_id)
-        return _Prepared(_row(name, url, current[1], Action.FRESH), staple, **hints)
+        return _Prepared(ResultRow.of(name, url, current[1], Action.FRESH), staple, **hints)
     if cert.issuer_pem is not None and not _haproxy_can_find_issuer(path):
-        return _Prepared(_row(name, url, verdict, Action.FAILED, _no_issuer_on_disk(path)))
+        return _Prepared(ResultRow.of(name, url, verdict, Action.FAILED, _no_issuer_on_disk(path)))
     staple = _staple(cert, reply.der, verdict, cert_id=cert_id)
     if not options.dry_run:
         await ctx.writer.write(staple_path, reply.der, owner_of=path)
         _remember(ctx, cert, staple, index.fingerprint_if(staple_path, reply.der))
-    return _Prepared(_row(name, url, verdict, Action.FETCHED), staple, **hints)
+    return _Prepared(ResultRow.of(name, url, verdict, Action.FETCHED), staple, **hints)
 
 
 async def resolve_issuer(
@@ -528,14 +528,6 @@ def _bad_status(verdict: Verdict, staple_path: Path, current: tuple[bytes, Verdi
     if verdict.status is Status.REVOKED:
         return f"the CA says this certificate is {verdict.revocation()}; not deployed{kept}"
     return f"the CA says this certificate's status is unknown; not deployed{kept}"
-
-
-def _row(
-    name: str, url: str, verdict: Verdict, action: Action, error: str | None = None
-) -> ResultRow:
-    return ResultRow(
-        name, url, verdict.status, action, verdict.this_update, verdict.next_update, error
-    )
 
 
 def _failed(name: str, url: str | None, error: str) -> ResultRow:
