@@ -130,6 +130,8 @@ async def _hastaple_run(tmp_path: Path, crt_dir: Path, *sockets: str) -> AsyncIt
         sys.executable, "-m", "hastaple", "run", "--paths", str(crt_dir), *haproxy,
         "--state-dir", str(tmp_path / "state"), "--metrics-address", "127.0.0.1:0",
         "--refresh-spread", "0", "--haproxy-poll", "0.5s",
+        # Retries after 1, 2, 4, 8 s instead of 30 s ...: failures pile up within the test.
+        "--refresh-backoff-base", "1s",
         env=env, stderr=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
     assert proc.stderr is not None
@@ -210,7 +212,8 @@ async def test_real_prometheus_scrapes_metrics_and_fires_alerts(pki, tmp_path, s
 
     Three certificates: `long` (a fresh 7-day staple), `short` (a staple that
     crosses 2 days left CROSSING s after its fetch, the CA down after that) and
-    `revoked`. Two sockets: a real HAProxy 2.6 and one nobody listens on.
+    `revoked`; later `failing` (its CA down). Two sockets: a real HAProxy 2.6
+    and one nobody listens on.
     """
     prometheus = prometheus_proc.require("prometheus")
     hap_binary = haproxy_proc.binary("2.6")
@@ -237,6 +240,13 @@ async def test_real_prometheus_scrapes_metrics_and_fires_alerts(pki, tmp_path, s
 
         short = FirstThenDown(short_staple)
         ca.on("short", short)
+
+        def add_failing_cert() -> None:  # the daemon watches crt_dir: fetched at once
+            failing = pki.leaf("failing.test", ocsp_url=ca.on("failing", Serve(b"down", 503)))
+            staging = sock_dir / "failing.pem"
+            staging.write_bytes(pki.bundle(failing))
+            staging.replace(crt_dir / "failing.pem")
+
         hap_dir = sock_dir / "hap"
         hap_dir.mkdir()
         hap = haproxy_proc.start(hap_binary, hap_dir, crt_dir)
@@ -254,6 +264,7 @@ async def test_real_prometheus_scrapes_metrics_and_fires_alerts(pki, tmp_path, s
                 await _documented_metrics_arrive(prom, certs)
                 await _short_staple_crosses_the_threshold(prom, short, certs)
                 await _revoked_and_haproxy_alerts_fire(prom, certs)
+                await _refresh_failing_fires(prom, add_failing_cert)
                 daemon.proc.send_signal(signal.SIGTERM)
                 await daemon.proc.wait()
                 await _down_alert_fires(prom, daemon)
@@ -371,6 +382,34 @@ async def _revoked_and_haproxy_alerts_fire(
     for group in ("hastaple", COPY_GROUP):
         assert rules[group, "HastapleDown"]["alerts"] == []
         assert rules[group, "HastapleMetricsAbsent"]["alerts"] == []
+
+
+async def _refresh_failing_fires(
+    prom: prometheus_proc.Prometheus, add_failing_cert: Callable[[], None]
+) -> None:
+    """
+    A new certificate whose CA is down: its retries fail; HastapleRefreshFailing goes active.
+
+    The `short` certificate's retries fail too, but they began before
+    Prometheus scraped the first time, and increase() counts only the rises it
+    sees; they slow down to one every 16 s and more. The new certificate's
+    failures come at once, while Prometheus watches.
+    """
+    add_failing_cert()
+
+    def failing() -> dict[tuple[str, str], dict[str, Any]] | None:
+        rules = prom.alerting_rules()
+        real = rules["hastaple", "HastapleRefreshFailing"]
+        copy = rules[COPY_GROUP, "HastapleRefreshFailing"]
+        if [a["state"] for a in copy["alerts"]] == ["firing"] and real["alerts"]:
+            return rules
+        return None
+
+    rules = await _until("HastapleRefreshFailing while the CA is down", failing, within=20)
+    [real] = rules["hastaple", "HastapleRefreshFailing"]["alerts"]
+    assert real["state"] == "pending"  # `for: 5m` in the shipped file
+    assert (real["labels"]["result"], real["labels"]["severity"]) == ("error", "warning")
+    assert float(real["value"]) >= 3  # rises Prometheus saw, not the counter's value
 
 
 async def _down_alert_fires(prom: prometheus_proc.Prometheus, daemon: Daemon) -> None:
