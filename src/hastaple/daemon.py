@@ -201,8 +201,17 @@ class Daemon:
     # -- refreshing ------------------------------------------------------
 
     def next_wakeup(self) -> dt.datetime | None:
-        """The earliest planned refresh, or None when there is nothing to do."""
-        times = [r.next_refresh for r in self.records.values() if r.next_refresh is not None]
+        """
+        The earliest planned refresh, or None when there is nothing to do.
+
+        Only certificates ``refresh_due`` would take count: a time it would
+        skip would stay in the past and the loop would sleep 0 s for ever.
+        """
+        times = [
+            r.next_refresh
+            for n, r in self.records.items()
+            if r.next_refresh is not None and n in self.entries
+        ]
         return min(times, default=None)
 
     async def refresh_due(self) -> list[pipeline.Outcome]:
@@ -219,6 +228,9 @@ class Daemon:
         plain: list[str] = []
         for n in due:
             (forced if _hint_due(self.records[n], now) else plain).append(n)
+        # What each certificate was when its batch started: a file event while
+        # the batch is in flight may remove or renew it (``_record``).
+        started = {n: self.records[n].serial for n in due}
         outcomes: list[pipeline.Outcome] = []
         async with self._busy:
             for names, force in ((plain, False), (forced, True)):
@@ -230,7 +242,7 @@ class Daemon:
                     )
         with self._batch():
             for outcome in outcomes:
-                self._record(outcome, now)
+                self._record(outcome, now, started)
         return outcomes
 
     def _options(self, *, force: bool = False, fetch: bool = True) -> pipeline.Options:
@@ -238,9 +250,10 @@ class Daemon:
             sockets=self.sockets, force=force, state_dir=self.config.state_dir, fetch=fetch
         )
 
-    def _record(self, outcome: pipeline.Outcome, now: dt.datetime) -> None:
+    def _record(
+        self, outcome: pipeline.Outcome, now: dt.datetime, started: dict[str, str | None]
+    ) -> None:
         row = outcome.row
-        rec = self.records.get(row.cert) or Record(row.cert)
         asked = outcome.elapsed is not None
         if asked and row.ocsp_url:
             host = row.ocsp_url.split("/")[2] if "//" in row.ocsp_url else row.ocsp_url
@@ -249,6 +262,12 @@ class Daemon:
         policy = self.config.policy
         result = _result(row)
         self.metrics.fetches.labels(result).inc()
+        rec = self.records.get(row.cert)
+        if rec is None or row.cert not in self.entries or rec.serial != started.get(row.cert):
+            # Removed (or renewed) while the batch was in flight: the outcome is
+            # about a certificate that is gone; saving it would bring it back.
+            log_event(logging.DEBUG, "discarded", cert=row.cert, result=result)
+            return
         haproxy = _served(rec, row.haproxy)
         base = dataclasses.replace(
             rec, ocsp_url=row.ocsp_url, result=result, error=row.error, last_attempt=now,
