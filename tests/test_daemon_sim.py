@@ -20,7 +20,7 @@ from cryptography.x509 import ocsp
 
 from hastaple import config as cfgmod
 from hastaple import daemon as daemonmod
-from hastaple import events, service
+from hastaple import events, metrics, service
 from hastaple.errors import FetchError
 from hastaple.fetch import OCSPReply
 from hastaple.state import State
@@ -174,6 +174,33 @@ async def test_outage_keeps_staple_warns_and_recovers(pki, tmp_path, caplog):
         assert rec.failures == 0
         assert rec.next_update > expiry[rec.cert]
     assert world.daemon.health().ok
+
+
+async def test_one_failed_refresh_with_days_left_keeps_healthz_green(pki, tmp_path):
+    """
+    /healthz fails for what needs an operator, not for one failure the backoff will retry.
+
+    Before the fix any ``failures > 0`` said "no staple yet" (503) while a
+    valid staple had days left.
+    """
+    world = _world(pki, tmp_path, 2)
+    world.clock.t += dt.timedelta(seconds=11)
+    await world.daemon.refresh_due()
+    world.fetcher.down = True
+    world.clock.t = max(r.next_refresh for r in world.daemon.records.values())
+    await world.daemon.refresh_due()
+    assert all(r.failures == 1 for r in world.daemon.records.values())
+    assert all(r.next_update - world.clock.now() > 2 * DAY for r in world.daemon.records.values())
+    assert world.daemon.health() == metrics.Health(True, ())
+    pki.write(world.crt_dir, "new.pem", pki.leaf("new.test", ocsp_url="http://ocsp.test/"))
+    world.daemon.rediscover()
+    world.clock.t += dt.timedelta(seconds=11)
+    await world.daemon.refresh_due()  # the new certificate's first fetch fails: no staple
+    health = world.daemon.health()
+    assert not health.ok
+    assert health.reasons == (
+        f"{world.crt_dir / 'new.pem'}: no valid staple: http://ocsp.test/: connection refused",
+    )
 
 
 async def test_restart_asks_no_ca_for_fresh_staples(pki, tmp_path):

@@ -27,6 +27,7 @@ from hastaple.state import Record
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0)
 _QUIET = frozenset({"no-ocsp", "managed"})
+_SIGNED_BAD = frozenset({"revoked", "unknown"})
 
 Snapshot = Callable[[], tuple[dt.datetime, Iterable[Record]]]
 
@@ -106,22 +107,36 @@ def expiring(rec: Record, now: dt.datetime, policy: schedule.Policy) -> bool:
 
 def health(records: Iterable[Record], now: dt.datetime, policy: schedule.Policy) -> Health:
     """
-    Unhealthy while a staple is inside the alert window (or expired, or never obtained).
+    Unhealthy only for what an operator must act on.
 
-    A certificate without an OCSP URL, or one HAProxy updates itself, is fine.
+    That is: a staple inside the alert window (or expired) without a
+    successful refresh, a certificate with no valid staple whose fetch
+    failed, or a certificate the CA says is revoked or unknown. A failed
+    refresh while a valid staple has time left is not one: the backoff
+    retries it, and ``expiring`` fires while several retries still fit. A
+    certificate without an OCSP URL, or one HAProxy updates itself, is fine.
     """
     reasons = []
     for r in records:
         if r.status in _QUIET:
             continue
-        if expiring(r, now, policy) and r.next_update is not None:
+        if r.status in _SIGNED_BAD:
+            reasons.append(f"{r.cert}: the CA answers {r.status}: {r.error or 'replace it'}")
+        elif expiring(r, now, policy) and r.next_update is not None:
             left = r.next_update - now
             when = "expired" if left <= dt.timedelta(0) else f"expires in {_human(left)}"
             why = f": {r.error}" if r.error else ""
             reasons.append(f"{r.cert}: staple {when} without a successful refresh{why}")
-        elif r.failures > 0:
-            reasons.append(f"{r.cert}: no staple yet: {r.error or 'fetch failed'}")
+        elif r.failures > 0 and not _valid_staple(r, now):
+            reasons.append(f"{r.cert}: no valid staple: {r.error or 'fetch failed'}")
     return Health(not reasons, tuple(reasons))
+
+
+def _valid_staple(rec: Record, now: dt.datetime) -> bool:
+    """Whether ``rec`` holds a staple that has not expired."""
+    if rec.this_update is None:
+        return False
+    return rec.next_update is None or rec.next_update > now
 
 
 def _human(delta: dt.timedelta) -> str:
