@@ -18,9 +18,10 @@ import sys
 import aiohttp
 from click.testing import CliRunner
 
-from hastaple import metrics, service
+from hastaple import events, metrics, service
 from hastaple.cli import cli
 from hastaple.errors import ConfigError
+from hastaple.schedule import Policy
 from hastaple.state import Record, State
 from responders import Serve
 from test_daemon_sim import _world
@@ -205,3 +206,40 @@ async def test_sighup_reload_applies_new_sources_and_keeps_old_on_error(pki, tmp
     assert "event=reload_failed" in err
     assert "frobnicate" in err
     logging.getLogger().handlers.clear()
+
+
+def test_sighup_with_a_broken_source_keeps_the_whole_old_configuration(pki, tmp_path, capsys):
+    """
+    A reload whose sources cannot be read changes nothing: not even the log format or proxy.
+
+    Before the fix the fetcher settings, ``daemon.config`` and the log format
+    were switched before the sources were read, so "old configuration kept"
+    was half false.
+    """
+    world = _world(pki, tmp_path, 1)
+    environ: dict[str, str] = {}
+    fetcher = service.ConfiguredFetcher(world.config, environ=environ)
+    events.configure("keyvalue")
+    listed = tmp_path / "list.txt"
+    listed.write_text(f"{tmp_path / 'missing.pem'}\n")
+    new = dataclasses.replace(
+        world.config, crt_lists=(listed,), proxy="http://proxy.test:3128", log_format="json",
+        responder_overrides=(("http://ocsp.test/", "http://other.test/"),),
+        policy=Policy(backoff_base=dt.timedelta(seconds=1)),
+    )  # fmt: skip
+    entries, records = dict(world.daemon.entries), dict(world.daemon.records)
+    try:
+        service._reload(world.daemon, fetcher, lambda: new)
+        [handler] = logging.getLogger().handlers
+        assert isinstance(handler.formatter, events.KeyValueFormatter)
+    finally:
+        logging.getLogger().handlers.clear()
+    assert world.daemon.config is world.config
+    assert fetcher.config is world.config
+    assert environ == {}
+    assert (world.daemon.entries, world.daemon.records) == (entries, records)
+    assert world.daemon.watch_roots == frozenset({world.crt_dir})
+    err = capsys.readouterr().err
+    assert "event=reload_failed" in err
+    assert "missing.pem" in err
+    assert "event=reloaded" not in err

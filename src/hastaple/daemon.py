@@ -111,26 +111,72 @@ class Daemon:
 
         ``at_once``: due now, not spread (a watched change, to meet the 2 s promise).
         """
-        cfg = self.config
-        found = discover.discover(cfg.paths, cfg.crt_lists, cfg.haproxy_configs)
-        for warning in found.warnings:
-            log_event(logging.WARNING, "discover", warning=warning)
-        self.sockets = tuple(dict.fromkeys((*cfg.sockets, *found.sockets)))
+        self.apply(self.prepare(self.config, changed, at_once=at_once))
+
+    def prepare(
+        self, config: Config, changed: Iterable[Path] = (), *, at_once: bool = False
+    ) -> View:
+        """
+        Everything ``config`` means now: read and computed, nothing changed yet.
+
+        Raises:
+            HastapleError: a source cannot be read; the daemon is as it was.
+        """
+        found = discover.discover(config.paths, config.crt_lists, config.haproxy_configs)
         now = self.clock.now()
         touched = {str(p).removesuffix(".issuer") for p in changed}
         entries = {str(e.path): e for e in found.certs}
-        removed = sorted(set(self.records) - set(entries))
-        self.state.forget(*removed)  # one transaction: a removed directory is thousands
-        for name in removed:
-            del self.records[name]
+        serials = {n: v for n, v in self._serials.items() if n in entries}
+        tracked = [
+            (name, _serial_of(serials, name, entry.path, touched=name in touched))
+            for name, entry in entries.items()
+        ]
+        news = [
+            (name, serial, why)
+            for name, serial in tracked
+            if (why := self._news(name, serial, touched=name in touched)) is not None
+        ]
+        spread = config.policy.spread
+        saves = []
+        for name, serial, why in news:
+            due = now if at_once else now + spread * self.rng.random()
+            rec = self.records.get(name)
+            if why == "touched" and rec is not None:
+                saves.append(dataclasses.replace(rec, next_refresh=due))
+            else:
+                saves.append(Record(name, serial=serial, next_refresh=due))
+        return View(
+            config=config,
+            entries=entries,
+            sockets=tuple(dict.fromkeys((*config.sockets, *found.sockets))),
+            roots=frozenset(_roots(config, found.certs)),
+            serials=serials,
+            removed=tuple(sorted(set(self.records) - set(entries))),
+            saves=tuple(saves),
+            news=tuple((name, serial, why) for name, serial, why in news if why != "touched"),
+            warnings=found.warnings,
+        )
+
+    def apply(self, view: View) -> None:
+        """
+        Make ``view`` the daemon's configuration and certificates, in one step.
+
+        The state database is written first (one transaction): if that
+        raises, memory is untouched and the old view stays whole.
+        """
+        self.state.put_many([(rec, None, None) for rec in view.saves], forget=view.removed)
+        records = {n: r for n, r in self.records.items() if n in view.entries}
+        records.update((rec.cert, rec) for rec in view.saves)
+        self.config, self.records, self._serials = view.config, records, view.serials
+        self.entries, self.sockets, self.watch_roots = view.entries, view.sockets, view.roots
+        for socket in set(self._haproxy) - set(view.sockets):
+            self._forget_socket(socket)
+        for name in view.removed:
             log_event(logging.INFO, "removed", cert=name)
-        for name in set(self._serials) - set(entries):
-            del self._serials[name]
-        with self._batch():
-            for name, entry in entries.items():
-                self._track(name, entry, now, touched=name in touched, at_once=at_once)
-        self.entries = entries
-        self.watch_roots = frozenset(self._roots(found.certs))
+        for name, serial, why in view.news:
+            log_event(logging.INFO, why, cert=name, serial=serial)
+        for warning in view.warnings:
+            log_event(logging.WARNING, "discover", warning=warning)
         self.wake.set()
 
     def on_change(self, changed: Iterable[Path]) -> None:
@@ -148,55 +194,16 @@ class Daemon:
         except Exception:
             logger.exception("internal error while reading the certificate sources")
 
-    def _track(
-        self,
-        name: str,
-        entry: discover.CertEntry,
-        now: dt.datetime,
-        *,
-        touched: bool,
-        at_once: bool,
-    ) -> None:
-        serial = self._serial(name, entry.path, touched=touched)
+    def _news(self, name: str, serial: str | None, *, touched: bool) -> str | None:
+        """Why ``name`` becomes due now ("added", "renewed", "touched"), or None."""
         rec = self.records.get(name)
-        due = now if at_once else schedule.next_refresh(None, now, 0, self.rng, self.config.policy)
         if rec is None:
-            rec = Record(name, serial=serial, next_refresh=due)
-            log_event(logging.INFO, "added", cert=name, serial=serial)
-        elif serial != rec.serial:
-            # A renewed certificate: what we knew was about the previous one.
-            rec = Record(name, serial=serial, next_refresh=due)
-            log_event(logging.INFO, "renewed", cert=name, serial=serial)
-        elif touched or rec.next_refresh is None:
-            rec = dataclasses.replace(rec, next_refresh=due)
-        else:
-            return
-        self._save(rec)
-
-    def _serial(self, name: str, path: Path, *, touched: bool) -> str | None:
-        """
-        The leaf's serial, parsed again only when the file changed.
-
-        A file an event names is always read (an in-place rewrite of the same
-        size can keep the identity within one timestamp tick).
-        """
-        fingerprint = index.fingerprint(path)
-        known = self._serials.get(name)
-        if not touched and fingerprint is not None and known and known[0] == fingerprint:
-            return known[1]
-        serial = _serial(path)
-        if fingerprint is None:
-            self._serials.pop(name, None)
-        else:
-            self._serials[name] = (fingerprint, serial)
-        return serial
-
-    def _roots(self, certs: Sequence[discover.CertEntry]) -> set[Path]:
-        cfg = self.config
-        roots = {p if p.is_dir() else p.parent for p in cfg.paths}
-        roots |= {p.parent for p in (*cfg.crt_lists, *cfg.haproxy_configs)}
-        roots |= {e.path.parent for e in certs}
-        return {r for r in roots if r.is_dir()}
+            return "added"
+        if serial != rec.serial:
+            return "renewed"  # what we knew was about the previous certificate
+        if touched or rec.next_refresh is None:
+            return "touched"
+        return None
 
     # -- refreshing ------------------------------------------------------
 
@@ -430,6 +437,11 @@ class Daemon:
         wait = schedule.backoff(failures, self.rng, policy=self.config.policy)
         self._push_again[socket] = (failures, now + wait)
 
+    def _forget_socket(self, socket: str) -> None:
+        """``socket`` is no longer configured: nothing about it is kept."""
+        self._haproxy.pop(socket, None)
+        self._push_again.pop(socket, None)
+
     def health(self) -> prom.Health:
         """The /healthz verdict now."""
         return prom.health(self.records.values(), self.clock.now(), self.config.policy)
@@ -502,6 +514,60 @@ class Daemon:
                 self.on_change({Path(p) for _, p in changes})
                 if self.watch_roots != roots:
                     break
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class View:
+    """
+    What a configuration means at one moment: ``Daemon.prepare`` reads it, ``apply`` swaps it in.
+
+    ``saves`` are the records that change (new, renewed, due again),
+    ``removed`` the certificates to forget, ``news`` the added/renewed ones
+    to log.
+    """
+
+    config: Config
+    entries: dict[str, discover.CertEntry]
+    sockets: tuple[str, ...]
+    roots: frozenset[Path]
+    serials: dict[str, tuple[index.Fingerprint, str | None]]
+    removed: tuple[str, ...]
+    saves: tuple[Record, ...]
+    news: tuple[tuple[str, str | None, str], ...]
+    warnings: tuple[str, ...]
+
+
+def _serial_of(
+    serials: dict[str, tuple[index.Fingerprint, str | None]],
+    name: str,
+    path: Path,
+    *,
+    touched: bool,
+) -> str | None:
+    """
+    The leaf's serial, parsed again only when the file changed (``serials`` is updated).
+
+    A file an event names is always read (an in-place rewrite of the same
+    size can keep the identity within one timestamp tick).
+    """
+    fingerprint = index.fingerprint(path)
+    known = serials.get(name)
+    if not touched and fingerprint is not None and known and known[0] == fingerprint:
+        return known[1]
+    serial = _serial(path)
+    if fingerprint is None:
+        serials.pop(name, None)
+    else:
+        serials[name] = (fingerprint, serial)
+    return serial
+
+
+def _roots(config: Config, certs: Sequence[discover.CertEntry]) -> set[Path]:
+    """The directories to watch: the sources' and every certificate's."""
+    roots = {p if p.is_dir() else p.parent for p in config.paths}
+    roots |= {p.parent for p in (*config.crt_lists, *config.haproxy_configs)}
+    roots |= {e.path.parent for e in certs}
+    return {r for r in roots if r.is_dir()}
 
 
 def _malloc_trim() -> Callable[[int], int] | None:
