@@ -14,17 +14,20 @@ import logging
 import os
 import signal
 import sys
+import time
 
 import aiohttp
 from click.testing import CliRunner
 
+from hastaple import daemon as daemonmod
 from hastaple import events, metrics, service
 from hastaple.cli import cli
+from hastaple.config import Config
 from hastaple.errors import ConfigError
 from hastaple.schedule import Policy
 from hastaple.state import Record, State
 from responders import Serve
-from test_daemon_sim import _world
+from test_daemon_sim import SignerFetcher, _world
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
@@ -243,3 +246,54 @@ def test_sighup_with_a_broken_source_keeps_the_whole_old_configuration(pki, tmp_
     assert "event=reload_failed" in err
     assert "missing.pem" in err
     assert "event=reloaded" not in err
+
+
+async def _serving(daemon):
+    """Start ``daemon.serve``; return the stop event and the task."""
+    stop, ready = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(daemon.serve(stop, ready=ready))
+    await ready.wait()
+    return stop, task
+
+
+def _real_time_daemon(pki, tmp_path, leaves, **config):
+    """A daemon on the real clock over ``tmp_path/crt``, signing for ``leaves`` in-process."""
+    clock = daemonmod.SystemClock()
+    fetcher = SignerFetcher(pki, clock, leaves)
+    cfg = Config(state_dir=tmp_path / "state", metrics_address=None, **config)
+    return daemonmod.Daemon(cfg, fetcher=fetcher, state=State.open(cfg.state_dir), clock=clock)
+
+
+async def test_directory_added_by_sighup_is_watched_at_once(pki, tmp_path):
+    """
+    A certificate dropped into a directory SIGHUP just added is stapled within 2 s.
+
+    Before the fix the new directory was watched only after the next event
+    from the old ones: here, never.
+    """
+    crt, extra = tmp_path / "crt", tmp_path / "extra"
+    crt.mkdir()
+    extra.mkdir()
+    first = pki.leaf("first.test", ocsp_url="http://ocsp.test/")
+    new = pki.leaf("new.test", ocsp_url="http://ocsp.test/")
+    pki.write(crt, "first.pem", first)
+    daemon = _real_time_daemon(pki, tmp_path, [first, new], paths=(crt,))
+    stop, task = await _serving(daemon)
+    try:
+        reloaded = dataclasses.replace(daemon.config, paths=(crt, extra))
+        service._reload(
+            daemon, service.ConfiguredFetcher(daemon.config, environ={}), lambda: reloaded
+        )
+        start = time.monotonic()
+        staging = tmp_path / "new.pem"
+        staging.write_bytes(pki.bundle(new))
+        staging.replace(extra / "new.pem")
+        while not (extra / "new.pem.ocsp").exists():
+            assert time.monotonic() - start < 2, "not stapled within 2 s"
+            await asyncio.sleep(0.02)  # polling the file system: the outcome has no event
+    finally:
+        logging.getLogger().handlers.clear()  # the reload installs its log handler
+        stop.set()
+        await task
+        daemon.state.close()
+    assert daemon.records[str(extra / "new.pem")].status == "good"
