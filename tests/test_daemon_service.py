@@ -297,3 +297,44 @@ async def test_directory_added_by_sighup_is_watched_at_once(pki, tmp_path):
         await task
         daemon.state.close()
     assert daemon.records[str(extra / "new.pem")].status == "good"
+
+
+async def test_a_log_file_in_watched_directories_costs_no_log_line(pki, tmp_path, caplog):
+    """
+    Writing a file hastaple does not need (next to a crt-list, or in a crt directory) logs nothing.
+
+    Before the fix watchfiles said "1 change detected" at INFO for every
+    write, and a non-certificate in a crt directory was fetched (and failed)
+    again at every write: a log file there logged for ever.
+    """
+    caplog.set_level(logging.INFO)
+    crt, conf = tmp_path / "crt", tmp_path / "conf"
+    crt.mkdir()
+    conf.mkdir()
+    leaf = pki.leaf("a.test", ocsp_url="http://ocsp.test/")
+    pki.write(crt, "a.pem", leaf)
+    listed = conf / "list.txt"
+    listed.write_text(f"{crt / 'a.pem'}\n")
+    daemon = _real_time_daemon(pki, tmp_path, [leaf], paths=(crt,), crt_lists=(listed,))
+    stop, task = await _serving(daemon)
+    try:
+        deadline = time.monotonic() + 5
+        while not (crt / "a.pem.ocsp").exists():
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)  # polling the file system: the outcome has no event
+        with (crt / "app.log").open("a") as log:  # HAProxy would load it: hastaple says so once
+            log.write("started\n")
+        await asyncio.sleep(1)
+        seen = len(caplog.records)
+        for i in range(4):
+            for path in (crt / "app.log", conf / "app.log"):
+                with path.open("a") as log:
+                    log.write(f"line {i}\n")
+            await asyncio.sleep(0.3)  # one watcher event per write (its step is 50 ms)
+        await asyncio.sleep(1)
+    finally:
+        stop.set()
+        await task
+        daemon.state.close()
+    assert [r.getMessage() for r in caplog.records[seen:]] == []
+    assert not [r for r in caplog.records if r.name.startswith("watchfiles")]

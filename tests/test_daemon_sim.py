@@ -319,6 +319,39 @@ async def test_certificate_renewed_mid_batch_is_fetched_for_its_new_serial(pki, 
     assert staple.serial_number == renewed.cert.serial_number
 
 
+async def test_one_missing_staple_is_fetched_at_once(pki, tmp_path):
+    """
+    With the default policy, one certificate without a staple is due within 10 ms.
+
+    Before the fix it waited a random share of the whole 10 s spread (8.4 s here).
+    """
+    world = _world(pki, tmp_path, 1)
+    [rec] = world.daemon.records.values()
+    assert rec.next_refresh - world.clock.now() <= dt.timedelta(milliseconds=10)
+    (tmp_path / "many").mkdir()
+    many = _world(pki, tmp_path / "many", 40)  # 40 missing: spread over 0.4 s
+    due = [r.next_refresh - many.clock.now() for r in many.daemon.records.values()]
+    assert max(due) <= dt.timedelta(seconds=0.4)
+    assert max(due) > dt.timedelta(seconds=0.1)  # still spread, not all in one instant
+
+
+async def test_discovery_warning_is_logged_once_not_at_every_event(pki, tmp_path, caplog):
+    """The same warning about the sources is logged when it appears, not at every file event."""
+    caplog.set_level(logging.INFO, logger="hastaple.daemon")
+    world = _world(pki, tmp_path, 1)
+    cfg = tmp_path / "haproxy.cfg"
+    cfg.write_text(
+        f"global\n  stats socket {tmp_path}/op.sock level operator\n"
+        f"frontend f\n  bind :443 ssl crt {world.crt_dir}\n"
+    )
+    world.daemon.config = dataclasses.replace(world.config, paths=(), haproxy_configs=(cfg,))
+    for _ in range(3):
+        world.daemon.on_change({cfg})
+    lines = [r for r in caplog.records if "event=discover " in r.getMessage()]
+    assert len(lines) == 1
+    assert "op.sock" in lines[0].getMessage()
+
+
 async def test_max_age_brings_refresh_forward(pki, tmp_path):
     """Cache-Control max-age=1h: the next fetch comes after about an hour, not 3.5 days."""
     world = _world(pki, tmp_path, 1)

@@ -104,6 +104,7 @@ class Daemon:
         self._pending: list[tuple[Record, str | None, dt.datetime | None]] | None = None
         # Set when the watched directories change (SIGHUP): the watcher restarts at once.
         self.rewatch = asyncio.Event()
+        self._warned: tuple[str, ...] = ()  # discovery warnings already logged
 
     # -- discovery -------------------------------------------------------
 
@@ -138,7 +139,7 @@ class Daemon:
             for name, serial in tracked
             if (why := self._news(name, serial, touched=name in touched)) is not None
         ]
-        spread = config.policy.spread
+        spread = schedule.startup_spread(len(news), config.policy)
         saves = []
         for name, serial, why in news:
             due = now if at_once else now + spread * self.rng.random()
@@ -178,8 +179,10 @@ class Daemon:
             log_event(logging.INFO, "removed", cert=name)
         for name, serial, why in view.news:
             log_event(logging.INFO, why, cert=name, serial=serial)
-        for warning in view.warnings:
-            log_event(logging.WARNING, "discover", warning=warning)
+        if view.warnings != self._warned:  # once, not at every file event
+            for warning in view.warnings:
+                log_event(logging.WARNING, "discover", warning=warning)
+            self._warned = view.warnings
         if roots_changed:
             self.rewatch.set()
         self.wake.set()
@@ -200,13 +203,21 @@ class Daemon:
             logger.exception("internal error while reading the certificate sources")
 
     def _news(self, name: str, serial: str | None, *, touched: bool) -> str | None:
-        """Why ``name`` becomes due now ("added", "renewed", "touched"), or None."""
+        """
+        Why ``name`` becomes due now ("added", "renewed", "touched"), or None.
+
+        A touched file that still is no certificate (a log file in a ``crt``
+        directory, say) is left to its backoff: retrying it at every write
+        would log a failure at every write, for ever.
+        """
         rec = self.records.get(name)
         if rec is None:
             return "added"
         if serial != rec.serial:
             return "renewed"  # what we knew was about the previous certificate
-        if touched or rec.next_refresh is None:
+        if rec.next_refresh is None:
+            return "touched"
+        if touched and not (serial is None and rec.failures > 0):
             return "touched"
         return None
 
@@ -522,6 +533,7 @@ class Daemon:
                 await _first(stop, self.rewatch)
                 first = False
                 continue
+            _quiet_watcher()
             if not first:
                 # A file created while the watcher restarted has no event: look
                 # once more, as soon as awatch has set up the new watches (its
@@ -561,6 +573,18 @@ async def _first(*events: asyncio.Event) -> None:
     finally:
         for w in waiters:
             w.cancel()
+
+
+def _quiet_watcher() -> None:
+    """
+    Put watchfiles' own "N changes detected" line at DEBUG, not at INFO.
+
+    It logs at INFO unless DEBUG is on (then at DEBUG, with the paths): a log
+    file inside a watched directory would log one line per line, for ever.
+    Our own events say what a change did.
+    """
+    debug = logging.getLogger().isEnabledFor(logging.DEBUG)
+    logging.getLogger("watchfiles").setLevel(logging.DEBUG if debug else logging.WARNING)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
