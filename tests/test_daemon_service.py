@@ -174,7 +174,8 @@ async def test_haproxy_down_is_retried_not_fatal(pki, tmp_path, caplog):
     [outcome] = await world.daemon.refresh_due()
     assert outcome.row.haproxy == {str(tmp_path / "nobody.sock"): "error"}
     rec = world.daemon.records[outcome.row.cert]
-    assert (rec.failures, rec.status) == (0, "good")  # the staple is stored; only the push failed
+    assert rec.status == "good"  # the staple is stored ...
+    assert rec.next_refresh > world.clock.now() + dt.timedelta(days=3)  # ... and the CA not asked
     failures, retry_at = world.daemon._push_again[str(tmp_path / "nobody.sock")]
     assert failures == 1
     assert retry_at > world.clock.now()  # retried with backoff, not at every poll
@@ -183,6 +184,37 @@ async def test_haproxy_down_is_retried_not_fatal(pki, tmp_path, caplog):
     downs = [r for r in caplog.records if "event=haproxy_down" in r.getMessage()]
     assert len(downs) == 1
     assert (world.crt_dir / "c0.pem.ocsp").exists()
+
+
+async def test_a_push_failure_is_a_failure_and_a_dead_socket_fails_healthz(pki, tmp_path, caplog):
+    """
+    A staple HAProxy did not take: WARNING, failures=1, metric 0; /healthz 503 after the grace.
+
+    Before the fix the push failure was logged at INFO with failures=0, and a
+    mistyped socket that never came up left /healthz at 200 for ever.
+    """
+    caplog.set_level(logging.INFO, logger="hastaple.daemon")
+    world = _world(pki, tmp_path, 1)
+    sock = str(tmp_path / "mistyped.sock")
+    world.daemon.config = dataclasses.replace(world.config, sockets=(sock,))
+    world.daemon.rediscover()
+    world.clock.t += dt.timedelta(seconds=11)
+    [outcome] = await world.daemon.refresh_due()
+    rec = world.daemon.records[outcome.row.cert]
+    assert (rec.status, rec.failures, rec.action()) == ("good", 1, "failed")
+    [line] = [r for r in caplog.records if "event=fetched" in r.getMessage()]
+    assert line.levelno == logging.WARNING
+    assert "failures=1" in line.getMessage()
+    assert f'hastaple_haproxy_ok{{socket="{sock}"}} 0.0' in world.daemon.metrics.render().decode()
+    await world.daemon.check_haproxy()
+    assert world.daemon.health().ok  # within the grace period: HAProxy may be restarting
+    world.clock.t += world.config.haproxy_grace
+    await world.daemon.check_haproxy()
+    health = world.daemon.health()
+    assert not health.ok
+    [reason] = health.reasons
+    assert reason.startswith(f"haproxy {sock}: ")
+    assert "failing since" in reason
 
 
 async def test_sighup_reload_applies_new_sources_and_keeps_old_on_error(pki, tmp_path, capsys):

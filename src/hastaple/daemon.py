@@ -10,11 +10,14 @@ call with a simulated clock:
   each outcome gives the next refresh via ``schedule.next_refresh``;
 - ``rediscover(changed)``: the certificate sources are read again (after a
   file-system event); new and renewed (new serial) certificates are due at
-  once, removed ones are forgotten;
+  once, removed ones are forgotten. It is ``prepare`` (read everything,
+  change nothing, may raise) then ``apply`` (swap in one step), so a SIGHUP
+  with a bad configuration changes nothing;
 - ``check_haproxy()``: ``show info`` on each runtime socket; a new Pid, a
   smaller Uptime, or a socket that comes back means a restart or reload, so
   the staples on disk are pushed again with ``Options(fetch=False)``: no CA
-  is asked.
+  is asked. A socket that is down or refuses a staple is retried with
+  backoff and, once that has lasted ``haproxy_grace``, fails ``health()``.
 
 ``serve()`` is the asyncio wiring around them: watchfiles, a poll timer, the
 metrics server and a stop event set by SIGTERM. The clock and the rng are
@@ -43,7 +46,7 @@ from hastaple.errors import HastapleError
 from hastaple.events import log_event
 from hastaple.fetch import Fetcher
 from hastaple.haproxy import client, protocol
-from hastaple.model import Action, ResultRow, Status
+from hastaple.model import Action, ResultRow, Status, rfc3339
 from hastaple.state import Record, State
 
 logger = logging.getLogger(__name__)
@@ -88,12 +91,16 @@ class Daemon:
         self.entries: dict[str, discover.CertEntry] = {}
         self.sockets: tuple[str, ...] = tuple(config.sockets)
         self.watch_roots: frozenset[Path] = frozenset()
-        self.metrics = prom.Metrics(lambda: (self.clock.now(), list(self.records.values())))
+        self.metrics = prom.Metrics(
+            lambda: (self.clock.now(), list(self.records.values())), sockets=self.sockets_ok
+        )
         self.wake = asyncio.Event()
         self._haproxy: dict[str, protocol.Info | None] = {}
         # Sockets whose last push failed: retried with backoff, not every poll
         # (a renewed certificate HAProxy has not reloaded yet fails until it does).
         self._push_again: dict[str, tuple[int, dt.datetime]] = {}
+        # Sockets down or refusing staples: since when, and why (for /healthz).
+        self._failing: dict[str, tuple[dt.datetime, str]] = {}
         # One pipeline run at a time: a refresh batch and a re-push to the same
         # HAProxy must not open competing transactions on one certificate.
         self._busy = asyncio.Lock()
@@ -296,6 +303,7 @@ class Daemon:
             rec, ocsp_url=row.ocsp_url, result=result, error=row.error, last_attempt=now,
             haproxy=haproxy,
         )  # fmt: skip
+        refused = [sock for sock, how in row.haproxy.items() if how == "error"]
         if _has_staple(row):
             new = dataclasses.replace(
                 base,
@@ -306,14 +314,15 @@ class Daemon:
                 fetched_at=now if asked else None,
                 max_age=outcome.max_age if asked else None,
                 last_success=now if asked else rec.last_success,
-                failures=0,
+                # A staple HAProxy refused is a failure too (the next fetch is
+                # still planned from the staple: the CA is not the problem).
+                failures=rec.failures + 1 if refused else 0,
             )
             new = dataclasses.replace(
                 new, next_refresh=schedule.next_refresh(new.window(), now, 0, self.rng, policy)
             )
-            for sock, how in row.haproxy.items():
-                if how == "error":
-                    self._push_failed(sock, now)
+            for sock in refused:
+                self._push_failed(sock, now, row.error)
         elif row.status in {Status.NO_OCSP, Status.MANAGED}:
             new = dataclasses.replace(
                 base, status=row.status.value, failures=0, next_refresh=now + policy.interval
@@ -329,6 +338,8 @@ class Daemon:
             )
         self._save(new, event=result, at=now)
         level = logging.INFO if result in {"fetched", "fresh", "skipped"} else logging.ERROR
+        if refused and level == logging.INFO:
+            level = logging.WARNING  # stored, but not (everywhere) in HAProxy
         log_event(
             level, result, cert=row.cert, responder=row.ocsp_url, status=new.status,
             action=row.action.value, next_update=new.next_update, next_refresh=new.next_refresh,
@@ -387,6 +398,7 @@ class Daemon:
                 if self._haproxy.get(socket, "unknown") is not None:
                     log_event(logging.WARNING, "haproxy_down", socket=socket, error=str(exc))
                 self._haproxy[socket] = None
+                self._failing.setdefault(socket, (self.clock.now(), str(exc)))
                 continue
             before = self._haproxy.get(socket)
             restarted = (
@@ -407,7 +419,7 @@ class Daemon:
         staple still on disk is older than that answer, and pushing it would
         tell clients the opposite of what the CA said last.
         """
-        failed = False
+        failed: str | None = None
         entries = []
         for name, entry in self.entries.items():
             rec = self.records.get(name, Record(name))
@@ -422,6 +434,7 @@ class Daemon:
             entries.append(entry)
         if not entries:
             self._push_again.pop(socket, None)
+            self._failing.pop(socket, None)
             return
         options = dataclasses.replace(self._options(fetch=False), sockets=(socket,))
         async with self._busy:
@@ -436,31 +449,60 @@ class Daemon:
                 self._count_pushes(row)
                 rec = self.records[row.cert]
                 served = _served(rec, {socket: row.haproxy[socket]})
-                self._save(dataclasses.replace(rec, haproxy=served))
+                new = dataclasses.replace(rec, haproxy=served)
                 if row.haproxy[socket] == "error":
-                    failed = True
+                    failed = row.error or "push failed"
+                    new = dataclasses.replace(new, failures=rec.failures + 1, error=row.error)
                     log_event(
-                        logging.ERROR, "push_failed", cert=row.cert, socket=socket, error=row.error
-                    )
+                        logging.WARNING, "push_failed", cert=row.cert, socket=socket,
+                        failures=new.failures, error=row.error,
+                    )  # fmt: skip
+                elif _deployed(new):
+                    new = dataclasses.replace(new, failures=0, error=None)
+                self._save(new)
         if failed:
-            self._push_failed(socket, self.clock.now())
+            self._push_failed(socket, self.clock.now(), failed)
         else:
             self._push_again.pop(socket, None)
+            self._failing.pop(socket, None)
         log_event(logging.INFO, "repushed", socket=socket, certs=len(entries))
 
-    def _push_failed(self, socket: str, now: dt.datetime) -> None:
+    def _push_failed(self, socket: str, now: dt.datetime, error: str | None) -> None:
+        """A push to ``socket`` failed: retry with backoff; unhealthy if it lasts."""
         failures = self._push_again.get(socket, (0, now))[0] + 1
         wait = schedule.backoff(failures, self.rng, policy=self.config.policy)
         self._push_again[socket] = (failures, now + wait)
+        self._failing.setdefault(socket, (now, error or "push failed"))
 
     def _forget_socket(self, socket: str) -> None:
         """``socket`` is no longer configured: nothing about it is kept."""
         self._haproxy.pop(socket, None)
         self._push_again.pop(socket, None)
+        self._failing.pop(socket, None)
+
+    def sockets_ok(self) -> list[tuple[str, bool]]:
+        """Each runtime socket, and whether it answers and took every staple last time."""
+        return [(socket, socket not in self._failing) for socket in self.sockets]
 
     def health(self) -> prom.Health:
-        """The /healthz verdict now."""
-        return prom.health(self.records.values(), self.clock.now(), self.config.policy)
+        """
+        The /healthz verdict now: the staples, then the runtime sockets.
+
+        A socket that is down, or refuses staples, fails it once that has
+        lasted ``haproxy_grace``: long enough for HAProxy to restart and for
+        the first retry, short enough that a mistyped ``--haproxy`` is noticed.
+        """
+        now = self.clock.now()
+        verdict = prom.health(self.records.values(), now, self.config.policy)
+        grace = self.config.haproxy_grace
+        late = [
+            f"haproxy {socket}: {_about(socket, error)} (failing since {rfc3339(since)})"
+            for socket, (since, error) in sorted(self._failing.items())
+            if now - since >= grace
+        ]
+        if not late:
+            return verdict
+        return prom.Health(ok=False, reasons=(*verdict.reasons, *late))
 
     # -- the loop --------------------------------------------------------
 
@@ -692,6 +734,25 @@ def _hint_due(rec: Record, now: dt.datetime) -> bool:
 def _served(rec: Record, pushes: dict[str, str]) -> tuple[tuple[str, str], ...]:
     """``rec``'s per-socket push results, updated with ``pushes`` (socket -> how)."""
     return tuple(sorted({**dict(rec.haproxy), **pushes}.items()))
+
+
+def _about(socket: str, error: str) -> str:
+    """
+    The part of ``error`` about ``socket``, without the socket's name in front.
+
+    A row's error joins every socket's with "; ", each "haproxy <socket>: ...".
+    """
+    prefix = f"haproxy {socket}: "
+    parts = [p for p in error.split("; ") if p.startswith(prefix)] or [error]
+    text = "; ".join(parts)
+    while text.startswith(prefix):
+        text = text.removeprefix(prefix)
+    return text
+
+
+def _deployed(rec: Record) -> bool:
+    """Whether ``rec``'s last fetch went well and every HAProxy took its staple."""
+    return rec.result in {"fetched", "fresh"} and all(how != "error" for _, how in rec.haproxy)
 
 
 def _has_staple(row: ResultRow) -> bool:

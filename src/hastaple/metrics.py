@@ -30,12 +30,13 @@ _QUIET = frozenset({"no-ocsp", "managed"})
 _SIGNED_BAD = frozenset({"revoked", "unknown"})
 
 Snapshot = Callable[[], tuple[dt.datetime, Iterable[Record]]]
+Sockets = Callable[[], Iterable[tuple[str, bool]]]
 
 
 class Metrics:
     """The daemon's counters and histograms, plus the per-certificate gauges."""
 
-    def __init__(self, snapshot: Snapshot) -> None:
+    def __init__(self, snapshot: Snapshot, *, sockets: Sockets = lambda: ()) -> None:
         self.registry = CollectorRegistry()
         self.fetches = Counter(
             "hastaple_fetches",
@@ -57,6 +58,7 @@ class Metrics:
             registry=self.registry,
         )
         self.registry.register(_Staples(snapshot))
+        self.registry.register(_Sockets(sockets))
 
     def render(self) -> bytes:
         """The text exposition format."""
@@ -88,6 +90,23 @@ class _Staples(Collector):
                 success.add_metric([r.cert], r.last_success.timestamp())
         yield expiry
         yield success
+
+
+class _Sockets(Collector):
+    """Per runtime socket: 1 while it answers and takes every staple, else 0."""
+
+    def __init__(self, sockets: Sockets) -> None:
+        self.sockets = sockets
+
+    def collect(self) -> Iterator[Metric]:
+        ok = GaugeMetricFamily(
+            "hastaple_haproxy_ok",
+            "1 while the runtime socket answers and took every staple pushed last; 0 otherwise.",
+            labels=["socket"],
+        )
+        for socket, good in self.sockets():
+            ok.add_metric([socket], 1.0 if good else 0.0)
+        yield ok
 
 
 @dataclass(frozen=True, slots=True)
