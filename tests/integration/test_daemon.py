@@ -116,6 +116,10 @@ async def test_haproxy_restart_restapled_without_ca_request(
                 assert time.monotonic() < deadline, daemon.records
                 await asyncio.sleep(0.05)  # waiting for the daemon's re-push to be recorded
             assert openssl_responder.requests == asked
+            # Down for a moment, then a clean re-push: healthy, not failing since the restart.
+            assert daemon.sockets_ok() == [(str(hap.socket), True)]
+            assert daemon.health().ok
+            assert all(r.failures == 0 for r in daemon.records.values())
     finally:
         hap.stop()
 
