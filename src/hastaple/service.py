@@ -4,8 +4,10 @@ The process around ``Daemon``: signals, the metrics server, the HTTP client.
 SIGTERM and SIGINT set the stop event: the batch in progress finishes (every
 staple write is atomic and every state write one transaction), then the
 process exits 0. SIGHUP loads the configuration again: sources, sockets,
-refresh policy, responder overrides and log format apply at once; the state
-directory and the metrics address need a restart (and say so).
+refresh policy, responder overrides and log format apply at once, after all
+of it (every source included) was read and checked; a bad one changes
+nothing. The state directory and the metrics address need a restart (and
+say so).
 """
 
 from __future__ import annotations
