@@ -14,16 +14,20 @@ import logging
 import os
 import signal
 import sys
+import time
 
 import aiohttp
 from click.testing import CliRunner
 
-from hastaple import metrics, service
+from hastaple import daemon as daemonmod
+from hastaple import events, metrics, service
 from hastaple.cli import cli
+from hastaple.config import Config
 from hastaple.errors import ConfigError
+from hastaple.schedule import Policy
 from hastaple.state import Record, State
 from responders import Serve
-from test_daemon_sim import _world
+from test_daemon_sim import SignerFetcher, _world
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
@@ -170,7 +174,8 @@ async def test_haproxy_down_is_retried_not_fatal(pki, tmp_path, caplog):
     [outcome] = await world.daemon.refresh_due()
     assert outcome.row.haproxy == {str(tmp_path / "nobody.sock"): "error"}
     rec = world.daemon.records[outcome.row.cert]
-    assert (rec.failures, rec.status) == (0, "good")  # the staple is stored; only the push failed
+    assert rec.status == "good"  # the staple is stored ...
+    assert rec.next_refresh > world.clock.now() + dt.timedelta(days=3)  # ... and the CA not asked
     failures, retry_at = world.daemon._push_again[str(tmp_path / "nobody.sock")]
     assert failures == 1
     assert retry_at > world.clock.now()  # retried with backoff, not at every poll
@@ -179,6 +184,37 @@ async def test_haproxy_down_is_retried_not_fatal(pki, tmp_path, caplog):
     downs = [r for r in caplog.records if "event=haproxy_down" in r.getMessage()]
     assert len(downs) == 1
     assert (world.crt_dir / "c0.pem.ocsp").exists()
+
+
+async def test_a_push_failure_is_a_failure_and_a_dead_socket_fails_healthz(pki, tmp_path, caplog):
+    """
+    A staple HAProxy did not take: WARNING, failures=1, metric 0; /healthz 503 after the grace.
+
+    Before the fix the push failure was logged at INFO with failures=0, and a
+    mistyped socket that never came up left /healthz at 200 for ever.
+    """
+    caplog.set_level(logging.INFO, logger="hastaple.daemon")
+    world = _world(pki, tmp_path, 1)
+    sock = str(tmp_path / "mistyped.sock")
+    world.daemon.config = dataclasses.replace(world.config, sockets=(sock,))
+    world.daemon.rediscover()
+    world.clock.t += dt.timedelta(seconds=11)
+    [outcome] = await world.daemon.refresh_due()
+    rec = world.daemon.records[outcome.row.cert]
+    assert (rec.status, rec.failures, rec.action()) == ("good", 1, "failed")
+    [line] = [r for r in caplog.records if "event=fetched" in r.getMessage()]
+    assert line.levelno == logging.WARNING
+    assert "failures=1" in line.getMessage()
+    assert f'hastaple_haproxy_ok{{socket="{sock}"}} 0.0' in world.daemon.metrics.render().decode()
+    await world.daemon.check_haproxy()
+    assert world.daemon.health().ok  # within the grace period: HAProxy may be restarting
+    world.clock.t += world.config.haproxy_grace
+    await world.daemon.check_haproxy()
+    health = world.daemon.health()
+    assert not health.ok
+    [reason] = health.reasons
+    assert reason.startswith(f"haproxy {sock}: ")
+    assert "failing since" in reason
 
 
 async def test_sighup_reload_applies_new_sources_and_keeps_old_on_error(pki, tmp_path, capsys):
@@ -205,3 +241,132 @@ async def test_sighup_reload_applies_new_sources_and_keeps_old_on_error(pki, tmp
     assert "event=reload_failed" in err
     assert "frobnicate" in err
     logging.getLogger().handlers.clear()
+
+
+def test_sighup_with_a_broken_source_keeps_the_whole_old_configuration(pki, tmp_path, capsys):
+    """
+    A reload whose sources cannot be read changes nothing: not even the log format or proxy.
+
+    Before the fix the fetcher settings, ``daemon.config`` and the log format
+    were switched before the sources were read, so "old configuration kept"
+    was half false.
+    """
+    world = _world(pki, tmp_path, 1)
+    environ: dict[str, str] = {}
+    fetcher = service.ConfiguredFetcher(world.config, environ=environ)
+    events.configure("keyvalue")
+    listed = tmp_path / "list.txt"
+    listed.write_text(f"{tmp_path / 'missing.pem'}\n")
+    new = dataclasses.replace(
+        world.config, crt_lists=(listed,), proxy="http://proxy.test:3128", log_format="json",
+        responder_overrides=(("http://ocsp.test/", "http://other.test/"),),
+        policy=Policy(backoff_base=dt.timedelta(seconds=1)),
+    )  # fmt: skip
+    entries, records = dict(world.daemon.entries), dict(world.daemon.records)
+    try:
+        service._reload(world.daemon, fetcher, lambda: new)
+        [handler] = logging.getLogger().handlers
+        assert isinstance(handler.formatter, events.KeyValueFormatter)
+    finally:
+        logging.getLogger().handlers.clear()
+    assert world.daemon.config is world.config
+    assert fetcher.config is world.config
+    assert environ == {}
+    assert (world.daemon.entries, world.daemon.records) == (entries, records)
+    assert world.daemon.watch_roots == frozenset({world.crt_dir})
+    err = capsys.readouterr().err
+    assert "event=reload_failed" in err
+    assert "missing.pem" in err
+    assert "event=reloaded" not in err
+
+
+async def _serving(daemon):
+    """Start ``daemon.serve``; return the stop event and the task."""
+    stop, ready = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(daemon.serve(stop, ready=ready))
+    await ready.wait()
+    return stop, task
+
+
+def _real_time_daemon(pki, tmp_path, leaves, **config):
+    """A daemon on the real clock over ``tmp_path/crt``, signing for ``leaves`` in-process."""
+    clock = daemonmod.SystemClock()
+    fetcher = SignerFetcher(pki, clock, leaves)
+    cfg = Config(state_dir=tmp_path / "state", metrics_address=None, **config)
+    return daemonmod.Daemon(cfg, fetcher=fetcher, state=State.open(cfg.state_dir), clock=clock)
+
+
+async def test_directory_added_by_sighup_is_watched_at_once(pki, tmp_path):
+    """
+    A certificate dropped into a directory SIGHUP just added is stapled within 2 s.
+
+    Before the fix the new directory was watched only after the next event
+    from the old ones: here, never.
+    """
+    crt, extra = tmp_path / "crt", tmp_path / "extra"
+    crt.mkdir()
+    extra.mkdir()
+    first = pki.leaf("first.test", ocsp_url="http://ocsp.test/")
+    new = pki.leaf("new.test", ocsp_url="http://ocsp.test/")
+    pki.write(crt, "first.pem", first)
+    daemon = _real_time_daemon(pki, tmp_path, [first, new], paths=(crt,))
+    stop, task = await _serving(daemon)
+    try:
+        reloaded = dataclasses.replace(daemon.config, paths=(crt, extra))
+        service._reload(
+            daemon, service.ConfiguredFetcher(daemon.config, environ={}), lambda: reloaded
+        )
+        start = time.monotonic()
+        staging = tmp_path / "new.pem"
+        staging.write_bytes(pki.bundle(new))
+        staging.replace(extra / "new.pem")
+        while not (extra / "new.pem.ocsp").exists():
+            assert time.monotonic() - start < 2, "not stapled within 2 s"
+            await asyncio.sleep(0.02)  # polling the file system: the outcome has no event
+    finally:
+        logging.getLogger().handlers.clear()  # the reload installs its log handler
+        stop.set()
+        await task
+        daemon.state.close()
+    assert daemon.records[str(extra / "new.pem")].status == "good"
+
+
+async def test_a_log_file_in_watched_directories_costs_no_log_line(pki, tmp_path, caplog):
+    """
+    Writing a file hastaple does not need (next to a crt-list, or in a crt directory) logs nothing.
+
+    Before the fix watchfiles said "1 change detected" at INFO for every
+    write, and a non-certificate in a crt directory was fetched (and failed)
+    again at every write: a log file there logged for ever.
+    """
+    caplog.set_level(logging.INFO)
+    crt, conf = tmp_path / "crt", tmp_path / "conf"
+    crt.mkdir()
+    conf.mkdir()
+    leaf = pki.leaf("a.test", ocsp_url="http://ocsp.test/")
+    pki.write(crt, "a.pem", leaf)
+    listed = conf / "list.txt"
+    listed.write_text(f"{crt / 'a.pem'}\n")
+    daemon = _real_time_daemon(pki, tmp_path, [leaf], paths=(crt,), crt_lists=(listed,))
+    stop, task = await _serving(daemon)
+    try:
+        deadline = time.monotonic() + 5
+        while not (crt / "a.pem.ocsp").exists():
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)  # polling the file system: the outcome has no event
+        with (crt / "app.log").open("a") as log:  # HAProxy would load it: hastaple says so once
+            log.write("started\n")
+        await asyncio.sleep(1)
+        seen = len(caplog.records)
+        for i in range(4):
+            for path in (crt / "app.log", conf / "app.log"):
+                with path.open("a") as log:
+                    log.write(f"line {i}\n")
+            await asyncio.sleep(0.3)  # one watcher event per write (its step is 50 ms)
+        await asyncio.sleep(1)
+    finally:
+        stop.set()
+        await task
+        daemon.state.close()
+    assert [r.getMessage() for r in caplog.records[seen:]] == []
+    assert not [r for r in caplog.records if r.name.startswith("watchfiles")]

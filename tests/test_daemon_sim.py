@@ -7,6 +7,7 @@ the responder is a function that signs with the test PKI.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import dataclasses
 import datetime as dt
@@ -19,7 +20,7 @@ from cryptography.x509 import ocsp
 
 from hastaple import config as cfgmod
 from hastaple import daemon as daemonmod
-from hastaple import events, service
+from hastaple import events, metrics, service
 from hastaple.errors import FetchError
 from hastaple.fetch import OCSPReply
 from hastaple.state import State
@@ -49,11 +50,18 @@ class SignerFetcher:
         self.down = False
         self.max_age: int | None = None
         self.revoked: set[int] = set()
+        self.failing: set[int] = set()  # serials whose responder refuses
+        # Set: every request waits for it (a batch held in flight); ``entered`` says one did.
+        self.gate: asyncio.Event | None = None
+        self.entered = asyncio.Event()
 
     async def ocsp(self, url: str, request_der: bytes) -> OCSPReply:
         serial = ocsp.load_der_ocsp_request(request_der).serial_number
         self.asked[serial] += 1
-        if self.down:
+        if self.gate is not None:
+            self.entered.set()
+            await self.gate.wait()
+        if self.down or serial in self.failing:
             raise FetchError(url, "connection refused")
         this = self.clock.now() - dt.timedelta(minutes=1)
         status = "revoked" if serial in self.revoked else "good"
@@ -168,6 +176,33 @@ async def test_outage_keeps_staple_warns_and_recovers(pki, tmp_path, caplog):
     assert world.daemon.health().ok
 
 
+async def test_one_failed_refresh_with_days_left_keeps_healthz_green(pki, tmp_path):
+    """
+    /healthz fails for what needs an operator, not for one failure the backoff will retry.
+
+    Before the fix any ``failures > 0`` said "no staple yet" (503) while a
+    valid staple had days left.
+    """
+    world = _world(pki, tmp_path, 2)
+    world.clock.t += dt.timedelta(seconds=11)
+    await world.daemon.refresh_due()
+    world.fetcher.down = True
+    world.clock.t = max(r.next_refresh for r in world.daemon.records.values())
+    await world.daemon.refresh_due()
+    assert all(r.failures == 1 for r in world.daemon.records.values())
+    assert all(r.next_update - world.clock.now() > 2 * DAY for r in world.daemon.records.values())
+    assert world.daemon.health() == metrics.Health(True, ())
+    pki.write(world.crt_dir, "new.pem", pki.leaf("new.test", ocsp_url="http://ocsp.test/"))
+    world.daemon.rediscover()
+    world.clock.t += dt.timedelta(seconds=11)
+    await world.daemon.refresh_due()  # the new certificate's first fetch fails: no staple
+    health = world.daemon.health()
+    assert not health.ok
+    assert health.reasons == (
+        f"{world.crt_dir / 'new.pem'}: no valid staple: http://ocsp.test/: connection refused",
+    )
+
+
 async def test_restart_asks_no_ca_for_fresh_staples(pki, tmp_path):
     """A restarted daemon (state kept, or even lost) makes zero CA requests for fresh staples."""
     world = _world(pki, tmp_path, 4)
@@ -220,6 +255,101 @@ async def test_removed_certificate_is_forgotten(pki, tmp_path):
     assert str(gone) not in world.daemon.records
     assert world.daemon.state.get(str(gone)) is None
     assert world.daemon.state.history(str(gone)) == []
+
+
+async def _hold_batch(world: World) -> asyncio.Task:
+    """Start ``refresh_due`` and return once its requests are in flight (held at the gate)."""
+    world.fetcher.gate = asyncio.Event()
+    batch = asyncio.create_task(world.daemon.refresh_due())
+    async with asyncio.timeout(10):
+        await world.fetcher.entered.wait()
+    return batch
+
+
+async def test_certificate_removed_mid_batch_leaves_nothing_and_no_spin(pki, tmp_path):
+    """
+    A file removed while its fetch is in flight stays removed: memory, SQLite, /metrics.
+
+    Before the fix the batch's outcome re-created the record; its refresh (a
+    backoff after the failure) came and ``refresh_due`` skipped it, so
+    ``next_wakeup`` stayed in the past: the loop slept 0 s for ever.
+    """
+    world = _world(pki, tmp_path, 2)
+    world.fetcher.failing.add(world.leaves[1].cert.serial_number)
+    world.clock.t += dt.timedelta(seconds=11)
+    batch = await _hold_batch(world)
+    gone = world.crt_dir / "c1.pem"
+    gone.unlink()
+    world.daemon.on_change({gone})
+    world.fetcher.gate.set()
+    await batch
+    d = world.daemon
+    assert str(gone) not in d.records
+    assert d.state.get(str(gone)) is None
+    assert d.state.history(str(gone)) == []
+    assert [r.cert for r in d.state.all()] == [str(world.crt_dir / "c0.pem")]
+    assert str(gone) not in d.metrics.render().decode()
+    assert str(gone) not in "".join(d.health().reasons)
+    world.clock.t += dt.timedelta(minutes=5)  # past any backoff of the removed certificate
+    assert await d.refresh_due() == []
+    wakeup = d.next_wakeup()
+    assert wakeup is not None
+    assert wakeup > world.clock.now()  # the loop sleeps until the survivor's refresh
+
+
+async def test_certificate_renewed_mid_batch_is_fetched_for_its_new_serial(pki, tmp_path):
+    """A renewal landing while the old certificate's fetch is in flight is not overwritten."""
+    world = _world(pki, tmp_path, 1)
+    world.clock.t += dt.timedelta(seconds=11)
+    batch = await _hold_batch(world)
+    renewed = pki.leaf("c0.test", ocsp_url="http://ocsp.test/")
+    world.fetcher.leaves[renewed.cert.serial_number] = renewed
+    path = pki.write(world.crt_dir, "c0.pem", renewed)
+    world.daemon.on_change({path})
+    world.fetcher.gate.set()
+    await batch
+    rec = world.daemon.records[str(path)]
+    assert rec.serial == format(renewed.cert.serial_number, "x")
+    assert rec.this_update is None  # the old certificate's staple is not this one's
+    assert rec.next_refresh <= world.clock.now()  # still due at once
+    assert world.daemon.state.get(str(path)) == rec
+    world.fetcher.gate = None
+    await world.daemon.refresh_due()
+    staple = ocsp.load_der_ocsp_response((world.crt_dir / "c0.pem.ocsp").read_bytes())
+    assert staple.serial_number == renewed.cert.serial_number
+
+
+async def test_one_missing_staple_is_fetched_at_once(pki, tmp_path):
+    """
+    With the default policy, one certificate without a staple is due within 10 ms.
+
+    Before the fix it waited a random share of the whole 10 s spread (8.4 s here).
+    """
+    world = _world(pki, tmp_path, 1)
+    [rec] = world.daemon.records.values()
+    assert rec.next_refresh - world.clock.now() <= dt.timedelta(milliseconds=10)
+    (tmp_path / "many").mkdir()
+    many = _world(pki, tmp_path / "many", 40)  # 40 missing: spread over 0.4 s
+    due = [r.next_refresh - many.clock.now() for r in many.daemon.records.values()]
+    assert max(due) <= dt.timedelta(seconds=0.4)
+    assert max(due) > dt.timedelta(seconds=0.1)  # still spread, not all in one instant
+
+
+async def test_discovery_warning_is_logged_once_not_at_every_event(pki, tmp_path, caplog):
+    """The same warning about the sources is logged when it appears, not at every file event."""
+    caplog.set_level(logging.INFO, logger="hastaple.daemon")
+    world = _world(pki, tmp_path, 1)
+    cfg = tmp_path / "haproxy.cfg"
+    cfg.write_text(
+        f"global\n  stats socket {tmp_path}/op.sock level operator\n"
+        f"frontend f\n  bind :443 ssl crt {world.crt_dir}\n"
+    )
+    world.daemon.config = dataclasses.replace(world.config, paths=(), haproxy_configs=(cfg,))
+    for _ in range(3):
+        world.daemon.on_change({cfg})
+    lines = [r for r in caplog.records if "event=discover " in r.getMessage()]
+    assert len(lines) == 1
+    assert "op.sock" in lines[0].getMessage()
 
 
 async def test_max_age_brings_refresh_forward(pki, tmp_path):

@@ -20,6 +20,7 @@ from hastaple.schedule import (
     is_fresh,
     next_refresh,
     refresh_point,
+    startup_spread,
 )
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
@@ -174,3 +175,14 @@ def test_thirty_days_at_most_ten_fetches_and_spread():
     assert max(per_second.values()) <= 3
     second_round = sorted(times[1] for times in fetches.values())
     assert second_round[-1] - second_round[0] > dt.timedelta(hours=12)
+
+
+def test_startup_spread_grows_with_the_number_of_missing_staples():
+    """One missing staple is fetched at once; only thousands get the whole spread."""
+    assert startup_spread(0) == dt.timedelta(0)
+    assert startup_spread(1) == dt.timedelta(milliseconds=10)
+    assert startup_spread(100) == dt.timedelta(seconds=1)
+    assert startup_spread(10_000) == DEFAULT_POLICY.spread
+    assert startup_spread(10_000, Policy(spread=dt.timedelta(0))) == dt.timedelta(0)
+    spreads = [startup_spread(n) for n in range(0, 3000, 7)]
+    assert spreads == sorted(spreads)

@@ -29,6 +29,8 @@ from hastaple.schedule import DEFAULT_POLICY, Policy
 FETCH_TIMEOUT = 15.0
 
 SYSTEM_STATE_DIR = Path("/var/lib/hastaple")
+# How long a runtime socket may be down or refuse staples before /healthz fails.
+HAPROXY_GRACE = dt.timedelta(minutes=2)
 DEFAULT_METRICS_ADDRESS = "127.0.0.1:9877"
 LOG_FORMATS = ("keyvalue", "json")
 # Longer is a typo, not a policy: "now + interval" must stay a datetime (year <= 9999).
@@ -83,7 +85,7 @@ _POLICY_HELP = {
     "backoff_base": "first wait after a failure",
     "backoff_cap": "longest wait after failures",
     "alert_before": "warn and fail /healthz when a staple expires within this",
-    "spread": "missing or overdue staples are fetched within this, spread out",
+    "spread": "missing staples are fetched within this (10 ms a certificate), spread out",
 }
 
 FIELDS: tuple[Field, ...] = (
@@ -97,6 +99,10 @@ FIELDS: tuple[Field, ...] = (
     Field("responder_overrides", "mapping", "OCSP URL replacements, 'from=to,...'"),
     Field("log_format", "string", "log lines as 'keyvalue' or 'json'"),
     Field("haproxy_poll", "duration", "how often HAProxy is checked for restarts"),
+    Field(
+        "haproxy_grace", "duration",
+        "/healthz fails once a runtime socket is down or refuses staples this long",
+    ),
     *(Field("refresh_" + key, "float" if key == "jitter" else "duration", text)
       for key, text in _POLICY_HELP.items()),
 )  # fmt: skip
@@ -117,6 +123,8 @@ class Config:
     responder_overrides: tuple[tuple[str, str], ...] = ()
     log_format: str = "keyvalue"
     haproxy_poll: dt.timedelta = dt.timedelta(seconds=2)
+    # Longer than a restart of a large HAProxy plus the first push retry.
+    haproxy_grace: dt.timedelta = HAPROXY_GRACE
     policy: Policy = DEFAULT_POLICY
 
     def responder(self, url: str) -> str:
@@ -173,6 +181,7 @@ def _build(values: dict[str, Any], environ: Mapping[str, str]) -> Config:
         responder_overrides=tuple(sorted(values.get("responder_overrides", {}).items())),
         log_format=values.get("log_format", "keyvalue"),
         haproxy_poll=values.get("haproxy_poll", dt.timedelta(seconds=2)),
+        haproxy_grace=values.get("haproxy_grace", HAPROXY_GRACE),
         policy=policy,
     )
     if not (config.paths or config.crt_lists or config.haproxy_configs):

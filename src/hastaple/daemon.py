@@ -10,11 +10,14 @@ call with a simulated clock:
   each outcome gives the next refresh via ``schedule.next_refresh``;
 - ``rediscover(changed)``: the certificate sources are read again (after a
   file-system event); new and renewed (new serial) certificates are due at
-  once, removed ones are forgotten;
+  once, removed ones are forgotten. It is ``prepare`` (read everything,
+  change nothing, may raise) then ``apply`` (swap in one step), so a SIGHUP
+  with a bad configuration changes nothing;
 - ``check_haproxy()``: ``show info`` on each runtime socket; a new Pid, a
   smaller Uptime, or a socket that comes back means a restart or reload, so
   the staples on disk are pushed again with ``Options(fetch=False)``: no CA
-  is asked.
+  is asked. A socket that is down or refuses a staple is retried with
+  backoff and, once that has lasted ``haproxy_grace``, fails ``health()``.
 
 ``serve()`` is the asyncio wiring around them: watchfiles, a poll timer, the
 metrics server and a stop event set by SIGTERM. The clock and the rng are
@@ -43,7 +46,7 @@ from hastaple.errors import HastapleError
 from hastaple.events import log_event
 from hastaple.fetch import Fetcher
 from hastaple.haproxy import client, protocol
-from hastaple.model import Action, ResultRow, Status
+from hastaple.model import Action, ResultRow, Status, rfc3339
 from hastaple.state import Record, State
 
 logger = logging.getLogger(__name__)
@@ -88,12 +91,16 @@ class Daemon:
         self.entries: dict[str, discover.CertEntry] = {}
         self.sockets: tuple[str, ...] = tuple(config.sockets)
         self.watch_roots: frozenset[Path] = frozenset()
-        self.metrics = prom.Metrics(lambda: (self.clock.now(), list(self.records.values())))
+        self.metrics = prom.Metrics(
+            lambda: (self.clock.now(), list(self.records.values())), sockets=self.sockets_ok
+        )
         self.wake = asyncio.Event()
         self._haproxy: dict[str, protocol.Info | None] = {}
         # Sockets whose last push failed: retried with backoff, not every poll
         # (a renewed certificate HAProxy has not reloaded yet fails until it does).
         self._push_again: dict[str, tuple[int, dt.datetime]] = {}
+        # Sockets down or refusing staples: since when, and why (for /healthz).
+        self._failing: dict[str, tuple[dt.datetime, str]] = {}
         # One pipeline run at a time: a refresh batch and a re-push to the same
         # HAProxy must not open competing transactions on one certificate.
         self._busy = asyncio.Lock()
@@ -102,6 +109,9 @@ class Daemon:
         self._serials: dict[str, tuple[index.Fingerprint, str | None]] = {}
         # Saves waiting for one transaction while a batch runs (``_batch``).
         self._pending: list[tuple[Record, str | None, dt.datetime | None]] | None = None
+        # Set when the watched directories change (SIGHUP): the watcher restarts at once.
+        self.rewatch = asyncio.Event()
+        self._warned: tuple[str, ...] = ()  # discovery warnings already logged
 
     # -- discovery -------------------------------------------------------
 
@@ -111,26 +121,77 @@ class Daemon:
 
         ``at_once``: due now, not spread (a watched change, to meet the 2 s promise).
         """
-        cfg = self.config
-        found = discover.discover(cfg.paths, cfg.crt_lists, cfg.haproxy_configs)
-        for warning in found.warnings:
-            log_event(logging.WARNING, "discover", warning=warning)
-        self.sockets = tuple(dict.fromkeys((*cfg.sockets, *found.sockets)))
+        self.apply(self.prepare(self.config, changed, at_once=at_once))
+
+    def prepare(
+        self, config: Config, changed: Iterable[Path] = (), *, at_once: bool = False
+    ) -> View:
+        """
+        Everything ``config`` means now: read and computed, nothing changed yet.
+
+        Raises:
+            HastapleError: a source cannot be read; the daemon is as it was.
+        """
+        found = discover.discover(config.paths, config.crt_lists, config.haproxy_configs)
         now = self.clock.now()
         touched = {str(p).removesuffix(".issuer") for p in changed}
         entries = {str(e.path): e for e in found.certs}
-        removed = sorted(set(self.records) - set(entries))
-        self.state.forget(*removed)  # one transaction: a removed directory is thousands
-        for name in removed:
-            del self.records[name]
+        serials = {n: v for n, v in self._serials.items() if n in entries}
+        tracked = [
+            (name, _serial_of(serials, name, entry.path, touched=name in touched))
+            for name, entry in entries.items()
+        ]
+        news = [
+            (name, serial, why)
+            for name, serial in tracked
+            if (why := self._news(name, serial, touched=name in touched)) is not None
+        ]
+        spread = schedule.startup_spread(len(news), config.policy)
+        saves = []
+        for name, serial, why in news:
+            due = now if at_once else now + spread * self.rng.random()
+            rec = self.records.get(name)
+            if why == "touched" and rec is not None:
+                saves.append(dataclasses.replace(rec, next_refresh=due))
+            else:
+                saves.append(Record(name, serial=serial, next_refresh=due))
+        return View(
+            config=config,
+            entries=entries,
+            sockets=tuple(dict.fromkeys((*config.sockets, *found.sockets))),
+            roots=frozenset(_roots(config, found.certs)),
+            serials=serials,
+            removed=tuple(sorted(set(self.records) - set(entries))),
+            saves=tuple(saves),
+            news=tuple((name, serial, why) for name, serial, why in news if why != "touched"),
+            warnings=found.warnings,
+        )
+
+    def apply(self, view: View) -> None:
+        """
+        Make ``view`` the daemon's configuration and certificates, in one step.
+
+        The state database is written first (one transaction): if that
+        raises, memory is untouched and the old view stays whole.
+        """
+        self.state.put_many([(rec, None, None) for rec in view.saves], forget=view.removed)
+        records = {n: r for n, r in self.records.items() if n in view.entries}
+        records.update((rec.cert, rec) for rec in view.saves)
+        roots_changed = view.roots != self.watch_roots
+        self.config, self.records, self._serials = view.config, records, view.serials
+        self.entries, self.sockets, self.watch_roots = view.entries, view.sockets, view.roots
+        for socket in set(self._haproxy) - set(view.sockets):
+            self._forget_socket(socket)
+        for name in view.removed:
             log_event(logging.INFO, "removed", cert=name)
-        for name in set(self._serials) - set(entries):
-            del self._serials[name]
-        with self._batch():
-            for name, entry in entries.items():
-                self._track(name, entry, now, touched=name in touched, at_once=at_once)
-        self.entries = entries
-        self.watch_roots = frozenset(self._roots(found.certs))
+        for name, serial, why in view.news:
+            log_event(logging.INFO, why, cert=name, serial=serial)
+        if view.warnings != self._warned:  # once, not at every file event
+            for warning in view.warnings:
+                log_event(logging.WARNING, "discover", warning=warning)
+            self._warned = view.warnings
+        if roots_changed:
+            self.rewatch.set()
         self.wake.set()
 
     def on_change(self, changed: Iterable[Path]) -> None:
@@ -148,61 +209,39 @@ class Daemon:
         except Exception:
             logger.exception("internal error while reading the certificate sources")
 
-    def _track(
-        self,
-        name: str,
-        entry: discover.CertEntry,
-        now: dt.datetime,
-        *,
-        touched: bool,
-        at_once: bool,
-    ) -> None:
-        serial = self._serial(name, entry.path, touched=touched)
+    def _news(self, name: str, serial: str | None, *, touched: bool) -> str | None:
+        """
+        Why ``name`` becomes due now ("added", "renewed", "touched"), or None.
+
+        A touched file that still is no certificate (a log file in a ``crt``
+        directory, say) is left to its backoff: retrying it at every write
+        would log a failure at every write, for ever.
+        """
         rec = self.records.get(name)
-        due = now if at_once else schedule.next_refresh(None, now, 0, self.rng, self.config.policy)
         if rec is None:
-            rec = Record(name, serial=serial, next_refresh=due)
-            log_event(logging.INFO, "added", cert=name, serial=serial)
-        elif serial != rec.serial:
-            # A renewed certificate: what we knew was about the previous one.
-            rec = Record(name, serial=serial, next_refresh=due)
-            log_event(logging.INFO, "renewed", cert=name, serial=serial)
-        elif touched or rec.next_refresh is None:
-            rec = dataclasses.replace(rec, next_refresh=due)
-        else:
-            return
-        self._save(rec)
-
-    def _serial(self, name: str, path: Path, *, touched: bool) -> str | None:
-        """
-        The leaf's serial, parsed again only when the file changed.
-
-        A file an event names is always read (an in-place rewrite of the same
-        size can keep the identity within one timestamp tick).
-        """
-        fingerprint = index.fingerprint(path)
-        known = self._serials.get(name)
-        if not touched and fingerprint is not None and known and known[0] == fingerprint:
-            return known[1]
-        serial = _serial(path)
-        if fingerprint is None:
-            self._serials.pop(name, None)
-        else:
-            self._serials[name] = (fingerprint, serial)
-        return serial
-
-    def _roots(self, certs: Sequence[discover.CertEntry]) -> set[Path]:
-        cfg = self.config
-        roots = {p if p.is_dir() else p.parent for p in cfg.paths}
-        roots |= {p.parent for p in (*cfg.crt_lists, *cfg.haproxy_configs)}
-        roots |= {e.path.parent for e in certs}
-        return {r for r in roots if r.is_dir()}
+            return "added"
+        if serial != rec.serial:
+            return "renewed"  # what we knew was about the previous certificate
+        if rec.next_refresh is None:
+            return "touched"
+        if touched and not (serial is None and rec.failures > 0):
+            return "touched"
+        return None
 
     # -- refreshing ------------------------------------------------------
 
     def next_wakeup(self) -> dt.datetime | None:
-        """The earliest planned refresh, or None when there is nothing to do."""
-        times = [r.next_refresh for r in self.records.values() if r.next_refresh is not None]
+        """
+        The earliest planned refresh, or None when there is nothing to do.
+
+        Only certificates ``refresh_due`` would take count: a time it would
+        skip would stay in the past and the loop would sleep 0 s for ever.
+        """
+        times = [
+            r.next_refresh
+            for n, r in self.records.items()
+            if r.next_refresh is not None and n in self.entries
+        ]
         return min(times, default=None)
 
     async def refresh_due(self) -> list[pipeline.Outcome]:
@@ -219,6 +258,9 @@ class Daemon:
         plain: list[str] = []
         for n in due:
             (forced if _hint_due(self.records[n], now) else plain).append(n)
+        # What each certificate was when its batch started: a file event while
+        # the batch is in flight may remove or renew it (``_record``).
+        started = {n: self.records[n].serial for n in due}
         outcomes: list[pipeline.Outcome] = []
         async with self._busy:
             for names, force in ((plain, False), (forced, True)):
@@ -230,7 +272,7 @@ class Daemon:
                     )
         with self._batch():
             for outcome in outcomes:
-                self._record(outcome, now)
+                self._record(outcome, now, started)
         return outcomes
 
     def _options(self, *, force: bool = False, fetch: bool = True) -> pipeline.Options:
@@ -238,9 +280,10 @@ class Daemon:
             sockets=self.sockets, force=force, state_dir=self.config.state_dir, fetch=fetch
         )
 
-    def _record(self, outcome: pipeline.Outcome, now: dt.datetime) -> None:
+    def _record(
+        self, outcome: pipeline.Outcome, now: dt.datetime, started: dict[str, str | None]
+    ) -> None:
         row = outcome.row
-        rec = self.records.get(row.cert) or Record(row.cert)
         asked = outcome.elapsed is not None
         if asked and row.ocsp_url:
             host = row.ocsp_url.split("/")[2] if "//" in row.ocsp_url else row.ocsp_url
@@ -249,11 +292,18 @@ class Daemon:
         policy = self.config.policy
         result = _result(row)
         self.metrics.fetches.labels(result).inc()
+        rec = self.records.get(row.cert)
+        if rec is None or row.cert not in self.entries or rec.serial != started.get(row.cert):
+            # Removed (or renewed) while the batch was in flight: the outcome is
+            # about a certificate that is gone; saving it would bring it back.
+            log_event(logging.DEBUG, "discarded", cert=row.cert, result=result)
+            return
         haproxy = _served(rec, row.haproxy)
         base = dataclasses.replace(
             rec, ocsp_url=row.ocsp_url, result=result, error=row.error, last_attempt=now,
             haproxy=haproxy,
         )  # fmt: skip
+        refused = [sock for sock, how in row.haproxy.items() if how == "error"]
         if _has_staple(row):
             new = dataclasses.replace(
                 base,
@@ -264,14 +314,15 @@ class Daemon:
                 fetched_at=now if asked else None,
                 max_age=outcome.max_age if asked else None,
                 last_success=now if asked else rec.last_success,
-                failures=0,
+                # A staple HAProxy refused is a failure too (the next fetch is
+                # still planned from the staple: the CA is not the problem).
+                failures=rec.failures + 1 if refused else 0,
             )
             new = dataclasses.replace(
                 new, next_refresh=schedule.next_refresh(new.window(), now, 0, self.rng, policy)
             )
-            for sock, how in row.haproxy.items():
-                if how == "error":
-                    self._push_failed(sock, now)
+            for sock in refused:
+                self._push_failed(sock, now, row.error)
         elif row.status in {Status.NO_OCSP, Status.MANAGED}:
             new = dataclasses.replace(
                 base, status=row.status.value, failures=0, next_refresh=now + policy.interval
@@ -287,6 +338,8 @@ class Daemon:
             )
         self._save(new, event=result, at=now)
         level = logging.INFO if result in {"fetched", "fresh", "skipped"} else logging.ERROR
+        if refused and level == logging.INFO:
+            level = logging.WARNING  # stored, but not (everywhere) in HAProxy
         log_event(
             level, result, cert=row.cert, responder=row.ocsp_url, status=new.status,
             action=row.action.value, next_update=new.next_update, next_refresh=new.next_refresh,
@@ -345,6 +398,7 @@ class Daemon:
                 if self._haproxy.get(socket, "unknown") is not None:
                     log_event(logging.WARNING, "haproxy_down", socket=socket, error=str(exc))
                 self._haproxy[socket] = None
+                self._failing.setdefault(socket, (self.clock.now(), str(exc)))
                 continue
             before = self._haproxy.get(socket)
             restarted = (
@@ -365,7 +419,7 @@ class Daemon:
         staple still on disk is older than that answer, and pushing it would
         tell clients the opposite of what the CA said last.
         """
-        failed = False
+        failed: str | None = None
         entries = []
         for name, entry in self.entries.items():
             rec = self.records.get(name, Record(name))
@@ -380,6 +434,7 @@ class Daemon:
             entries.append(entry)
         if not entries:
             self._push_again.pop(socket, None)
+            self._failing.pop(socket, None)
             return
         options = dataclasses.replace(self._options(fetch=False), sockets=(socket,))
         async with self._busy:
@@ -394,26 +449,60 @@ class Daemon:
                 self._count_pushes(row)
                 rec = self.records[row.cert]
                 served = _served(rec, {socket: row.haproxy[socket]})
-                self._save(dataclasses.replace(rec, haproxy=served))
+                new = dataclasses.replace(rec, haproxy=served)
                 if row.haproxy[socket] == "error":
-                    failed = True
+                    failed = row.error or "push failed"
+                    new = dataclasses.replace(new, failures=rec.failures + 1, error=row.error)
                     log_event(
-                        logging.ERROR, "push_failed", cert=row.cert, socket=socket, error=row.error
-                    )
+                        logging.WARNING, "push_failed", cert=row.cert, socket=socket,
+                        failures=new.failures, error=row.error,
+                    )  # fmt: skip
+                elif _deployed(new):
+                    new = dataclasses.replace(new, failures=0, error=None)
+                self._save(new)
         if failed:
-            self._push_failed(socket, self.clock.now())
+            self._push_failed(socket, self.clock.now(), failed)
         else:
             self._push_again.pop(socket, None)
+            self._failing.pop(socket, None)
         log_event(logging.INFO, "repushed", socket=socket, certs=len(entries))
 
-    def _push_failed(self, socket: str, now: dt.datetime) -> None:
+    def _push_failed(self, socket: str, now: dt.datetime, error: str | None) -> None:
+        """A push to ``socket`` failed: retry with backoff; unhealthy if it lasts."""
         failures = self._push_again.get(socket, (0, now))[0] + 1
         wait = schedule.backoff(failures, self.rng, policy=self.config.policy)
         self._push_again[socket] = (failures, now + wait)
+        self._failing.setdefault(socket, (now, error or "push failed"))
+
+    def _forget_socket(self, socket: str) -> None:
+        """``socket`` is no longer configured: nothing about it is kept."""
+        self._haproxy.pop(socket, None)
+        self._push_again.pop(socket, None)
+        self._failing.pop(socket, None)
+
+    def sockets_ok(self) -> list[tuple[str, bool]]:
+        """Each runtime socket, and whether it answers and took every staple last time."""
+        return [(socket, socket not in self._failing) for socket in self.sockets]
 
     def health(self) -> prom.Health:
-        """The /healthz verdict now."""
-        return prom.health(self.records.values(), self.clock.now(), self.config.policy)
+        """
+        The /healthz verdict now: the staples, then the runtime sockets.
+
+        A socket that is down, or refuses staples, fails it once that has
+        lasted ``haproxy_grace``: long enough for HAProxy to restart and for
+        the first retry, short enough that a mistyped ``--haproxy`` is noticed.
+        """
+        now = self.clock.now()
+        verdict = prom.health(self.records.values(), now, self.config.policy)
+        grace = self.config.haproxy_grace
+        late = [
+            f"haproxy {socket}: {_about(socket, error)} (failing since {rfc3339(since)})"
+            for socket, (since, error) in sorted(self._failing.items())
+            if now - since >= grace
+        ]
+        if not late:
+            return verdict
+        return prom.Health(ok=False, reasons=(*verdict.reasons, *late))
 
     # -- the loop --------------------------------------------------------
 
@@ -471,18 +560,127 @@ class Daemon:
                 await asyncio.wait_for(stop.wait(), interval)
 
     async def _watch(self, stop: asyncio.Event) -> None:
+        """
+        Watch ``watch_roots``; start again at once when they change (``rewatch``).
+
+        A directory a SIGHUP adds is watched within one watcher step (50 ms),
+        not after the next event from the old directories.
+        """
+        until = _Either(stop, self.rewatch)
+        first = True
         while not stop.is_set():
+            self.rewatch.clear()
             roots = self.watch_roots
             if not roots:
-                await stop.wait()
-                return
+                await _first(stop, self.rewatch)
+                first = False
+                continue
+            _quiet_watcher()
+            if not first:
+                # A file created while the watcher restarted has no event: look
+                # once more, as soon as awatch has set up the new watches (its
+                # first step runs them synchronously, then waits in a thread).
+                asyncio.get_running_loop().call_soon(self.on_change, ())
+            first = False
             async for changes in watchfiles.awatch(
-                *roots, stop_event=stop, watch_filter=_relevant, step=_WATCH_STEP_MS,
+                *roots, stop_event=until, watch_filter=_relevant, step=_WATCH_STEP_MS,
                 debounce=500, recursive=False,
             ):  # fmt: skip
                 self.on_change({Path(p) for _, p in changes})
-                if self.watch_roots != roots:
-                    break
+
+
+class _Either:
+    """
+    The stop event watchfiles polls: set when the daemon stops or must watch anew.
+
+    watchfiles sets it itself when its task is cancelled; that only restarts
+    the watch, it never stops the daemon.
+    """
+
+    def __init__(self, stop: asyncio.Event, rewatch: asyncio.Event) -> None:
+        self.stop, self.rewatch = stop, rewatch
+
+    def is_set(self) -> bool:
+        return self.stop.is_set() or self.rewatch.is_set()
+
+    def set(self) -> None:
+        self.rewatch.set()
+
+
+async def _first(*events: asyncio.Event) -> None:
+    """Wait until any of ``events`` is set."""
+    waiters = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waiters, return_when="FIRST_COMPLETED")
+    finally:
+        for w in waiters:
+            w.cancel()
+
+
+def _quiet_watcher() -> None:
+    """
+    Put watchfiles' own "N changes detected" line at DEBUG, not at INFO.
+
+    It logs at INFO unless DEBUG is on (then at DEBUG, with the paths): a log
+    file inside a watched directory would log one line per line, for ever.
+    Our own events say what a change did.
+    """
+    debug = logging.getLogger().isEnabledFor(logging.DEBUG)
+    logging.getLogger("watchfiles").setLevel(logging.DEBUG if debug else logging.WARNING)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class View:
+    """
+    What a configuration means at one moment: ``Daemon.prepare`` reads it, ``apply`` swaps it in.
+
+    ``saves`` are the records that change (new, renewed, due again),
+    ``removed`` the certificates to forget, ``news`` the added/renewed ones
+    to log.
+    """
+
+    config: Config
+    entries: dict[str, discover.CertEntry]
+    sockets: tuple[str, ...]
+    roots: frozenset[Path]
+    serials: dict[str, tuple[index.Fingerprint, str | None]]
+    removed: tuple[str, ...]
+    saves: tuple[Record, ...]
+    news: tuple[tuple[str, str | None, str], ...]
+    warnings: tuple[str, ...]
+
+
+def _serial_of(
+    serials: dict[str, tuple[index.Fingerprint, str | None]],
+    name: str,
+    path: Path,
+    *,
+    touched: bool,
+) -> str | None:
+    """
+    The leaf's serial, parsed again only when the file changed (``serials`` is updated).
+
+    A file an event names is always read (an in-place rewrite of the same
+    size can keep the identity within one timestamp tick).
+    """
+    fingerprint = index.fingerprint(path)
+    known = serials.get(name)
+    if not touched and fingerprint is not None and known and known[0] == fingerprint:
+        return known[1]
+    serial = _serial(path)
+    if fingerprint is None:
+        serials.pop(name, None)
+    else:
+        serials[name] = (fingerprint, serial)
+    return serial
+
+
+def _roots(config: Config, certs: Sequence[discover.CertEntry]) -> set[Path]:
+    """The directories to watch: the sources' and every certificate's."""
+    roots = {p if p.is_dir() else p.parent for p in config.paths}
+    roots |= {p.parent for p in (*config.crt_lists, *config.haproxy_configs)}
+    roots |= {e.path.parent for e in certs}
+    return {r for r in roots if r.is_dir()}
 
 
 def _malloc_trim() -> Callable[[int], int] | None:
@@ -536,6 +734,25 @@ def _hint_due(rec: Record, now: dt.datetime) -> bool:
 def _served(rec: Record, pushes: dict[str, str]) -> tuple[tuple[str, str], ...]:
     """``rec``'s per-socket push results, updated with ``pushes`` (socket -> how)."""
     return tuple(sorted({**dict(rec.haproxy), **pushes}.items()))
+
+
+def _about(socket: str, error: str) -> str:
+    """
+    The part of ``error`` about ``socket``, without the socket's name in front.
+
+    A row's error joins every socket's with "; ", each "haproxy <socket>: ...".
+    """
+    prefix = f"haproxy {socket}: "
+    parts = [p for p in error.split("; ") if p.startswith(prefix)] or [error]
+    text = "; ".join(parts)
+    while text.startswith(prefix):
+        text = text.removeprefix(prefix)
+    return text
+
+
+def _deployed(rec: Record) -> bool:
+    """Whether ``rec``'s last fetch went well and every HAProxy took its staple."""
+    return rec.result in {"fetched", "fresh"} and all(how != "error" for _, how in rec.haproxy)
 
 
 def _has_staple(row: ResultRow) -> bool:

@@ -27,14 +27,16 @@ from hastaple.state import Record
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0)
 _QUIET = frozenset({"no-ocsp", "managed"})
+_SIGNED_BAD = frozenset({"revoked", "unknown"})
 
 Snapshot = Callable[[], tuple[dt.datetime, Iterable[Record]]]
+Sockets = Callable[[], Iterable[tuple[str, bool]]]
 
 
 class Metrics:
     """The daemon's counters and histograms, plus the per-certificate gauges."""
 
-    def __init__(self, snapshot: Snapshot) -> None:
+    def __init__(self, snapshot: Snapshot, *, sockets: Sockets = lambda: ()) -> None:
         self.registry = CollectorRegistry()
         self.fetches = Counter(
             "hastaple_fetches",
@@ -56,6 +58,7 @@ class Metrics:
             registry=self.registry,
         )
         self.registry.register(_Staples(snapshot))
+        self.registry.register(_Sockets(sockets))
 
     def render(self) -> bytes:
         """The text exposition format."""
@@ -89,6 +92,23 @@ class _Staples(Collector):
         yield success
 
 
+class _Sockets(Collector):
+    """Per runtime socket: 1 while it answers and takes every staple, else 0."""
+
+    def __init__(self, sockets: Sockets) -> None:
+        self.sockets = sockets
+
+    def collect(self) -> Iterator[Metric]:
+        ok = GaugeMetricFamily(
+            "hastaple_haproxy_ok",
+            "1 while the runtime socket answers and took every staple pushed last; 0 otherwise.",
+            labels=["socket"],
+        )
+        for socket, good in self.sockets():
+            ok.add_metric([socket], 1.0 if good else 0.0)
+        yield ok
+
+
 @dataclass(frozen=True, slots=True)
 class Health:
     """The /healthz answer: ok, or the reasons it is not."""
@@ -106,22 +126,36 @@ def expiring(rec: Record, now: dt.datetime, policy: schedule.Policy) -> bool:
 
 def health(records: Iterable[Record], now: dt.datetime, policy: schedule.Policy) -> Health:
     """
-    Unhealthy while a staple is inside the alert window (or expired, or never obtained).
+    Unhealthy only for what an operator must act on.
 
-    A certificate without an OCSP URL, or one HAProxy updates itself, is fine.
+    That is: a staple inside the alert window (or expired) without a
+    successful refresh, a certificate with no valid staple whose fetch
+    failed, or a certificate the CA says is revoked or unknown. A failed
+    refresh while a valid staple has time left is not one: the backoff
+    retries it, and ``expiring`` fires while several retries still fit. A
+    certificate without an OCSP URL, or one HAProxy updates itself, is fine.
     """
     reasons = []
     for r in records:
         if r.status in _QUIET:
             continue
-        if expiring(r, now, policy) and r.next_update is not None:
+        if r.status in _SIGNED_BAD:
+            reasons.append(f"{r.cert}: the CA answers {r.status}: {r.error or 'replace it'}")
+        elif expiring(r, now, policy) and r.next_update is not None:
             left = r.next_update - now
             when = "expired" if left <= dt.timedelta(0) else f"expires in {_human(left)}"
             why = f": {r.error}" if r.error else ""
             reasons.append(f"{r.cert}: staple {when} without a successful refresh{why}")
-        elif r.failures > 0:
-            reasons.append(f"{r.cert}: no staple yet: {r.error or 'fetch failed'}")
+        elif r.failures > 0 and not _valid_staple(r, now):
+            reasons.append(f"{r.cert}: no valid staple: {r.error or 'fetch failed'}")
     return Health(not reasons, tuple(reasons))
+
+
+def _valid_staple(rec: Record, now: dt.datetime) -> bool:
+    """Whether ``rec`` holds a staple that has not expired."""
+    if rec.this_update is None:
+        return False
+    return rec.next_update is None or rec.next_update > now
 
 
 def _human(delta: dt.timedelta) -> str:

@@ -31,6 +31,9 @@ import random
 from dataclasses import dataclass
 
 REFRESH_FRACTION = 0.5
+# A batch of missing staples is spread over this much per certificate (at most
+# ``Policy.spread``): one new certificate is fetched at once, 1,000 over 10 s.
+SPREAD_PER_CERT = dt.timedelta(milliseconds=10)
 _MAX_EXPONENT = 32  # 2**32 s is far beyond any cap; avoids float overflow at huge counts
 
 
@@ -51,7 +54,8 @@ class Policy:
     backoff_cap: dt.timedelta = dt.timedelta(hours=1)
     # Warn (and fail /healthz) once a staple expires within this (at most a quarter window).
     alert_before: dt.timedelta = dt.timedelta(days=2)
-    # Overdue or missing staples are fetched within this much of now, spread out.
+    # Overdue or missing staples are fetched within this much of now, spread out
+    # (missing ones found together: 10 ms per certificate, at most this).
     spread: dt.timedelta = dt.timedelta(seconds=10)
 
 
@@ -71,6 +75,17 @@ class Window:
     next_update: dt.datetime | None
     fetched_at: dt.datetime | None = None
     max_age: int | None = None
+
+
+def startup_spread(count: int, policy: Policy = DEFAULT_POLICY) -> dt.timedelta:
+    """
+    How widely ``count`` certificates that need a staple now are spread.
+
+    The spread is there to keep thousands of requests from reaching a
+    responder in the same second; a few missing staples gain nothing from
+    waiting, so it grows with ``count`` up to ``policy.spread``.
+    """
+    return min(policy.spread, SPREAD_PER_CERT * max(count, 0))
 
 
 def refresh_point(this_update: dt.datetime, next_update: dt.datetime) -> dt.datetime:

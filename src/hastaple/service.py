@@ -4,13 +4,16 @@ The process around ``Daemon``: signals, the metrics server, the HTTP client.
 SIGTERM and SIGINT set the stop event: the batch in progress finishes (every
 staple write is atomic and every state write one transaction), then the
 process exits 0. SIGHUP loads the configuration again: sources, sockets,
-refresh policy, responder overrides and log format apply at once; the state
-directory and the metrics address need a restart (and say so).
+refresh policy, responder overrides and log format apply at once, after all
+of it (every source included) was read and checked; a bad one changes
+nothing. The state directory and the metrics address need a restart (and
+say so).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
@@ -28,6 +31,7 @@ from hastaple.fetch import Fetcher, OCSPReply
 from hastaple.state import State
 
 # aiohttp's trust_env reads these at each request (urllib prefers the lower case).
+logger = logging.getLogger(__name__)
 _PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")
 
 
@@ -112,22 +116,33 @@ async def _serve_metrics(daemon: Daemon, address: str) -> web.AppRunner:
 
 
 def _reload(daemon: Daemon, fetcher: ConfiguredFetcher, load: Callable[[], Config]) -> None:
-    """SIGHUP: a bad new configuration is logged and the old one kept."""
-    try:
-        new = load()
-    except HastapleError as exc:
-        log_event(logging.ERROR, "reload_failed", error=str(exc))
-        return
+    """
+    SIGHUP: read and check everything first, then switch in one step.
+
+    The new configuration is loaded and its sources discovered (every file
+    read, every serial parsed) before anything changes; if any of it raises,
+    the running configuration is kept whole (sources, sockets, policy,
+    responder overrides, proxy, log format). Only then are the daemon, the
+    fetcher and the log format switched, with no await in between.
+    """
     old = daemon.config
-    for name in ("state_dir", "metrics_address"):
-        if getattr(new, name) != getattr(old, name):
-            log_event(logging.WARNING, "restart_needed", key=name)
-    events.configure(new.log_format)
-    fetcher.configure(new)
-    daemon.config = new
     try:
-        daemon.rediscover()
+        loaded = load()
+        # These two need a restart (and say so below): the running ones stay in force.
+        new = dataclasses.replace(
+            loaded, state_dir=old.state_dir, metrics_address=old.metrics_address
+        )
+        view = daemon.prepare(new)
+        daemon.apply(view)  # writes the state first: a failure there changes nothing
     except HastapleError as exc:
-        log_event(logging.ERROR, "reload_failed", error=str(exc))
+        log_event(logging.ERROR, "reload_failed", error=str(exc), kept="old configuration")
         return
+    except Exception:  # a bug must not leave half a configuration behind either
+        logger.exception("internal error while reloading; old configuration kept")
+        return
+    fetcher.configure(new)
+    events.configure(new.log_format)
+    for name in ("state_dir", "metrics_address"):
+        if getattr(loaded, name) != getattr(old, name):
+            log_event(logging.WARNING, "restart_needed", key=name)
     log_event(logging.INFO, "reloaded", certs=len(daemon.entries), sockets=len(daemon.sockets))

@@ -186,14 +186,20 @@ class State:
         """Insert or replace ``record``; with ``event``, append it to the bounded history."""
         self.put_many([(record, event, at)])
 
-    def put_many(self, items: Iterable[tuple[Record, str | None, dt.datetime | None]]) -> None:
+    def put_many(
+        self,
+        items: Iterable[tuple[Record, str | None, dt.datetime | None]],
+        *,
+        forget: Iterable[str] = (),
+    ) -> None:
         """
-        ``put`` for each (record, event, at), all in one transaction.
+        ``put`` for each (record, event, at), and ``forget`` ``forget``, in one transaction.
 
         One commit (one WAL sync) for a batch of 10,000 outcomes instead of
         one each; each row is still the previous one or the new one.
         """
         with self._db:
+            self._forget(forget)
             for record, event, at in items:
                 self._put(record, event, at)
 
@@ -217,8 +223,12 @@ class State:
 
     def forget(self, *certs: str) -> None:
         """Drop ``certs`` and their history (removed), in one transaction."""
-        rows = [(cert,) for cert in certs]
         with self._db:
+            self._forget(certs)
+
+    def _forget(self, certs: Iterable[str]) -> None:
+        rows = [(cert,) for cert in certs]
+        if rows:
             self._db.executemany("DELETE FROM certs WHERE cert = ?", rows)
             self._db.executemany("DELETE FROM history WHERE cert = ?", rows)
 

@@ -24,15 +24,16 @@ pytestmark = pytest.mark.integration
 
 
 @contextlib.asynccontextmanager
-async def _running(tmp_path, crt_dir, socket):
-    """A daemon over ``crt_dir`` pushing to ``socket``, polling HAProxy every 0.2 s."""
+async def _running(tmp_path, crt_dir, *sockets, **settings):
+    """A daemon over ``crt_dir`` pushing to ``sockets``, polling HAProxy every 0.2 s."""
     config = Config(
         state_dir=tmp_path / "state",
         paths=(crt_dir,),
-        sockets=(str(socket),),
+        sockets=tuple(str(s) for s in sockets),
         metrics_address=None,
         haproxy_poll=dt.timedelta(seconds=0.2),
         policy=Policy(spread=dt.timedelta(0)),
+        **settings,
     )
     state = State.open(config.state_dir)
     stop, ready = asyncio.Event(), asyncio.Event()
@@ -115,5 +116,48 @@ async def test_haproxy_restart_restapled_without_ca_request(
                 assert time.monotonic() < deadline, daemon.records
                 await asyncio.sleep(0.05)  # waiting for the daemon's re-push to be recorded
             assert openssl_responder.requests == asked
+            # Down for a moment, then a clean re-push: healthy, not failing since the restart.
+            assert daemon.sockets_ok() == [(str(hap.socket), True)]
+            assert daemon.health().ok
+            assert all(r.failures == 0 for r in daemon.records.values())
     finally:
         hap.stop()
+
+
+async def test_sockets_that_cannot_take_staples_fail_healthz_after_the_grace(  # noqa: PLR0917
+    pki, crt_dir, tmp_path, sock_dir, start_haproxy, openssl_responder
+):
+    """
+    A mistyped socket and a `level user` one: /healthz 503 naming both, after the grace.
+
+    The admin socket of the same HAProxy staples the certificate and stays
+    healthy (metric 1); the two others are 0, the certificate counts a
+    failure, and only after ``haproxy_grace`` does /healthz turn 503.
+    """
+    leaf = pki.leaf("h.test", ocsp_url=openssl_responder.url)
+    openssl_responder.add(leaf.cert)
+    pki.write(crt_dir, "h.pem", leaf)
+    user = sock_dir / "user.sock"
+    hap = start_haproxy(global_extra=f"  stats socket {user} level user\n")
+    mistyped = sock_dir / "admn.sock"
+    grace = dt.timedelta(seconds=1.5)
+    async with _running(tmp_path, crt_dir, hap.socket, mistyped, user, haproxy_grace=grace) as d:
+        await _stapled(hap, "h.test", within=5)
+        started = time.monotonic()
+        assert d.health().ok  # within the grace period
+        while len(d.health().reasons) < 2:
+            assert time.monotonic() - started < 5, d.health()
+            await asyncio.sleep(0.05)  # waiting for the grace period to pass
+        reasons = d.health().reasons
+        metrics = d.metrics.render().decode()
+        [rec] = d.records.values()
+    assert time.monotonic() - started >= grace.total_seconds() - 0.5
+    assert sorted(r.split(":")[0] for r in reasons) == sorted(
+        [f"haproxy {mistyped}", f"haproxy {user}"]
+    ), reasons
+    assert all(r.count("haproxy ") == 1 for r in reasons), reasons  # each about its own socket
+    assert f'hastaple_haproxy_ok{{socket="{hap.socket}"}} 1.0' in metrics
+    assert f'hastaple_haproxy_ok{{socket="{mistyped}"}} 0.0' in metrics
+    assert f'hastaple_haproxy_ok{{socket="{user}"}} 0.0' in metrics
+    assert rec.failures >= 1
+    assert dict(rec.haproxy)[str(hap.socket)] != "error"
