@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -306,6 +307,22 @@ def test_hostile_vector_is_one_line_reason(pki, leaf, name):
     assert words in reason
     assert "\n" not in reason
     assert len(reason) < 300
+
+
+@pytest.mark.parametrize("name", ["sigalg-unknown-oid", "certid-hash-md5", "revoked-reason-99"])
+def test_check_command_prints_one_line_not_a_traceback(pki, leaf, tmp_path, name):
+    """`hastaple check` on a hostile response file: exit 1, one error line, no traceback."""
+    build, words = der_edit.HOSTILE[name]
+    cert = pki.write(tmp_path, "site.pem", leaf)
+    (tmp_path / "resp.der").write_bytes(build(pki, leaf))
+    proc = subprocess.run(
+        [sys.executable, "-m", "hastaple", "check", tmp_path / "resp.der", "--cert", cert],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.count("\n") == 1, proc.stderr
+    assert words in proc.stderr
 
 
 def test_non_critical_unknown_extension_and_a_nonce_are_ignored(pki, leaf):

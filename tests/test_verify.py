@@ -15,13 +15,15 @@ from typing import Self
 
 import pytest
 from click.testing import CliRunner
+from cryptography import x509
 from OpenSSL import SSL
 
+import der_edit
 from hastaple import verify
 from hastaple.errors import ConfigError
 from hastaple.model import Status
 from hastaple.verify import Handshake, Target, VerifyError
-from pki import now
+from pki import Issued, now
 
 T = Target("127.0.0.1", 8443, "www.example.test")
 
@@ -521,3 +523,46 @@ def test_cli_bad_usage_exits_2(args, message):
     assert result.exit_code == 2
     assert message in result.stderr
     assert "Traceback" not in result.output
+
+
+# --- hostile bytes (issue: one endpoint must not crash the run) -------------------------------
+
+
+def test_cli_one_hostile_staple_does_not_stop_the_other_targets(pki, leaf):
+    """
+    A staple naming an unknown signature algorithm: that target fails with the reason.
+
+    It raised UnsupportedAlgorithm through the thread pool and crashed verify
+    for every target. Now the good endpoint next to it is still reported.
+    """
+    build, words = der_edit.HOSTILE["sigalg-unknown-oid"]
+    with (
+        StaplingServer(leaf, [pki.intermediate.cert], build(pki, leaf)) as hostile,
+        StaplingServer(leaf, [pki.intermediate.cert], pki.response(leaf.cert)) as good,
+    ):
+        result = _run(f"127.0.0.1:{hostile.port}", f"127.0.0.1:{good.port}", "--json")
+    assert result.exit_code == 1, result.output
+    bad_row, good_row = json.loads(result.stdout)
+    assert (bad_row["stapled"], bad_row["action"]) == (True, "failed")
+    assert words in bad_row["error"]
+    assert (good_row["status"], good_row["action"]) == ("good", "fresh")
+    assert "Traceback" not in result.output
+
+
+def test_served_certificate_with_a_broken_extension_is_a_reason(pki):
+    """A served leaf whose AIA extension does not decode: a failed row, not a traceback."""
+    leaf = pki.leaf("broken-aia.example.test", ocsp_url="http://127.0.0.1:9/ocsp")
+
+    def break_aia(tbs):
+        extensions = next(c for c in tbs.children if c.tag == 0xA3)[0]  # [3] Extensions
+        aia = der_edit.oid("1.3.6.1.5.5.7.1.1").content
+        for ext in extensions.children:
+            if ext[0].content == aia:
+                ext.children[-1] = der_edit.Node(der_edit.OCTET_STRING, b"\x30\x03\x30\x01")
+
+    broken = x509.load_der_x509_certificate(der_edit.recertify(pki, leaf.cert, break_aia))
+    served = Issued(broken, leaf.key)
+    with StaplingServer(served, [pki.intermediate.cert], pki.response(leaf.cert)) as server:
+        [row] = verify.check([Target("127.0.0.1", server.port, "broken-aia.example.test")])
+    assert not row.ok
+    assert "cannot be read" in (row.error or ""), row.error

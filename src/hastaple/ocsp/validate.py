@@ -60,8 +60,9 @@ MAX_DER_BYTES = 12_000
 CLOCK_SKEW = dt.timedelta(minutes=5)
 # nextUpdate must be this far away: 3x HAProxy's 300 s "do not staple" window.
 MIN_REMAINING = dt.timedelta(minutes=15)
-# What decoding untrusted DER can raise in cryptography, besides our own reasons.
-_UNREADABLE = (ValueError, TypeError, UnsupportedAlgorithm, x509.DuplicateExtension)
+# What decoding untrusted DER can raise in cryptography, besides our own reasons
+# (public: verify reads served certificates with the same net).
+UNREADABLE = (ValueError, TypeError, UnsupportedAlgorithm, x509.DuplicateExtension)
 
 _STATUS = {
     ocsp.OCSPCertStatus.GOOD: Status.GOOD,
@@ -123,10 +124,10 @@ def validate(
             revocation_time=single.revocation_time_utc,
             revocation_reason=_revocation_reason(single),
         )
-    except _UNREADABLE as exc:
+    except UNREADABLE as exc:
         # The last net: what cryptography raises while decoding hostile bytes
         # that no check above named. Never a traceback for a responder's bytes.
-        raise InvalidResponse(f"response cannot be checked: {_one_line(exc)}") from exc
+        raise InvalidResponse(f"response cannot be checked: {one_line(exc)}") from exc
 
 
 def _parse(der: bytes) -> ocsp.OCSPResponse:
@@ -135,7 +136,7 @@ def _parse(der: bytes) -> ocsp.OCSPResponse:
     try:
         resp = ocsp.load_der_ocsp_response(der)
     except ValueError as exc:
-        raise InvalidResponse(f"response is not a DER OCSP response ({_one_line(exc)})") from exc
+        raise InvalidResponse(f"response is not a DER OCSP response ({one_line(exc)})") from exc
     if resp.response_status is not ocsp.OCSPResponseStatus.SUCCESSFUL:
         name = _RESPONSE_STATUS.get(resp.response_status, resp.response_status.name)
         raise InvalidResponse(f"responder answered '{name}' instead of a response")
@@ -217,10 +218,10 @@ def _check_delegate(delegate: x509.Certificate, issuer: x509.Certificate, now: d
     """RFC 6960 §4.2.2.2: issued by the issuer, id-kp-OCSPSigning, valid now."""
     try:
         _check_authorised(delegate, issuer)
-    except _UNREADABLE as exc:  # its signature algorithm or its extensions
+    except UNREADABLE as exc:  # its signature algorithm or its extensions
         raise InvalidResponse(
             f"response is signed by {_who(delegate)}, a certificate hastaple cannot read "
-            f"({_one_line(exc)})"
+            f"({one_line(exc)})"
         ) from exc
     if not delegate.not_valid_before_utc <= now <= delegate.not_valid_after_utc:
         raise InvalidResponse(
@@ -283,7 +284,7 @@ def _check_signature(resp: ocsp.OCSPResponse, signer: x509.Certificate) -> None:
     except (UnsupportedAlgorithm, ValueError) as exc:
         raise InvalidResponse(
             f"response is signed by {_who(signer)}, whose key type hastaple cannot use "
-            f"({_one_line(exc)})"
+            f"({one_line(exc)})"
         ) from exc
     family = _KEY_FAMILY.get(oid)
     if family is not None and not isinstance(key, family):
@@ -319,9 +320,9 @@ def _check_extensions(resp: ocsp.OCSPResponse) -> None:
     ):
         try:
             extensions = read(resp)
-        except _UNREADABLE as exc:
+        except UNREADABLE as exc:
             raise InvalidResponse(
-                f"response has a {where} extension that does not decode ({_one_line(exc)})"
+                f"response has a {where} extension that does not decode ({one_line(exc)})"
             ) from exc
         for ext in extensions:
             if ext.critical and isinstance(ext.value, x509.UnrecognizedExtension):
@@ -344,7 +345,7 @@ def _revocation_reason(single: ocsp.OCSPSingleResponse) -> str | None:
         reason = single.revocation_reason
     except ValueError as exc:  # a reason code outside RFC 5280's list
         raise InvalidResponse(
-            f"response says revoked, with a reason that does not decode ({_one_line(exc)})"
+            f"response says revoked, with a reason that does not decode ({one_line(exc)})"
         ) from exc
     return reason.value if reason else None
 
@@ -400,7 +401,7 @@ def _oid_in(exc: Exception) -> str:
     return words[0] if words else "unknown"
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:  # public: verify words its reasons the same way
     """An exception's message on one line, short enough for a log line or a table cell."""
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text if len(text) <= 200 else text[:197] + "..."  # noqa: PLR2004

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import concurrent.futures
 import datetime as dt
+import logging
 from collections.abc import Sequence
 
+from hastaple.ocsp.validate import UNREADABLE, one_line
 from hastaple.verify.judge import (
     SERVED_MARGIN,
     Check,
@@ -60,6 +62,8 @@ __all__ = [
     "unique",
 ]
 
+logger = logging.getLogger(__name__)
+
 
 def check(
     targets: Sequence[Target], *, timeout: float = TIMEOUT_SECONDS, at: dt.datetime | None = None
@@ -73,9 +77,14 @@ def check(
     def one(target: Target) -> Check:
         try:
             result = handshake(target, timeout=timeout)
+            return judge(target, result, now=at or dt.datetime.now(dt.UTC))
         except VerifyError as exc:
             return judge_failed(target, exc.problem)
-        return judge(target, result, now=at or dt.datetime.now(dt.UTC))
+        except UNREADABLE as exc:  # the served certificate itself does not decode
+            return judge_failed(target, f"the server's certificate cannot be read: {one_line(exc)}")
+        except Exception as exc:  # a bug: this target reports it, the others are still checked
+            logger.exception("internal error while checking %s", target)
+            return judge_failed(target, f"internal error: {exc!r} (see the log)")
 
     if len(targets) == 1:
         return [one(targets[0])]
