@@ -13,10 +13,13 @@ turns the command line and haproxy.cfg into endpoints; ``output`` prints.
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import datetime as dt
 import logging
 from collections.abc import Sequence
 
+from hastaple import certs
+from hastaple import issuer as issuers
 from hastaple.ocsp.validate import UNREADABLE, one_line
 from hastaple.verify.judge import (
     SERVED_MARGIN,
@@ -27,6 +30,7 @@ from hastaple.verify.judge import (
     judge,
 )
 from hastaple.verify.judge import failed as judge_failed
+from hastaple.verify.lookup import find_issuer
 from hastaple.verify.output import duration, fields, report, summary
 from hastaple.verify.targets import (
     DEFAULT_PORT,
@@ -37,7 +41,7 @@ from hastaple.verify.targets import (
     targets_from,
     unique,
 )
-from hastaple.verify.tls import TIMEOUT_SECONDS, handshake
+from hastaple.verify.tls import FAMILIES, TIMEOUT_SECONDS, handshake
 
 __all__ = [
     "DEFAULT_PORT",
@@ -69,24 +73,52 @@ def check(
     targets: Sequence[Target], *, timeout: float = TIMEOUT_SECONDS, at: dt.datetime | None = None
 ) -> list[Check]:
     """
-    Handshake with every target concurrently and judge each; one Check per target, in order.
+    Handshake with every target concurrently and judge each, in order.
 
-    ``at`` judges the staples as of another time ("still valid tomorrow?"); default now.
+    One Check per certificate a target serves: a name served with both an
+    RSA and an ECDSA certificate gives two (each family offered in turn).
+    ``at`` judges the staples as of another time ("still valid tomorrow?");
+    default now.
     """
 
-    def one(target: Target) -> Check:
+    def one(target: Target) -> list[Check]:
         try:
-            result = handshake(target, timeout=timeout)
-            return judge(target, result, now=at or dt.datetime.now(dt.UTC))
+            return _check_target(target, timeout=timeout, at=at)
         except VerifyError as exc:
-            return judge_failed(target, exc.problem)
+            return [judge_failed(target, exc.problem)]
         except UNREADABLE as exc:  # the served certificate itself does not decode
-            return judge_failed(target, f"the server's certificate cannot be read: {one_line(exc)}")
+            why = f"the server's certificate cannot be read: {one_line(exc)}"
+            return [judge_failed(target, why)]
         except Exception as exc:  # a bug: this target reports it, the others are still checked
             logger.exception("internal error while checking %s", target)
-            return judge_failed(target, f"internal error: {exc!r} (see the log)")
+            return [judge_failed(target, f"internal error: {exc!r} (see the log)")]
 
     if len(targets) == 1:
-        return [one(targets[0])]
+        return one(targets[0])
     with concurrent.futures.ThreadPoolExecutor(max_workers=min(16, len(targets) or 1)) as pool:
-        return list(pool.map(one, targets))
+        return [c for checks in pool.map(one, targets) for c in checks]
+
+
+def _check_target(target: Target, *, timeout: float, at: dt.datetime | None) -> list[Check]:
+    first = handshake(target, timeout=timeout)
+    results = [first]
+    if first.chain:
+        for family in FAMILIES:
+            if family == certs.key_type(first.chain[0]):
+                continue
+            try:
+                other = handshake(target, timeout=timeout, family=family)
+            except VerifyError:
+                continue  # the name has no certificate of that family
+            if other.chain and all(other.chain[0] != r.chain[0] for r in results):
+                results.append(other)
+    checks = []
+    for result in results:
+        issuer, why = None, None
+        if result.staple and result.chain and not issuers.choose(result.chain[0], result.chain[1:]):
+            issuer, why = find_issuer(target, result, timeout=timeout)
+        now = at or dt.datetime.now(dt.UTC)
+        checks.append(judge(target, result, now=now, issuer=issuer, issuer_problem=why))
+    if len(checks) > 1:
+        checks = [dataclasses.replace(c, several=True) for c in checks]
+    return checks

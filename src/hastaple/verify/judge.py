@@ -12,11 +12,13 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
+from hastaple import certs
 from hastaple import issuer as issuers
 from hastaple.errors import HastapleError, InvalidResponse
 from hastaple.model import Action, ResultRow, Status, Verdict
@@ -38,11 +40,20 @@ class VerifyError(HastapleError):
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """One endpoint to check: where to connect and which name to send as SNI."""
+    """
+    One endpoint to check: where to connect and which name to send as SNI.
+
+    From haproxy.cfg, also what the bind says: the certificate files behind
+    the name (where ``.issuer`` lives), whether it expects a PROXY protocol
+    header (``accept-proxy``), and a note such as which port of a range.
+    """
 
     host: str
     port: int
     servername: str | None = None
+    cert_files: tuple[Path, ...] = ()
+    proxy: bool = False
+    note: str | None = None
 
     @property
     def address(self) -> str:
@@ -86,11 +97,23 @@ class Check:
     verdict: Verdict | None = None
     error: str | None = None
     seconds_left: int | None = None
+    key_type: str | None = None
+    must_staple: bool = False
+    several: bool = False  # the name served more than one certificate (RSA and ECDSA)
 
     @property
     def ok(self) -> bool:
-        """Whether this check passes (exit code 0)."""
-        return self.error is None and self.verdict is not None and self.status is Status.GOOD
+        """Whether this check passes (exit code 0): a good staple, or no OCSP to staple."""
+        if self.error is not None:
+            return False
+        return self.status is Status.NO_OCSP or (
+            self.verdict is not None and self.status is Status.GOOD
+        )
+
+    @property
+    def label(self) -> str:
+        """The target as a person reads it, with the key type when a name serves several."""
+        return f"{self.target} [{self.key_type}]" if self.several else str(self.target)
 
     def to_row(self) -> ResultRow:
         """The DESIGN.md result row: ``fresh`` for a valid staple, ``failed`` otherwise."""
@@ -99,7 +122,7 @@ class Check:
             cert=self.cert,
             ocsp_url=self.ocsp_url,
             status=self.status,
-            action=Action.FRESH if self.ok else Action.FAILED,
+            action=_action(self),
             this_update=v.this_update if v else None,
             next_update=v.next_update if v else None,
             error=self.error,
@@ -115,43 +138,82 @@ class Check:
             stapled=self.stapled,
             signer=self.verdict.signer if self.verdict else None,
             seconds_left=self.seconds_left,
+            key_type=self.key_type,
+            must_staple=self.must_staple,
+            note=self.target.note,
         )
         return out
 
 
-def judge(target: Target, result: Handshake, *, now: dt.datetime) -> Check:
+def _action(check: Check) -> Action:
+    if not check.ok:
+        return Action.FAILED
+    return Action.SKIPPED if check.status is Status.NO_OCSP else Action.FRESH
+
+
+def judge(
+    target: Target,
+    result: Handshake,
+    *,
+    now: dt.datetime,
+    issuer: x509.Certificate | None = None,
+    issuer_problem: str | None = None,
+) -> Check:
     """
     Validate the staple in ``result`` for the certificate the server served.
 
-    Pure: no I/O, ``now`` is given. The issuer must be in the served chain,
-    which is how HAProxy is normally set up (the PEM holds the chain).
+    Pure: no I/O, ``now`` is given. The issuer is taken from the served chain
+    (how HAProxy is normally set up), else ``issuer``, found by the caller the
+    way ``fetch`` finds it (``.issuer``, AIA); ``issuer_problem`` says why
+    there is none.
+
+    A certificate without an OCSP URL served without a staple has nothing to
+    staple: status ``no-ocsp``, not a failure (as in ``fetch``). A must-staple
+    certificate (RFC 7633) without a valid staple fails with its own words.
     """
     if not result.chain:
         return failed(target, "the server sent no certificate")
     leaf = result.chain[0]
     name = _subject(leaf)
     url = issuers.ocsp_url(leaf)
+    must = certs.is_must_staple(leaf)
+
+    def check(status: Status, error: str | None, *, stapled: bool = True) -> Check:
+        return Check(
+            target, stapled=stapled, cert=name, ocsp_url=url, status=status, error=error,
+            key_type=certs.key_type(leaf), must_staple=must,
+        )  # fmt: skip
+
     if result.staple is None:
-        why = "no OCSP staple: the server did not answer status_request"
-        return Check(target, stapled=False, cert=name, ocsp_url=url, status=Status.ERROR, error=why)
-    issuer = issuers.choose(leaf, result.chain[1:])
+        if must or url is not None:
+            return check(Status.ERROR, _MUST_STAPLE_BARE if must else _NO_STAPLE, stapled=False)
+        return check(Status.NO_OCSP, None, stapled=False)
+    issuer = issuers.choose(leaf, result.chain[1:]) or issuer
     if issuer is None:
-        why = "stapled, but the served chain lacks the issuer, so the staple cannot be checked"
-        return Check(target, stapled=True, cert=name, ocsp_url=url, status=Status.ERROR, error=why)
+        why = issuer_problem or "the served chain lacks the issuer"
+        return check(Status.ERROR, f"stapled, but {why}, so the staple cannot be checked")
     try:
         verdict = validate(result.staple, cert=leaf, issuer=issuer, now=now, margin=SERVED_MARGIN)
     except InvalidResponse as exc:
-        return Check(
-            target, stapled=True, cert=name, ocsp_url=url, status=Status.ERROR,
-            error=f"invalid staple: {exc.reason}",
-        )  # fmt: skip
+        prefix = "must-staple certificate with an invalid staple" if must else "invalid staple"
+        return check(Status.ERROR, f"{prefix}: {exc.reason}")
     left = int((verdict.next_update - now).total_seconds())
     error = None
     if verdict.status is Status.REVOKED:
         error = f"the staple says this certificate is {verdict.revocation()}"
     elif verdict.status is not Status.GOOD:
         error = f"the staple says this certificate's status is {verdict.status.value}"
-    return Check(target, True, name, url, verdict.status, verdict, error, left)  # noqa: FBT003
+    return Check(
+        target, True, name, url, verdict.status, verdict, error, left,  # noqa: FBT003
+        key_type=certs.key_type(leaf), must_staple=must,
+    )  # fmt: skip
+
+
+_NO_STAPLE = "no OCSP staple: the server did not answer status_request"
+_MUST_STAPLE_BARE = (
+    "must-staple certificate served without a staple: clients that honour must-staple "
+    "(such as Firefox) refuse the connection"
+)
 
 
 def failed(target: Target, problem: str) -> Check:

@@ -15,6 +15,8 @@ def summary(result: Check) -> str:
     """One line: stapled or not, status, time left, or the reason it failed."""
     if result.ok and result.verdict is not None:
         return f"stapled, good, {duration(result.seconds_left or 0)} left, {result.verdict.signer}"
+    if result.ok:  # no-ocsp
+        return "not stapled: the certificate names no OCSP responder, so there is nothing to staple"
     if not result.stapled:
         return f"FAILED: {result.error}"
     return f"stapled, FAILED: {result.error}"
@@ -36,6 +38,12 @@ def fields(result: Check) -> list[tuple[str, str]]:
             ("time left", duration(result.seconds_left or 0)),
             ("signer", v.signer),
         ]
+    if result.key_type:
+        out.append(("key", result.key_type))
+    if result.must_staple:
+        out.append(("must-staple", "yes"))
+    if result.target.note:
+        out.append(("note", result.target.note))
     return out
 
 
@@ -63,10 +71,10 @@ def report(results: Sequence[Check], *, as_json: bool) -> None:
         click.echo(json.dumps([r.to_json() for r in results], indent=2))
         for r in results:
             if r.error:
-                click.echo(f"error: {r.target}: {r.error}", err=True)
+                click.echo(f"error: {r.label}: {r.error}", err=True)
         return
     for r in results:
         colour = "green" if r.ok else "red"
-        click.echo(f"{click.style(str(r.target), bold=True)}: {click.style(summary(r), fg=colour)}")
+        click.echo(f"{click.style(r.label, bold=True)}: {click.style(summary(r), fg=colour)}")
         for label, value in fields(r):
             click.echo(f"  {label + ':':<13}{value}")

@@ -10,8 +10,10 @@ listeners.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
@@ -22,6 +24,8 @@ from hastaple.errors import CertificateError, ConfigError
 from hastaple.verify.judge import Target
 
 DEFAULT_PORT = 443
+
+logger = logging.getLogger(__name__)
 
 
 def parse_target(text: str, *, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
@@ -70,31 +74,46 @@ def _is_host_name(host: str) -> bool:
     return True
 
 
-def bind_addresses(address: str) -> list[tuple[str, int]]:
+@dataclass(frozen=True, slots=True)
+class BindAddress:
+    """One address of a bind line: where to connect, or (``host`` None) why it is not checked."""
+
+    host: str | None
+    port: int = 0
+    note: str | None = None
+
+
+def bind_addresses(address: str) -> list[BindAddress]:
     """
     Where to connect for a ``bind`` line's address argument (``discover.Bind.address``).
 
     Pure. Addresses like ``:443``, ``*:443`` and ``0.0.0.0:443`` mean "every
-    address", checked on 127.0.0.1; ``ipv4@``/``ipv6@`` prefixes are dropped;
-    unix sockets, ``fd@``, QUIC and port ranges are skipped.
+    address", checked on 127.0.0.1; ``ipv4@``/``ipv6@`` prefixes are dropped.
+    A port range is checked on its first port (every port of a range serves
+    the same certificates), with a note. Unix sockets, ``fd@`` and QUIC are
+    not TCP: they come back without a host, with the reason.
     """
-    return [a for part in address.split(",") if (a := _bind_address(part))]
+    return [_bind_address(part) for part in address.split(",") if part]
 
 
-def _bind_address(text: str) -> tuple[str, int] | None:
+def _bind_address(text: str) -> BindAddress:
+    written = text
     for prefix in ("ipv4@", "ipv6@", "tcp@", "tcp4@", "tcp6@"):
         text = text.removeprefix(prefix)
     if "@" in text or text.startswith("/"):
-        return None
+        kind = text.split("@", 1)[0] + "@" if "@" in text else "a unix socket"
+        return BindAddress(None, note=f"{written}: {kind} is not a TCP address verify can reach")
     host, _, port = text.rpartition(":")
-    if not port.isdigit():
-        return None
+    first, dash, last = port.partition("-")
+    if not first.isdigit() or (dash and not last.isdigit()):
+        return BindAddress(None, note=f"{written}: not a port verify understands")
+    note = f"port range {first}-{last}: checked on its first port, {first}" if dash else None
     host = host.strip("[]")
     if host in ("", "*", "0.0.0.0"):  # noqa: S104 - a bind address, not ours
         host = "127.0.0.1"
     elif host == "::":
         host = "::1"
-    return host, int(port)
+    return BindAddress(host, int(first), note)
 
 
 def names(cert: x509.Certificate) -> list[str]:
@@ -130,16 +149,26 @@ def bind_targets(
     seen: dict[Path, list[str]] = {}
     targets: list[Target] = []
     for bind in parsed.binds:
-        addresses = bind_addresses(bind.address) if bind.ssl else []
-        if not addresses:
+        if not bind.ssl or not bind.refs:
             continue
-        sni: list[str] = []
+        files: dict[str, list[Path]] = {}  # SNI name -> the files that serve it
         for ref in bind.refs:
             for entry in discover.resolve_ref(ref, cwd=base):
                 if entry.path not in seen:
                     seen[entry.path] = _names_in(entry.path)
-                sni += seen[entry.path]
-        targets += [Target(host, port, n) for host, port in addresses for n in dict.fromkeys(sni)]
+                for name in seen[entry.path]:
+                    files.setdefault(name, []).append(entry.path)
+        for where in bind_addresses(bind.address):
+            if where.host is None:
+                logger.warning("%s: bind not checked: %s", bind.source, where.note)
+                continue
+            targets += [
+                Target(
+                    where.host, where.port, name, cert_files=tuple(paths),
+                    proxy=bind.accept_proxy, note=where.note,
+                )
+                for name, paths in files.items()
+            ]  # fmt: skip
     if not targets:
         raise ConfigError(f"{config}: no TLS bind line with certificates found")
     return targets
