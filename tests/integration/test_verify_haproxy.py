@@ -9,6 +9,7 @@ import subprocess
 import pytest
 from click.testing import CliRunner
 
+import der_edit
 import haproxy_proc
 from pki import now
 
@@ -309,3 +310,37 @@ def test_must_staple_without_staple_fails_with_its_own_message(pki, crt_dir, sta
     assert (by_name["must-ok.test"]["action"], by_name["must-ok.test"]["must_staple"]) == (
         "fresh", True,
     )  # fmt: skip
+
+
+_STAPLED_BY_HAPROXY = [
+    "sigalg-unknown-oid", "sigalg-rsa-name-on-ecdsa", "critical-unknown-extension",
+    "duplicate-nonce", "revoked-reason-99", "responder-cert-unknown-key-type",
+]  # fmt: skip
+
+
+def test_hostile_staples_served_by_haproxy_are_reasons(pki, crt_dir, start_haproxy):
+    """
+    Issue 10 item 3 end to end: HAProxy staples hostile responses; verify names each.
+
+    HAProxy loads these (it checks the CertID, not the algorithm or the
+    extensions), so a client sees them. One verify run over all of them and a
+    good certificate: every hostile one fails with its reason, the good one
+    passes, no traceback. Before, the first one crashed the whole run.
+    """
+    for name in ["good", *_STAPLED_BY_HAPROXY]:
+        leaf = pki.leaf(f"{name}.test")
+        crt = pki.write(crt_dir, f"{name}.pem", leaf)
+        der = pki.response(leaf.cert) if name == "good" else der_edit.HOSTILE[name][0](pki, leaf)
+        crt.with_name(crt.name + ".ocsp").write_bytes(der)
+    hap = start_haproxy()
+
+    result, rows = _config_rows(hap)
+
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output
+    by_name = {r["servername"].removesuffix(".test"): r for r in rows}
+    assert by_name["good"]["action"] == "fresh"
+    for name in _STAPLED_BY_HAPROXY:
+        row = by_name[name]
+        assert (row["stapled"], row["action"]) == (True, "failed"), (name, row)
+        assert der_edit.HOSTILE[name][1] in row["error"], (name, row["error"])
