@@ -707,3 +707,30 @@ def test_accept_proxy_target_sends_a_proxy_header(pki, leaf):
     assert server.proxy_lines[0].startswith(b"PROXY TCP4 127.0.0.1 127.0.0.1 ")
     assert not bare.ok
     assert "accept-proxy" in (bare.error or "")
+
+
+def test_another_names_certificate_of_the_other_family_is_not_reported(pki, leaf):
+    """
+    Without strict-sni a server answers an RSA-only client with whatever RSA certificate it has.
+
+    That certificate is for another name, so it says nothing about this one:
+    one row, exit 0 (it was a second, failing row).
+    """
+    stranger = pki.leaf("other.example.test", kind="rsa")
+    with StaplingServer(
+        leaf, [pki.intermediate.cert], pki.response(leaf.cert), also=(stranger, None)
+    ) as server:
+        result = _run(f"127.0.0.1:{server.port}", "--servername", "www.example.test", "--json")
+    assert result.exit_code == 0, result.output
+    [row] = json.loads(result.stdout)
+    assert row["key_type"] == "ECDSA"
+
+
+def test_is_for_matches_sans_and_one_wildcard_label(pki):
+    """SNI matching as TLS clients do: exact SAN, or ``*.`` for exactly one label."""
+    cert = pki.leaf("a.test", sans=["a.test", "*.wild.test"]).cert
+    assert verify.is_for(cert, "a.test")
+    assert verify.is_for(cert, "x.wild.test")
+    assert not verify.is_for(cert, "x.y.wild.test")
+    assert not verify.is_for(cert, "b.test")
+    assert verify.is_for(cert, None)

@@ -36,6 +36,7 @@ from hastaple.verify.targets import (
     DEFAULT_PORT,
     bind_addresses,
     bind_targets,
+    is_for,
     names,
     parse_target,
     targets_from,
@@ -57,6 +58,7 @@ __all__ = [
     "duration",
     "fields",
     "handshake",
+    "is_for",
     "judge",
     "names",
     "parse_target",
@@ -100,25 +102,39 @@ def check(
 
 
 def _check_target(target: Target, *, timeout: float, at: dt.datetime | None) -> list[Check]:
-    first = handshake(target, timeout=timeout)
-    results = [first]
-    if first.chain:
-        for family in FAMILIES:
-            if family == certs.key_type(first.chain[0]):
-                continue
-            try:
-                other = handshake(target, timeout=timeout, family=family)
-            except VerifyError:
-                continue  # the name has no certificate of that family
-            if other.chain and all(other.chain[0] != r.chain[0] for r in results):
-                results.append(other)
+    """Judge every certificate ``target`` serves; several are marked for the output."""
     checks = []
-    for result in results:
+    for result in _each_certificate(target, timeout=timeout):
         issuer, why = None, None
-        if result.staple and result.chain and not issuers.choose(result.chain[0], result.chain[1:]):
+        if result.staple and not issuers.choose(result.chain[0], result.chain[1:]):
             issuer, why = find_issuer(target, result, timeout=timeout)
         now = at or dt.datetime.now(dt.UTC)
         checks.append(judge(target, result, now=now, issuer=issuer, issuer_problem=why))
     if len(checks) > 1:
         checks = [dataclasses.replace(c, several=True) for c in checks]
     return checks
+
+
+def _each_certificate(target: Target, *, timeout: float) -> list[Handshake]:
+    """
+    A handshake as any client makes it, then one offering only each other key family.
+
+    A server without a certificate of that family fails the handshake: nothing
+    more to check. One that falls back to another name's certificate (no
+    strict-sni) is not reporting on this name, so that answer is dropped too.
+    """
+    first = handshake(target, timeout=timeout)
+    if not first.chain:
+        return [first]
+    found = [first]
+    for family in FAMILIES:
+        if family == certs.key_type(first.chain[0]):
+            continue
+        try:
+            other = handshake(target, timeout=timeout, family=family)
+        except VerifyError:
+            continue
+        leaf = other.chain[0] if other.chain else None
+        if leaf is not None and is_for(leaf, target.sni) and all(leaf != h.chain[0] for h in found):
+            found.append(other)
+    return found

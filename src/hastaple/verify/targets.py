@@ -118,14 +118,35 @@ def _bind_address(text: str) -> BindAddress:
 
 def names(cert: x509.Certificate) -> list[str]:
     """The DNS names to send as SNI for ``cert``: its SANs (``*.`` made concrete), else CN."""
+    dns = _dns_names(cert)
+    return list(dict.fromkeys(n.replace("*.", "hastaple-verify.", 1) for n in dns))
+
+
+def is_for(cert: x509.Certificate, sni: str | None) -> bool:
+    """
+    Whether ``cert`` answers for ``sni``: a DNS SAN (or, without SANs, the CN), ``*.`` one label.
+
+    No SNI (an IP target): any certificate is what that address serves.
+    """
+    if sni is None:
+        return True
+    wanted = sni.lower().rstrip(".")
+    for dns in _dns_names(cert):
+        pattern = dns.lower()
+        if pattern == wanted:
+            return True
+        if pattern.startswith("*.") and wanted.partition(".")[2] == pattern[2:]:
+            return True
+    return False
+
+
+def _dns_names(cert: x509.Certificate) -> list[str]:
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         dns = san.get_values_for_type(x509.DNSName)
     except x509.ExtensionNotFound:
         dns = []
-    if not dns:
-        dns = [str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
-    return list(dict.fromkeys(n.replace("*.", "hastaple-verify.", 1) for n in dns))
+    return dns or [str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
 
 
 def bind_targets(
