@@ -7,6 +7,7 @@ staples whatever bytes a test gives it (HAProxy itself is in integration/).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 import json
@@ -734,3 +735,33 @@ def test_is_for_matches_sans_and_one_wildcard_label(pki):
     assert not verify.is_for(cert, "x.y.wild.test")
     assert not verify.is_for(cert, "b.test")
     assert verify.is_for(cert, None)
+
+
+async def test_chainless_server_issuer_comes_from_aia(pki, fault_responder):
+    """
+    A bare HOST:PORT serving only the leaf: the issuer comes from its AIA caIssuers URL.
+
+    The same download fetch uses (a real HTTP server here); it always failed
+    with "the served chain lacks the issuer". A URL that gives nothing says so.
+    """
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
+
+    from responders import Serve  # noqa: PLC0415
+
+    der = pki.intermediate.cert.public_bytes(serialization.Encoding.DER)
+    url = fault_responder.on("ca", Serve(der, content_type="application/pkix-cert"))
+    empty = fault_responder.on("nothing", Serve(b"not a certificate"))
+    leaf = pki.leaf("aia.example.test", ca_issuers_url=url)
+    broken = pki.leaf("aia-broken.example.test", ca_issuers_url=empty)
+    with StaplingServer(leaf, [], pki.response(leaf.cert)) as good_server:
+        [row] = await asyncio.to_thread(
+            verify.check, [Target("127.0.0.1", good_server.port, "aia.example.test")]
+        )
+    with StaplingServer(broken, [], pki.response(broken.cert)) as bad_server:
+        [bad] = await asyncio.to_thread(
+            verify.check, [Target("127.0.0.1", bad_server.port, "aia-broken.example.test")]
+        )
+    assert row.ok, row.error
+    assert len(fault_responder.seen_under("ca")) == 1
+    assert not bad.ok
+    assert f"nor its caIssuers URL {empty}" in (bad.error or "")

@@ -41,11 +41,16 @@ def find_issuer(
     bundle = pem.parse_file(path) if path is not None else None
     from hastaple.fetch import Limits  # noqa: PLC0415 - aiohttp only when an issuer is missing
 
+    limits = Limits(timeout=timeout, connect_timeout=min(timeout, Limits().connect_timeout))
     try:
-        limits = Limits(timeout=timeout, connect_timeout=min(timeout, Limits().connect_timeout))
-        return asyncio.run(_resolve(path, bundle, leaf, limits)), None
+        found = asyncio.run(_resolve(path, bundle, leaf, limits))
     except HastapleError as exc:
         return None, f"its issuer was not found ({exc})"
+    if found is None:
+        urls = issuers.ca_issuers_urls(leaf)
+        where = f"nor its caIssuers URL {urls[0]}" if urls else "and it has no caIssuers URL"
+        return None, f"neither the served chain holds the issuer {where}"
+    return found, None
 
 
 async def _resolve(
