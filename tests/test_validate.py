@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519
 from cryptography.x509 import ocsp
 from hypothesis import given, settings
@@ -323,6 +323,13 @@ def test_check_command_prints_one_line_not_a_traceback(pki, leaf, tmp_path, name
     assert "Traceback" not in proc.stderr
     assert proc.stderr.count("\n") == 1, proc.stderr
     assert words in proc.stderr
+
+
+def test_unusable_certificate_next_to_the_real_responder_does_not_hide_it(pki, leaf):
+    """An included certificate with an unknown key type, then the real responder: good."""
+    weird = der_edit.recertify(pki, pki.responder.cert, der_edit._unknown_key)
+    real = pki.responder.cert.public_bytes(serialization.Encoding.DER)
+    assert check(pki, leaf, der_edit._with_certs(pki, leaf, [weird, real])).status is Status.GOOD
 
 
 def test_non_critical_unknown_extension_and_a_nonce_are_ignored(pki, leaf):

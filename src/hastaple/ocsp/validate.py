@@ -215,7 +215,7 @@ def _signer(
 
 
 def _check_delegate(delegate: x509.Certificate, issuer: x509.Certificate, now: dt.datetime) -> None:
-    """RFC 6960 §4.2.2.2: issued by the issuer, id-kp-OCSPSigning, valid now."""
+    """RFC 6960 §4.2.2.2: issued by the issuer, id-kp-OCSPSigning, valid now; a key we can use."""
     try:
         _check_authorised(delegate, issuer)
     except UNREADABLE as exc:  # its signature algorithm or its extensions
@@ -229,6 +229,23 @@ def _check_delegate(delegate: x509.Certificate, issuer: x509.Certificate, now: d
             f"valid at {_fmt(now)} (valid {_fmt(delegate.not_valid_before_utc)} to "
             f"{_fmt(delegate.not_valid_after_utc)})"
         )
+    _usable_key(delegate)
+
+
+def _usable_key(signer: x509.Certificate) -> CertificatePublicKeyTypes:
+    """
+    The signer's key object, or a reason: a key type cryptography cannot load.
+
+    Checked while choosing among included certificates too, so an unusable
+    one next to the real responder certificate does not hide it.
+    """
+    try:
+        return _public_key(signer)
+    except (UnsupportedAlgorithm, ValueError) as exc:
+        raise InvalidResponse(
+            f"response is signed by {_who(signer)}, whose key type hastaple cannot use "
+            f"({one_line(exc)})"
+        ) from exc
 
 
 @functools.lru_cache(maxsize=64)
@@ -279,13 +296,7 @@ def _check_signature(resp: ocsp.OCSPResponse, signer: x509.Certificate) -> None:
         raise InvalidResponse(
             f"response is signed with an algorithm hastaple does not know ({oid.dotted_string})"
         ) from exc
-    try:
-        key = _public_key(signer)
-    except (UnsupportedAlgorithm, ValueError) as exc:
-        raise InvalidResponse(
-            f"response is signed by {_who(signer)}, whose key type hastaple cannot use "
-            f"({one_line(exc)})"
-        ) from exc
+    key = _usable_key(signer)
     family = _KEY_FAMILY.get(oid)
     if family is not None and not isinstance(key, family):
         # The signature is checked with the key, so the algorithm the response

@@ -116,7 +116,7 @@ class Check:
         return f"{self.target} [{self.key_type}]" if self.several else str(self.target)
 
     def to_row(self) -> ResultRow:
-        """The DESIGN.md result row: ``fresh`` for a valid staple, ``failed`` otherwise."""
+        """The common result row: ``fresh``, ``skipped`` (no-ocsp) or ``failed``."""
         v = self.verdict
         return ResultRow(
             cert=self.cert,
