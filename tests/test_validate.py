@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519
 from cryptography.x509 import ocsp
@@ -330,6 +331,24 @@ def test_unusable_certificate_next_to_the_real_responder_does_not_hide_it(pki, l
     weird = der_edit.recertify(pki, pki.responder.cert, der_edit._unknown_key)
     real = pki.responder.cert.public_bytes(serialization.Encoding.DER)
     assert check(pki, leaf, der_edit._with_certs(pki, leaf, [weird, real])).status is Status.GOOD
+
+
+def test_downloaded_issuer_with_an_unknown_key_type_is_no_issuer(pki, leaf):
+    """
+    A caIssuers download holding a certificate with an unknown key type: not the issuer.
+
+    issuer.choose raised UnsupportedAlgorithm from the signature check, which
+    crashed fetch's AIA step (and verify's) instead of trying the next one.
+    """
+    from hastaple import issuer as issuers  # noqa: PLC0415
+
+    weird = x509.load_der_x509_certificate(
+        der_edit.recertify(pki, pki.intermediate.cert, der_edit._unknown_key)
+    )
+    assert issuers.choose(leaf.cert, [weird, pki.intermediate.cert]) == pki.intermediate.cert
+    assert issuers.choose(leaf.cert, [weird]) is None
+    with pytest.raises(InvalidResponse):  # and validate against it: a reason, not a crash
+        validate(pki.response(leaf.cert), cert=leaf.cert, issuer=weird, now=now())
 
 
 def test_non_critical_unknown_extension_and_a_nonce_are_ignored(pki, leaf):
