@@ -765,3 +765,15 @@ async def test_chainless_server_issuer_comes_from_aia(pki, fault_responder):
     assert len(fault_responder.seen_under("ca")) == 1
     assert not bad.ok
     assert f"nor its caIssuers URL {empty}" in (bad.error or "")
+
+
+def test_must_staple_with_an_invalid_staple_says_must_staple(pki):
+    """A must-staple certificate with an expired staple: the reason names must-staple."""
+    must = pki.leaf("must-old.example.test", must_staple=True)
+    old = now() - dt.timedelta(days=9)
+    staple = pki.response(must.cert, this_update=old, next_update=old + dt.timedelta(days=7))
+    result = verify.judge(T, Handshake(staple, (must.cert, pki.intermediate.cert)), now=now())
+    assert not result.ok
+    assert result.must_staple
+    assert (result.error or "").startswith("must-staple certificate with an invalid staple: ")
+    assert "expired at" in (result.error or "")
