@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 
+from der_edit import HOSTILE
 from pki import PKI, Issued, issue, now
 from responders import MB, Behaviour, Drip, Huge, Redirect, Serve, Stall
 
@@ -109,4 +110,12 @@ FAULTS: dict[str, Fault] = {
     "redirect-to-file": lambda c: (
         Redirect("file:///etc/passwd"), "unsupported URL scheme 'file'"),
     "over-cli-size": lambda c: (Serve(big_response(c.pki, c.leaf)), "runtime API can take"),
+    # Signed answers with an odd algorithm, extension or certificate (der_edit.HOSTILE):
+    # each once escaped validate as an exception, not a reason.
+    **{
+        f"hostile-{name}": (lambda c, name=name: (
+            Serve(HOSTILE[name][0](c.pki, c.leaf)), HOSTILE[name][1]))
+        for name in ("sigalg-unknown-oid", "certid-hash-md5", "critical-unknown-extension",
+                     "revoked-reason-99", "responder-cert-unknown-key-type")
+    },
 }  # fmt: skip

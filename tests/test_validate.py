@@ -5,18 +5,24 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import hashes
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519
 from cryptography.x509 import ocsp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import der_edit
 from hastaple.errors import InvalidResponse
 from hastaple.model import Status
 from hastaple.ocsp.validate import MAX_DER_BYTES, validate
 from pki import PKI, Issued, issue, now
+
+_EDWARDS = (ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey)
 
 
 @pytest.fixture(name="leaf")
@@ -287,6 +293,190 @@ def test_fuzz_mutated_responses(pki, data):
 _FUZZ_LEAF: dict[str, object] = {}
 
 
+@pytest.mark.parametrize("name", list(der_edit.HOSTILE))
+def test_hostile_vector_is_one_line_reason(pki, leaf, name):
+    """
+    A signed response with an odd algorithm, extension, time or certificate: a reason, no crash.
+
+    Each of these raised UnsupportedAlgorithm, ValueError or DuplicateExtension
+    out of validate (which crashed verify, check and fetch), or was accepted
+    although TLS clients refuse it (critical unknown extension, an algorithm
+    name that does not fit the key).
+    """
+    build, words = der_edit.HOSTILE[name]
+    reason = rejects(pki, leaf, build(pki, leaf))
+    assert words in reason
+    assert "\n" not in reason
+    assert len(reason) < 300
+
+
+@pytest.mark.parametrize("name", ["sigalg-unknown-oid", "certid-hash-md5", "revoked-reason-99"])
+def test_check_command_prints_one_line_not_a_traceback(pki, leaf, tmp_path, name):
+    """`hastaple check` on a hostile response file: exit 1, one error line, no traceback."""
+    build, words = der_edit.HOSTILE[name]
+    cert = pki.write(tmp_path, "site.pem", leaf)
+    (tmp_path / "resp.der").write_bytes(build(pki, leaf))
+    proc = subprocess.run(
+        [sys.executable, "-m", "hastaple", "check", tmp_path / "resp.der", "--cert", cert],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.count("\n") == 1, proc.stderr
+    assert words in proc.stderr
+
+
+def test_unusable_certificate_next_to_the_real_responder_does_not_hide_it(pki, leaf):
+    """An included certificate with an unknown key type, then the real responder: good."""
+    weird = der_edit.recertify(pki, pki.responder.cert, der_edit._unknown_key)
+    real = pki.responder.cert.public_bytes(serialization.Encoding.DER)
+    assert check(pki, leaf, der_edit._with_certs(pki, leaf, [weird, real])).status is Status.GOOD
+
+
+def test_downloaded_issuer_with_an_unknown_key_type_is_no_issuer(pki, leaf):
+    """
+    A caIssuers download holding a certificate with an unknown key type: not the issuer.
+
+    issuer.choose raised UnsupportedAlgorithm from the signature check, which
+    crashed fetch's AIA step (and verify's) instead of trying the next one.
+    """
+    from hastaple import issuer as issuers  # noqa: PLC0415
+
+    weird = x509.load_der_x509_certificate(
+        der_edit.recertify(pki, pki.intermediate.cert, der_edit._unknown_key)
+    )
+    assert issuers.choose(leaf.cert, [weird, pki.intermediate.cert]) == pki.intermediate.cert
+    assert issuers.choose(leaf.cert, [weird]) is None
+    with pytest.raises(InvalidResponse):  # and validate against it: a reason, not a crash
+        validate(pki.response(leaf.cert), cert=leaf.cert, issuer=weird, now=now())
+
+
+def test_non_critical_unknown_extension_and_a_nonce_are_ignored(pki, leaf):
+    """RFC 6960 §4.4: extensions not understood are ignored unless critical; nonces are fine."""
+    der = der_edit.mutated(
+        pki, leaf,
+        lambda n: (der_edit._add_extension(n[0], der_edit.extension("1.2.3.4.5", b"\x05\x00")),
+                   der_edit._add_extension(n[0], der_edit.extension(der_edit.NONCE, b"\x04\x01a"))),
+    )  # fmt: skip
+    assert check(pki, leaf, der).status is Status.GOOD
+
+
+@pytest.mark.parametrize(
+    ("kind", "key", "alg"),
+    [
+        ("ed25519", ed25519.Ed25519PrivateKey.generate, None),
+        ("ed448", ed448.Ed448PrivateKey.generate, None),
+        ("dsa", lambda: dsa.generate_private_key(2048), hashes.SHA256()),
+        ("p384", lambda: ec.generate_private_key(ec.SECP384R1()), hashes.SHA384()),
+    ],
+)
+def test_unusual_responder_keys_verify_or_refuse(pki, leaf, kind, key, alg):
+    """Delegated responders with Ed25519, Ed448, DSA or P-384 keys: good, and forged refused."""
+    private = key()
+    responder = _delegate_with(pki, private, f"{kind} responder")
+    good = _signed_by(pki, leaf, private, [responder], alg=alg)
+    assert check(pki, leaf, good).status is Status.GOOD
+    sig = ocsp.load_der_ocsp_response(good).signature
+    at = good.rindex(sig)
+    forged = good[: at + 1] + bytes([good[at + 1] ^ 1]) + good[at + 2 :]
+    rejects(pki, leaf, forged, "does not verify")
+
+
+def _delegate_with(pki: PKI, private, cn: str):
+    """A delegated responder certificate (id-kp-OCSPSigning) for any kind of key."""
+    from cryptography import x509  # noqa: PLC0415
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID  # noqa: PLC0415
+
+    start = now() - dt.timedelta(days=1)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+        .issuer_name(pki.intermediate.cert.subject)
+        .public_key(private.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(start + dt.timedelta(days=30))
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.OCSP_SIGNING]), critical=False)
+        .sign(pki.intermediate.key, hashes.SHA256())
+    )
+
+
+# Algorithm identifiers a hostile responder may name: known, deprecated, unknown.
+_OIDS = st.sampled_from([
+    "1.2.840.113549.1.1.11", "1.2.840.113549.1.1.4", "1.2.840.113549.1.1.10",
+    "1.2.840.10045.4.3.2", "1.2.840.10045.4.3.4", "1.2.840.10040.4.3", "1.3.101.112",
+    "1.3.101.113", "1.3.14.3.2.26", "1.2.840.113549.2.5", "2.16.840.1.101.3.4.2.1",
+    "1.2.3.4.5", "2.999.1", der_edit.NONCE, der_edit.CRL_REASON, der_edit.SCT_LIST,
+    "2.5.29.24", "1.3.6.1.5.5.7.48.1.3", "1.3.6.1.5.5.7.48.1.6",
+]) | st.lists(st.integers(0, 2**32), min_size=1, max_size=6).map(
+    lambda arcs: "1.3." + ".".join(map(str, arcs))
+)  # fmt: skip
+
+
+def _fuzz_change(pki: PKI, data) -> object:
+    """One structure-aware change to a BasicOCSPResponse, drawn by Hypothesis."""
+    what = data.draw(st.sampled_from(
+        ["sigalg", "certid-hash", "response-ext", "single-ext", "time", "status", "certs"]
+    ))  # fmt: skip
+    dotted = data.draw(_OIDS)
+    params = data.draw(st.booleans())
+    value = data.draw(st.binary(max_size=40))
+    critical = data.draw(st.booleans())
+    time = data.draw(
+        st.binary(max_size=20) | st.text("0123456789.Z+-", max_size=20).map(str.encode)
+    )
+    tag = data.draw(st.integers(0, 255))
+
+    def change(node: der_edit.Node) -> None:
+        one = der_edit.single(node)
+        if what == "sigalg":
+            node.children[1] = der_edit.algorithm(dotted, null_params=params)
+        elif what == "certid-hash":
+            one[0].children[0] = der_edit.algorithm(dotted, null_params=params)
+        elif what == "response-ext":
+            der_edit._add_extension(node[0], der_edit.extension(dotted, value, critical=critical))
+        elif what == "single-ext":
+            der_edit._add_extension(one, der_edit.extension(dotted, value, critical=critical))
+        elif what == "time":
+            one.children[2] = der_edit.Node(der_edit.GENERALIZED_TIME, time)
+        elif what == "status":
+            one.children[1] = der_edit.Node(tag & ~der_edit.CONSTRUCTED, value)
+        else:  # the responder's certificate with another key algorithm, signed again
+
+            def key_algorithm(tbs: der_edit.Node) -> None:
+                der_edit._spki(tbs)[0].children[0] = der_edit.oid(dotted)
+
+            cert = der_edit.recertify(pki, pki.responder.cert, key_algorithm)
+            node.children[3] = der_edit.Node(0xA0, children=[der_edit.Node(
+                der_edit.SEQUENCE, children=[der_edit.parse(cert)])])  # fmt: skip
+
+    return change
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.data())
+def test_fuzz_structure_aware(pki, data):
+    """
+    Algorithm OIDs, extensions, times, statuses and certificates changed, then signed again.
+
+    Signed again by the real delegated responder (or left with the old
+    signature), so a change reaches every check after the signature, as from
+    a responder whose key the CA authorised: a verdict or InvalidResponse
+    with one line, never another exception.
+    """
+    leaf = _FUZZ_LEAF.setdefault("leaf", pki.leaf("fuzz.example.test"))
+    node = der_edit.basic(_FUZZ_LEAF.setdefault("der", pki.response(leaf.cert)))  # type: ignore[arg-type]
+    _fuzz_change(pki, data)(node)  # type: ignore[operator]
+    sign = data.draw(st.booleans())
+    der = der_edit.resign(node, pki.responder.key) if sign else der_edit.put_basic(node)
+    reason = ""
+    try:
+        validate(der, cert=leaf.cert, issuer=pki.intermediate.cert, now=now())  # type: ignore[attr-defined]
+    except InvalidResponse as exc:
+        reason = exc.reason
+    assert "\n" not in reason
+
+
 def test_extreme_clock_does_not_crash(pki, leaf):
     """`check --at 9999-12-31` judges the response expired instead of overflowing."""
     der = pki.response(leaf.cert, signer="issuer")
@@ -316,7 +506,7 @@ def test_responder_rollover_picks_the_valid_certificate(pki, leaf):
         check(pki, leaf, _signed_by(pki, leaf, expired.key, [expired.cert]))
 
 
-def _signed_by(pki: PKI, leaf: Issued, key, certs) -> bytes:
+def _signed_by(pki: PKI, leaf: Issued, key, certs, alg=None) -> bytes:
     """A good response signed with ``key``, naming ``certs[0]`` and carrying ``certs``."""
     from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
 
@@ -330,7 +520,7 @@ def _signed_by(pki: PKI, leaf: Issued, key, certs) -> bytes:
         )
         .responder_id(ocsp.OCSPResponderEncoding.HASH, certs[0])
         .certificates(certs)
-        .sign(key, hashes.SHA256())
+        .sign(key, alg or (None if isinstance(key, _EDWARDS) else hashes.SHA256()))
         .public_bytes(serialization.Encoding.DER)
     )  # fmt: skip
 

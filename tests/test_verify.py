@@ -7,6 +7,8 @@ staples whatever bytes a test gives it (HAProxy itself is in integration/).
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import datetime as dt
 import json
 import socket
@@ -15,13 +17,15 @@ from typing import Self
 
 import pytest
 from click.testing import CliRunner
+from cryptography import x509
 from OpenSSL import SSL
 
+import der_edit
 from hastaple import verify
 from hastaple.errors import ConfigError
 from hastaple.model import Status
 from hastaple.verify import Handshake, Target, VerifyError
-from pki import now
+from pki import Issued, now
 
 T = Target("127.0.0.1", 8443, "www.example.test")
 
@@ -29,13 +33,24 @@ T = Target("127.0.0.1", 8443, "www.example.test")
 class StaplingServer:
     """A TLS server on 127.0.0.1 serving ``chain`` and stapling ``staple`` (None: no staple)."""
 
-    def __init__(self, leaf, chain, staple: bytes | None) -> None:
+    def __init__(
+        self, leaf, chain, staple: bytes | None, *, also=None, proxy: bool = False
+    ) -> None:
+        """``also``: a second (leaf, staple) of another key type; ``proxy``: expect a PROXY line."""
         ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
-        ctx.use_certificate(leaf.cert)
-        ctx.use_privatekey(leaf.key)
+        staples = {leaf.cert.serial_number: staple}
+        for cert, key in [(leaf.cert, leaf.key), *([(also[0].cert, also[0].key)] if also else [])]:
+            ctx.use_certificate(cert)  # OpenSSL keeps one certificate per key type
+            ctx.use_privatekey(key)
+        if also:
+            staples[also[0].cert.serial_number] = also[1]
         for cert in chain:
             ctx.add_extra_chain_cert(cert)
-        ctx.set_ocsp_server_callback(lambda _conn, _data: staple or b"")
+        ctx.set_ocsp_server_callback(
+            lambda conn, _data: staples[conn.get_certificate().get_serial_number()] or b""
+        )
+        self.proxy = proxy
+        self.proxy_lines: list[bytes] = []
         ctx.set_tlsext_servername_callback(self._on_sni)
         self.ctx = ctx
         self.servernames: list[bytes | None] = []
@@ -55,6 +70,13 @@ class StaplingServer:
                 return
             with client:
                 client.setblocking(True)  # pyOpenSSL needs a blocking socket here
+                if self.proxy:  # what HAProxy's accept-proxy reads first: one line
+                    line = client.recv(6, socket.MSG_WAITALL)
+                    if line != b"PROXY ":
+                        continue  # closed with unread data: a reset, as HAProxy answers
+                    while not line.endswith(b"\r\n") and (byte := client.recv(1)):
+                        line += byte
+                    self.proxy_lines.append(line)
                 conn = SSL.Connection(self.ctx, client)
                 conn.set_accept_state()
                 try:
@@ -330,14 +352,30 @@ def test_handshake_with_a_non_tls_server_fails():
         (":::443", [("::1", 443)]),
         ("unix@/run/x.sock", []),
         ("/run/x.sock", []),
-        (":443-445", []),  # port ranges are skipped
+        (":443-445", [("127.0.0.1", 443)]),  # a range: its first port
         ("quic4@:443", []),  # QUIC is not TCP
         ("", []),
     ],
 )
 def test_bind_addresses(address, expected):
     """Where to connect for a bind's address argument; wildcards are checked on loopback."""
-    assert verify.bind_addresses(address) == expected
+    found = verify.bind_addresses(address)
+    assert [(a.host, a.port) for a in found if a.host] == expected
+
+
+@pytest.mark.parametrize(
+    ("address", "note"),
+    [
+        (":8443-8445", "port range 8443-8445: checked on its first port, 8443"),
+        ("unix@/run/x.sock", "unix@/run/x.sock: unix@ is not a TCP address"),
+        ("/run/x.sock", "/run/x.sock: a unix socket is not a TCP address"),
+        ("quic4@:443", "quic4@:443: quic4@ is not a TCP address"),
+    ],
+)
+def test_bind_addresses_say_what_they_did_not_check(address, note):
+    """A port range says which port was checked; what cannot be reached says why (was silent)."""
+    [found] = verify.bind_addresses(address)
+    assert note in (found.note or "")
 
 
 def _config(tmp_path, text, name="haproxy.cfg"):
@@ -469,7 +507,7 @@ def test_cli_good_staple_text_output(pki, leaf):
     labels = [line.split(":", 1)[0].strip() for line in lines[1:]]
     assert labels == [
         "certificate", "ocsp url", "stapled", "status",
-        "this update", "next update", "time left", "signer",
+        "this update", "next update", "time left", "signer", "key",
     ]  # fmt: skip
     assert "  signer:      delegated responder CN=hastaple Test OCSP Responder" in lines
 
@@ -521,3 +559,221 @@ def test_cli_bad_usage_exits_2(args, message):
     assert result.exit_code == 2
     assert message in result.stderr
     assert "Traceback" not in result.output
+
+
+# --- hostile bytes (issue: one endpoint must not crash the run) -------------------------------
+
+
+def test_cli_one_hostile_staple_does_not_stop_the_other_targets(pki, leaf):
+    """
+    A staple naming an unknown signature algorithm: that target fails with the reason.
+
+    It raised UnsupportedAlgorithm through the thread pool and crashed verify
+    for every target. Now the good endpoint next to it is still reported.
+    """
+    build, words = der_edit.HOSTILE["sigalg-unknown-oid"]
+    with (
+        StaplingServer(leaf, [pki.intermediate.cert], build(pki, leaf)) as hostile,
+        StaplingServer(leaf, [pki.intermediate.cert], pki.response(leaf.cert)) as good,
+    ):
+        result = _run(f"127.0.0.1:{hostile.port}", f"127.0.0.1:{good.port}", "--json")
+    assert result.exit_code == 1, result.output
+    bad_row, good_row = json.loads(result.stdout)
+    assert (bad_row["stapled"], bad_row["action"]) == (True, "failed")
+    assert words in bad_row["error"]
+    assert (good_row["status"], good_row["action"]) == ("good", "fresh")
+    assert "Traceback" not in result.output
+
+
+def test_served_certificate_with_a_broken_extension_is_a_reason(pki):
+    """A served leaf whose AIA extension does not decode: a failed row, not a traceback."""
+    leaf = pki.leaf("broken-aia.example.test", ocsp_url="http://127.0.0.1:9/ocsp")
+
+    def break_aia(tbs):
+        extensions = next(c for c in tbs.children if c.tag == 0xA3)[0]  # [3] Extensions
+        aia = der_edit.oid("1.3.6.1.5.5.7.1.1").content
+        for ext in extensions.children:
+            if ext[0].content == aia:
+                ext.children[-1] = der_edit.Node(der_edit.OCTET_STRING, b"\x30\x03\x30\x01")
+
+    broken = x509.load_der_x509_certificate(der_edit.recertify(pki, leaf.cert, break_aia))
+    served = Issued(broken, leaf.key)
+    with StaplingServer(served, [pki.intermediate.cert], pki.response(leaf.cert)) as server:
+        [row] = verify.check([Target("127.0.0.1", server.port, "broken-aia.example.test")])
+    assert not row.ok
+    assert "cannot be read" in (row.error or ""), row.error
+
+
+# --- issue 11 items 14-18 and must-staple (unit level; HAProxy in integration/) --------------
+
+
+def test_bind_targets_carry_files_proxy_and_range(tmp_path, pki, caplog):
+    """accept-proxy, a port range and the files behind each name reach the targets."""
+    crt = pki.write(tmp_path, "p.pem", pki.leaf("p.test"))
+    cfg = _config(
+        tmp_path,
+        "frontend f\n"
+        f"    bind 127.0.0.1:8443-8445 ssl crt {crt} accept-proxy\n"
+        f"    bind unix@/run/tls.sock ssl crt {crt}\n",
+    )
+    [target] = verify.bind_targets(cfg)
+    assert (target.port, target.servername, target.proxy) == (8443, "p.test", True)
+    assert target.cert_files == (crt,)
+    assert "port range 8443-8445" in (target.note or "")
+    assert "unix@ is not a TCP address" in caplog.text
+
+
+def test_certificate_without_ocsp_url_is_no_ocsp_not_a_failure(pki):
+    """Like fetch: no OCSP URL, no staple is in order (exit 0, no-ocsp); it exited 1."""
+    bare = pki.leaf("no-ocsp.example.test", ocsp_url=None)
+    with StaplingServer(bare, [pki.intermediate.cert], None) as server:
+        result = _run(f"127.0.0.1:{server.port}", "--servername", "no-ocsp.example.test", "--json")
+    assert result.exit_code == 0, result.output
+    [row] = json.loads(result.stdout)
+    assert (row["status"], row["action"], row["stapled"], row["error"]) == (
+        "no-ocsp", "skipped", False, None,
+    )  # fmt: skip
+
+
+def test_must_staple_without_staple_fails_with_its_own_message(pki):
+    """RFC 7633 must-staple served bare: its own reason; must_staple in the JSON."""
+    must = pki.leaf("must.example.test", must_staple=True)
+    with StaplingServer(must, [pki.intermediate.cert], None) as server:
+        result = _run(f"127.0.0.1:{server.port}", "--servername", "must.example.test", "--json")
+    assert result.exit_code == 1
+    [row] = json.loads(result.stdout)
+    assert row["must_staple"] is True
+    assert "must-staple certificate served without a staple" in row["error"]
+
+
+def test_must_staple_detection():
+    """is_must_staple reads the TLS Feature extension (status_request) and nothing else."""
+    from hastaple.certs import is_must_staple  # noqa: PLC0415
+    from pki import PKI  # noqa: PLC0415
+
+    pki = PKI.build()
+    assert is_must_staple(pki.leaf("m.test", must_staple=True).cert)
+    assert not is_must_staple(pki.leaf("n.test").cert)
+
+
+def test_rsa_and_ecdsa_certificates_of_one_name_are_each_checked(pki):
+    """
+    One name, an ECDSA certificate with a good staple and an RSA one without: two rows.
+
+    Only the certificate a default client gets (ECDSA) was checked, so the
+    missing RSA staple passed with exit 0.
+    """
+    ec_leaf = pki.leaf("dual.example.test")
+    rsa_leaf = pki.leaf("dual.example.test", kind="rsa")
+    with StaplingServer(
+        ec_leaf, [pki.intermediate.cert], pki.response(ec_leaf.cert), also=(rsa_leaf, None)
+    ) as server:
+        result = _run(f"127.0.0.1:{server.port}", "--servername", "dual.example.test", "--json")
+    assert result.exit_code == 1, result.output
+    rows = {r["key_type"]: r for r in json.loads(result.stdout)}
+    assert set(rows) == {"ECDSA", "RSA"}
+    assert rows["ECDSA"]["action"] == "fresh"
+    assert "no OCSP staple" in rows["RSA"]["error"]
+    assert "[RSA]" in result.stderr
+
+
+def test_chainless_pem_is_checked_with_its_issuer_file(pki, tmp_path):
+    """
+    A server sending only the leaf (HAProxy with a chainless PEM and .issuer): the staple is good.
+
+    It always failed with "the served chain lacks the issuer". The .issuer next
+    to the file the name comes from is used, as fetch uses it.
+    """
+    leaf = pki.leaf("chainless.example.test")
+    crt = pki.write(tmp_path, "chainless.pem", leaf, chain=False)
+    target = Target("127.0.0.1", 0, "chainless.example.test", cert_files=(crt,))
+    with StaplingServer(leaf, [], pki.response(leaf.cert)) as server:
+        target = dataclasses.replace(target, port=server.port)
+        [row] = verify.check([target])
+        crt.with_name("chainless.pem.issuer").unlink()
+        [without] = verify.check([target])
+    assert row.ok, row.error
+    assert not without.ok
+    assert "issuer" in (without.error or "")
+
+
+def test_accept_proxy_target_sends_a_proxy_header(pki, leaf):
+    """A bind with accept-proxy gets a PROXY v1 line first; without it the server resets."""
+    with StaplingServer(
+        leaf, [pki.intermediate.cert], pki.response(leaf.cert), proxy=True
+    ) as server:
+        [row] = verify.check([Target("127.0.0.1", server.port, "www.example.test", proxy=True)])
+        [bare] = verify.check([Target("127.0.0.1", server.port, "www.example.test")])
+    assert row.ok, row.error
+    assert server.proxy_lines[0].startswith(b"PROXY TCP4 127.0.0.1 127.0.0.1 ")
+    assert not bare.ok
+    assert "accept-proxy" in (bare.error or "")
+
+
+def test_another_names_certificate_of_the_other_family_is_not_reported(pki, leaf):
+    """
+    Without strict-sni a server answers an RSA-only client with whatever RSA certificate it has.
+
+    That certificate is for another name, so it says nothing about this one:
+    one row, exit 0 (it was a second, failing row).
+    """
+    stranger = pki.leaf("other.example.test", kind="rsa")
+    with StaplingServer(
+        leaf, [pki.intermediate.cert], pki.response(leaf.cert), also=(stranger, None)
+    ) as server:
+        result = _run(f"127.0.0.1:{server.port}", "--servername", "www.example.test", "--json")
+    assert result.exit_code == 0, result.output
+    [row] = json.loads(result.stdout)
+    assert row["key_type"] == "ECDSA"
+
+
+def test_is_for_matches_sans_and_one_wildcard_label(pki):
+    """SNI matching as TLS clients do: exact SAN, or ``*.`` for exactly one label."""
+    cert = pki.leaf("a.test", sans=["a.test", "*.wild.test"]).cert
+    assert verify.is_for(cert, "a.test")
+    assert verify.is_for(cert, "x.wild.test")
+    assert not verify.is_for(cert, "x.y.wild.test")
+    assert not verify.is_for(cert, "b.test")
+    assert verify.is_for(cert, None)
+
+
+async def test_chainless_server_issuer_comes_from_aia(pki, fault_responder):
+    """
+    A bare HOST:PORT serving only the leaf: the issuer comes from its AIA caIssuers URL.
+
+    The same download fetch uses (a real HTTP server here); it always failed
+    with "the served chain lacks the issuer". A URL that gives nothing says so.
+    """
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
+
+    from responders import Serve  # noqa: PLC0415
+
+    der = pki.intermediate.cert.public_bytes(serialization.Encoding.DER)
+    url = fault_responder.on("ca", Serve(der, content_type="application/pkix-cert"))
+    empty = fault_responder.on("nothing", Serve(b"not a certificate"))
+    leaf = pki.leaf("aia.example.test", ca_issuers_url=url)
+    broken = pki.leaf("aia-broken.example.test", ca_issuers_url=empty)
+    with StaplingServer(leaf, [], pki.response(leaf.cert)) as good_server:
+        [row] = await asyncio.to_thread(
+            verify.check, [Target("127.0.0.1", good_server.port, "aia.example.test")]
+        )
+    with StaplingServer(broken, [], pki.response(broken.cert)) as bad_server:
+        [bad] = await asyncio.to_thread(
+            verify.check, [Target("127.0.0.1", bad_server.port, "aia-broken.example.test")]
+        )
+    assert row.ok, row.error
+    assert len(fault_responder.seen_under("ca")) == 1
+    assert not bad.ok
+    assert f"nor its caIssuers URL {empty}" in (bad.error or "")
+
+
+def test_must_staple_with_an_invalid_staple_says_must_staple(pki):
+    """A must-staple certificate with an expired staple: the reason names must-staple."""
+    must = pki.leaf("must-old.example.test", must_staple=True)
+    old = now() - dt.timedelta(days=9)
+    staple = pki.response(must.cert, this_update=old, next_update=old + dt.timedelta(days=7))
+    result = verify.judge(T, Handshake(staple, (must.cert, pki.intermediate.cert)), now=now())
+    assert not result.ok
+    assert result.must_staple
+    assert (result.error or "").startswith("must-staple certificate with an invalid staple: ")
+    assert "expired at" in (result.error or "")

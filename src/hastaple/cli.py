@@ -337,8 +337,9 @@ def verify_command(
     """
     Live check: a TLS handshake asking for a staple; validate the staple.
 
-    Exit 0 only if every target stapled a valid, good response for the
-    certificate it served; 1 if any did not (or could not be reached).
+    Exit 0 only if every target stapled a valid, good response for each
+    certificate it served (RSA and ECDSA are each checked), or serves one that
+    names no OCSP responder; 1 if any did not (or could not be reached).
     """
     from hastaple import verify  # noqa: PLC0415 - pyOpenSSL is loaded only for this command
 

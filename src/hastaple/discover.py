@@ -171,6 +171,7 @@ class Bind:
     ssl: bool
     refs: tuple[CertRef, ...]
     source: str
+    accept_proxy: bool = False  # a PROXY protocol header must come first
 
 
 @dataclass(frozen=True, slots=True)
@@ -365,7 +366,8 @@ def parse_haproxy_config(
             refs.extend(bind_refs)
             address = words[1] if len(words) > 1 else ""
             ssl = _has_flag(words[2:], "ssl")
-            binds.append(Bind(address, ssl=ssl, refs=bind_refs, source=where))
+            proxy = _has_flag(words[2:], "accept-proxy")
+            binds.append(Bind(address, ssl=ssl, refs=bind_refs, source=where, accept_proxy=proxy))
     return HAProxyConfig(
         refs=tuple(refs),
         crt_base=crt_base,

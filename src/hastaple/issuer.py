@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509.oid import AuthorityInformationAccessOID
 
@@ -133,7 +133,8 @@ def _extension(cert: x509.Certificate, kind: type[_E]) -> _E | None:
 def _signed(leaf: x509.Certificate, cand: x509.Certificate) -> bool:
     try:
         leaf.verify_directly_issued_by(cand)
-    except (ValueError, TypeError, InvalidSignature):
+    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):  # e.g. a key type
+        # cryptography does not know, in a certificate downloaded over AIA
         return False
     return True
 

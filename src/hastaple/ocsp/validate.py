@@ -19,14 +19,20 @@ have to pass them, so a reason always names the first thing that is wrong:
    certificate issued directly by the issuer, carrying id-kp-OCSPSigning and
    valid now.
 5. the signature over tbsResponseData, with the signer's key.
-6. the times (§4.2.2.1): thisUpdate not in the future beyond ``CLOCK_SKEW``;
+7. the times (§4.2.2.1): thisUpdate not in the future beyond ``CLOCK_SKEW``;
    nextUpdate present (HAProxy: "missing nextupdate"), after thisUpdate, and
    at least ``margin`` away: HAProxy accepts a response expiring within 300 s
    and then staples nothing, losing the good staple it had.
-7. the certificate status: good, revoked or unknown. A signed "revoked" is an
+6. the extensions (RFC 6960 §4.4): each must decode, and a critical one that
+   is not understood makes the response unusable (TLS clients such as
+   Firefox refuse it too).
+8. the certificate status: good, revoked or unknown. A signed "revoked" is an
    answer, not an error, so it is a ``Verdict``; the caller decides.
 
-Raises ``InvalidResponse`` with a sentence for a person; anything else is a bug.
+Every byte here is the responder's (or, for ``verify``, the server's): an
+unknown algorithm, an odd key type or an extension that does not decode is
+a reason like any other. Raises ``InvalidResponse`` with one line for a
+person; anything else is a bug.
 """
 
 from __future__ import annotations
@@ -37,12 +43,12 @@ import sys
 from dataclasses import dataclass, field
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509 import ocsp
-from cryptography.x509.oid import ExtendedKeyUsageOID, SignatureAlgorithmOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, ObjectIdentifier, SignatureAlgorithmOID
 
 from hastaple.errors import InvalidResponse
 from hastaple.model import Status, Verdict
@@ -54,6 +60,9 @@ MAX_DER_BYTES = 12_000
 CLOCK_SKEW = dt.timedelta(minutes=5)
 # nextUpdate must be this far away: 3x HAProxy's 300 s "do not staple" window.
 MIN_REMAINING = dt.timedelta(minutes=15)
+# What decoding untrusted DER can raise in cryptography, besides our own reasons
+# (public: verify reads served certificates with the same net).
+UNREADABLE = (ValueError, TypeError, UnsupportedAlgorithm, x509.DuplicateExtension)
 
 _STATUS = {
     ocsp.OCSPCertStatus.GOOD: Status.GOOD,
@@ -98,21 +107,27 @@ def validate(
             f"response is {len(der)} bytes, more than the {MAX_DER_BYTES} bytes "
             "HAProxy's runtime API can take"
         )
-    resp = _parse(der)
-    single = _our_single_response(resp, cert, issuer)
-    signer, signer_name = _signer(resp, issuer, now)
-    _check_signature(resp, signer)
-    this_update, next_update = _check_times(single, now, margin)
-    return Verdict(
-        status=_STATUS[single.certificate_status],
-        this_update=this_update,
-        next_update=next_update,
-        produced_at=resp.produced_at_utc,
-        serial=single.serial_number,
-        signer=signer_name,
-        revocation_time=single.revocation_time_utc,
-        revocation_reason=single.revocation_reason.value if single.revocation_reason else None,
-    )
+    try:
+        resp = _parse(der)
+        single = _our_single_response(resp, cert, issuer)
+        signer, signer_name = _signer(resp, issuer, now)
+        _check_signature(resp, signer)
+        _check_extensions(resp)
+        this_update, next_update = _check_times(single, now, margin)
+        return Verdict(
+            status=_STATUS[single.certificate_status],
+            this_update=this_update,
+            next_update=next_update,
+            produced_at=resp.produced_at_utc,
+            serial=single.serial_number,
+            signer=signer_name,
+            revocation_time=single.revocation_time_utc,
+            revocation_reason=_revocation_reason(single),
+        )
+    except UNREADABLE as exc:
+        # The last net: what cryptography raises while decoding hostile bytes
+        # that no check above named. Never a traceback for a responder's bytes.
+        raise InvalidResponse(f"response cannot be checked: {one_line(exc)}") from exc
 
 
 def _parse(der: bytes) -> ocsp.OCSPResponse:
@@ -121,7 +136,7 @@ def _parse(der: bytes) -> ocsp.OCSPResponse:
     try:
         resp = ocsp.load_der_ocsp_response(der)
     except ValueError as exc:
-        raise InvalidResponse(f"response is not a DER OCSP response ({exc})") from exc
+        raise InvalidResponse(f"response is not a DER OCSP response ({one_line(exc)})") from exc
     if resp.response_status is not ocsp.OCSPResponseStatus.SUCCESSFUL:
         name = _RESPONSE_STATUS.get(resp.response_status, resp.response_status.name)
         raise InvalidResponse(f"responder answered '{name}' instead of a response")
@@ -133,10 +148,15 @@ def _our_single_response(
 ) -> ocsp.OCSPSingleResponse:
     """Find the SingleResponse whose CertID is the SHA-1 CertID of ``cert``."""
     singles = list(resp.responses)
+    unknown_hash: UnsupportedAlgorithm | None = None
     for single in singles:
         if single.serial_number != cert.serial_number:
             continue
-        alg = single.hash_algorithm
+        try:
+            alg = single.hash_algorithm
+        except UnsupportedAlgorithm as exc:  # MD5, or an OID nobody knows
+            unknown_hash = exc
+            continue
         name_hash, key_hash = _issuer_hashes(issuer, _HashKey(alg.name, alg.digest_size, alg))
         if single.issuer_name_hash != name_hash or single.issuer_key_hash != key_hash:
             continue
@@ -151,6 +171,11 @@ def _our_single_response(
                 "responses with exactly one"
             )
         return single
+    if unknown_hash is not None:
+        raise InvalidResponse(
+            f"response identifies the certificate with a CertID hash hastaple cannot compute "
+            f"({_oid_in(unknown_hash)}); HAProxy matches staples only on SHA-1 CertIDs"
+        )
     if any(s.serial_number == cert.serial_number for s in singles):
         raise InvalidResponse(
             f"response is for serial {cert.serial_number:x} but from another issuer "
@@ -190,14 +215,37 @@ def _signer(
 
 
 def _check_delegate(delegate: x509.Certificate, issuer: x509.Certificate, now: dt.datetime) -> None:
-    """RFC 6960 §4.2.2.2: issued by the issuer, id-kp-OCSPSigning, valid now."""
-    _check_authorised(delegate, issuer)
+    """RFC 6960 §4.2.2.2: issued by the issuer, id-kp-OCSPSigning, valid now; a key we can use."""
+    try:
+        _check_authorised(delegate, issuer)
+    except UNREADABLE as exc:  # its signature algorithm or its extensions
+        raise InvalidResponse(
+            f"response is signed by {_who(delegate)}, a certificate hastaple cannot read "
+            f"({one_line(exc)})"
+        ) from exc
     if not delegate.not_valid_before_utc <= now <= delegate.not_valid_after_utc:
         raise InvalidResponse(
             f"response is signed by the responder certificate {_who(delegate)}, which is not "
             f"valid at {_fmt(now)} (valid {_fmt(delegate.not_valid_before_utc)} to "
             f"{_fmt(delegate.not_valid_after_utc)})"
         )
+    _usable_key(delegate)
+
+
+def _usable_key(signer: x509.Certificate) -> CertificatePublicKeyTypes:
+    """
+    The signer's key object, or a reason: a key type cryptography cannot load.
+
+    Checked while choosing among included certificates too, so an unusable
+    one next to the real responder certificate does not hide it.
+    """
+    try:
+        return _public_key(signer)
+    except (UnsupportedAlgorithm, ValueError) as exc:
+        raise InvalidResponse(
+            f"response is signed by {_who(signer)}, whose key type hastaple cannot use "
+            f"({one_line(exc)})"
+        ) from exc
 
 
 @functools.lru_cache(maxsize=64)
@@ -213,7 +261,7 @@ def _check_authorised(delegate: x509.Certificate, issuer: x509.Certificate) -> N
     """
     try:
         delegate.verify_directly_issued_by(issuer)
-    except (ValueError, TypeError, InvalidSignature) as exc:
+    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm) as exc:
         raise InvalidResponse(
             f"response is signed by {_who(delegate)}, which was not issued by the "
             "certificate's issuer, so it is not authorised to answer for it"
@@ -237,12 +285,27 @@ def _responder_is(resp: ocsp.OCSPResponse, cert: x509.Certificate) -> bool:
 
 
 def _check_signature(resp: ocsp.OCSPResponse, signer: x509.Certificate) -> None:
-    if resp.signature_algorithm_oid == SignatureAlgorithmOID.RSASSA_PSS:
+    oid = resp.signature_algorithm_oid
+    if oid == SignatureAlgorithmOID.RSASSA_PSS:
         # cryptography does not expose an OCSP response's PSS parameters; say so
         # rather than call a genuine signature forged.
         raise InvalidResponse("response is signed with RSASSA-PSS, which hastaple cannot verify")
-    key = _public_key(signer)
-    data, signature, alg = resp.tbs_response_bytes, resp.signature, resp.signature_hash_algorithm
+    try:
+        alg = resp.signature_hash_algorithm
+    except UnsupportedAlgorithm as exc:
+        raise InvalidResponse(
+            f"response is signed with an algorithm hastaple does not know ({oid.dotted_string})"
+        ) from exc
+    key = _usable_key(signer)
+    family = _KEY_FAMILY.get(oid)
+    if family is not None and not isinstance(key, family):
+        # The signature is checked with the key, so the algorithm the response
+        # names must be the key's: an RSA name over an ECDSA signature is a lie.
+        raise InvalidResponse(
+            f"response names the signature algorithm {oid.dotted_string}, which does not "
+            f"fit the signer's key ({type(key).__name__})"
+        )
+    data, signature = resp.tbs_response_bytes, resp.signature
     try:
         if isinstance(key, rsa.RSAPublicKey) and alg is not None:
             key.verify(signature, data, padding.PKCS1v15(), alg)
@@ -258,6 +321,44 @@ def _check_signature(resp: ocsp.OCSPResponse, signer: x509.Certificate) -> None:
         raise InvalidResponse(
             "response signature does not verify: it was altered or forged"
         ) from exc
+
+
+def _check_extensions(resp: ocsp.OCSPResponse) -> None:
+    """Every extension decodes; no critical one is unknown (RFC 6960 §4.4, RFC 5280 §4.2)."""
+    for where, read in (
+        ("response", _response_extensions),
+        ("single response", _single_extensions),
+    ):
+        try:
+            extensions = read(resp)
+        except UNREADABLE as exc:
+            raise InvalidResponse(
+                f"response has a {where} extension that does not decode ({one_line(exc)})"
+            ) from exc
+        for ext in extensions:
+            if ext.critical and isinstance(ext.value, x509.UnrecognizedExtension):
+                raise InvalidResponse(
+                    f"response has a critical {where} extension hastaple does not understand "
+                    f"({ext.oid.dotted_string}); RFC 6960 says to reject it, and TLS clients do"
+                )
+
+
+def _response_extensions(resp: ocsp.OCSPResponse) -> x509.Extensions:
+    return resp.extensions
+
+
+def _single_extensions(resp: ocsp.OCSPResponse) -> x509.Extensions:
+    return resp.single_extensions
+
+
+def _revocation_reason(single: ocsp.OCSPSingleResponse) -> str | None:
+    try:
+        reason = single.revocation_reason
+    except ValueError as exc:  # a reason code outside RFC 5280's list
+        raise InvalidResponse(
+            f"response says revoked, with a reason that does not decode ({one_line(exc)})"
+        ) from exc
+    return reason.value if reason else None
 
 
 def _check_times(
@@ -284,6 +385,37 @@ def _check_times(
             "HAProxy would accept it and then staple nothing"
         )
     return this_update, next_update
+
+
+# The key type each signature algorithm needs (RFC 3279, 5758, 8410).
+_S = SignatureAlgorithmOID
+_KEY_FAMILY: dict[ObjectIdentifier, type] = {
+    **dict.fromkeys(
+        (_S.RSA_WITH_MD5, _S.RSA_WITH_SHA1, _S.RSA_WITH_SHA224, _S.RSA_WITH_SHA256,
+         _S.RSA_WITH_SHA384, _S.RSA_WITH_SHA512),
+        rsa.RSAPublicKey,
+    ),
+    **dict.fromkeys(
+        (_S.ECDSA_WITH_SHA1, _S.ECDSA_WITH_SHA224, _S.ECDSA_WITH_SHA256, _S.ECDSA_WITH_SHA384,
+         _S.ECDSA_WITH_SHA512),
+        ec.EllipticCurvePublicKey,
+    ),
+    **dict.fromkeys((_S.DSA_WITH_SHA1, _S.DSA_WITH_SHA224, _S.DSA_WITH_SHA256), dsa.DSAPublicKey),
+    _S.ED25519: ed25519.Ed25519PublicKey,
+    _S.ED448: ed448.Ed448PublicKey,
+}  # fmt: skip
+
+
+def _oid_in(exc: Exception) -> str:
+    """The dotted OID cryptography names in an UnsupportedAlgorithm message, else 'unknown'."""
+    words = [w for w in str(exc).replace(":", " ").split() if w.count(".") >= 2]  # noqa: PLR2004
+    return words[0] if words else "unknown"
+
+
+def one_line(exc: BaseException) -> str:  # public: verify words its reasons the same way
+    """An exception's message on one line, short enough for a log line or a table cell."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."  # noqa: PLR2004
 
 
 @dataclass(frozen=True, slots=True)
@@ -329,9 +461,7 @@ def _who(cert: x509.Certificate) -> str:
 @functools.lru_cache(maxsize=64)
 def _public_key_bits(cert: x509.Certificate) -> bytes:
     """The subjectPublicKey BIT STRING contents, which CertID and ResponderID hash."""
-    spki = cert.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+    spki = _der.certificate_spki(cert.public_bytes(serialization.Encoding.DER))
     return _der.public_key_bits(spki)
 
 
