@@ -22,7 +22,7 @@ from cryptography.x509 import ocsp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fake_haproxy import NOGROUP, FakeHAProxy, Threaded, as_nobody
+from fake_haproxy import NOGROUP, CommandReader, FakeHAProxy, Threaded, as_nobody, words
 from hastaple.errors import ConfigError, HAProxyCommandFailed, HAProxyError, HAProxyUnreachable
 from hastaple.haproxy import protocol as p
 from hastaple.haproxy.deploy import RETRY_DELAYS, DeployItem, Session, deploy
@@ -362,39 +362,44 @@ def test_fuzz_parse_address(text):
     assert address.path is not None or (address.host is not None and address.port)
 
 
-@settings(max_examples=300, deadline=None)
-@given(crt=st.text(max_size=60), der=st.binary(max_size=64))
-def test_fuzz_commands_encode(crt, der):
-    """
-    Any certificate name gives bytes or HAProxyCommandFailed, and never a second command.
+# Names built from what HAProxy's CLI reads specially, and from anything else.
+_CLI_BYTES = [*"<;; \t\\#'\"@\n\r", "<<", "a", "/", ".pem", "é", "€"]
+_NAMES = (
+    st.lists(st.sampled_from(_CLI_BYTES) | st.text(max_size=3), max_size=20)
+    .map("".join)
+    .filter(bool)
+)
 
-    A name holding ';' or a newline must not smuggle a command into the admin
-    socket (';' separates commands, a newline ends one).
+
+@settings(max_examples=500, deadline=None)
+@given(crt=_NAMES, der=st.binary(min_size=1, max_size=64), master=st.booleans())
+def test_fuzz_commands_encode(crt, der, master):
     """
-    address = p.parse_address("/x.sock")
-    for command in (
-        p.show_cert(crt), p.set_cert_ocsp(crt, der), p.commit_cert(crt), p.abort_cert(crt),
+    Any certificate name reaches HAProxy as exactly one argument, or is refused.
+
+    The bytes sent are read back with HAProxy's own rules (the fake's model of
+    src/cli.c): exactly one command, payload mode exactly when the command has
+    a payload (whichever version's or the master CLI's rule), and the words
+    are the verb and the name, byte for byte. Only control characters refuse.
+    """
+    address = p.parse_address("/m.sock@1" if master else "/x.sock")
+    prefix = [b"@1"] if master else []
+    for command, name in (
+        (p.show_cert(crt), crt), (p.set_cert_ocsp(crt, der), crt + ".ocsp"),
+        (p.commit_cert(crt), crt), (p.abort_cert(crt), crt),
     ):  # fmt: skip
-        try:
-            data = command.encode(address)
-        except HAProxyCommandFailed:
+        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in crt):  # C0 controls and DEL
+            with pytest.raises(HAProxyCommandFailed, match="control character"):
+                command.encode(address)
             continue
-        head = data.split(b" <<\n", 1)[0] if command.payload is not None else data
-        assert head.count(b"\n") == (0 if command.payload is not None else 1)
-        assert _unescaped_semicolons(head) == 0
-
-
-def _unescaped_semicolons(data: bytes) -> int:
-    """How many ';' HAProxy would take as command separators (a backslash escapes one)."""
-    count, escaped = 0, False
-    for byte in data:
-        if escaped:
-            escaped = False
-        elif byte == ord("\\"):
-            escaped = True
-        elif byte == ord(";"):
-            count += 1
-    return count
+        data = command.encode(address)
+        reader = CommandReader()
+        reader.buf += data
+        line, payload, used = reader.next_command() or (b"", None, 0)
+        assert used == len(data), data  # one command, nothing left over to run
+        assert (payload is None) == (command.payload is None), data
+        verb = [w.encode() for w in command.line.split()[:3]]
+        assert words(line) == [*prefix, *verb, name.encode("utf-8", "surrogateescape")], data
 
 
 # -- one certificate's problem stays its own; long batches are not a timeout ---------------

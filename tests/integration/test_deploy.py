@@ -402,3 +402,72 @@ async def test_thousands_of_unregistered_certs_within_a_short_idle_timeout(
     assert elapsed > 0.5  # longer than the timeout, and still no HAProxyUnreachable
     for n in (0, count - 1):
         _assert_stapled(hap, f"m{n}.test", items[n])
+
+
+# Names HAProxy's CLI reads specially (src/cli.c): "<<" opens a payload (at the
+# end on 2.6/2.8, anywhere on their master CLI, as a word prefix on 3.0), ';'
+# ends a command, a space splits words, a backslash escapes; quotes, '#' and a
+# leading '@' are plain bytes to it. All are legal file names.
+HOSTILE = [
+    "a.pem<<", "x<<y.pem", "<<b.pem", "@at.pem", "q'uote.pem", 'd"quote.pem', "h#ash.pem",
+    "sp ace.pem", "se;mi.pem", "back\\slash.pem", "ünï.pem",
+]  # fmt: skip
+
+
+async def test_hostile_names_reach_haproxy_as_one_argument(pki, crt_dir, start_haproxy):
+    """
+    Every hostile name is committed on the worker socket, then updated through `@1`.
+
+    Each reaches HAProxy as exactly one argument: stapled, and no other
+    certificate's commands swallowed by a payload mode opened by a name.
+    """
+    leaves = [pki.leaf(f"h{i}.test") for i in range(len(HOSTILE))]
+    crts = [pki.write(crt_dir, name, leaf) for name, leaf in zip(HOSTILE, leaves, strict=True)]
+    hap = start_haproxy(master=True)
+    first = [
+        _item(pki, leaf, crt, this_update=now() - AN_HOUR_AGO)
+        for leaf, crt in zip(leaves, crts, strict=True)
+    ]
+    second = [_item(pki, leaf, crt) for leaf, crt in zip(leaves, crts, strict=True)]
+
+    committed = await deploy(str(hap.socket), first)
+    updated = await deploy(f"{hap.workdir / 'master.sock'}@1", second)
+
+    assert [(o.ok, o.method, o.error) for o in committed] == [(True, "commit", None)] * len(HOSTILE)
+    assert [(o.ok, o.method, o.error) for o in updated] == [(True, "update", None)] * len(HOSTILE)
+    for i, item in enumerate(second):
+        _assert_stapled(hap, f"h{i}.test", item)
+
+
+async def test_a_name_with_a_control_character_is_refused_naming_it(pki, crt_dir, start_haproxy):
+    """A tab cannot be one argument: refused, with the name in the message; HAProxy untouched."""
+    leaf = pki.leaf("tab.test")
+    crt = pki.write(crt_dir, "t\tab.pem", leaf)
+    hap = start_haproxy()
+
+    [outcome] = await deploy(str(hap.socket), [_item(pki, leaf, crt)])
+
+    assert not outcome.ok
+    assert "t\\tab.pem" in outcome.error
+    assert "control character '\\t'" in outcome.error
+    assert "no response sent" in haproxy_proc.staple(hap.port, "tab.test")
+
+
+async def test_a_very_long_name(pki, crt_dir, start_haproxy):
+    """A path near PATH_MAX (4,000 bytes) is committed and updated: well inside tune.bufsize."""
+    deep = crt_dir.joinpath(*["d" * 200] * 19)
+    deep.mkdir(parents=True)
+    leaf = pki.leaf("long.test")
+    crt = pki.write(deep, "long.pem", leaf)
+    listing = crt_dir / "list.txt"
+    listing.write_text(f"{crt}\n")
+    hap = start_haproxy(crt_list=listing)
+    first, second = _item(pki, leaf, crt, this_update=now() - AN_HOUR_AGO), _item(pki, leaf, crt)
+
+    assert len(str(crt)) > 3800
+    [one] = await deploy(str(hap.socket), [first])
+    [two] = await deploy(str(hap.socket), [second])
+
+    assert (one.ok, one.method, one.error) == (True, "commit", None)
+    assert (two.ok, two.method, two.error) == (True, "update", None)
+    _assert_stapled(hap, "long.test", second)

@@ -32,11 +32,17 @@ MAX_COMMAND_BYTES = 16384
 # base64 line width of payloads, as `base64 -w 64` (HAProxy accepts any width).
 PAYLOAD_LINE_CHARS = 64
 
-# A newline would end a command early (and start another): never sent.
+# A newline would end a command early (and start another), a NUL cut it: never sent.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-# The CLI splits commands on ';' and arguments on blanks unless a backslash
-# escapes them (HAProxy management guide, "Unix Socket commands").
-_SPECIAL = re.compile(r"([\\; ])")
+# How HAProxy's CLI reads a line (src/cli.c, the same in 2.6, 2.8 and 3.0): a
+# command ends at a '\n' or ';' that no backslash escapes; words split on
+# spaces and tabs; a backslash makes the next byte literal and is dropped
+# (quotes, '#' and '@' inside an argument mean nothing). But the payload mode
+# is detected on the raw line, escapes ignored: a line ending in "<<" (2.6,
+# 2.8), a last blank-separated word starting with "<<" (3.0's "<<PATTERN"),
+# and, on the master CLI of 2.6 and 2.8, the first "<<" anywhere in the line
+# being at its end. So '<' is escaped too: an escaped name never holds "<<".
+_SPECIAL = re.compile(r"([\\; <])")
 _PROMPT = re.compile(rb"(?:\A|\n)(?:master(?:\[[^\]\n]*\])?)?> ")
 _TOO_BIG = "The command is too big for the buffer size"
 _IGNORED = "Content will be ignored"
@@ -122,8 +128,11 @@ class Command:
                 or it holds a control character.
         """
         prefix = address.prefix if self.for_worker else ""
-        if _CONTROL.search(self.line):
-            why = "not sent: the command holds a control character, which would split it"
+        if (char := _CONTROL.search(self.line)) is not None:
+            why = (
+                f"not sent: it holds the control character {char[0]!r}, which HAProxy's "
+                "CLI cannot take inside an argument (it would end or split the command)"
+            )
             raise HAProxyCommandFailed(address.text, repr(self.line), why)
         if self.payload is None:
             data = f"{prefix}{self.line}\n"
@@ -144,7 +153,7 @@ class Command:
 
 
 def _arg(text: str) -> str:
-    """Escape one argument (a certificate path) so that ';' or a space cannot split it."""
+    """Escape one argument (a certificate path): HAProxy reads it back as exactly one word."""
     return _SPECIAL.sub(r"\\\1", text)
 
 
