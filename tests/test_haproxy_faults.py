@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import socket
 import time
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from cryptography.x509 import ocsp
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -62,6 +65,33 @@ async def test_healthy_fake_deploys(pki, leaf, sock_dir):
     async with fake(sock_dir, pki, leaf) as hap:
         [outcome] = await deploy(str(hap.path), [item(pki, leaf)])
     assert (outcome.ok, outcome.method, outcome.error) == (True, "update", None)
+
+
+async def test_the_fake_routes_a_response_by_its_exact_cert_id(pki, leaf, sock_dir):
+    """
+    As HAProxy: our issuer's key hash and our serial under another issuer name is not ours.
+
+    HAProxy looks the whole CertID up; a fake matching parts of it would
+    accept what HAProxy answers with the pitfall text.
+    """
+    other_name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "Another issuer")])
+    twin = (  # our serial, our issuer's key, another issuer name: another CertID
+        x509.CertificateBuilder()
+        .subject_name(leaf.cert.subject)
+        .issuer_name(other_name)
+        .public_key(leaf.cert.public_key())
+        .serial_number(leaf.cert.serial_number)
+        .not_valid_before(leaf.cert.not_valid_before_utc)
+        .not_valid_after(leaf.cert.not_valid_after_utc)
+        .sign(pki.intermediate.key, hashes.SHA256())
+    )
+    ours = item(pki, leaf)
+    der = pki.response(twin)
+    theirs = dataclasses.replace(ours, der=der)
+    async with fake(sock_dir, pki, leaf) as hap:
+        [outcome] = await deploy(str(hap.path), [theirs])
+    assert not outcome.ok
+    assert p.PITFALL in (outcome.error or "")
 
 
 async def test_missing_socket(pki, leaf, sock_dir):
