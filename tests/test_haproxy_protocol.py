@@ -345,7 +345,7 @@ def test_issuer_payload_has_no_empty_line():
 def test_command_over_bufsize_is_refused_before_sending(payload):
     """DER of 12.3 KB (16,440 base64 chars, HAPROXY.md §3f) does not fit; 11.5 KB does."""
     address = p.parse_address(SOCK)
-    assert len(p.set_ocsp_response(b"x" * 11561, payload=payload).encode(address)) <= 16384
+    assert len(p.set_ocsp_response(b"x" * 11561, payload=payload).encode(address)) <= p.MAX_COMMAND_BYTES
     with pytest.raises(HAProxyCommandFailed, match=r"not sent.*tune\.bufsize") as info:
         p.set_ocsp_response(b"x" * 12329, payload=payload).encode(address)
     assert info.value.socket == SOCK

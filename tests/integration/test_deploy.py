@@ -471,3 +471,32 @@ async def test_a_very_long_name(pki, crt_dir, start_haproxy):
     assert (one.ok, one.method, one.error) == (True, "commit", None)
     assert (two.ok, two.method, two.error) == (True, "update", None)
     _assert_stapled(hap, "long.test", second)
+
+
+async def test_the_biggest_command_sent_is_one_haproxy_survives(crt_dir, start_haproxy):
+    """
+    The largest payload command ``encode`` lets through is answered, not fatal.
+
+    Measured on 2.6.12 and 2.8.25: a payload command of exactly 16,384 bytes
+    kills HAProxy (2.6: SIGSEGV; 2.8: the watchdog aborts a spinning applet).
+    """
+    hap = start_haproxy()
+    address = protocol.parse_address(str(hap.socket))
+    size = protocol.MAX_COMMAND_BYTES + 8
+    while True:
+        command = protocol.Command("set ssl cert /nowhere.pem.ocsp", "A" * size)
+        try:
+            data = command.encode(address)
+        except Exception:  # noqa: BLE001 - too big: one byte less
+            size -= 1
+            continue
+        break
+
+    async with client.connect(str(hap.socket), timeout=10) as conn:
+        reply = await conn.run_one(command)
+        info = await conn.run_one(protocol.SHOW_INFO)
+
+    assert len(data) == protocol.MAX_COMMAND_BYTES
+    assert "certificate" in reply.text
+    assert "Pid:" in info.text
+    assert hap.proc.poll() is None
