@@ -272,7 +272,7 @@ def test_nothing_before_the_prompt_arrives():
     reader.feed(b"OCSP Response updated!\n\n>")
     assert reader.next_reply() is None
     reader.feed(b" ")
-    assert reader.next_reply() == p.Reply("OCSP Response updated!")
+    assert reader.next_reply() == p.Reply("OCSP Response updated!", prompt=">")
     assert reader.next_reply() is None
 
 
@@ -345,7 +345,10 @@ def test_issuer_payload_has_no_empty_line():
 def test_command_over_bufsize_is_refused_before_sending(payload):
     """DER of 12.3 KB (16,440 base64 chars, HAPROXY.md §3f) does not fit; 11.5 KB does."""
     address = p.parse_address(SOCK)
-    assert len(p.set_ocsp_response(b"x" * 11561, payload=payload).encode(address)) <= p.MAX_COMMAND_BYTES
+    assert (
+        len(p.set_ocsp_response(b"x" * 11561, payload=payload).encode(address))
+        <= p.MAX_COMMAND_BYTES
+    )
     with pytest.raises(HAProxyCommandFailed, match=r"not sent.*tune\.bufsize") as info:
         p.set_ocsp_response(b"x" * 12329, payload=payload).encode(address)
     assert info.value.socket == SOCK
@@ -370,3 +373,17 @@ def test_parse_ocsp_response_der():
         p.parse_ocsp_response_der(
             "s", cmd, p.Reply("Certificate ID does not match any certificate.")
         )
+
+
+def test_reply_knows_its_prompt():
+    """A reply says whether a worker (``>``) or a master CLI (``master>``) ended it."""
+    reader = p.ReplyReader()
+    reader.feed(b"\nmaster> Unknown command, but maybe...\n\nmaster> Pid: 7\n> ")
+    replies = [reader.next_reply() for _ in range(3)]
+    assert [(r.text, r.on_master) for r in replies if r] == [
+        ("", True), ("Unknown command, but maybe...", True), ("Pid: 7", False),
+    ]  # fmt: skip
+    assert p.master_refusal(replies[1]) == p.MASTER_WITHOUT_WORKER
+    assert "no such worker" in (
+        p.master_refusal(p.Reply("Can't find the target PID matching the prefix '@2'")) or ""
+    )

@@ -500,3 +500,27 @@ async def test_the_biggest_command_sent_is_one_haproxy_survives(crt_dir, start_h
     assert "certificate" in reply.text
     assert "Pid:" in info.text
     assert hap.proc.poll() is None
+
+
+@pytest.mark.parametrize(
+    ("selector", "expected"),
+    [("", "add a worker selector such as @1"), ("@2", "the master CLI has no such worker")],
+)
+async def test_master_cli_without_a_usable_worker_selector(
+    pki, crt_dir, start_haproxy, selector, expected
+):
+    """
+    The master CLI alone answers worker commands with its help, ``@2`` names no worker.
+
+    Each says what to change, not "help" text per certificate nor tune.bufsize.
+    """
+    leaf = pki.leaf("m.test")
+    crt = pki.write(crt_dir, "m.pem", leaf)
+    hap = start_haproxy(master=True)
+
+    with pytest.raises(HAProxyUnreachable) as info:
+        await deploy(f"{hap.workdir / 'master.sock'}{selector}", [_item(pki, leaf, crt)])
+
+    assert expected in str(info.value)
+    assert "bufsize" not in str(info.value)
+    assert "Unknown command" not in str(info.value)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Self
@@ -68,8 +69,40 @@ class DeployItem:
 
 
 @dataclass(frozen=True, slots=True)
+class Process:
+    """
+    The HAProxy process behind a socket, from its ``show info``.
+
+    Two sockets reach one process when node (the host name unless set), pid
+    and start time agree: a unix and an ``ipv4@`` socket of one worker, or a
+    worker socket and a master CLI's ``@1``. The start time is ours (now less
+    ``Uptime_sec``), so it is compared within a few seconds; a pid is reused
+    only by a later process, and containers' pids differ by node or start.
+    """
+
+    node: str
+    pid: int
+    started: float  # seconds since the epoch, as estimated here
+
+    def same(self, other: Process) -> bool:
+        """Whether ``other`` is this process."""
+        return (self.node, self.pid) == (other.node, other.pid) and abs(
+            self.started - other.started
+        ) <= _START_SLACK
+
+
+# Seconds two estimates of one process's start may differ by: Uptime_sec is
+# whole seconds, read at two moments.
+_START_SLACK = 2.5
+
+
+@dataclass(frozen=True, slots=True)
 class DeployOutcome:
-    """What happened to one item: ``method`` is "update" (fast path) or "commit"."""
+    """
+    What happened to one item: ``method`` is "update" (fast path) or "commit".
+
+    ``error`` is the problem alone; the caller names the socket.
+    """
 
     crt: str
     ok: bool
@@ -143,6 +176,15 @@ class Session:
             HAProxyUnreachable: as ``push``.
         """
         await self._connection()
+
+    async def process(self) -> Process | None:
+        """
+        The process behind the socket now (connecting if needed); None if ``show info`` failed.
+
+        Raises:
+            HAProxyUnreachable: as ``push``.
+        """
+        return (await self._connection()).process
 
     async def push(self, items: Sequence[DeployItem]) -> list[DeployOutcome]:
         """
@@ -222,8 +264,26 @@ class Session:
             conn = await stack.enter_async_context(
                 client.connect(self._address, timeout=None, idle_timeout=self._timeout)
             )
-            self._stack, self._run = stack.pop_all(), _Run(conn, self._address)
+            info = await _show_info(conn)
+            self._stack, self._run = stack.pop_all(), _Run(conn, self._address, info)
         return self._run
+
+
+async def _show_info(conn: client.Connection) -> protocol.Info | None:
+    """
+    ``show info`` of a new connection: who answers, and its version.
+
+    Raises:
+        HAProxyUnreachable: a master CLI whose worker selector names no worker
+            (or that answers with its help): nothing on it can deploy.
+    """
+    reply = await conn.run_one(protocol.SHOW_INFO)
+    if (why := protocol.master_refusal(reply)) is not None:
+        raise HAProxyUnreachable(conn.address.text, why)
+    try:
+        return protocol.parse_info(conn.address.text, protocol.SHOW_INFO, reply)
+    except HAProxyCommandFailed:
+        return None  # any other failure shows up in the replies that follow
 
 
 class _Stale(Exception):  # noqa: N818 - internal signal, never leaves this module
@@ -233,13 +293,17 @@ class _Stale(Exception):  # noqa: N818 - internal signal, never leaves this modu
 class _Run:
     """One connection's deployment; outcomes are decided item by item."""
 
-    def __init__(self, conn: client.Connection, address: protocol.Address) -> None:
+    def __init__(
+        self, conn: client.Connection, address: protocol.Address, info: protocol.Info | None
+    ) -> None:
         self.conn = conn
         self.socket = address.text
         # The read-back form: base64 DER from 2.8 on (``show info``'s Version),
         # else, or when ``show info`` failed, the text dump.
-        self._der_read_back = False
-        self._asked_version = False
+        self._der_read_back = info is not None and protocol.shows_der(info.version)
+        self.process = (
+            None if info is None else Process(info.node, info.pid, time.time() - info.uptime_sec)
+        )
         self._used = False  # a chunk went through: the connection has been idle since
         # Certificates whose transaction this run may have left open in HAProxy
         # while a round is in flight (HAProxy keeps it after the connection).
@@ -254,12 +318,8 @@ class _Run:
         file) and the read-back of what is served. A file that is not
         registered (the pitfall) takes the transaction path afterwards, and
         its own read-back. Chunks bound what is held at once (commands,
-        replies, dumps) to a few hundred certificates. The connection's first
-        chunk asks ``show info`` first: the version decides the read-back form.
+        replies, dumps) to a few hundred certificates.
         """
-        if not self._asked_version:
-            self._asked_version = True
-            self._note_version(await self.conn.run_one(protocol.SHOW_INFO))
         outcomes: dict[int, DeployOutcome] = {}
         sent: list[tuple[int, list[protocol.Command]]] = []
         for i, item in enumerate(items):
@@ -279,7 +339,7 @@ class _Run:
             try:
                 outcome = self._updated(item, cmds, replies[3 * n : 3 * n + 3])
             except HAProxyCommandFailed as exc:
-                outcome = DeployOutcome(item.crt, ok=False, method="update", error=str(exc))
+                outcome = DeployOutcome(item.crt, ok=False, method="update", error=exc.problem)
             if outcome is None:
                 bare.append((i, item))
             else:
@@ -339,16 +399,10 @@ class _Run:
             try:
                 error = self._served_error(item, cmds[2], replies[2])
             except HAProxyCommandFailed as exc:
-                error = _READ_BACK_FAILED.format(exc)
+                error = _READ_BACK_FAILED.format(exc.problem)
         if error is not None:
             return DeployOutcome(item.crt, ok=False, method="update", error=error)
         return DeployOutcome(item.crt, ok=True, method="update")
-
-    def _note_version(self, reply: protocol.Reply) -> None:
-        """Keep the version when ``show info`` answered; any failure shows up in later replies."""
-        with contextlib.suppress(HAProxyCommandFailed):
-            version = protocol.parse_info(self.socket, protocol.SHOW_INFO, reply).version
-            self._der_read_back = protocol.shows_der(version)
 
     def _refused(self, cmds: Sequence[protocol.Command]) -> str | None:
         """
@@ -361,7 +415,7 @@ class _Run:
             try:
                 cmd.encode(self.conn.address)
             except HAProxyCommandFailed as exc:
-                return str(exc)
+                return exc.problem
         return None
 
     async def _commit(self, todo: list[tuple[int, DeployItem]]) -> dict[int, DeployOutcome]:
@@ -419,7 +473,7 @@ class _Run:
             try:
                 protocol.parse_commit(self.socket, ending[0], replies[0])
             except HAProxyCommandFailed as exc:
-                error = str(exc)
+                error = exc.problem
         if error is not None:
             return DeployOutcome(crt, ok=False, method="commit", error=error)
         return DeployOutcome(crt, ok=True, method="commit")
@@ -430,14 +484,14 @@ class _Run:
             try:
                 protocol.parse_set_cert(self.socket, cmd, reply)
             except HAProxyCommandFailed as exc:
-                return str(exc)
+                return exc.problem
             if not reply.text.strip().endswith(f" for certificate {txn.item.crt}!"):
                 # HAProxy 2.6 puts it into another certificate's open transaction.
                 why = (
                     f"HAProxy filed it under another open transaction ({reply.text.strip()}); "
                     "abort that transaction ('abort ssl cert <crt>') if it is stale"
                 )
-                return str(HAProxyCommandFailed(self.socket, str(cmd), why))
+                return HAProxyCommandFailed(self.socket, str(cmd), why).problem
         return None
 
     async def _read_back(self, done: list[tuple[int, DeployItem]]) -> list[tuple[int, str]]:
@@ -462,7 +516,7 @@ class _Run:
                 else:
                     error = self._served_error(item, cmds[1], replies[2 * n + 1])
             except HAProxyCommandFailed as exc:
-                error = _READ_BACK_FAILED.format(exc)
+                error = _READ_BACK_FAILED.format(exc.problem)
             if error is not None:
                 errors.append((i, error))
         return errors

@@ -49,6 +49,11 @@ _SPECIAL = re.compile(r"([\\; <])")
 _PROMPT = re.compile(rb"(?:\A|\n)(?:master(?:\[[^\]\n]*\])?)?> ")
 _TOO_BIG = "The command is too big for the buffer size"
 _IGNORED = "Content will be ignored"
+_NO_WORKER = "Can't find the target PID matching the prefix"
+MASTER_WITHOUT_WORKER = (
+    "this is HAProxy's master CLI, which serves no certificates itself: "
+    "add a worker selector such as @1 (<master socket>@1)"
+)
 PITFALL = "Certificate ID does not match any certificate or issuer"
 
 
@@ -238,10 +243,21 @@ def shows_der(version: str) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class Reply:
-    """One reply; ``closed`` means the connection ended before the prompt came."""
+    """
+    One reply; ``closed`` means the connection ended before the prompt came.
+
+    ``prompt`` is the prompt that ended it: ``>`` on a worker socket,
+    ``master>`` on a master CLI, whether the master or a worker answered.
+    """
 
     text: str
     closed: bool = False
+    prompt: str = ""
+
+    @property
+    def on_master(self) -> bool:
+        """Whether the connection is to a master CLI."""
+        return self.prompt.startswith("master")
 
 
 class ReplyReader:
@@ -268,9 +284,9 @@ class ReplyReader:
         """Return the next complete reply, or None until more bytes arrive."""
         match = _PROMPT.search(self._buf)
         if match is not None:
-            body = bytes(self._buf[: match.start()])
-            del self._buf[: match.end()]
-            return Reply(_clean(body))
+            body, prompt = bytes(self._buf[: match.start()]), match[0].decode("ascii").strip()
+            del self._buf[: match.end()]  # after reading the match: it views the buffer
+            return Reply(_clean(body), prompt=prompt)
         if self._eof:
             body = bytes(self._buf)
             self._buf.clear()
@@ -427,16 +443,46 @@ class Info:
     pid: int
     uptime_sec: int
     version: str
+    node: str = ""
 
 
 def parse_info(socket: str, command: Command, reply: Reply) -> Info:
-    """Read Pid, Uptime_sec and Version from ``show info``."""
+    """
+    Read Pid, Uptime_sec, Version and node (the host name by default) from ``show info``.
+
+    A master CLI without a worker selector answers with its help, and one
+    whose selector names no worker with "Can't find the target PID"; both
+    fail with the fix in the message.
+    """
+    if (why := master_refusal(reply)) is not None:
+        raise HAProxyCommandFailed(socket, str(command), why)
     _check_common(socket, command, reply)
     fields = _fields(reply.text)
     try:
-        return Info(int(fields["Pid"]), int(fields["Uptime_sec"]), fields["Version"])
+        return Info(
+            int(fields["Pid"]), int(fields["Uptime_sec"]), fields["Version"], fields.get("node", "")
+        )
     except (KeyError, ValueError):
         raise _fail(socket, command, reply) from None
+
+
+def master_refusal(reply: Reply) -> str | None:
+    """
+    Why a master CLI answered instead of a worker, or None.
+
+    Without a worker selector the master answers a worker command with its
+    help ("Unknown command ..."); with a selector naming no worker (``@2``)
+    it says "Can't find the target PID matching the prefix '@2'" (and 2.6
+    then closes the connection).
+    """
+    if _NO_WORKER in reply.text:
+        return (
+            f"{reply.text.strip()}: the master CLI has no such worker; use @1 for the "
+            "current worker, or @!<pid> with a pid its 'show proc' lists"
+        )
+    if reply.on_master and reply.text.startswith("Unknown command"):
+        return MASTER_WITHOUT_WORKER
+    return None
 
 
 def _fields(text: str) -> dict[str, str]:
