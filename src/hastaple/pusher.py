@@ -14,7 +14,9 @@ at a time per process, so two sessions pushing to it would break each other's
 transactions and leave certificates unstapled. Before every round each
 socket's process is looked up (its ``show info``, read once per connection,
 so a reload is noticed) and only the first socket of each process deploys;
-the others are reported as its aliases.
+the others are reported as its aliases. A socket below ``level admin`` never
+deploys: it is an alias when it reaches a process an admin socket reaches, and
+otherwise every row fails for it, saying why.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from hastaple.errors import HAProxyError
 from hastaple.haproxy.deploy import CHUNK, DeployItem, DeployOutcome, Process, Session
@@ -47,14 +49,23 @@ class _Waiting:
 class Pusher:
     """Rounds of staples to every socket; ``done(key, row)`` gets each certificate's final row."""
 
-    def __init__(self, sockets: Sequence[str], done: Callable[[int, ResultRow], None]) -> None:
+    def __init__(
+        self,
+        sockets: Sequence[str],
+        done: Callable[[int, ResultRow], None],
+        *,
+        below_admin: Mapping[str, str] | None = None,
+    ) -> None:
         """
         Sessions for ``sockets``; nothing connects before the first round.
+
+        ``below_admin`` maps sockets that cannot deploy to the reason.
 
         Raises:
             ConfigError: a socket is not an address (before anything is fetched).
         """
-        self._sessions = [(s, Session(s)) for s in sockets]
+        self._below = {s: why for s, why in (below_admin or {}).items() if s not in sockets}
+        self._sessions = [(s, Session(s)) for s in (*sockets, *self._below)]
         self._done = done
         self._waiting: list[_Waiting] = []
         self._flusher: asyncio.Task[None] | None = None
@@ -112,10 +123,19 @@ class Pusher:
 
     async def _push(self, round_: list[_Waiting]) -> None:
         items = [item for w in round_ for item in w.items]
-        through = await _through(self._sessions)
-        pushing = [(sock, session) for sock, session in self._sessions if through[sock] == sock]
+        through = await _through(self._sessions, self._below)
+        pushing = [
+            (sock, session)
+            for sock, session in self._sessions
+            if through[sock] == sock and sock not in self._below
+        ]
         done = await asyncio.gather(*(_push_one(session, items) for _, session in pushing))
-        per_socket = dict(zip((sock for sock, _ in pushing), done, strict=True))
+        per_socket: dict[str, dict[str, DeployOutcome | str]] = dict(
+            zip((sock for sock, _ in pushing), done, strict=True)
+        )
+        for sock, why in self._below.items():  # reaching no admin socket's process
+            if through[sock] == sock:
+                per_socket[sock] = {item.crt: f"haproxy {sock}: {why}" for item in items}
         aliases = {sock: first for sock, first in through.items() if first != sock}
         for w in round_:
             results = {
@@ -125,12 +145,15 @@ class Pusher:
             self._done(w.key, _merge(w.row, results, aliases))
 
 
-async def _through(sessions: Sequence[tuple[str, Session]]) -> dict[str, str]:
+async def _through(
+    sessions: Sequence[tuple[str, Session]], below_admin: Mapping[str, str]
+) -> dict[str, str]:
     """
     Each socket -> the socket that deploys to its process (itself, or the first one).
 
-    A socket whose process is unknown (it cannot connect, or ``show info``
-    failed) deploys for itself: its push then says what is wrong.
+    Only admin sockets deploy: one below admin is either an alias or on its
+    own. A socket whose process is unknown (it cannot connect, or ``show
+    info`` failed) stands for itself: its push then says what is wrong.
     """
     processes = await asyncio.gather(*(_process(session) for _, session in sessions))
     through: dict[str, str] = {}
@@ -139,7 +162,7 @@ async def _through(sessions: Sequence[tuple[str, Session]]) -> dict[str, str]:
         first = None
         if process is not None:
             first = next((s for p, s in seen if p.same(process)), None)
-            if first is None:
+            if first is None and sock not in below_admin:
                 seen.append((process, sock))
         through[sock] = first or sock
     return through

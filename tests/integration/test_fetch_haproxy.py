@@ -174,3 +174,40 @@ async def test_two_sockets_to_one_process_deploy_once(  # noqa: PLR0917 - fixtur
             str(crt_dir / name): {str(hap.socket): "commit", other: "alias"} for name in names
         }
         hap.stop()
+
+
+@pytest.mark.parametrize("admin_too", [False, True])
+async def test_sockets_below_admin_deploy_nothing_and_say_so(  # noqa: PLR0917 - fixtures
+    pki, openssl_responder, crt_dir, start_haproxy, sock_dir, admin_too
+):
+    """
+    A configuration whose only stats socket is `level operator` fails every row (exit 1).
+
+    With an admin socket to the same process as well, the operator socket is
+    its alias and the run is in order.
+    """
+    leaf = pki.leaf("oper.example.test", ocsp_url=openssl_responder.url)
+    openssl_responder.add(leaf.cert)
+    pki.write(crt_dir, "oper.pem", leaf)
+    oper = sock_dir / "oper.sock"
+    hap = start_haproxy(global_extra=f"    stats socket {oper} level operator")
+    config = hap.workdir / "haproxy.cfg"
+    if not admin_too:  # what hastaple reads: the same HAProxy, its admin socket not declared
+        config = hap.workdir / "operator-only.cfg"
+        lines = (hap.workdir / "haproxy.cfg").read_text().splitlines()
+        config.write_text("\n".join(line for line in lines if "level admin" not in line) + "\n")
+
+    code, rows, err = await fetch_json("--haproxy-config", config)
+
+    if admin_too:
+        assert code == 0, err
+        assert rows[0]["action"] == "deployed"
+        assert rows[0]["aliases"] == {str(oper): str(hap.socket)}
+        assert "Cert Status: good" in haproxy_proc.staple(hap.port, "oper.example.test")
+    else:
+        assert code == 1, err
+        assert rows[0]["action"] == "failed"
+        assert rows[0]["haproxy"] == {str(oper): "error"}
+        assert f"haproxy {oper}: " in str(rows[0]["error"])
+        assert "level operator, not admin" in str(rows[0]["error"])
+        assert "no response sent" in haproxy_proc.staple(hap.port, "oper.example.test")
