@@ -7,6 +7,7 @@ import base64
 import datetime as dt
 import socket
 import time
+from pathlib import Path
 
 import pytest
 from cryptography.x509 import ocsp
@@ -524,3 +525,27 @@ async def test_master_cli_without_a_usable_worker_selector(
     assert expected in str(info.value)
     assert "bufsize" not in str(info.value)
     assert "Unknown command" not in str(info.value)
+
+
+async def test_a_path_haproxy_knows_by_another_name_is_named(pki, haproxy_binary, tmp_path_factory):
+    """
+    HAProxy loaded ``crt crt`` relative to its directory: it names the file ``crt/rel.pem``.
+
+    Given the absolute path (as a certbot hook does), the row names the path
+    HAProxy serves, so that the operator can give that one.
+    """
+    workdir = tmp_path_factory.mktemp("hap")
+    (workdir / "crt").mkdir()
+    leaf = pki.leaf("rel.test")
+    crt = pki.write(workdir / "crt", "rel.pem", leaf)
+    hap = haproxy_proc.start(haproxy_binary, workdir, Path("crt"))
+    try:
+        [outcome] = await deploy(str(hap.socket), [_item(pki, leaf, crt)])
+    finally:
+        hap.stop()
+
+    assert not outcome.ok
+    assert outcome.error == (
+        f"HAProxy does not serve {crt} under that name; it serves that file as crt/rel.pem: "
+        "give that path"
+    )

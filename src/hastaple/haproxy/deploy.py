@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Self
 
 from cryptography.x509 import ocsp
@@ -46,6 +48,7 @@ _TRANSIENT = (ConnectionRefusedError, FileNotFoundError)
 # once (10,000 certificates held about 40 MB of read-back text in one batch).
 CHUNK = 256
 _READ_BACK_FAILED = "HAProxy answered 'updated' but the read-back failed: {}"
+_NOT_SERVED = "HAProxy does not serve {}"
 # Seconds to end the transactions of a round broken off by a cancellation.
 ABANDON_TIMEOUT = 2.0
 
@@ -344,6 +347,7 @@ class _Run:
                 bare.append((i, item))
             else:
                 outcomes[i] = outcome
+        await self._name_served(items, outcomes)
         committed = await self._commit(bare)
         outcomes.update(committed)
         done = [(i, items[i]) for i in sorted(committed) if committed[i].ok]
@@ -386,7 +390,7 @@ class _Run:
         info = protocol.parse_show_cert(self.socket, cmds[1], replies[1])
         error = None
         if info is None:
-            error = f"HAProxy does not serve {item.crt}"
+            error = _NOT_SERVED.format(item.crt)
         elif info.ocsp_key is None:
             return None
         elif info.ocsp_key != item.cert_id.hex():
@@ -521,6 +525,32 @@ class _Run:
                 errors.append((i, error))
         return errors
 
+    async def _name_served(
+        self, items: Sequence[DeployItem], outcomes: dict[int, DeployOutcome]
+    ) -> None:
+        """
+        For a name HAProxy does not know, say under which name it serves that file.
+
+        HAProxy names a certificate by the path as its configuration wrote it
+        (``crt/site.pem`` relative to its working directory, or with a
+        crt-base), so an absolute path given by hand (a certbot hook) may be
+        the same file under another name.
+        """
+        unknown = [i for i, o in outcomes.items() if o.error == _NOT_SERVED.format(items[i].crt)]
+        if not unknown:
+            return
+        reply = await self.conn.run_one(protocol.SHOW_CERTS)
+        names = protocol.parse_cert_names(reply)
+        cwd = _cwd(self.process)
+        for i in unknown:
+            crt = items[i].crt
+            if same := _same_file(crt, names, cwd):
+                error = (
+                    f"{_NOT_SERVED.format(crt)} under that name; it serves that file as "
+                    f"{' and '.join(same)}: give that path"
+                )
+                outcomes[i] = DeployOutcome(crt, ok=False, method="update", error=error)
+
     def _show_served(self, item: DeployItem) -> protocol.Command:
         """The read-back of the response served for ``item``'s CertID (2.8: base64 DER)."""
         if self._der_read_back:
@@ -574,6 +604,35 @@ def _compare_der(item: DeployItem, served_der: bytes) -> str | None:
             f"for {item.crt} (expected good)"
         )
     return None
+
+
+def _cwd(process: Process | None) -> Path | None:
+    """HAProxy's working directory, when it runs on this host and we may look."""
+    if process is None:
+        return None
+    try:
+        return Path(f"/proc/{process.pid}/cwd").readlink()
+    except OSError:
+        return None
+
+
+def _same_file(crt: str, names: Sequence[str], cwd: Path | None) -> list[str]:
+    """
+    The names in ``names`` that are the file ``crt``.
+
+    A relative name is HAProxy's working directory's: with it known (same
+    host) the files are compared; without it, a relative name matches when
+    it ends ``crt``'s path.
+    """
+    want = Path(crt).resolve()
+    same = []
+    for name in names:
+        if Path(name).is_absolute() or cwd is not None:
+            if (Path(cwd or "/") / name).resolve() == want:
+                same.append(name)
+        elif str(want).endswith(os.sep + os.path.normpath(name)):
+            same.append(name)
+    return same
 
 
 def _seconds(when: datetime) -> datetime:

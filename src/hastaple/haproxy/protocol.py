@@ -175,6 +175,7 @@ def _b64_lines(der: bytes) -> str:
 # The master CLI has its own prompt mode: it must not go to the worker.
 PROMPT = Command("prompt", for_worker=False)
 SHOW_INFO = Command("show info")
+SHOW_CERTS = Command("show ssl cert")
 
 
 def set_ocsp_response(der: bytes, *, payload: bool = False) -> Command:
@@ -400,6 +401,21 @@ def parse_show_cert(socket: str, command: Command, reply: Reply) -> CertInfo | N
         serial=fields.get("Serial") or None,
         ocsp_key=fields["OCSP Response Key"].lower() or None,
     )
+
+
+def parse_cert_names(reply: Reply) -> list[str]:
+    """
+    The certificate names of ``show ssl cert`` (the list form), as HAProxy names them.
+
+    The list starts with ``# filename``; names of an open transaction come
+    first, after ``# transaction``, prefixed with ``*``. Any other reply
+    gives no names.
+    """
+    return [
+        line
+        for line in reply.text.splitlines()
+        if line.strip() and not line.startswith(("#", "*")) and not reply.closed
+    ]
 
 
 @dataclass(frozen=True, slots=True)
