@@ -43,6 +43,14 @@ TOO_BIG = (
 )
 PITFALL = "OCSP single response: Certificate ID does not match any certificate or issuer.\n"
 
+# 3.0's first line of the lock reply, by command (src/ssl_ckch.c).
+_LOCKED = {
+    "show ssl cert": "Can't show!",
+    "set ssl cert": "Can't update the certificate!",
+    "commit ssl cert": "Can't commit the certificate!",
+    "abort ssl cert": "Can't abort!",
+}
+
 Fault = Literal["none", "garble", "garble-no-prompt", "stall", "close-after", "too-big", "slow"]
 
 
@@ -77,7 +85,9 @@ class FakeHAProxy:
     ``slow``: every reply waits ``delay`` seconds.
     Besides any fault: ``idle_close`` closes a connection idle for that many
     seconds (HAProxy's ``stats timeout``), ``stall_on`` never answers commands
-    starting with it.
+    starting with it, ``locked`` answers that many certificate commands (show,
+    set, commit, abort ssl cert) with the lock reply of HAProxy 3.0, as while
+    another client commits, doing nothing.
 
     Transactions behave as HAProxy 2.8's (one at a time; ``set ssl cert`` for
     another certificate is refused), or as 2.6's with ``merge_transactions``
@@ -99,6 +109,7 @@ class FakeHAProxy:
     connections: int = 0
     idle_close: float | None = None
     stall_on: str = ""
+    locked: int = 0
     _server: asyncio.Server | None = None
 
     def register(
@@ -178,6 +189,9 @@ class FakeHAProxy:
         if self.fault == "too-big" and size > self.bufsize:
             return TOO_BIG.encode() + b"\n> "
         echo = "+ " * len(payload.splitlines()) if payload is not None else ""
+        if self.locked and (why := _LOCKED.get(" ".join(line.split()[:3]))):
+            self.locked -= 1
+            return f"{echo}{why}\nOperations on certificates are currently locked!\n\n> ".encode()
         return (echo + self.answer(line, payload)).encode() + b"\n> "
 
     def answer(self, line: str, payload: str | None) -> str:  # noqa: PLR0911 - one branch per command

@@ -571,3 +571,35 @@ async def test_timeout_is_per_wait_not_per_batch(pki, leaf, sock_dir):
         elapsed = time.monotonic() - started
     assert [o.error for o in outcomes] == [None, None]
     assert elapsed > 0.3
+
+
+# -- HAProxy's certificate lock (another client committing) ---------------------------------
+
+
+@pytest.mark.parametrize("locked", [1, 2, 5])
+async def test_the_certificate_lock_is_waited_out_on_the_fast_path(pki, leaf, sock_dir, locked):
+    """'Operations on certificates are currently locked!' for a while: sent again, updated."""
+    async with fake(sock_dir, pki, leaf, locked=locked) as hap:
+        [outcome] = await deploy(str(hap.path), [item(pki, leaf)])
+    assert (outcome.ok, outcome.method, outcome.error) == (True, "update", None)
+    assert hap.locked == 0
+
+
+@pytest.mark.parametrize("locked", [1, 2, 3, 6])
+async def test_the_certificate_lock_is_waited_out_on_the_commit_path(pki, leaf, sock_dir, locked):
+    """The lock met by a show, a set, a commit or an abort: every certificate still committed."""
+    async with bare(sock_dir, pki, leaf, (CRT, OTHER), locked=locked) as hap:
+        outcomes = await deploy(str(hap.path), [item(pki, leaf), item(pki, leaf, OTHER)])
+    assert [(o.ok, o.method, o.error) for o in outcomes] == [(True, "commit", None)] * 2
+    assert hap.transaction is None
+    assert all(hap.certs[crt].der for crt in (CRT, OTHER))
+
+
+async def test_a_lock_that_stays_fails_within_the_timeout(pki, leaf, sock_dir):
+    """Locked for good: the item fails saying so, once the timeout is spent, not before."""
+    async with fake(sock_dir, pki, leaf, locked=10**6) as hap:
+        started = time.monotonic()
+        [outcome] = await deploy(str(hap.path), [item(pki, leaf)], timeout=0.5)
+    assert not outcome.ok
+    assert "currently locked" in (outcome.error or "")
+    assert 0.4 < time.monotonic() - started < 3

@@ -36,7 +36,7 @@ from hastaple.errors import HAProxyCommandFailed, HAProxyError, HAProxyUnreachab
 from hastaple.haproxy import client, protocol
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterator, Sequence
 
 
 # A restarting HAProxy removes and recreates its socket, and 2.6's master CLI
@@ -51,6 +51,10 @@ _READ_BACK_FAILED = "HAProxy answered 'updated' but the read-back failed: {}"
 _NOT_SERVED = "HAProxy does not serve {}"
 # Seconds to end the transactions of a round broken off by a cancellation.
 ABANDON_TIMEOUT = 2.0
+# Seconds to wait out HAProxy's certificate lock when no timeout is set.
+LOCK_BUDGET = 10.0
+# Aborts sent again while the lock holds, before a transaction is begun anew.
+_ABORT_TRIES = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -336,6 +340,7 @@ class _Run:
             else:
                 sent.append((i, cmds))
         replies = await self._send_fast([cmd for _, cmds in sent for cmd in cmds])
+        replies = await self._unlocked([cmds for _, cmds in sent], replies)
         bare: list[tuple[int, DeployItem]] = []
         for n, (i, cmds) in enumerate(sent):
             item = items[i]
@@ -348,7 +353,7 @@ class _Run:
             else:
                 outcomes[i] = outcome
         await self._name_served(items, outcomes)
-        committed = await self._commit(bare)
+        committed = await self._commit_unlocked(bare)
         outcomes.update(committed)
         done = [(i, items[i]) for i in sorted(committed) if committed[i].ok]
         for i, error in await self._read_back(done):
@@ -421,6 +426,61 @@ class _Run:
             except HAProxyCommandFailed as exc:
                 return exc.problem
         return None
+
+    async def _unlocked(
+        self, groups: list[list[protocol.Command]], replies: list[protocol.Reply]
+    ) -> list[protocol.Reply]:
+        """
+        ``replies`` to the flattened ``groups``, with every group that met the lock sent again.
+
+        HAProxy refuses a certificate command with "Operations on certificates
+        are currently locked!" while another client's commit holds the lock,
+        having done nothing: the group (a set and the shows that read it back,
+        no transaction) is sent again after a short pause, for up to the
+        timeout; then the lock reply stands and fails its item.
+        """
+        replies = list(replies)
+        starts = [sum(map(len, groups[:n])) for n in range(len(groups))]
+        waits = _lock_waits(self.conn.idle_timeout)
+        while locked := [
+            n
+            for n, cmds in enumerate(groups)
+            if any(protocol.locked(r) for r in replies[starts[n] : starts[n] + len(cmds)])
+        ]:
+            if (wait := next(waits, None)) is None:
+                break
+            await asyncio.sleep(wait)
+            again = await self.conn.run([cmd for n in locked for cmd in groups[n]])
+            for n in locked:
+                replies[starts[n] : starts[n] + len(groups[n])] = again[: len(groups[n])]
+                again = again[len(groups[n]) :]
+        return replies
+
+    async def _commit_unlocked(
+        self, todo: list[tuple[int, DeployItem]]
+    ) -> dict[int, DeployOutcome]:
+        """
+        ``_commit``, with the certificates whose transaction met the lock done again.
+
+        A locked ``set ssl cert`` or ``commit`` did nothing, but the rest of
+        the pipelined transaction went on (an abort, the next certificate's
+        parts, which may then find the first one's transaction still open):
+        those certificates are aborted (until the lock lets go) and committed
+        again, within the timeout.
+        """
+        outcomes = await self._commit(todo)
+        waits = _lock_waits(self.conn.idle_timeout)
+        while again := [(i, item) for i, item in todo if _met_lock(outcomes[i], todo)]:
+            if (wait := next(waits, None)) is None:
+                break
+            await asyncio.sleep(wait)
+            for _ in range(_ABORT_TRIES):
+                aborts = await self.conn.run([protocol.abort_cert(item.crt) for _, item in again])
+                if not any(protocol.locked(reply) for reply in aborts):
+                    break
+                await asyncio.sleep(wait)
+            outcomes.update(await self._commit(again))
+        return outcomes
 
     async def _commit(self, todo: list[tuple[int, DeployItem]]) -> dict[int, DeployOutcome]:
         """
@@ -509,6 +569,7 @@ class _Run:
             else:
                 checks.append((i, item, cmds))
         replies = await self.conn.run([cmd for _, _, cmds in checks for cmd in cmds])
+        replies = await self._unlocked([cmds for _, _, cmds in checks], replies)
         for n, (i, item, cmds) in enumerate(checks):
             try:
                 info = protocol.parse_show_cert(self.socket, cmds[0], replies[2 * n])
@@ -604,6 +665,32 @@ def _compare_der(item: DeployItem, served_der: bytes) -> str | None:
             f"for {item.crt} (expected good)"
         )
     return None
+
+
+def _lock_waits(budget: float | None) -> Iterator[float]:
+    """Pauses before sending again what met the lock: 50 ms doubling to 1 s, within ``budget``."""
+    left, wait = LOCK_BUDGET if budget is None else budget, 0.05
+    while left > 0:
+        yield min(wait, left)
+        left -= wait
+        wait = min(2 * wait, 1.0)
+
+
+def _met_lock(outcome: DeployOutcome, todo: Sequence[tuple[int, DeployItem]]) -> bool:
+    """
+    Whether a transaction failed only because of the lock.
+
+    It met the lock itself, or it found another of these certificates'
+    transactions still open (2.8: "is about '<crt>'", 2.6: filed under
+    "... for certificate <crt>!"), whose abort met the lock.
+    """
+    error = outcome.error or ""
+    if outcome.ok:
+        return False
+    if protocol.LOCKED in error:
+        return True
+    others = [item.crt for _, item in todo if item.crt != outcome.crt]
+    return any(f"is about '{crt}'" in error or f"for certificate {crt}!" in error for crt in others)
 
 
 def _cwd(process: Process | None) -> Path | None:

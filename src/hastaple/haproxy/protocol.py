@@ -50,6 +50,10 @@ _PROMPT = re.compile(rb"(?:\A|\n)(?:master(?:\[[^\]\n]*\])?)?> ")
 _TOO_BIG = "The command is too big for the buffer size"
 _IGNORED = "Content will be ignored"
 _NO_WORKER = "Can't find the target PID matching the prefix"
+# Another client's commit holds the certificate lock (every version since 2.2;
+# seen from 3.0 when two sockets of one process are used at once). The command
+# was not run: it can be sent again.
+LOCKED = "Operations on certificates are currently locked!"
 MASTER_WITHOUT_WORKER = (
     "this is HAProxy's master CLI, which serves no certificates itself: "
     "add a worker selector such as @1 (<master socket>@1)"
@@ -301,6 +305,11 @@ def _clean(body: bytes) -> str:
     while text.startswith("+ "):
         text = text[2:]
     return text.rstrip("\n")
+
+
+def locked(reply: Reply) -> bool:
+    """Whether HAProxy refused the command because the certificates are locked (retry it)."""
+    return LOCKED in reply.text
 
 
 def _fail(
