@@ -318,8 +318,10 @@ def words(line: bytes) -> list[bytes]:
             break
         start, word = i, bytearray()
         while i < end and line[i] not in _BLANKS:
-            if line[i] == ord("\\") and i + 1 < end:
+            if line[i] == ord("\\"):
                 i += 1
+                if i == end:  # a backslash ending the line escapes nothing: dropped
+                    break
             word.append(line[i])
             i += 1
         if pattern is not None and i == end and line[start:] == PAYLOAD + pattern:
