@@ -195,7 +195,7 @@ class FakeHAProxy:
         return (echo + self.answer(line, payload)).encode() + b"\n> "
 
     def answer(self, line: str, payload: str | None) -> str:  # noqa: PLR0911 - one branch per command
-        """What a healthy HAProxy answers (texts from HAPROXY.md), to the line's exact words."""
+        """What a healthy HAProxy answers (its measured texts), to the line's exact words."""
         args = [
             w.decode("utf-8", "surrogateescape")
             for w in words(line.encode("utf-8", "surrogateescape"))
