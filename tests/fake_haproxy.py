@@ -27,9 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Self
 
+from cryptography.hazmat.primitives import serialization
 from cryptography.x509 import ocsp
 
 from haproxy_proc import openssl_time
+from hastaple.ocsp.request import cert_id_of
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -40,6 +42,14 @@ TOO_BIG = (
     "configuration to use a bigger command.\n"
 )
 PITFALL = "OCSP single response: Certificate ID does not match any certificate or issuer.\n"
+
+# 3.0's first line of the lock reply, by command (src/ssl_ckch.c).
+_LOCKED = {
+    "show ssl cert": "Can't show!",
+    "set ssl cert": "Can't update the certificate!",
+    "commit ssl cert": "Can't commit the certificate!",
+    "abort ssl cert": "Can't abort!",
+}
 
 Fault = Literal["none", "garble", "garble-no-prompt", "stall", "close-after", "too-big", "slow"]
 
@@ -75,7 +85,9 @@ class FakeHAProxy:
     ``slow``: every reply waits ``delay`` seconds.
     Besides any fault: ``idle_close`` closes a connection idle for that many
     seconds (HAProxy's ``stats timeout``), ``stall_on`` never answers commands
-    starting with it.
+    starting with it, ``locked`` answers that many certificate commands (show,
+    set, commit, abort ssl cert) with the lock reply of HAProxy 3.0, as while
+    another client commits, doing nothing.
 
     Transactions behave as HAProxy 2.8's (one at a time; ``set ssl cert`` for
     another certificate is refused), or as 2.6's with ``merge_transactions``
@@ -97,6 +109,7 @@ class FakeHAProxy:
     connections: int = 0
     idle_close: float | None = None
     stall_on: str = ""
+    locked: int = 0
     _server: asyncio.Server | None = None
 
     def register(
@@ -128,11 +141,14 @@ class FakeHAProxy:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
         served = 0
+        commands = CommandReader()
         try:
-            while (command := await self._next_command(reader)) is not None:
-                line, payload, size = command
-                self.commands.append(line)
-                if line == "prompt":
+            while (command := await self._next_command(reader, commands)) is not None:
+                raw, raw_payload, size = command
+                line = raw.decode("utf-8", "surrogateescape")
+                payload = None if raw_payload is None else raw_payload.decode("ascii", "replace")
+                self.commands.append(line if payload is None else line.removesuffix(" <<"))
+                if words(raw) == [b"prompt"]:
                     writer.write(b"\n> ")
                     await writer.drain()
                     continue
@@ -152,10 +168,10 @@ class FakeHAProxy:
                 await writer.wait_closed()
 
     async def _next_command(
-        self, reader: asyncio.StreamReader
-    ) -> tuple[str, str | None, int] | None:
+        self, reader: asyncio.StreamReader, commands: CommandReader
+    ) -> tuple[bytes, bytes | None, int] | None:
         try:
-            return await asyncio.wait_for(_read_command(reader), self.idle_close)
+            return await asyncio.wait_for(_read_command(reader, commands), self.idle_close)
         except TimeoutError:
             return None  # idle for too long: hang up, as 'stats timeout' does
 
@@ -173,30 +189,37 @@ class FakeHAProxy:
         if self.fault == "too-big" and size > self.bufsize:
             return TOO_BIG.encode() + b"\n> "
         echo = "+ " * len(payload.splitlines()) if payload is not None else ""
+        if self.locked and (why := _LOCKED.get(" ".join(line.split()[:3]))):
+            self.locked -= 1
+            return f"{echo}{why}\nOperations on certificates are currently locked!\n\n> ".encode()
         return (echo + self.answer(line, payload)).encode() + b"\n> "
 
     def answer(self, line: str, payload: str | None) -> str:  # noqa: PLR0911 - one branch per command
-        """What a healthy HAProxy answers (texts from HAPROXY.md)."""
-        words = line.split()
-        if line.startswith("show ssl cert "):
-            cert = self.certs.get(words[3])
+        """What a healthy HAProxy answers (its measured texts), to the line's exact words."""
+        args = [
+            w.decode("utf-8", "surrogateescape")
+            for w in words(line.encode("utf-8", "surrogateescape"))
+        ]
+        command, arg = " ".join(args[:3]), (args[3] if len(args) > 3 else "")
+        if command == "show ssl cert" and len(args) == 4:
+            cert = self.certs.get(arg)
             if cert is None:
                 return "Can't display the certificate: Not found or the certificate is a bundle!\n"
             key = (cert.key_hex or "").upper()
             return f"Filename: {cert.crt}\nStatus: Used\nSerial: 1001\nOCSP Response Key: {key}\n"
-        if line.startswith("set ssl ocsp-response"):
-            der = base64.b64decode(payload or words[3])
+        if args[:3] == ["set", "ssl", "ocsp-response"]:
+            der = base64.b64decode(payload if payload is not None else arg)
             routed = [c for c in self.certs.values() if c.key_hex and _for_key(der, c.key_hex)]
             for cert in routed:  # one OCSP entry per CertID, shared by its certificates
                 cert.der = der
             return "OCSP Response updated!\n" if routed else PITFALL
-        if line.startswith("set ssl cert ") and words[3].endswith(".ocsp"):
-            return self._set_cert(words[3].removesuffix(".ocsp"), payload)
-        if line.startswith(("commit ssl cert ", "abort ssl cert ")):
-            return self._end_transaction(words[0], words[3])
-        if line.startswith("show ssl ocsp-response "):
+        if command == "set ssl cert" and arg.endswith(".ocsp") and payload is not None:
+            return self._set_cert(arg.removesuffix(".ocsp"), payload)
+        if command in {"commit ssl cert", "abort ssl cert"} and len(args) == 4:
+            return self._end_transaction(args[0], arg)
+        if command == "show ssl ocsp-response" and len(args) == 4:
             for cert in self.certs.values():
-                if cert.key_hex == words[3].lower() and cert.der:
+                if cert.key_hex == arg.lower() and cert.der:
                     return _dump(cert.der)
             return "Certificate ID does not match any certificate.\n"
         return "Unknown command.\n"
@@ -232,32 +255,131 @@ class FakeHAProxy:
         return f"Committing {crt}.\nSuccess!\n"
 
 
-async def _read_command(reader: asyncio.StreamReader) -> tuple[str, str | None, int] | None:
-    """One command: its line, its ``<<`` payload (if any) and its size in bytes."""
-    raw = await reader.readline()
-    if not raw:
+# -- HAProxy's CLI reader and tokenizer (src/cli.c), as strict as the real one ----------
+
+PAYLOAD = b"<<"
+_BLANKS = b" \t"
+
+
+def next_line(buf: bytes | bytearray) -> tuple[bytes, int] | None:
+    r"""
+    The next command line of ``buf`` and the bytes it used, or None until it is complete.
+
+    A command ends at a ``\n`` or ``;`` that no backslash escapes (``co_getdelim``
+    with ``\`` as escape); a ``\r`` before the end is dropped.
+    """
+    escaped = False
+    for i, byte in enumerate(buf):
+        if escaped:
+            escaped = False
+        elif byte == ord("\\"):
+            escaped = True
+        elif byte in b"\n;":
+            line = bytes(buf[:i])
+            return line.removesuffix(b"\r"), i + 1
+    return None
+
+
+def payload_pattern(line: bytes) -> bytes | None:
+    """
+    The line that ends this command's payload, or None when the line has no payload.
+
+    Any version's rule switches to payload mode, escapes ignored: the line
+    ends in ``<<`` (2.6, 2.8), its last blank-separated word starts with ``<<``
+    and at most 7 more bytes (3.0's ``<<PATTERN``), or, on a master CLI line
+    (``@...``) of 2.6 and 2.8, the first ``<<`` in the line is at its end.
+    """
+    last = line[max(line.rfind(b" "), line.rfind(b"\t")) + 1 :]
+    if line.endswith(PAYLOAD):
+        return b"" if last == PAYLOAD or not last.startswith(PAYLOAD) else last[2:]
+    if last.startswith(PAYLOAD) and len(last) - len(PAYLOAD) < 8:  # 3.0: at most 7 bytes of pattern
+        return last[2:]
+    if line.startswith(b"@") and (at := line.find(PAYLOAD)) >= 0 and at + 2 == len(line):
+        return b""
+    return None
+
+
+def words(line: bytes) -> list[bytes]:
+    r"""
+    Split a command line into arguments as ``cli_parse_request`` does.
+
+    Words split on spaces and tabs; a backslash makes the next byte part of
+    the word and is dropped (``\\`` gives one backslash); quotes, ``#`` and
+    ``@`` mean nothing. The last raw word, when it is the ``<<PATTERN`` that
+    opened a payload, is not an argument.
+    """
+    pattern = payload_pattern(line)
+    args: list[bytes] = []
+    i, end = 0, len(line)
+    while i < end:
+        while i < end and line[i] in _BLANKS:
+            i += 1
+        if i == end:
+            break
+        start, word = i, bytearray()
+        while i < end and line[i] not in _BLANKS:
+            if line[i] == ord("\\"):
+                i += 1
+                if i == end:  # a backslash ending the line escapes nothing: dropped
+                    break
+            word.append(line[i])
+            i += 1
+        if pattern is not None and i == end and line[start:] == PAYLOAD + pattern:
+            break
+        args.append(bytes(word))
+    return args
+
+
+class CommandReader:
+    """Commands out of a byte stream: (raw line, payload or None, size in bytes)."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+
+    def next_command(self) -> tuple[bytes, bytes | None, int] | None:
+        """The next complete command, or None until more bytes arrive."""
+        found = next_line(self.buf)
+        if found is None:
+            return None
+        line, used = found
+        pattern = payload_pattern(line)
+        if pattern is None:
+            del self.buf[:used]
+            return line, None, used
+        lines: list[bytes] = []
+        pos = used
+        while (nl := self.buf.find(b"\n", pos)) >= 0:
+            part = bytes(self.buf[pos:nl]).removesuffix(b"\r")
+            pos = nl + 1
+            if part == pattern:
+                del self.buf[:pos]
+                return line, b"\n".join(lines), pos
+            lines.append(part)
         return None
-    line = raw.decode("ascii", errors="replace").rstrip("\n")
-    size = len(raw)
-    if not line.endswith(" <<"):
-        return line, None, size
-    lines = []
-    while (part := await reader.readline()) not in {b"\n", b""}:
-        size += len(part)
-        lines.append(part.decode("ascii", errors="replace").rstrip("\n"))
-    return line.removesuffix(" <<"), "\n".join(lines), size + 1
+
+
+async def _read_command(
+    reader: asyncio.StreamReader, commands: CommandReader
+) -> tuple[bytes, bytes | None, int] | None:
+    """One command, read as HAProxy reads it: its raw line, its payload and its size."""
+    while (command := commands.next_command()) is None:
+        chunk = await reader.read(65536)
+        if not chunk:
+            return None
+        commands.buf += chunk
+    return command
 
 
 def _for_key(der: bytes, key_hex: str) -> bool:
-    """Whether response ``der`` is for the CertID ``key_hex`` (issuer key hash, serial)."""
+    """Whether response ``der``'s CertID is exactly ``key_hex``, as HAProxy routes it."""
     try:
         resp = ocsp.load_der_ocsp_response(der)
-        serial = resp.serial_number
-        key_hash = resp.issuer_key_hash
+        req = ocsp.OCSPRequestBuilder().add_certificate_by_hash(
+            resp.issuer_name_hash, resp.issuer_key_hash, resp.serial_number, resp.hash_algorithm
+        )
     except ValueError:
         return False
-    raw = serial.to_bytes(serial.bit_length() // 8 + 1, "big")  # DER INTEGER, positive
-    return key_hash.hex() in key_hex and key_hex.endswith((bytes([2, len(raw)]) + raw).hex())
+    return cert_id_of(req.build().public_bytes(serialization.Encoding.DER)).hex() == key_hex
 
 
 def _dump(der: bytes) -> str:

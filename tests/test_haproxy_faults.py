@@ -12,17 +12,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import socket
 import time
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from cryptography.x509 import ocsp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fake_haproxy import NOGROUP, FakeHAProxy, Threaded, as_nobody
+from fake_haproxy import NOGROUP, CommandReader, FakeHAProxy, Threaded, as_nobody, words
 from hastaple.errors import ConfigError, HAProxyCommandFailed, HAProxyError, HAProxyUnreachable
 from hastaple.haproxy import protocol as p
 from hastaple.haproxy.deploy import RETRY_DELAYS, DeployItem, Session, deploy
@@ -62,6 +65,33 @@ async def test_healthy_fake_deploys(pki, leaf, sock_dir):
     async with fake(sock_dir, pki, leaf) as hap:
         [outcome] = await deploy(str(hap.path), [item(pki, leaf)])
     assert (outcome.ok, outcome.method, outcome.error) == (True, "update", None)
+
+
+async def test_the_fake_routes_a_response_by_its_exact_cert_id(pki, leaf, sock_dir):
+    """
+    As HAProxy: our issuer's key hash and our serial under another issuer name is not ours.
+
+    HAProxy looks the whole CertID up; a fake matching parts of it would
+    accept what HAProxy answers with the pitfall text.
+    """
+    other_name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "Another issuer")])
+    twin = (  # our serial, our issuer's key, another issuer name: another CertID
+        x509.CertificateBuilder()
+        .subject_name(leaf.cert.subject)
+        .issuer_name(other_name)
+        .public_key(leaf.cert.public_key())
+        .serial_number(leaf.cert.serial_number)
+        .not_valid_before(leaf.cert.not_valid_before_utc)
+        .not_valid_after(leaf.cert.not_valid_after_utc)
+        .sign(pki.intermediate.key, hashes.SHA256())
+    )
+    ours = item(pki, leaf)
+    der = pki.response(twin)
+    theirs = dataclasses.replace(ours, der=der)
+    async with fake(sock_dir, pki, leaf) as hap:
+        [outcome] = await deploy(str(hap.path), [theirs])
+    assert not outcome.ok
+    assert p.PITFALL in (outcome.error or "")
 
 
 async def test_missing_socket(pki, leaf, sock_dir):
@@ -362,39 +392,44 @@ def test_fuzz_parse_address(text):
     assert address.path is not None or (address.host is not None and address.port)
 
 
-@settings(max_examples=300, deadline=None)
-@given(crt=st.text(max_size=60), der=st.binary(max_size=64))
-def test_fuzz_commands_encode(crt, der):
-    """
-    Any certificate name gives bytes or HAProxyCommandFailed, and never a second command.
+# Names built from what HAProxy's CLI reads specially, and from anything else.
+_CLI_BYTES = [*"<;; \t\\#'\"@\n\r", "<<", "a", "/", ".pem", "é", "€"]
+_NAMES = (
+    st.lists(st.sampled_from(_CLI_BYTES) | st.text(max_size=3), max_size=20)
+    .map("".join)
+    .filter(bool)
+)
 
-    A name holding ';' or a newline must not smuggle a command into the admin
-    socket (';' separates commands, a newline ends one).
+
+@settings(max_examples=500, deadline=None)
+@given(crt=_NAMES, der=st.binary(min_size=1, max_size=64), master=st.booleans())
+def test_fuzz_commands_encode(crt, der, master):
     """
-    address = p.parse_address("/x.sock")
-    for command in (
-        p.show_cert(crt), p.set_cert_ocsp(crt, der), p.commit_cert(crt), p.abort_cert(crt),
+    Any certificate name reaches HAProxy as exactly one argument, or is refused.
+
+    The bytes sent are read back with HAProxy's own rules (the fake's model of
+    src/cli.c): exactly one command, payload mode exactly when the command has
+    a payload (whichever version's or the master CLI's rule), and the words
+    are the verb and the name, byte for byte. Only control characters refuse.
+    """
+    address = p.parse_address("/m.sock@1" if master else "/x.sock")
+    prefix = [b"@1"] if master else []
+    for command, name in (
+        (p.show_cert(crt), crt), (p.set_cert_ocsp(crt, der), crt + ".ocsp"),
+        (p.commit_cert(crt), crt), (p.abort_cert(crt), crt),
     ):  # fmt: skip
-        try:
-            data = command.encode(address)
-        except HAProxyCommandFailed:
+        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in crt):  # C0 controls and DEL
+            with pytest.raises(HAProxyCommandFailed, match="control character"):
+                command.encode(address)
             continue
-        head = data.split(b" <<\n", 1)[0] if command.payload is not None else data
-        assert head.count(b"\n") == (0 if command.payload is not None else 1)
-        assert _unescaped_semicolons(head) == 0
-
-
-def _unescaped_semicolons(data: bytes) -> int:
-    """How many ';' HAProxy would take as command separators (a backslash escapes one)."""
-    count, escaped = 0, False
-    for byte in data:
-        if escaped:
-            escaped = False
-        elif byte == ord("\\"):
-            escaped = True
-        elif byte == ord(";"):
-            count += 1
-    return count
+        data = command.encode(address)
+        reader = CommandReader()
+        reader.buf += data
+        line, payload, used = reader.next_command() or (b"", None, 0)
+        assert used == len(data), data  # one command, nothing left over to run
+        assert (payload is None) == (command.payload is None), data
+        verb = [w.encode() for w in command.line.split()[:3]]
+        assert words(line) == [*prefix, *verb, name.encode("utf-8", "surrogateescape")], data
 
 
 # -- one certificate's problem stays its own; long batches are not a timeout ---------------
@@ -536,3 +571,35 @@ async def test_timeout_is_per_wait_not_per_batch(pki, leaf, sock_dir):
         elapsed = time.monotonic() - started
     assert [o.error for o in outcomes] == [None, None]
     assert elapsed > 0.3
+
+
+# -- HAProxy's certificate lock (another client committing) ---------------------------------
+
+
+@pytest.mark.parametrize("locked", [1, 2, 5])
+async def test_the_certificate_lock_is_waited_out_on_the_fast_path(pki, leaf, sock_dir, locked):
+    """'Operations on certificates are currently locked!' for a while: sent again, updated."""
+    async with fake(sock_dir, pki, leaf, locked=locked) as hap:
+        [outcome] = await deploy(str(hap.path), [item(pki, leaf)])
+    assert (outcome.ok, outcome.method, outcome.error) == (True, "update", None)
+    assert hap.locked == 0
+
+
+@pytest.mark.parametrize("locked", [1, 2, 3, 6])
+async def test_the_certificate_lock_is_waited_out_on_the_commit_path(pki, leaf, sock_dir, locked):
+    """The lock met by a show, a set, a commit or an abort: every certificate still committed."""
+    async with bare(sock_dir, pki, leaf, (CRT, OTHER), locked=locked) as hap:
+        outcomes = await deploy(str(hap.path), [item(pki, leaf), item(pki, leaf, OTHER)])
+    assert [(o.ok, o.method, o.error) for o in outcomes] == [(True, "commit", None)] * 2
+    assert hap.transaction is None
+    assert all(hap.certs[crt].der for crt in (CRT, OTHER))
+
+
+async def test_a_lock_that_stays_fails_within_the_timeout(pki, leaf, sock_dir):
+    """Locked for good: the item fails saying so, once the timeout is spent, not before."""
+    async with fake(sock_dir, pki, leaf, locked=10**6) as hap:
+        started = time.monotonic()
+        [outcome] = await deploy(str(hap.path), [item(pki, leaf)], timeout=0.5)
+    assert not outcome.ok
+    assert "currently locked" in (outcome.error or "")
+    assert 0.4 < time.monotonic() - started < 3

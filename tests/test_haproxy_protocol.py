@@ -272,7 +272,7 @@ def test_nothing_before_the_prompt_arrives():
     reader.feed(b"OCSP Response updated!\n\n>")
     assert reader.next_reply() is None
     reader.feed(b" ")
-    assert reader.next_reply() == p.Reply("OCSP Response updated!")
+    assert reader.next_reply() == p.Reply("OCSP Response updated!", prompt=">")
     assert reader.next_reply() is None
 
 
@@ -345,7 +345,10 @@ def test_issuer_payload_has_no_empty_line():
 def test_command_over_bufsize_is_refused_before_sending(payload):
     """DER of 12.3 KB (16,440 base64 chars, HAPROXY.md §3f) does not fit; 11.5 KB does."""
     address = p.parse_address(SOCK)
-    assert len(p.set_ocsp_response(b"x" * 11561, payload=payload).encode(address)) <= 16384
+    assert (
+        len(p.set_ocsp_response(b"x" * 11561, payload=payload).encode(address))
+        <= p.MAX_COMMAND_BYTES
+    )
     with pytest.raises(HAProxyCommandFailed, match=r"not sent.*tune\.bufsize") as info:
         p.set_ocsp_response(b"x" * 12329, payload=payload).encode(address)
     assert info.value.socket == SOCK
@@ -370,3 +373,82 @@ def test_parse_ocsp_response_der():
         p.parse_ocsp_response_der(
             "s", cmd, p.Reply("Certificate ID does not match any certificate.")
         )
+
+
+def test_reply_knows_its_prompt():
+    """A reply says whether a worker (``>``) or a master CLI (``master>``) ended it."""
+    reader = p.ReplyReader()
+    reader.feed(b"\nmaster> Unknown command, but maybe...\n\nmaster> Pid: 7\n> ")
+    replies = [reader.next_reply() for _ in range(3)]
+    assert [(r.text, r.on_master) for r in replies if r] == [
+        ("", True), ("Unknown command, but maybe...", True), ("Pid: 7", False),
+    ]  # fmt: skip
+    assert p.master_refusal(replies[1]) == p.MASTER_WITHOUT_WORKER
+    assert "no such worker" in (
+        p.master_refusal(p.Reply("Can't find the target PID matching the prefix '@2'")) or ""
+    )
+
+
+# -- real replies, version by version -------------------------------------------------------
+
+STORE = "@web/a"  # 3.0: a crt-store certificate's name
+B64 = base64.b64encode(b"\x30\x03\x0a\x01\x00").decode()
+LOCKED = "Operations on certificates are currently locked!"
+# (version, parser, command, reply text before the prompt, prompt, value or the error's words)
+VERSIONED = [
+    ("2.6", p.parse_set_ocsp_response, SET, "OCSP Response updated!\n", "> ", None),
+    ("2.6", p.parse_set_ocsp_response, SET, f"+ + {PITFALL}\n", "> ", PITFALL),
+    ("2.6", p.parse_commit, COMMIT, f"Committing {CRT}.\nSuccess!\n", "> ", None),
+    ("2.6", p.parse_ocsp_response_der, p.show_ocsp_response_der(KEY),
+     "Certificate ID does not match any certificate.\n", "> ", "does not match"),
+    ("2.6", p.parse_info, p.SHOW_INFO, "Can't find the target PID matching the prefix '@2'\n",
+     "master> ", "no such worker"),
+    ("2.8", p.parse_set_cert, SET_CERT, f"+ + + Transaction created for certificate {CRT}!\n",
+     "> ", None),
+    ("2.8", p.parse_commit, COMMIT,
+     (f"Committing {CRT}.\nLoading: Unable to parse OCSP response. Content will be ignored.\n"
+      "Success!\n"), "> ", "Content will be ignored"),
+    ("2.8", p.parse_ocsp_response_der, p.show_ocsp_response_der(KEY), f"{B64}\n", "> ",
+     b"\x30\x03\x0a\x01\x00"),
+    ("2.8", p.parse_ocsp_response_der, p.show_ocsp_response_der(KEY),
+     "Certificate ID or path does not match any certificate.\n", "> ", "does not match"),
+    ("2.8", p.parse_info, p.SHOW_INFO,
+     ("Unknown command: 'show', but maybe one of the following ones is a better match:\n"
+      "  show proc                               : show processes status\n"), "master> ",
+     "add a worker selector such as @1"),
+    ("2.8", p.parse_info, p.SHOW_INFO, SHOW_INFO + "node: lb1\n", "master> ",
+     p.Info(4012, 7, "2.8.25-5cf5d0683", "lb1")),
+    ("3.0", p.parse_set_cert, p.set_cert_ocsp(STORE, b"0"),
+     f"+ Transaction created for certificate {STORE}!\n", "> ", None),
+    ("3.0", p.parse_commit, p.commit_cert(STORE), f"Committing {STORE}.\nSuccess!\n", "> ", None),
+    ("3.0", p.parse_show_cert, p.show_cert(STORE), SHOW_CERT.replace(CRT, STORE), "> ",
+     p.CertInfo(STORE, "1001", KEY)),
+    ("3.0", p.parse_show_cert, p.show_cert(CRT), f"Can't show!\n{LOCKED}\n", "> ", LOCKED),
+    ("3.0", p.parse_set_cert, SET_CERT, f"+ + Can't update the certificate!\n{LOCKED}\n", "> ",
+     LOCKED),
+    ("3.0", p.parse_commit, COMMIT, f"Can't commit the certificate!\n{LOCKED}\n", "> ", LOCKED),
+    ("3.0", p.parse_abort, p.abort_cert(CRT), f"Can't abort!\n{LOCKED}\n", "> ", LOCKED),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("feed", FEEDS.values(), ids=FEEDS.keys())
+@pytest.mark.parametrize(
+    ("version", "parse", "command", "text", "prompt", "expected"),
+    VERSIONED,
+    ids=[f"{case[0]}-{case[1].__name__}-{n}" for n, case in enumerate(VERSIONED)],
+)
+def test_real_replies_of_each_version(feed, version, parse, command, text, prompt, expected):  # noqa: PLR0917 - the table's columns
+    """
+    HAProxy 2.6, 2.8 and 3.0 replies as measured, fed whole, byte by byte, and with more behind.
+
+    The lock reply of any version is recognised (and retried by deploy).
+    """
+    [reply] = feed(_stream(text, prompt))
+    assert p.locked(reply) is (LOCKED in text)
+    if isinstance(expected, str):
+        with pytest.raises(HAProxyCommandFailed) as info:
+            parse(SOCK, command, reply)
+        assert expected in str(info.value)
+        assert "\n" not in str(info.value)
+    else:
+        assert parse(SOCK, command, reply) == expected

@@ -137,3 +137,35 @@ async def test_a_slow_haproxy_holds_producers_back(pki, sock_dir, monkeypatch):
     assert returned[free] > 0.2, returned  # a round (3+ slow replies) had to finish first
     assert sorted(rows) == list(range(len(crts)))
     assert all(r.action is Action.DEPLOYED for r in rows.values()), rows
+
+
+def _deploy_item(pki, leaf, crt: str) -> DeployItem:
+    der = pki.response(leaf.cert)
+    resp = ocsp.load_der_ocsp_response(der)
+    return DeployItem(
+        crt, der, cert_id(leaf.cert, pki.intermediate.cert), None,
+        resp.this_update_utc, resp.next_update_utc,
+    )  # fmt: skip
+
+
+async def _push_rows(sockets: list[str], items: dict[str, DeployItem]) -> dict[int, ResultRow]:
+    rows: dict[int, ResultRow] = {}
+    push = pusher.Pusher(sockets, rows.__setitem__)
+    for key, (crt, item) in enumerate(items.items()):
+        await push.add(key, ResultRow(crt, None, Status.GOOD, Action.FETCHED), (item,))
+    await push.finish()
+    return rows
+
+
+async def test_a_failure_names_its_socket_once(pki, sock_dir):
+    """A failed commit and a refused name each say 'haproxy <socket>:' once, not twice."""
+    leaf = pki.leaf("once.example.test")
+    hap = FakeHAProxy(sock_dir / "admin.sock", fail_commit={"/c/a.pem"})
+    hap.register("/c/a.pem", None, commit_key=cert_id(leaf.cert, pki.intermediate.cert).hex())
+    items = {crt: _deploy_item(pki, leaf, crt) for crt in ("/c/a.pem", "/c/t\tab.pem")}
+    async with hap:
+        rows = await _push_rows([str(hap.path)], items)
+    for row in rows.values():
+        assert row.action is Action.FAILED
+        assert (row.error or "").count(f"haproxy {hap.path}:") == 1, row.error
+    assert "Failed!" in (rows[0].error or "")

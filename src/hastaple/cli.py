@@ -163,6 +163,7 @@ def fetch(
             raise UsageError(f"{where}: no certificates found")
         options = Options(
             sockets=tuple(dict.fromkeys((*sockets, *found.sockets))),
+            below_admin=found.below_admin,
             force=force,
             dry_run=dry_run,
             state_dir=state_dir or config.default_state_dir(os.environ),

@@ -151,6 +151,9 @@ class Discovery:
     certs: tuple[CertEntry, ...]
     sockets: tuple[str, ...]
     warnings: tuple[str, ...]
+    # Sockets below ``level admin``: (address, why nothing is deployed through
+    # it). Kept so that a run whose HAProxy has no admin socket says so per row.
+    below_admin: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -482,6 +485,7 @@ def discover(
     found: list[CertEntry] = []
     sockets: list[str] = []
     warnings: list[str] = []
+    below_admin: list[tuple[str, str]] = []
 
     for path in paths:
         full = base / path
@@ -500,6 +504,11 @@ def discover(
         config = read_haproxy_config(path, cwd=base, environ=env)
         warnings.extend(config.warnings)
         sockets.extend(_socket_address(s.address, base) for s in config.sockets if _usable(s))
+        below_admin.extend(
+            (_socket_address(s.address, base), _below_admin(s))
+            for s in config.sockets
+            if s.level != "admin" and not s.tls and not s.address.startswith(("fd@", "sockpair@"))
+        )
         for ref in config.refs:
             found.extend(_resolve_ref(ref, base))
 
@@ -507,6 +516,15 @@ def discover(
         certs=_dedupe(found),
         sockets=tuple(dict.fromkeys(sockets)),
         warnings=tuple(warnings),
+        below_admin=tuple(dict.fromkeys(below_admin)),
+    )
+
+
+def _below_admin(socket: StatsSocket) -> str:
+    return (
+        f"{socket.source}: stats socket has level {socket.level}, not admin: HAProxy lets "
+        "no staple be loaded through it for a certificate it has not registered; "
+        "add 'level admin' to that line"
     )
 
 

@@ -66,6 +66,9 @@ class ResultRow:
     next_update: datetime | None = None
     error: str | None = None
     haproxy: dict[str, str] = field(default_factory=dict)
+    # Sockets that reach the same HAProxy process as another one (value): not
+    # deployed through, "alias" in ``haproxy``.
+    aliases: dict[str, str] = field(default_factory=dict)
     # The certificate file itself is unusable (exit 2), as opposed to a failed
     # fetch or deploy (exit 1). Not part of the JSON contract.
     bad_input: bool = False
@@ -95,6 +98,7 @@ class ResultRow:
             "next_update": rfc3339(self.next_update),
             "error": self.error,
             "haproxy": dict(self.haproxy),
+            "aliases": dict(self.aliases),
         }
 
 

@@ -49,6 +49,9 @@ class Options:
     """What one run is asked to do (the ``fetch`` flags, or the daemon's config)."""
 
     sockets: tuple[str, ...] = ()
+    # Sockets that cannot deploy (below level admin) and why: a row fails for
+    # each, unless it reaches the process of a socket that can.
+    below_admin: tuple[tuple[str, str], ...] = ()
     force: bool = False
     dry_run: bool = False
     state_dir: Path | None = None
@@ -153,7 +156,7 @@ async def run_outcomes(
     ctx = _Context(_Writer(), index.Index.load(None if options.dry_run else options.state_dir))
     results: list[_Prepared | None] = [None] * len(entries)
     pusher = None
-    if options.sockets and not options.dry_run:
+    if (options.sockets or options.below_admin) and not options.dry_run:
 
         def deployed(i: int, row: ResultRow) -> None:
             # The staple is in HAProxy (or its row says why not): let it go.
@@ -161,7 +164,7 @@ async def run_outcomes(
             assert done is not None  # noqa: S101 - pushed only once prepared
             results[i] = dataclasses.replace(done, row=row, staple=None)
 
-        pusher = Pusher(options.sockets, deployed)
+        pusher = Pusher(options.sockets, deployed, below_admin=dict(options.below_admin))
     todo = iter(enumerate(entries))
 
     async def worker() -> None:
@@ -299,7 +302,7 @@ def _from_index(
         and (not options.fetch or schedule.is_fresh(verdict.this_update, verdict.next_update, now))
     ):
         return None
-    der = ctx.index.read_staple(entry.path, hit) if options.sockets else b""
+    der = ctx.index.read_staple(entry.path, hit) if options.sockets or options.below_admin else b""
     if der is None:
         return None
     staple = Staple.of(

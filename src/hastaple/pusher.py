@@ -7,6 +7,16 @@ of ``ROUND`` certificates is waiting, it goes to every socket at once
 overlaps fetching, and a run holds at most a few rounds of staples in memory
 instead of all of them until the end. Each certificate's row then says what
 every socket did with every name it is known by.
+
+Two sockets may reach one process (a unix and an ``ipv4@`` socket, a worker
+socket and a master CLI's ``@1``). HAProxy holds one certificate transaction
+at a time per process, so two sessions pushing to it would break each other's
+transactions and leave certificates unstapled. Before every round each
+socket's process is looked up (its ``show info``, read once per connection,
+so a reload is noticed) and only the first socket of each process deploys;
+the others are reported as its aliases. A socket below ``level admin`` never
+deploys: it is an alias when it reaches a process an admin socket reaches, and
+otherwise every row fails for it, saying why.
 """
 
 from __future__ import annotations
@@ -14,10 +24,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from hastaple.errors import HAProxyError
-from hastaple.haproxy.deploy import CHUNK, DeployItem, DeployOutcome, Session
+from hastaple.haproxy.deploy import CHUNK, DeployItem, DeployOutcome, Process, Session
 from hastaple.model import Action, ResultRow
 
 # Certificates per round: deploy's own chunk, one pipelined exchange each.
@@ -25,6 +35,8 @@ ROUND = CHUNK
 # Rounds waiting while one is pushed before producers are held back: bounds
 # memory when HAProxy answers more slowly than responders do.
 ROUNDS_WAITING = 4
+# The ``haproxy`` value of a socket that reaches a process another socket deployed to.
+ALIAS = "alias"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -37,14 +49,23 @@ class _Waiting:
 class Pusher:
     """Rounds of staples to every socket; ``done(key, row)`` gets each certificate's final row."""
 
-    def __init__(self, sockets: Sequence[str], done: Callable[[int, ResultRow], None]) -> None:
+    def __init__(
+        self,
+        sockets: Sequence[str],
+        done: Callable[[int, ResultRow], None],
+        *,
+        below_admin: Mapping[str, str] | None = None,
+    ) -> None:
         """
         Sessions for ``sockets``; nothing connects before the first round.
+
+        ``below_admin`` maps sockets that cannot deploy to the reason.
 
         Raises:
             ConfigError: a socket is not an address (before anything is fetched).
         """
-        self._sessions = [(s, Session(s)) for s in sockets]
+        self._below = {s: why for s, why in (below_admin or {}).items() if s not in sockets}
+        self._sessions = [(s, Session(s)) for s in (*sockets, *self._below)]
         self._done = done
         self._waiting: list[_Waiting] = []
         self._flusher: asyncio.Task[None] | None = None
@@ -102,13 +123,56 @@ class Pusher:
 
     async def _push(self, round_: list[_Waiting]) -> None:
         items = [item for w in round_ for item in w.items]
-        per_socket = await asyncio.gather(*(_push_one(s, items) for _, s in self._sessions))
+        through = await _through(self._sessions, self._below)
+        pushing = [
+            (sock, session)
+            for sock, session in self._sessions
+            if through[sock] == sock and sock not in self._below
+        ]
+        done = await asyncio.gather(*(_push_one(session, items) for _, session in pushing))
+        per_socket: dict[str, dict[str, DeployOutcome | str]] = dict(
+            zip((sock for sock, _ in pushing), done, strict=True)
+        )
+        for sock, why in self._below.items():  # reaching no admin socket's process
+            if through[sock] == sock:
+                per_socket[sock] = {item.crt: f"haproxy {sock}: {why}" for item in items}
+        aliases = {sock: first for sock, first in through.items() if first != sock}
         for w in round_:
             results = {
-                socket: [outcomes.get(item.crt) for item in w.items]
-                for (socket, _), outcomes in zip(self._sessions, per_socket, strict=True)
+                sock: [outcomes.get(item.crt) for item in w.items]
+                for sock, outcomes in per_socket.items()
             }
-            self._done(w.key, _merge(w.row, results))
+            self._done(w.key, _merge(w.row, results, aliases))
+
+
+async def _through(
+    sessions: Sequence[tuple[str, Session]], below_admin: Mapping[str, str]
+) -> dict[str, str]:
+    """
+    Each socket -> the socket that deploys to its process (itself, or the first one).
+
+    Only admin sockets deploy: one below admin is either an alias or on its
+    own. A socket whose process is unknown (it cannot connect, or ``show
+    info`` failed) stands for itself: its push then says what is wrong.
+    """
+    processes = await asyncio.gather(*(_process(session) for _, session in sessions))
+    through: dict[str, str] = {}
+    seen: list[tuple[Process, str]] = []
+    for (sock, _), process in zip(sessions, processes, strict=True):
+        first = None
+        if process is not None:
+            first = next((s for p, s in seen if p.same(process)), None)
+            if first is None and sock not in below_admin:
+                seen.append((process, sock))
+        through[sock] = first or sock
+    return through
+
+
+async def _process(session: Session) -> Process | None:
+    try:
+        return await session.process()
+    except HAProxyError:  # the push through this session fails with it, once
+        return None
 
 
 async def _push_one(session: Session, items: list[DeployItem]) -> dict[str, DeployOutcome | str]:
@@ -119,14 +183,18 @@ async def _push_one(session: Session, items: list[DeployItem]) -> dict[str, Depl
     return {o.crt: o for o in outcomes}
 
 
-def _merge(row: ResultRow, results: dict[str, list[DeployOutcome | str | None]]) -> ResultRow:
+def _merge(
+    row: ResultRow,
+    results: dict[str, list[DeployOutcome | str | None]],
+    aliases: dict[str, str],
+) -> ResultRow:
     """One row from the outcomes of every name on every socket: any failure fails it."""
     haproxy: dict[str, str] = {}
     errors = []
     for sock, outcomes in results.items():
         methods = []
         for result in outcomes:
-            if isinstance(result, str):
+            if isinstance(result, str):  # the whole socket failed: the error names it
                 errors.append(result)
             elif result is None or not result.ok:
                 why = result.error if result else "no outcome"
@@ -135,8 +203,11 @@ def _merge(row: ResultRow, results: dict[str, list[DeployOutcome | str | None]])
                 methods.append(result.method)
         ok = len(methods) == len(outcomes)
         haproxy[sock] = "+".join(dict.fromkeys(methods)) if ok else "error"
+    haproxy.update(dict.fromkeys(aliases, ALIAS))
     if errors:
         error = "; ".join(dict.fromkeys(errors))
-        return dataclasses.replace(row, action=Action.FAILED, error=error, haproxy=haproxy)
+        return dataclasses.replace(
+            row, action=Action.FAILED, error=error, haproxy=haproxy, aliases=aliases
+        )
     action = Action.DEPLOYED if row.action is Action.FETCHED else row.action
-    return dataclasses.replace(row, action=action, haproxy=haproxy)
+    return dataclasses.replace(row, action=action, haproxy=haproxy, aliases=aliases)

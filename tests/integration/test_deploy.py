@@ -7,6 +7,7 @@ import base64
 import datetime as dt
 import socket
 import time
+from pathlib import Path
 
 import pytest
 from cryptography.x509 import ocsp
@@ -402,3 +403,149 @@ async def test_thousands_of_unregistered_certs_within_a_short_idle_timeout(
     assert elapsed > 0.5  # longer than the timeout, and still no HAProxyUnreachable
     for n in (0, count - 1):
         _assert_stapled(hap, f"m{n}.test", items[n])
+
+
+# Names HAProxy's CLI reads specially (src/cli.c): "<<" opens a payload (at the
+# end on 2.6/2.8, anywhere on their master CLI, as a word prefix on 3.0), ';'
+# ends a command, a space splits words, a backslash escapes; quotes, '#' and a
+# leading '@' are plain bytes to it. All are legal file names.
+HOSTILE = [
+    "a.pem<<", "x<<y.pem", "<<b.pem", "@at.pem", "q'uote.pem", 'd"quote.pem', "h#ash.pem",
+    "sp ace.pem", "se;mi.pem", "back\\slash.pem", "ünï.pem",
+]  # fmt: skip
+
+
+async def test_hostile_names_reach_haproxy_as_one_argument(pki, crt_dir, start_haproxy):
+    """
+    Every hostile name is committed on the worker socket, then updated through `@1`.
+
+    Each reaches HAProxy as exactly one argument: stapled, and no other
+    certificate's commands swallowed by a payload mode opened by a name.
+    """
+    leaves = [pki.leaf(f"h{i}.test") for i in range(len(HOSTILE))]
+    crts = [pki.write(crt_dir, name, leaf) for name, leaf in zip(HOSTILE, leaves, strict=True)]
+    hap = start_haproxy(master=True)
+    first = [
+        _item(pki, leaf, crt, this_update=now() - AN_HOUR_AGO)
+        for leaf, crt in zip(leaves, crts, strict=True)
+    ]
+    second = [_item(pki, leaf, crt) for leaf, crt in zip(leaves, crts, strict=True)]
+
+    committed = await deploy(str(hap.socket), first)
+    updated = await deploy(f"{hap.workdir / 'master.sock'}@1", second)
+
+    assert [(o.ok, o.method, o.error) for o in committed] == [(True, "commit", None)] * len(HOSTILE)
+    assert [(o.ok, o.method, o.error) for o in updated] == [(True, "update", None)] * len(HOSTILE)
+    for i, item in enumerate(second):
+        _assert_stapled(hap, f"h{i}.test", item)
+
+
+async def test_a_name_with_a_control_character_is_refused_naming_it(pki, crt_dir, start_haproxy):
+    """A tab cannot be one argument: refused, with the name in the message; HAProxy untouched."""
+    leaf = pki.leaf("tab.test")
+    crt = pki.write(crt_dir, "t\tab.pem", leaf)
+    hap = start_haproxy()
+
+    [outcome] = await deploy(str(hap.socket), [_item(pki, leaf, crt)])
+
+    assert not outcome.ok
+    assert "t\\tab.pem" in outcome.error
+    assert "control character '\\t'" in outcome.error
+    assert "no response sent" in haproxy_proc.staple(hap.port, "tab.test")
+
+
+async def test_a_very_long_name(pki, crt_dir, start_haproxy):
+    """A path near PATH_MAX (4,000 bytes) is committed and updated: well inside tune.bufsize."""
+    deep = crt_dir.joinpath(*["d" * 200] * 19)
+    deep.mkdir(parents=True)
+    leaf = pki.leaf("long.test")
+    crt = pki.write(deep, "long.pem", leaf)
+    listing = crt_dir / "list.txt"
+    listing.write_text(f"{crt}\n")
+    hap = start_haproxy(crt_list=listing)
+    first, second = _item(pki, leaf, crt, this_update=now() - AN_HOUR_AGO), _item(pki, leaf, crt)
+
+    assert len(str(crt)) > 3800
+    [one] = await deploy(str(hap.socket), [first])
+    [two] = await deploy(str(hap.socket), [second])
+
+    assert (one.ok, one.method, one.error) == (True, "commit", None)
+    assert (two.ok, two.method, two.error) == (True, "update", None)
+    _assert_stapled(hap, "long.test", second)
+
+
+async def test_the_biggest_command_sent_is_one_haproxy_survives(crt_dir, start_haproxy):
+    """
+    The largest payload command ``encode`` lets through is answered, not fatal.
+
+    Measured on 2.6.12 and 2.8.25: a payload command of exactly 16,384 bytes
+    kills HAProxy (2.6: SIGSEGV; 2.8: the watchdog aborts a spinning applet).
+    """
+    hap = start_haproxy()
+    address = protocol.parse_address(str(hap.socket))
+    size = protocol.MAX_COMMAND_BYTES + 8
+    while True:
+        command = protocol.Command("set ssl cert /nowhere.pem.ocsp", "A" * size)
+        try:
+            data = command.encode(address)
+        except Exception:  # noqa: BLE001 - too big: one byte less
+            size -= 1
+            continue
+        break
+
+    async with client.connect(str(hap.socket), timeout=10) as conn:
+        reply = await conn.run_one(command)
+        info = await conn.run_one(protocol.SHOW_INFO)
+
+    assert len(data) == protocol.MAX_COMMAND_BYTES
+    assert "certificate" in reply.text
+    assert "Pid:" in info.text
+    assert hap.proc.poll() is None
+
+
+@pytest.mark.parametrize(
+    ("selector", "expected"),
+    [("", "add a worker selector such as @1"), ("@2", "the master CLI has no such worker")],
+)
+async def test_master_cli_without_a_usable_worker_selector(
+    pki, crt_dir, start_haproxy, selector, expected
+):
+    """
+    The master CLI alone answers worker commands with its help, ``@2`` names no worker.
+
+    Each says what to change, not "help" text per certificate nor tune.bufsize.
+    """
+    leaf = pki.leaf("m.test")
+    crt = pki.write(crt_dir, "m.pem", leaf)
+    hap = start_haproxy(master=True)
+
+    with pytest.raises(HAProxyUnreachable) as info:
+        await deploy(f"{hap.workdir / 'master.sock'}{selector}", [_item(pki, leaf, crt)])
+
+    assert expected in str(info.value)
+    assert "bufsize" not in str(info.value)
+    assert "Unknown command" not in str(info.value)
+
+
+async def test_a_path_haproxy_knows_by_another_name_is_named(pki, haproxy_binary, tmp_path_factory):
+    """
+    HAProxy loaded ``crt crt`` relative to its directory: it names the file ``crt/rel.pem``.
+
+    Given the absolute path (as a certbot hook does), the row names the path
+    HAProxy serves, so that the operator can give that one.
+    """
+    workdir = tmp_path_factory.mktemp("hap")
+    (workdir / "crt").mkdir()
+    leaf = pki.leaf("rel.test")
+    crt = pki.write(workdir / "crt", "rel.pem", leaf)
+    hap = haproxy_proc.start(haproxy_binary, workdir, Path("crt"))
+    try:
+        [outcome] = await deploy(str(hap.socket), [_item(pki, leaf, crt)])
+    finally:
+        hap.stop()
+
+    assert not outcome.ok
+    assert outcome.error == (
+        f"HAProxy does not serve {crt} under that name; it serves that file as crt/rel.pem: "
+        "give that path"
+    )

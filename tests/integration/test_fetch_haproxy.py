@@ -116,3 +116,98 @@ async def test_haproxy_not_running(pki, openssl_responder, crt_dir, start_haprox
     assert rows[0]["action"] == "failed"
     assert str(hap.socket) in err and "refused" in err
     assert (crt_dir / "gone.pem.ocsp").exists()  # a reload would pick it up
+
+
+def unstapled(hap: haproxy_proc.HAProxy, names: list[str]) -> list[str]:
+    """The certificates HAProxy does not staple with a good response, read back over its CLI."""
+    missing = []
+    for name in names:
+        shown = haproxy_proc.cli(hap.socket, f"show ssl cert {hap.crt_dir / name}")
+        key = shown.split("OCSP Response Key:", 1)[-1].splitlines()[0].strip()
+        served = haproxy_proc.cli(hap.socket, f"show ssl ocsp-response {key}") if key else ""
+        if "Cert Status: good" not in served:
+            missing.append(name)
+    return missing
+
+
+@pytest.mark.parametrize("second", ["ipv4", "master"])
+async def test_two_sockets_to_one_process_deploy_once(  # noqa: PLR0917 - fixtures
+    pki, openssl_responder, crt_dir, start_haproxy, tmp_path, second
+):
+    """
+    A unix socket plus an ipv4@ socket, or a worker socket plus master @1: one process.
+
+    Both sockets pushing raced each other's transactions (HAProxy holds one),
+    leaving certificates unstapled. Twenty first runs (no .ocsp at start: every
+    certificate takes a transaction) over twenty certificates: every run exits
+    0, every certificate is stapled, and the second socket is its alias.
+    """
+    names = [f"c{i:02d}.pem" for i in range(20)]
+    for i, name in enumerate(names):
+        leaf = pki.leaf(f"c{i:02d}.example.test", ocsp_url=openssl_responder.url)
+        openssl_responder.add(leaf.cert)
+        pki.write(crt_dir, name, leaf)
+    for run in range(20):
+        for staple in crt_dir.glob("*.ocsp"):
+            staple.unlink()
+        if second == "ipv4":
+            port = haproxy_proc.free_port()
+            hap = start_haproxy(global_extra=f"    stats socket ipv4@127.0.0.1:{port} level admin")
+            other = f"ipv4@127.0.0.1:{port}"
+        else:
+            hap = start_haproxy(master=True)
+            other = f"{hap.workdir / 'master.sock'}@1"
+
+        code, rows, err = await fetch_json(
+            crt_dir, "--haproxy", hap.socket, "--haproxy", other, "--force",
+            "--state-dir", tmp_path / "state",
+        )  # fmt: skip
+
+        assert code == 0, err
+        assert unstapled(hap, names) == []
+        assert "Cert Status: good" in haproxy_proc.staple(hap.port, f"c{run:02d}.example.test")
+        assert {r["action"] for r in rows} == {"deployed"}
+        assert {str(r["cert"]): r["aliases"] for r in rows} == {
+            str(crt_dir / name): {other: str(hap.socket)} for name in names
+        }
+        assert {str(r["cert"]): r["haproxy"] for r in rows} == {
+            str(crt_dir / name): {str(hap.socket): "commit", other: "alias"} for name in names
+        }
+        hap.stop()
+
+
+@pytest.mark.parametrize("admin_too", [False, True])
+async def test_sockets_below_admin_deploy_nothing_and_say_so(  # noqa: PLR0917 - fixtures
+    pki, openssl_responder, crt_dir, start_haproxy, sock_dir, admin_too
+):
+    """
+    A configuration whose only stats socket is `level operator` fails every row (exit 1).
+
+    With an admin socket to the same process as well, the operator socket is
+    its alias and the run is in order.
+    """
+    leaf = pki.leaf("oper.example.test", ocsp_url=openssl_responder.url)
+    openssl_responder.add(leaf.cert)
+    pki.write(crt_dir, "oper.pem", leaf)
+    oper = sock_dir / "oper.sock"
+    hap = start_haproxy(global_extra=f"    stats socket {oper} level operator")
+    config = hap.workdir / "haproxy.cfg"
+    if not admin_too:  # what hastaple reads: the same HAProxy, its admin socket not declared
+        config = hap.workdir / "operator-only.cfg"
+        lines = (hap.workdir / "haproxy.cfg").read_text().splitlines()
+        config.write_text("\n".join(line for line in lines if "level admin" not in line) + "\n")
+
+    code, rows, err = await fetch_json("--haproxy-config", config)
+
+    if admin_too:
+        assert code == 0, err
+        assert rows[0]["action"] == "deployed"
+        assert rows[0]["aliases"] == {str(oper): str(hap.socket)}
+        assert "Cert Status: good" in haproxy_proc.staple(hap.port, "oper.example.test")
+    else:
+        assert code == 1, err
+        assert rows[0]["action"] == "failed"
+        assert rows[0]["haproxy"] == {str(oper): "error"}
+        assert f"haproxy {oper}: " in str(rows[0]["error"])
+        assert "level operator, not admin" in str(rows[0]["error"])
+        assert "no response sent" in haproxy_proc.staple(hap.port, "oper.example.test")

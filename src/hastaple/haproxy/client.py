@@ -134,8 +134,8 @@ async def connect(
 
     Raises:
         ConfigError: ``socket`` is not an address.
-        HAProxyUnreachable: no such socket, permission denied, refused, or no
-            answer in time.
+        HAProxyUnreachable: no such socket, permission denied, refused, no
+            answer in time, or a master CLI without a worker selector.
     """
     address = socket if isinstance(socket, protocol.Address) else protocol.parse_address(socket)
     limits = [t for t in (timeout, idle_timeout) if t is not None]
@@ -146,6 +146,8 @@ async def connect(
                 reply = await conn.run_one(protocol.PROMPT)
                 if reply.closed:
                     raise HAProxyUnreachable(address.text, "closed the connection at once")
+                if reply.on_master and not address.prefix:
+                    raise HAProxyUnreachable(address.text, protocol.MASTER_WITHOUT_WORKER)
                 yield conn
             finally:
                 await conn.close()

@@ -23,8 +23,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Self
 
 from cryptography.x509 import ocsp
@@ -33,7 +36,7 @@ from hastaple.errors import HAProxyCommandFailed, HAProxyError, HAProxyUnreachab
 from hastaple.haproxy import client, protocol
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterator, Sequence
 
 
 # A restarting HAProxy removes and recreates its socket, and 2.6's master CLI
@@ -45,8 +48,13 @@ _TRANSIENT = (ConnectionRefusedError, FileNotFoundError)
 # once (10,000 certificates held about 40 MB of read-back text in one batch).
 CHUNK = 256
 _READ_BACK_FAILED = "HAProxy answered 'updated' but the read-back failed: {}"
+_NOT_SERVED = "HAProxy does not serve {}"
 # Seconds to end the transactions of a round broken off by a cancellation.
 ABANDON_TIMEOUT = 2.0
+# Seconds to wait out HAProxy's certificate lock when no timeout is set.
+LOCK_BUDGET = 10.0
+# Aborts sent again while the lock holds, before a transaction is begun anew.
+_ABORT_TRIES = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,8 +76,40 @@ class DeployItem:
 
 
 @dataclass(frozen=True, slots=True)
+class Process:
+    """
+    The HAProxy process behind a socket, from its ``show info``.
+
+    Two sockets reach one process when node (the host name unless set), pid
+    and start time agree: a unix and an ``ipv4@`` socket of one worker, or a
+    worker socket and a master CLI's ``@1``. The start time is ours (now less
+    ``Uptime_sec``), so it is compared within a few seconds; a pid is reused
+    only by a later process, and containers' pids differ by node or start.
+    """
+
+    node: str
+    pid: int
+    started: float  # seconds since the epoch, as estimated here
+
+    def same(self, other: Process) -> bool:
+        """Whether ``other`` is this process."""
+        return (self.node, self.pid) == (other.node, other.pid) and abs(
+            self.started - other.started
+        ) <= _START_SLACK
+
+
+# Seconds two estimates of one process's start may differ by: Uptime_sec is
+# whole seconds, read at two moments.
+_START_SLACK = 2.5
+
+
+@dataclass(frozen=True, slots=True)
 class DeployOutcome:
-    """What happened to one item: ``method`` is "update" (fast path) or "commit"."""
+    """
+    What happened to one item: ``method`` is "update" (fast path) or "commit".
+
+    ``error`` is the problem alone; the caller names the socket.
+    """
 
     crt: str
     ok: bool
@@ -143,6 +183,15 @@ class Session:
             HAProxyUnreachable: as ``push``.
         """
         await self._connection()
+
+    async def process(self) -> Process | None:
+        """
+        The process behind the socket now (connecting if needed); None if ``show info`` failed.
+
+        Raises:
+            HAProxyUnreachable: as ``push``.
+        """
+        return (await self._connection()).process
 
     async def push(self, items: Sequence[DeployItem]) -> list[DeployOutcome]:
         """
@@ -222,8 +271,26 @@ class Session:
             conn = await stack.enter_async_context(
                 client.connect(self._address, timeout=None, idle_timeout=self._timeout)
             )
-            self._stack, self._run = stack.pop_all(), _Run(conn, self._address)
+            info = await _show_info(conn)
+            self._stack, self._run = stack.pop_all(), _Run(conn, self._address, info)
         return self._run
+
+
+async def _show_info(conn: client.Connection) -> protocol.Info | None:
+    """
+    ``show info`` of a new connection: who answers, and its version.
+
+    Raises:
+        HAProxyUnreachable: a master CLI whose worker selector names no worker
+            (or that answers with its help): nothing on it can deploy.
+    """
+    reply = await conn.run_one(protocol.SHOW_INFO)
+    if (why := protocol.master_refusal(reply)) is not None:
+        raise HAProxyUnreachable(conn.address.text, why)
+    try:
+        return protocol.parse_info(conn.address.text, protocol.SHOW_INFO, reply)
+    except HAProxyCommandFailed:
+        return None  # any other failure shows up in the replies that follow
 
 
 class _Stale(Exception):  # noqa: N818 - internal signal, never leaves this module
@@ -233,13 +300,17 @@ class _Stale(Exception):  # noqa: N818 - internal signal, never leaves this modu
 class _Run:
     """One connection's deployment; outcomes are decided item by item."""
 
-    def __init__(self, conn: client.Connection, address: protocol.Address) -> None:
+    def __init__(
+        self, conn: client.Connection, address: protocol.Address, info: protocol.Info | None
+    ) -> None:
         self.conn = conn
         self.socket = address.text
         # The read-back form: base64 DER from 2.8 on (``show info``'s Version),
         # else, or when ``show info`` failed, the text dump.
-        self._der_read_back = False
-        self._asked_version = False
+        self._der_read_back = info is not None and protocol.shows_der(info.version)
+        self.process = (
+            None if info is None else Process(info.node, info.pid, time.time() - info.uptime_sec)
+        )
         self._used = False  # a chunk went through: the connection has been idle since
         # Certificates whose transaction this run may have left open in HAProxy
         # while a round is in flight (HAProxy keeps it after the connection).
@@ -254,12 +325,8 @@ class _Run:
         file) and the read-back of what is served. A file that is not
         registered (the pitfall) takes the transaction path afterwards, and
         its own read-back. Chunks bound what is held at once (commands,
-        replies, dumps) to a few hundred certificates. The connection's first
-        chunk asks ``show info`` first: the version decides the read-back form.
+        replies, dumps) to a few hundred certificates.
         """
-        if not self._asked_version:
-            self._asked_version = True
-            self._note_version(await self.conn.run_one(protocol.SHOW_INFO))
         outcomes: dict[int, DeployOutcome] = {}
         sent: list[tuple[int, list[protocol.Command]]] = []
         for i, item in enumerate(items):
@@ -273,18 +340,20 @@ class _Run:
             else:
                 sent.append((i, cmds))
         replies = await self._send_fast([cmd for _, cmds in sent for cmd in cmds])
+        replies = await self._unlocked([cmds for _, cmds in sent], replies)
         bare: list[tuple[int, DeployItem]] = []
         for n, (i, cmds) in enumerate(sent):
             item = items[i]
             try:
                 outcome = self._updated(item, cmds, replies[3 * n : 3 * n + 3])
             except HAProxyCommandFailed as exc:
-                outcome = DeployOutcome(item.crt, ok=False, method="update", error=str(exc))
+                outcome = DeployOutcome(item.crt, ok=False, method="update", error=exc.problem)
             if outcome is None:
                 bare.append((i, item))
             else:
                 outcomes[i] = outcome
-        committed = await self._commit(bare)
+        await self._name_served(items, outcomes)
+        committed = await self._commit_unlocked(bare)
         outcomes.update(committed)
         done = [(i, items[i]) for i in sorted(committed) if committed[i].ok]
         for i, error in await self._read_back(done):
@@ -326,7 +395,7 @@ class _Run:
         info = protocol.parse_show_cert(self.socket, cmds[1], replies[1])
         error = None
         if info is None:
-            error = f"HAProxy does not serve {item.crt}"
+            error = _NOT_SERVED.format(item.crt)
         elif info.ocsp_key is None:
             return None
         elif info.ocsp_key != item.cert_id.hex():
@@ -339,16 +408,10 @@ class _Run:
             try:
                 error = self._served_error(item, cmds[2], replies[2])
             except HAProxyCommandFailed as exc:
-                error = _READ_BACK_FAILED.format(exc)
+                error = _READ_BACK_FAILED.format(exc.problem)
         if error is not None:
             return DeployOutcome(item.crt, ok=False, method="update", error=error)
         return DeployOutcome(item.crt, ok=True, method="update")
-
-    def _note_version(self, reply: protocol.Reply) -> None:
-        """Keep the version when ``show info`` answered; any failure shows up in later replies."""
-        with contextlib.suppress(HAProxyCommandFailed):
-            version = protocol.parse_info(self.socket, protocol.SHOW_INFO, reply).version
-            self._der_read_back = protocol.shows_der(version)
 
     def _refused(self, cmds: Sequence[protocol.Command]) -> str | None:
         """
@@ -361,8 +424,63 @@ class _Run:
             try:
                 cmd.encode(self.conn.address)
             except HAProxyCommandFailed as exc:
-                return str(exc)
+                return exc.problem
         return None
+
+    async def _unlocked(
+        self, groups: list[list[protocol.Command]], replies: list[protocol.Reply]
+    ) -> list[protocol.Reply]:
+        """
+        ``replies`` to the flattened ``groups``, with every group that met the lock sent again.
+
+        HAProxy refuses a certificate command with "Operations on certificates
+        are currently locked!" while another client's commit holds the lock,
+        having done nothing: the group (a set and the shows that read it back,
+        no transaction) is sent again after a short pause, for up to the
+        timeout; then the lock reply stands and fails its item.
+        """
+        replies = list(replies)
+        starts = [sum(map(len, groups[:n])) for n in range(len(groups))]
+        waits = _lock_waits(self.conn.idle_timeout)
+        while locked := [
+            n
+            for n, cmds in enumerate(groups)
+            if any(protocol.locked(r) for r in replies[starts[n] : starts[n] + len(cmds)])
+        ]:
+            if (wait := next(waits, None)) is None:
+                break
+            await asyncio.sleep(wait)
+            again = await self.conn.run([cmd for n in locked for cmd in groups[n]])
+            for n in locked:
+                replies[starts[n] : starts[n] + len(groups[n])] = again[: len(groups[n])]
+                again = again[len(groups[n]) :]
+        return replies
+
+    async def _commit_unlocked(
+        self, todo: list[tuple[int, DeployItem]]
+    ) -> dict[int, DeployOutcome]:
+        """
+        ``_commit``, with the certificates whose transaction met the lock done again.
+
+        A locked ``set ssl cert`` or ``commit`` did nothing, but the rest of
+        the pipelined transaction went on (an abort, the next certificate's
+        parts, which may then find the first one's transaction still open):
+        those certificates are aborted (until the lock lets go) and committed
+        again, within the timeout.
+        """
+        outcomes = await self._commit(todo)
+        waits = _lock_waits(self.conn.idle_timeout)
+        while again := [(i, item) for i, item in todo if _met_lock(outcomes[i], todo)]:
+            if (wait := next(waits, None)) is None:
+                break
+            await asyncio.sleep(wait)
+            for _ in range(_ABORT_TRIES):
+                aborts = await self.conn.run([protocol.abort_cert(item.crt) for _, item in again])
+                if not any(protocol.locked(reply) for reply in aborts):
+                    break
+                await asyncio.sleep(wait)
+            outcomes.update(await self._commit(again))
+        return outcomes
 
     async def _commit(self, todo: list[tuple[int, DeployItem]]) -> dict[int, DeployOutcome]:
         """
@@ -419,7 +537,7 @@ class _Run:
             try:
                 protocol.parse_commit(self.socket, ending[0], replies[0])
             except HAProxyCommandFailed as exc:
-                error = str(exc)
+                error = exc.problem
         if error is not None:
             return DeployOutcome(crt, ok=False, method="commit", error=error)
         return DeployOutcome(crt, ok=True, method="commit")
@@ -430,14 +548,14 @@ class _Run:
             try:
                 protocol.parse_set_cert(self.socket, cmd, reply)
             except HAProxyCommandFailed as exc:
-                return str(exc)
+                return exc.problem
             if not reply.text.strip().endswith(f" for certificate {txn.item.crt}!"):
                 # HAProxy 2.6 puts it into another certificate's open transaction.
                 why = (
                     f"HAProxy filed it under another open transaction ({reply.text.strip()}); "
                     "abort that transaction ('abort ssl cert <crt>') if it is stale"
                 )
-                return str(HAProxyCommandFailed(self.socket, str(cmd), why))
+                return HAProxyCommandFailed(self.socket, str(cmd), why).problem
         return None
 
     async def _read_back(self, done: list[tuple[int, DeployItem]]) -> list[tuple[int, str]]:
@@ -451,6 +569,7 @@ class _Run:
             else:
                 checks.append((i, item, cmds))
         replies = await self.conn.run([cmd for _, _, cmds in checks for cmd in cmds])
+        replies = await self._unlocked([cmds for _, _, cmds in checks], replies)
         for n, (i, item, cmds) in enumerate(checks):
             try:
                 info = protocol.parse_show_cert(self.socket, cmds[0], replies[2 * n])
@@ -462,10 +581,36 @@ class _Run:
                 else:
                     error = self._served_error(item, cmds[1], replies[2 * n + 1])
             except HAProxyCommandFailed as exc:
-                error = _READ_BACK_FAILED.format(exc)
+                error = _READ_BACK_FAILED.format(exc.problem)
             if error is not None:
                 errors.append((i, error))
         return errors
+
+    async def _name_served(
+        self, items: Sequence[DeployItem], outcomes: dict[int, DeployOutcome]
+    ) -> None:
+        """
+        For a name HAProxy does not know, say under which name it serves that file.
+
+        HAProxy names a certificate by the path as its configuration wrote it
+        (``crt/site.pem`` relative to its working directory, or with a
+        crt-base), so an absolute path given by hand (a certbot hook) may be
+        the same file under another name.
+        """
+        unknown = [i for i, o in outcomes.items() if o.error == _NOT_SERVED.format(items[i].crt)]
+        if not unknown:
+            return
+        reply = await self.conn.run_one(protocol.SHOW_CERTS)
+        names = protocol.parse_cert_names(reply)
+        cwd = _cwd(self.process)
+        for i in unknown:
+            crt = items[i].crt
+            if same := _same_file(crt, names, cwd):
+                error = (
+                    f"{_NOT_SERVED.format(crt)} under that name; it serves that file as "
+                    f"{' and '.join(same)}: give that path"
+                )
+                outcomes[i] = DeployOutcome(crt, ok=False, method="update", error=error)
 
     def _show_served(self, item: DeployItem) -> protocol.Command:
         """The read-back of the response served for ``item``'s CertID (2.8: base64 DER)."""
@@ -520,6 +665,61 @@ def _compare_der(item: DeployItem, served_der: bytes) -> str | None:
             f"for {item.crt} (expected good)"
         )
     return None
+
+
+def _lock_waits(budget: float | None) -> Iterator[float]:
+    """Pauses before sending again what met the lock: 50 ms doubling to 1 s, within ``budget``."""
+    left, wait = LOCK_BUDGET if budget is None else budget, 0.05
+    while left > 0:
+        yield min(wait, left)
+        left -= wait
+        wait = min(2 * wait, 1.0)
+
+
+def _met_lock(outcome: DeployOutcome, todo: Sequence[tuple[int, DeployItem]]) -> bool:
+    """
+    Whether a transaction failed only because of the lock.
+
+    It met the lock itself, or it found another of these certificates'
+    transactions still open (2.8: "is about '<crt>'", 2.6: filed under
+    "... for certificate <crt>!"), whose abort met the lock.
+    """
+    error = outcome.error or ""
+    if outcome.ok:
+        return False
+    if protocol.LOCKED in error:
+        return True
+    others = [item.crt for _, item in todo if item.crt != outcome.crt]
+    return any(f"is about '{crt}'" in error or f"for certificate {crt}!" in error for crt in others)
+
+
+def _cwd(process: Process | None) -> Path | None:
+    """HAProxy's working directory, when it runs on this host and we may look."""
+    if process is None:
+        return None
+    try:
+        return Path(f"/proc/{process.pid}/cwd").readlink()
+    except OSError:
+        return None
+
+
+def _same_file(crt: str, names: Sequence[str], cwd: Path | None) -> list[str]:
+    """
+    The names in ``names`` that are the file ``crt``.
+
+    A relative name is HAProxy's working directory's: with it known (same
+    host) the files are compared; without it, a relative name matches when
+    it ends ``crt``'s path.
+    """
+    want = Path(crt).resolve()
+    same = []
+    for name in names:
+        if Path(name).is_absolute() or cwd is not None:
+            if (Path(cwd or "/") / name).resolve() == want:
+                same.append(name)
+        elif str(want).endswith(os.sep + os.path.normpath(name)):
+            same.append(name)
+    return same
 
 
 def _seconds(when: datetime) -> datetime:

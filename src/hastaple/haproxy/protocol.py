@@ -27,19 +27,37 @@ from datetime import UTC, datetime
 
 from hastaple.errors import ConfigError, HAProxyCommandFailed
 
-# HAPROXY.md §0.7: one command, payload included, must fit tune.bufsize (default).
-MAX_COMMAND_BYTES = 16384
+# One command, payload included, must fit tune.bufsize (16384 by default) less
+# the byte HAProxy keeps for its terminating NUL. Measured on 2.6.12 and 2.8.25:
+# a payload command of 16,383 bytes is answered, one of exactly 16,384 bytes
+# kills HAProxy (2.6: SIGSEGV; 2.8: its spinning-applet watchdog aborts).
+MAX_COMMAND_BYTES = 16383
 # base64 line width of payloads, as `base64 -w 64` (HAProxy accepts any width).
 PAYLOAD_LINE_CHARS = 64
 
-# A newline would end a command early (and start another): never sent.
+# A newline would end a command early (and start another), a NUL cut it: never sent.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-# The CLI splits commands on ';' and arguments on blanks unless a backslash
-# escapes them (HAProxy management guide, "Unix Socket commands").
-_SPECIAL = re.compile(r"([\\; ])")
+# How HAProxy's CLI reads a line (src/cli.c, the same in 2.6, 2.8 and 3.0): a
+# command ends at a '\n' or ';' that no backslash escapes; words split on
+# spaces and tabs; a backslash makes the next byte literal and is dropped
+# (quotes, '#' and '@' inside an argument mean nothing). But the payload mode
+# is detected on the raw line, escapes ignored: a line ending in "<<" (2.6,
+# 2.8), a last blank-separated word starting with "<<" (3.0's "<<PATTERN"),
+# and, on the master CLI of 2.6 and 2.8, the first "<<" anywhere in the line
+# being at its end. So '<' is escaped too: an escaped name never holds "<<".
+_SPECIAL = re.compile(r"([\\; <])")
 _PROMPT = re.compile(rb"(?:\A|\n)(?:master(?:\[[^\]\n]*\])?)?> ")
 _TOO_BIG = "The command is too big for the buffer size"
 _IGNORED = "Content will be ignored"
+_NO_WORKER = "Can't find the target PID matching the prefix"
+# Another client's commit holds the certificate lock (every version since 2.2;
+# seen from 3.0 when two sockets of one process are used at once). The command
+# was not run: it can be sent again.
+LOCKED = "Operations on certificates are currently locked!"
+MASTER_WITHOUT_WORKER = (
+    "this is HAProxy's master CLI, which serves no certificates itself: "
+    "add a worker selector such as @1 (<master socket>@1)"
+)
 PITFALL = "Certificate ID does not match any certificate or issuer"
 
 
@@ -122,8 +140,11 @@ class Command:
                 or it holds a control character.
         """
         prefix = address.prefix if self.for_worker else ""
-        if _CONTROL.search(self.line):
-            why = "not sent: the command holds a control character, which would split it"
+        if (char := _CONTROL.search(self.line)) is not None:
+            why = (
+                f"not sent: it holds the control character {char[0]!r}, which HAProxy's "
+                "CLI cannot take inside an argument (it would end or split the command)"
+            )
             raise HAProxyCommandFailed(address.text, repr(self.line), why)
         if self.payload is None:
             data = f"{prefix}{self.line}\n"
@@ -144,7 +165,7 @@ class Command:
 
 
 def _arg(text: str) -> str:
-    """Escape one argument (a certificate path) so that ';' or a space cannot split it."""
+    """Escape one argument (a certificate path): HAProxy reads it back as exactly one word."""
     return _SPECIAL.sub(r"\\\1", text)
 
 
@@ -158,6 +179,7 @@ def _b64_lines(der: bytes) -> str:
 # The master CLI has its own prompt mode: it must not go to the worker.
 PROMPT = Command("prompt", for_worker=False)
 SHOW_INFO = Command("show info")
+SHOW_CERTS = Command("show ssl cert")
 
 
 def set_ocsp_response(der: bytes, *, payload: bool = False) -> Command:
@@ -226,10 +248,21 @@ def shows_der(version: str) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class Reply:
-    """One reply; ``closed`` means the connection ended before the prompt came."""
+    """
+    One reply; ``closed`` means the connection ended before the prompt came.
+
+    ``prompt`` is the prompt that ended it: ``>`` on a worker socket,
+    ``master>`` on a master CLI, whether the master or a worker answered.
+    """
 
     text: str
     closed: bool = False
+    prompt: str = ""
+
+    @property
+    def on_master(self) -> bool:
+        """Whether the connection is to a master CLI."""
+        return self.prompt.startswith("master")
 
 
 class ReplyReader:
@@ -256,9 +289,9 @@ class ReplyReader:
         """Return the next complete reply, or None until more bytes arrive."""
         match = _PROMPT.search(self._buf)
         if match is not None:
-            body = bytes(self._buf[: match.start()])
-            del self._buf[: match.end()]
-            return Reply(_clean(body))
+            body, prompt = bytes(self._buf[: match.start()]), match[0].decode("ascii").strip()
+            del self._buf[: match.end()]  # after reading the match: it views the buffer
+            return Reply(_clean(body), prompt=prompt)
         if self._eof:
             body = bytes(self._buf)
             self._buf.clear()
@@ -272,6 +305,11 @@ def _clean(body: bytes) -> str:
     while text.startswith("+ "):
         text = text[2:]
     return text.rstrip("\n")
+
+
+def locked(reply: Reply) -> bool:
+    """Whether HAProxy refused the command because the certificates are locked (retry it)."""
+    return LOCKED in reply.text
 
 
 def _fail(
@@ -374,6 +412,21 @@ def parse_show_cert(socket: str, command: Command, reply: Reply) -> CertInfo | N
     )
 
 
+def parse_cert_names(reply: Reply) -> list[str]:
+    """
+    The certificate names of ``show ssl cert`` (the list form), as HAProxy names them.
+
+    The list starts with ``# filename``; names of an open transaction come
+    first, after ``# transaction``, prefixed with ``*``. Any other reply
+    gives no names.
+    """
+    return [
+        line
+        for line in reply.text.splitlines()
+        if line.strip() and not line.startswith(("#", "*")) and not reply.closed
+    ]
+
+
 @dataclass(frozen=True, slots=True)
 class Served:
     """The response HAProxy holds for a CertID (``show ssl ocsp-response <key>``)."""
@@ -415,16 +468,46 @@ class Info:
     pid: int
     uptime_sec: int
     version: str
+    node: str = ""
 
 
 def parse_info(socket: str, command: Command, reply: Reply) -> Info:
-    """Read Pid, Uptime_sec and Version from ``show info``."""
+    """
+    Read Pid, Uptime_sec, Version and node (the host name by default) from ``show info``.
+
+    A master CLI without a worker selector answers with its help, and one
+    whose selector names no worker with "Can't find the target PID"; both
+    fail with the fix in the message.
+    """
+    if (why := master_refusal(reply)) is not None:
+        raise HAProxyCommandFailed(socket, str(command), why)
     _check_common(socket, command, reply)
     fields = _fields(reply.text)
     try:
-        return Info(int(fields["Pid"]), int(fields["Uptime_sec"]), fields["Version"])
+        return Info(
+            int(fields["Pid"]), int(fields["Uptime_sec"]), fields["Version"], fields.get("node", "")
+        )
     except (KeyError, ValueError):
         raise _fail(socket, command, reply) from None
+
+
+def master_refusal(reply: Reply) -> str | None:
+    """
+    Why a master CLI answered instead of a worker, or None.
+
+    Without a worker selector the master answers a worker command with its
+    help ("Unknown command ..."); with a selector naming no worker (``@2``)
+    it says "Can't find the target PID matching the prefix '@2'" (and 2.6
+    then closes the connection).
+    """
+    if _NO_WORKER in reply.text:
+        return (
+            f"{reply.text.strip()}: the master CLI has no such worker; use @1 for the "
+            "current worker, or @!<pid> with a pid its 'show proc' lists"
+        )
+    if reply.on_master and reply.text.startswith("Unknown command"):
+        return MASTER_WITHOUT_WORKER
+    return None
 
 
 def _fields(text: str) -> dict[str, str]:
