@@ -22,7 +22,7 @@ from cryptography import x509
 
 from hastaple import __version__, config, discover, pem, render
 from hastaple import issuer as issuers
-from hastaple.errors import HastapleError, InvalidResponse
+from hastaple.errors import HastapleError, InvalidResponse, StateBusy
 from hastaple.haproxy.protocol import parse_address
 from hastaple.model import Action, ResultRow, Status
 from hastaple.ocsp.validate import validate
@@ -44,6 +44,12 @@ class UsageError(click.ClickException):
     def show(self, file: object = None) -> None:  # noqa: ARG002 - click's signature
         """Print ``error: <message>`` (click would print ``Error:``)."""
         click.echo(f"error: {self.format_message()}", err=True)
+
+
+class BusyError(UsageError):
+    """Nothing was done, though the input was fine (the state directory stayed busy): exit 1."""
+
+    exit_code = EXIT_FAILED
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -123,6 +129,14 @@ _state_dir_option = click.option(
     envvar="HASTAPLE_TIMEOUT",
     help="Seconds for one whole exchange with a responder.",
 )
+@click.option(
+    "--wait",
+    type=click.FloatRange(min=0),
+    default=config.LOCK_WAIT,
+    show_default=True,
+    envvar="HASTAPLE_WAIT",
+    help="Seconds to wait while another run (the daemon's batch) uses the state directory.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @_state_dir_option
 @click.pass_context
@@ -135,6 +149,7 @@ def fetch(
     force: bool,
     dry_run: bool,
     timeout: float,
+    wait: float,
     as_json: bool,
     state_dir: Path | None,
 ) -> None:
@@ -166,6 +181,7 @@ def fetch(
             force=force,
             dry_run=dry_run,
             state_dir=state_dir or config.default_state_dir(os.environ),
+            lock_wait=wait,
         )
         _check_sockets(options.sockets)
         limits = Limits(timeout=timeout, connect_timeout=min(timeout, Limits().connect_timeout))
@@ -288,6 +304,8 @@ class _errors:  # noqa: N801 - used as a context manager, reads as a phrase
         if isinstance(exc, HastapleError):
             if self.debug:
                 logger.error("%s", exc, exc_info=exc)
+            if isinstance(exc, StateBusy):
+                raise BusyError(str(exc)) from exc
             raise UsageError(str(exc)) from exc
 
 

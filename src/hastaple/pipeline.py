@@ -26,7 +26,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from hastaple import config, index, pem, schedule, store
+from hastaple import config, index, lock, pem, schedule, store
 from hastaple import issuer as issuers
 from hastaple.discover import CertEntry
 from hastaple.errors import CertificateError, FetchError, HastapleError, StoreError
@@ -56,6 +56,8 @@ class Options:
     # False: ask no CA, deploy the valid staple already on disk (the daemon's
     # re-push after an HAProxy restart); certificates without one are skipped.
     fetch: bool = True
+    # Seconds to wait for another run holding the state directory (``lock``).
+    lock_wait: float = config.LOCK_WAIT
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,9 +150,41 @@ async def run_outcomes(
     fetcher: Fetcher,
     now: dt.datetime,
     progress: Callable[[], None] | None = None,
+    held: index.Index | None = None,
 ) -> list[Outcome]:
-    """``run``, with the responder's max-age and latency per certificate (the daemon)."""
-    ctx = _Context(_Writer(), index.Index.load(None if options.dry_run else options.state_dir))
+    """
+    ``run``, with the responder's max-age and latency per certificate (the daemon).
+
+    The whole run, from reading the index to the last push, holds the state
+    directory's lock (``lock``): another run on it waits, or this one does.
+    ``held`` is an index the caller keeps between runs (the daemon): it is
+    brought up to date under the lock, not read whole again.
+
+    Raises:
+        StateBusy: another run held the state directory for ``options.lock_wait``.
+    """
+    state_dir = None if options.dry_run else options.state_dir  # dry-run writes nothing
+    async with lock.hold(state_dir, wait=options.lock_wait):
+        keep = held is not None and held.state_dir == state_dir
+        idx = held if held is not None and keep else index.Index.open(state_dir)
+        idx.sync()
+        outcomes = await _run_locked(
+            entries, options, fetcher=fetcher, now=now, progress=progress, idx=idx
+        )
+        idx.save()
+    return outcomes
+
+
+async def _run_locked(
+    entries: Sequence[CertEntry],
+    options: Options,
+    *,
+    fetcher: Fetcher,
+    now: dt.datetime,
+    progress: Callable[[], None] | None,
+    idx: index.Index,
+) -> list[Outcome]:
+    ctx = _Context(_Writer(), idx)
     results: list[_Prepared | None] = [None] * len(entries)
     pusher = None
     if options.sockets and not options.dry_run:
@@ -188,7 +222,6 @@ async def run_outcomes(
         await asyncio.gather(*workers, return_exceptions=True)
         if pusher is not None:
             await pusher.close()
-    ctx.index.save()
     return [Outcome(p.row, p.max_age, p.elapsed) for p in results if p is not None]
 
 
