@@ -42,6 +42,8 @@ logger = logging.getLogger(__name__)
 
 # Certificates handled at once; far above any per-responder connection limit.
 MAX_IN_FLIGHT = 256
+# How long an issuer downloaded from AIA is used before its URL is asked again.
+AIA_MAX_AGE = dt.timedelta(days=7)
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,7 +298,7 @@ async def _prepare(  # noqa: PLR0911 - one early return per kind of row
         if url is None:
             return _Prepared(ResultRow(name, None, Status.NO_OCSP, Action.SKIPPED))
         state_dir = None if options.dry_run else options.state_dir  # dry-run writes nothing
-        issuer, issuer_pem = await resolve_issuer(entry.path, bundle, fetcher, state_dir)
+        issuer, issuer_pem = await resolve_issuer(entry.path, bundle, fetcher, state_dir, now=now)
         cert = _Cert(entry.path, bundle.leaf, issuer, issuer_pem, url, entry.haproxy_names, pem_fp)
         return await _refresh(cert, options, fetcher, now, ctx)
     except CertificateError as exc:
@@ -387,6 +389,9 @@ async def _refresh(
         status, what = (Status.REVOKED, "the CA said REVOKED") if revoked else (Status.ERROR, "")
         error = f"no valid {staple_path.name} to deploy" + (f" ({what})" if what else "")
         return _Prepared(ResultRow(name, url, status, Action.SKIPPED, error=error))
+    if cert.issuer_pem is not None and not _haproxy_can_find_issuer(path):
+        # Decided before asking the CA: no answer could be stored, so none is asked for.
+        return _Prepared(_failed(name, url, _no_issuer_on_disk(path)))
     return await _fetch(cert, current, options=options, fetcher=fetcher, now=now, ctx=ctx)
 
 
@@ -423,8 +428,6 @@ async def _fetch(
         # expires sooner than ours: never replace a staple with a worse one.
         staple = _staple(cert, *current, cert_id=cert_id)
         return _Prepared(ResultRow.of(name, url, current[1], Action.FRESH), staple, **hints)
-    if cert.issuer_pem is not None and not _haproxy_can_find_issuer(path):
-        return _Prepared(ResultRow.of(name, url, verdict, Action.FAILED, _no_issuer_on_disk(path)))
     staple = _staple(cert, reply.der, verdict, cert_id=cert_id)
     if not options.dry_run:
         await ctx.writer.write(staple_path, reply.der, owner_of=path)
@@ -433,7 +436,12 @@ async def _fetch(
 
 
 async def resolve_issuer(
-    path: Path, bundle: pem.Bundle, fetcher: Fetcher, state_dir: Path | None
+    path: Path,
+    bundle: pem.Bundle,
+    fetcher: Fetcher,
+    state_dir: Path | None,
+    *,
+    now: dt.datetime | None = None,
 ) -> tuple[x509.Certificate, bytes | None]:
     """
     Find the issuer of ``bundle.leaf``: the chain, ``<crt>.issuer``, then AIA.
@@ -448,8 +456,9 @@ async def resolve_issuer(
     if (local := local_issuer(path, bundle)) is not None:
         return local
     urls = issuers.ca_issuers_urls(bundle.leaf)
+    when = now or dt.datetime.now(dt.UTC)
     for url in urls:
-        found = issuers.choose(bundle.leaf, await _aia_certificates(url, fetcher, state_dir))
+        found = await _aia_issuer(url, bundle.leaf, fetcher, state_dir, when)
         if found is not None:
             return found, found.public_bytes(serialization.Encoding.PEM)
     if urls:
@@ -482,31 +491,68 @@ def local_issuer(path: Path, bundle: pem.Bundle) -> tuple[x509.Certificate, byte
     return found, found.public_bytes(serialization.Encoding.PEM)
 
 
-async def _aia_certificates(
-    url: str, fetcher: Fetcher, state_dir: Path | None
-) -> list[x509.Certificate]:
+async def _aia_issuer(
+    url: str, leaf: x509.Certificate, fetcher: Fetcher, state_dir: Path | None, now: dt.datetime
+) -> x509.Certificate | None:
     """
-    Download caIssuers ``url`` once; the cache lives in the state directory only.
+    The issuer of ``leaf`` from caIssuers ``url``: cached in the state directory, for a while.
 
-    The cache is a convenience: failing to write it never fails the certificate.
+    A cached certificate is used while it is younger than ``AIA_MAX_AGE``, is
+    within its own validity, and signed ``leaf``. Otherwise ``url`` is asked
+    again: a CA that re-issued its intermediate (a new key signs new leaves,
+    or the old one expired) is noticed at once, not never. If asking fails, an
+    older cached issuer that still signed ``leaf`` and is valid is used (with a
+    warning) rather than failing the certificate.
     """
-    cached = None
-    if state_dir is not None:
-        cached = state_dir / "issuers" / (hashlib.sha256(url.encode()).hexdigest() + ".der")
-        if (data := store.read(cached)) is not None:
-            return issuers.parse_certificates(data)
-    data = await fetcher.get(url)
+    cache = None if state_dir is None else state_dir / "issuers" / _aia_cache_name(url)
+    stale = None
+    if cache is not None and (held := _read_aia_cache(cache)) is not None:
+        certs, mtime = held
+        found = issuers.choose(leaf, certs)
+        if found is not None and _within_validity(found, now):
+            if now - mtime < AIA_MAX_AGE:
+                return found
+            stale = found
+    try:
+        data = await fetcher.get(url)
+    except FetchError as exc:
+        if stale is None:
+            raise
+        logger.warning("using the issuer cached from %s: asking again failed: %s", url, exc)
+        return stale
     certs = issuers.parse_certificates(data)
-    if certs and cached is not None:
-        try:
-            # mkdir(parents=True) gives the parents the default mode (0755):
-            # make the state directory itself private first.
-            config.ensure_private_dir(cached.parent.parent)
-            config.ensure_private_dir(cached.parent)
-            store.write_atomic(cached, data)
-        except (OSError, StoreError) as exc:
-            logger.warning("could not cache the issuer from %s: %s", url, exc)
-    return certs
+    if certs and cache is not None:
+        _write_aia_cache(cache, data, url)
+    return issuers.choose(leaf, certs)
+
+
+def _aia_cache_name(url: str) -> str:
+    return hashlib.sha256(url.encode()).hexdigest() + ".der"
+
+
+def _read_aia_cache(cache: Path) -> tuple[list[x509.Certificate], dt.datetime] | None:
+    """The certificates cached at ``cache`` and when they were downloaded, or None."""
+    try:
+        data, st = store.read_file(cache)
+    except OSError:
+        return None
+    return issuers.parse_certificates(data), dt.datetime.fromtimestamp(st.st_mtime, dt.UTC)
+
+
+def _write_aia_cache(cache: Path, data: bytes, url: str) -> None:
+    """Cache a download; failing to write it never fails the certificate."""
+    try:
+        # mkdir(parents=True) gives the parents the default mode (0755):
+        # make the state directory itself private first.
+        config.ensure_private_dir(cache.parent.parent)
+        config.ensure_private_dir(cache.parent)
+        store.write_atomic(cache, data)
+    except (OSError, StoreError) as exc:
+        logger.warning("could not cache the issuer from %s: %s", url, exc)
+
+
+def _within_validity(cert: x509.Certificate, now: dt.datetime) -> bool:
+    return cert.not_valid_before_utc <= now <= cert.not_valid_after_utc
 
 
 def _haproxy_can_find_issuer(path: Path) -> bool:
