@@ -41,10 +41,9 @@ class CertificateError(HastapleError):
 class FetchError(HastapleError):
     """The responder could not be asked or did not answer with an OCSP response."""
 
-    def __init__(self, url: str, problem: str, *, retryable: bool = True) -> None:
+    def __init__(self, url: str, problem: str) -> None:
         self.url = url
         self.problem = problem
-        self.retryable = retryable
         super().__init__(f"{url}: {problem}")
 
 
