@@ -7,26 +7,41 @@ tests/ is on sys.path (pytest's rootdir conftest), so helpers import as
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from pki import PKI
 from responders import FaultResponder, OpensslResponder
+
+# click 8.1 (the lowest version allowed) mixes stderr into stdout unless told
+# not to; 8.2 always keeps them apart and has no such flag. The tests read both.
+if "mix_stderr" in inspect.signature(CliRunner.__init__).parameters:
+    CliRunner.__init__ = functools.partialmethod(CliRunner.__init__, mix_stderr=False)  # type: ignore[method-assign]
 
 # Read by hastaple or by aiohttp's trust_env; a developer's shell must not leak in.
 _PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
 
 
 @pytest.fixture(autouse=True)
-def _clean_environ(monkeypatch):
-    """Remove HASTAPLE_* and proxy variables for every test (httpx's clean_environ)."""
+def _clean_environ(monkeypatch, tmp_path_factory):
+    """
+    Remove HASTAPLE_* and proxy variables for every test (httpx's clean_environ).
+
+    The default state directory becomes one of the test's own: tests run in
+    parallel, and runs sharing /var/lib/hastaple would wait for each other's
+    lock (and write into the machine's real state).
+    """
     for name in list(os.environ):
         if name.startswith("HASTAPLE_") or name.upper() in _PROXY_VARS:
             monkeypatch.delenv(name)
+    monkeypatch.setenv("HASTAPLE_STATE_DIR", str(tmp_path_factory.mktemp("state")))
 
 
 @pytest.fixture(name="sock_dir")

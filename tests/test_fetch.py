@@ -1,8 +1,8 @@
 """
 hastaple.fetch against real servers: openssl ocsp, the fault responder, a proxy.
 
-Every failure must come out as FetchError with a sentence a person can act on
-and a sensible ``retryable``; nothing else may escape.
+Every failure must come out as FetchError with a sentence a person can act on;
+nothing else may escape.
 """
 
 from __future__ import annotations
@@ -171,18 +171,14 @@ async def test_outside_context_is_a_bug():
 # --- faults ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("status", "retryable"),
-    [(404, True), (500, True), (503, True), (429, True), (400, False), (403, False)],
-)
-async def test_http_status(fault_responder, request_der, status, retryable):
-    """Any status but 200 is a FetchError naming it; 404, 429 and 5xx may succeed later."""
+@pytest.mark.parametrize("status", [404, 500, 503, 429, 400, 403])
+async def test_http_status(fault_responder, request_der, status):
+    """Any status but 200 is a FetchError naming it."""
     url = fault_responder.on("st", Serve(b"oops", status=status, content_type="text/plain"))
 
     err = await _fetch_error(url, request_der)
 
     assert err.problem == f"HTTP {status} from responder"
-    assert err.retryable is retryable
     assert err.url == url
 
 
@@ -246,7 +242,7 @@ async def test_cap_boundary(fault_responder, request_der, declare_length):
 
 
 async def test_stall_before_headers(fault_responder, request_der):
-    """A responder that never answers costs at most the total timeout, then a retryable error."""
+    """A responder that never answers costs at most the total timeout, then a FetchError."""
     url = fault_responder.on("stall", Stall(30))
     loop = asyncio.get_running_loop()
     started = loop.time()
@@ -255,7 +251,6 @@ async def test_stall_before_headers(fault_responder, request_der):
 
     assert loop.time() - started < 2
     assert err.problem == "no complete answer within 0.5 s"
-    assert err.retryable
     assert isinstance(err.__cause__, TimeoutError)
 
 
@@ -266,7 +261,6 @@ async def test_slow_drip_body(fault_responder, request_der):
     err = await _fetch_error(url, request_der)
 
     assert err.problem == "no complete answer within 0.5 s"
-    assert err.retryable
 
 
 async def test_redirect_followed(fault_responder, request_der, good_der):
@@ -308,7 +302,6 @@ async def test_redirect_to_ftp(fault_responder, request_der):
     err = await _fetch_error(url, request_der)
 
     assert err.problem.startswith("redirected to unsupported URL scheme 'ftp'")
-    assert not err.retryable
 
 
 @pytest.mark.parametrize("url", ["ftp://127.0.0.1/ocsp", "ldap://127.0.0.1/", "file:///etc/x"])
@@ -318,7 +311,6 @@ async def test_unsupported_scheme(url, request_der):
 
     scheme = url.split(":", 1)[0]
     assert err.problem == f"unsupported URL scheme '{scheme}'"
-    assert not err.retryable
 
 
 @pytest.mark.parametrize("url", ["http://[::1/ocsp", "http://127.0.0.1:99999/"])
@@ -327,7 +319,6 @@ async def test_invalid_url(url, request_der):
     err = await _fetch_error(url, request_der)
 
     assert err.problem.startswith("invalid URL")
-    assert not err.retryable
 
 
 async def test_redirect_without_location(fault_responder, request_der):
@@ -358,7 +349,7 @@ async def test_content_type_parameters_ignored(fault_responder, request_der, goo
 
 
 async def test_connection_refused(request_der):
-    """Nobody listening is a retryable 'cannot connect', caused by the OS error."""
+    """Nobody listening is "cannot connect", caused by the OS error."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -367,18 +358,16 @@ async def test_connection_refused(request_der):
     err = await _fetch_error(f"http://127.0.0.1:{port}/", request_der)
 
     assert err.problem.startswith("cannot connect")
-    assert err.retryable
     assert isinstance(err.__cause__, aiohttp.ClientConnectorError)
 
 
 async def test_hangup(fault_responder, request_der):
-    """A responder that drops the connection without answering is a retryable FetchError."""
+    """A responder that drops the connection without answering is a FetchError."""
     url = fault_responder.on("bye", Hangup())
 
     err = await _fetch_error(url, request_der)
 
     assert err.problem == "the responder closed the connection without answering"
-    assert err.retryable
 
 
 async def test_https_untrusted_certificate(request_der, good_der):
@@ -408,13 +397,12 @@ async def test_https_to_plain_http(fault_responder, request_der, good_der):
 
 
 async def test_transfer_cut_short(fault_responder, request_der):
-    """A body shorter than its Content-Length (connection dropped) is a retryable FetchError."""
+    """A body shorter than its Content-Length (connection dropped) is a FetchError."""
     url = fault_responder.on("cut", Cut(b"\x30\x82", declared=1000))
 
     err = await _fetch_error(url, request_der)
 
     assert err.problem == "the response body was cut short or malformed"
-    assert err.retryable
     assert isinstance(err.__cause__, aiohttp.ClientPayloadError)
 
 
@@ -561,69 +549,61 @@ _EXPIRED = ssl.SSLCertVerificationError(1, "certificate verify failed")
 _EXPIRED.verify_message = "certificate has expired"
 
 MAPPED = [
-    (aiohttp.ConnectionTimeoutError(), "no connection within 0.5 s", True),
-    (aiohttp.SocketTimeoutError(), "no complete answer within 0.5 s", True),
-    (TimeoutError(), "no complete answer within 0.5 s", True),
+    (aiohttp.ConnectionTimeoutError(), "no connection within 0.5 s"),
+    (aiohttp.SocketTimeoutError(), "no complete answer within 0.5 s"),
+    (TimeoutError(), "no complete answer within 0.5 s"),
     (
         aiohttp.ClientConnectorDNSError(_KEY, OSError(-2, "Name or service not known")),
         "cannot resolve the host: Name or service not known",
-        True,
     ),
     (
         aiohttp.ClientProxyConnectionError(_KEY, _REFUSED),
         "cannot connect to the proxy: Connection refused",
-        True,
     ),
     (
         aiohttp.ClientConnectorCertificateError(_KEY, _EXPIRED),
         "the responder's TLS certificate is not trusted: certificate has expired",
-        True,
     ),
     (
         aiohttp.ClientSSLError(_KEY, ssl.SSLError(1, "[SSL] handshake failure")),
         "TLS handshake failed: [SSL] handshake failure",
-        True,
     ),
-    (aiohttp.ClientConnectorError(_KEY, _REFUSED), "cannot connect: Connection refused", True),
+    (aiohttp.ClientConnectorError(_KEY, _REFUSED), "cannot connect: Connection refused"),
     (
         aiohttp.ServerDisconnectedError(),
         "the responder closed the connection without answering",
-        True,
     ),
-    (aiohttp.ClientPayloadError("bad chunk"), "the response body was cut short or malformed", True),
-    (aiohttp.ClientHttpProxyError(_INFO, (), status=407), "the proxy answered HTTP 407", True),
-    (aiohttp.InvalidURL("http://[::1"), "invalid URL: http://[::1", False),
+    (aiohttp.ClientPayloadError("bad chunk"), "the response body was cut short or malformed"),
+    (aiohttp.ClientHttpProxyError(_INFO, (), status=407), "the proxy answered HTTP 407"),
+    (aiohttp.InvalidURL("http://[::1"), "invalid URL: http://[::1"),
     (
         aiohttp.ClientResponseError(_INFO, (), status=400, message="Invalid header"),
         "malformed HTTP response: Invalid header",
-        True,
     ),
-    (aiohttp.ClientError("odd"), "HTTP client error: odd", True),
-    (OSError(101, "Network is unreachable"), "network error: Network is unreachable", True),
+    (aiohttp.ClientError("odd"), "HTTP client error: odd"),
+    (OSError(101, "Network is unreachable"), "network error: Network is unreachable"),
     (
         ConnectionResetError(104, "Connection reset by peer"),
         "network error: Connection reset by peer",
-        True,
     ),
 ]
 
 
-@pytest.mark.parametrize(("exc", "problem", "retryable"), MAPPED, ids=lambda v: type(v).__name__)
-def test_error_mapping(exc, problem, retryable):
+@pytest.mark.parametrize(("exc", "problem"), MAPPED, ids=lambda v: type(v).__name__)
+def test_error_mapping(exc, problem):
     """Each transport exception becomes a FetchError with a sentence, chained from the original."""
     with pytest.raises(FetchError) as info, fetch._MapErrors("http://r/", FAST):
         raise exc
 
     assert info.value.problem == problem
-    assert info.value.retryable is retryable
     assert info.value.__cause__ is exc
 
 
 def test_error_mapping_covers_every_caught_type():
     """Every type the mapping catches has a case above (httpx: test every mapped exception)."""
-    tested = {type(exc) for exc, _, _ in MAPPED}
+    tested = {type(exc) for exc, _ in MAPPED}
 
-    assert {caught for caught, _, _ in fetch._ERROR_MAP} <= tested
+    assert {caught for caught, _ in fetch._ERROR_MAP} <= tested
 
 
 @pytest.mark.parametrize(

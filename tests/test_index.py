@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+from pathlib import Path
 
 import pytest
 
@@ -148,7 +149,8 @@ async def test_a_large_index_reads_back_whole(setup, tmp_path):
     first = index.Index.load(state)
     entry = first.lookup(path, index.fingerprint(path))
     assert entry is not None
-    names = [tmp_path / f"copy-{i:04d}.pem" for i in range(400)]
+    # More changes than the journal takes: the snapshot is rewritten, in pieces.
+    names = [tmp_path / f"copy-{i:04d}.pem" for i in range(index._MIN_JOURNAL + 1)]
     for name in names:
         first.record(name, entry)
     first.mark_revoked(names[7], 1234)
@@ -184,3 +186,107 @@ def test_fingerprint_if_only_for_our_bytes(tmp_path):
     path.write_bytes(b"someone else's")
     assert fingerprint_if(path, b"ours") is None
     assert fingerprint_if(tmp_path / "missing", b"ours") is None
+
+
+async def _recorded(setup, tmp_path, n: int):
+    """The state directory with ``n`` copies of one real entry; returns (state, entry, names)."""
+    path, state, _ = setup
+    await _run(path, state)
+    idx = index.Index.load(state)
+    entry = idx.lookup(path, index.fingerprint(path))
+    assert entry is not None
+    names = [tmp_path / f"n-{i:05d}.pem" for i in range(n)]
+    for name in names:
+        idx.record(name, entry)
+    idx.save()
+    return state, entry, names
+
+
+async def test_a_one_certificate_save_writes_one_line_not_the_index(setup, tmp_path):
+    """
+    A daemon batch of one certificate appends one journal line; index.json is untouched.
+
+    It used to rewrite and fsync the whole index (about 6 MB at 10,000
+    certificates) for every batch (issue 10, item 4).
+    """
+    state, _, names = await _recorded(setup, tmp_path, 3000)
+    snapshot = state / index.INDEX_NAME
+    before = index.fingerprint(snapshot)
+    journal = state / "index.journal"
+    size = journal.stat().st_size if journal.exists() else 0
+    idx = index.Index.load(state)
+    idx.forget(names[5])
+    idx.mark_revoked(names[6], 77)
+    idx.save()
+    assert index.fingerprint(snapshot) == before
+    assert 0 < journal.stat().st_size - size < 1000  # one small line per change (two here)
+    again = index.Index.load(state)
+    assert len(again) == len(names)  # 3000 copies + the real one - one forgotten
+    assert again.is_revoked(names[6], 77)
+    assert str(names[5]) not in again._entries
+
+
+async def test_a_kept_index_catches_up_with_other_writers(setup, tmp_path, monkeypatch):
+    """``sync`` replays what another process appended, and re-reads after it rewrote the index."""
+    state, _, names = await _recorded(setup, tmp_path, 10)
+    kept, other = index.Index.load(state), index.Index.load(state)
+    other.mark_revoked(names[0], 1)
+    other.forget(names[1])
+    other.save()
+    kept.sync()
+    assert kept.is_revoked(names[0], 1)
+    assert str(names[1]) not in kept._entries
+    monkeypatch.setattr(index, "_MIN_JOURNAL", 2)  # the next save rewrites the snapshot
+    other.clear_revoked(names[0])
+    other.forget(names[2])
+    other.forget(names[3])
+    other.save()
+    assert not (state / index.JOURNAL_NAME).exists()
+    kept.sync()
+    assert not kept.is_revoked(names[0], 1)
+    assert len(kept) == len(other) == 8  # 10 copies + the real one - three forgotten
+
+
+async def test_a_torn_journal_line_is_ignored_then_rewritten(setup, tmp_path):
+    """A line cut short by a crash is not replayed, nor appended after: the next save rewrites."""
+    state, _, names = await _recorded(setup, tmp_path, 3)
+    idx = index.Index.load(state)
+    idx.mark_revoked(names[0], 5)
+    idx.save()
+    journal = state / index.JOURNAL_NAME
+    with journal.open("ab") as f:
+        f.write(b'{"cert": "/x.pem", "revoked": 9')  # no end: the crash came here
+    torn = index.Index.load(state)
+    assert torn.is_revoked(names[0], 5)
+    assert not torn.is_revoked(Path("/x.pem"), 9)
+    torn.mark_revoked(names[1], 6)
+    torn.save()
+    assert not journal.exists()  # the whole index was written again instead
+    final = index.Index.load(state)
+    assert final.is_revoked(names[0], 5)
+    assert final.is_revoked(names[1], 6)
+
+
+async def test_a_journal_left_from_before_a_rewrite_is_not_replayed(setup, tmp_path, monkeypatch):
+    """
+    A crash between writing a new index.json and removing the old journal loses nothing.
+
+    The old journal names the snapshot it followed; replayed over the new one
+    it would bring back a forgotten entry or undo a revoked mark.
+    """
+    state, _, names = await _recorded(setup, tmp_path, 3)
+    idx = index.Index.load(state)
+    idx.clear_revoked(names[0])
+    idx.mark_revoked(names[0], 5)
+    idx.save()
+    journal = state / index.JOURNAL_NAME
+    old_journal = journal.read_bytes()  # says: names[0] revoked with serial 5
+    monkeypatch.setattr(index, "_MIN_JOURNAL", 0)
+    idx.clear_revoked(names[0])
+    idx.forget(names[1])
+    idx.save()
+    assert not journal.exists()
+    journal.write_bytes(old_journal)  # as if the crash came before the unlink
+    again = index.Index.load(state)
+    assert not again.is_revoked(names[0], 5)
+    assert str(names[1]) not in again._entries

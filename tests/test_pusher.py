@@ -71,14 +71,16 @@ async def test_a_stored_staple_is_deployed_while_others_are_fetched(
     assert hap.connections == 1  # both rounds on one connection
 
 
-async def test_a_failing_certificate_stops_the_whole_run(
+async def test_a_bug_outside_the_certificates_ends_the_run_and_its_workers(
     pki, fault_responder, tmp_path, monkeypatch
 ):
     """
-    An exception that is a bug (here from the progress callback) ends the run.
+    A bug outside one certificate's handling (here the progress callback) ends the run.
 
     The other workers are cancelled: none goes on asking CAs and writing
     staples after the caller has seen the error (the daemon's next batch).
+    A certificate that fails, even by a bug, does not end the run: see
+    test_pipeline.py.
     """
     monkeypatch.setattr(pipeline, "MAX_IN_FLIGHT", 2)
     url = fault_responder.url_for("slow")

@@ -15,14 +15,14 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 from cryptography import x509
 
 from hastaple import __version__, config, discover, pem, render
 from hastaple import issuer as issuers
-from hastaple.errors import HastapleError, InvalidResponse
+from hastaple.errors import HastapleError, InvalidResponse, StateBusy
 from hastaple.haproxy.protocol import parse_address
 from hastaple.model import Action, ResultRow, Status
 from hastaple.ocsp.validate import validate
@@ -46,23 +46,69 @@ class UsageError(click.ClickException):
         click.echo(f"error: {self.format_message()}", err=True)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class BusyError(UsageError):
+    """Nothing was done, though the input was fine (the state directory stayed busy): exit 1."""
+
+    exit_code = EXIT_FAILED
+
+
+def _log_options() -> list[click.Option]:
+    """``-v``, ``-q`` and ``--debug``: for the group and for every command (``fetch -q``)."""
+
+    def option(decls: list[str], help_text: str, **kind: bool) -> click.Option:
+        return click.Option(decls, expose_value=False, callback=_log_flag, help=help_text, **kind)
+
+    return [
+        option(["-v", "--verbose"], "More log output on stderr (-vv for debug).", count=True),
+        option(["-q", "--quiet"], "Only errors on stderr.", is_flag=True),
+        option(["--debug"], "Show tracebacks for errors.", is_flag=True),
+    ]
+
+
+class _Group(click.Group):
+    """
+    A group whose commands accept its logging options too, before or after the name.
+
+    ``hastaple -q fetch`` and ``hastaple fetch -q`` mean the same; given in
+    both places, ``-v`` adds up and the flags stay set.
+    """
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        """Register ``cmd`` with the logging options added to its own."""
+        cmd.params.extend(_log_options())
+        super().add_command(cmd, name)
+
+
+def _log_flag(ctx: click.Context, param: click.Parameter, value: int | bool) -> None:
+    """Merge one logging option into the run's flags (``ctx.obj``) and apply them."""
+    flags: dict[str, Any] = ctx.find_root().ensure_object(dict)
+    name = str(param.name)
+    if name == "verbose":
+        flags[name] = flags.get(name, 0) + value
+    else:
+        flags[name] = bool(flags.get(name) or value)
+    levels = (logging.WARNING, logging.INFO, logging.DEBUG)
+    level = logging.ERROR if flags.get("quiet") else levels[min(flags.get("verbose", 0), 2)]
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(format=_LOG_FORMAT, stream=sys.stderr)
+        root.handlers[0].set_name(_LOG_HANDLER)
+    # Only a handler we installed: a host program's (or pytest's) logging is left as it is.
+    if any(h.get_name() == _LOG_HANDLER for h in root.handlers):
+        root.setLevel(logging.DEBUG if flags.get("debug") else level)
+
+
+_LOG_HANDLER = "hastaple-cli"
+_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="hastaple")
-@click.option("-v", "--verbose", count=True, help="More log output on stderr (-vv for debug).")
-@click.option("-q", "--quiet", is_flag=True, help="Only errors on stderr.")
-@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
-@click.pass_context
-def cli(ctx: click.Context, verbose: int, quiet: bool, debug: bool) -> None:
+def cli() -> None:
     """Keep OCSP staples fresh in HAProxy, with no reloads."""
-    level = (
-        logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
-    )
-    logging.basicConfig(
-        level=logging.DEBUG if debug else level,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
-    ctx.obj = {"debug": debug, "quiet": quiet}
+
+
+cli.params.extend(_log_options())
 
 
 class _ListPath(click.Path):
@@ -123,6 +169,14 @@ _state_dir_option = click.option(
     envvar="HASTAPLE_TIMEOUT",
     help="Seconds for one whole exchange with a responder.",
 )
+@click.option(
+    "--wait",
+    type=click.FloatRange(min=0),
+    default=config.LOCK_WAIT,
+    show_default=True,
+    envvar="HASTAPLE_WAIT",
+    help="Seconds to wait while another run (the daemon's batch) uses the state directory.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @_state_dir_option
 @click.pass_context
@@ -135,6 +189,7 @@ def fetch(
     force: bool,
     dry_run: bool,
     timeout: float,
+    wait: float,
     as_json: bool,
     state_dir: Path | None,
 ) -> None:
@@ -167,6 +222,7 @@ def fetch(
             force=force,
             dry_run=dry_run,
             state_dir=state_dir or config.default_state_dir(os.environ),
+            lock_wait=wait,
         )
         _check_sockets(options.sockets)
         limits = Limits(timeout=timeout, connect_timeout=min(timeout, Limits().connect_timeout))
@@ -289,6 +345,8 @@ class _errors:  # noqa: N801 - used as a context manager, reads as a phrase
         if isinstance(exc, HastapleError):
             if self.debug:
                 logger.error("%s", exc, exc_info=exc)
+            if isinstance(exc, StateBusy):
+                raise BusyError(str(exc)) from exc
             raise UsageError(str(exc)) from exc
 
 

@@ -27,6 +27,9 @@ from hastaple.schedule import DEFAULT_POLICY, Policy
 
 # Seconds for one whole exchange with a responder (``fetch --timeout``, the daemon).
 FETCH_TIMEOUT = 15.0
+# Seconds a run waits for another one on the same state directory (``fetch --wait``,
+# the daemon's batches): a daemon batch over 10,000 certificates takes well under this.
+LOCK_WAIT = 120.0
 
 SYSTEM_STATE_DIR = Path("/var/lib/hastaple")
 # How long a runtime socket may be down or refuse staples before /healthz fails.

@@ -42,7 +42,7 @@ import watchfiles
 from hastaple import discover, index, pem, pipeline, schedule
 from hastaple import metrics as prom
 from hastaple.config import Config
-from hastaple.errors import HastapleError
+from hastaple.errors import HastapleError, StateBusy
 from hastaple.events import log_event
 from hastaple.fetch import Fetcher
 from hastaple.haproxy import client, protocol
@@ -104,6 +104,8 @@ class Daemon:
         # One pipeline run at a time: a refresh batch and a re-push to the same
         # HAProxy must not open competing transactions on one certificate.
         self._busy = asyncio.Lock()
+        # Kept between batches: each batch reads only what others appended (``index``).
+        self.index = index.Index.open(config.state_dir)
         # Serial per certificate with the file identity it was read from: a file
         # event re-parses only what changed, not 10,000 PEMs on the event loop.
         self._serials: dict[str, tuple[index.Fingerprint, str | None]] = {}
@@ -267,9 +269,12 @@ class Daemon:
                 if names:
                     options = self._options(force=force)
                     entries = [self.entries[n] for n in names]
-                    outcomes += await pipeline.run_outcomes(
-                        entries, options, fetcher=self.fetcher, now=now
-                    )
+                    try:
+                        outcomes += await pipeline.run_outcomes(
+                            entries, options, fetcher=self.fetcher, now=now, held=self.index
+                        )
+                    except StateBusy as exc:  # still due: the next turn waits again
+                        log_event(logging.WARNING, "busy", certs=len(names), error=str(exc))
         with self._batch():
             for outcome in outcomes:
                 self._record(outcome, now, started)
@@ -438,9 +443,14 @@ class Daemon:
             return
         options = dataclasses.replace(self._options(fetch=False), sockets=(socket,))
         async with self._busy:
-            outcomes = await pipeline.run_outcomes(
-                entries, options, fetcher=self.fetcher, now=self.clock.now()
-            )
+            try:
+                outcomes = await pipeline.run_outcomes(
+                    entries, options, fetcher=self.fetcher, now=self.clock.now(), held=self.index
+                )
+            except StateBusy as exc:  # retried with the failed pushes' backoff
+                log_event(logging.WARNING, "busy", socket=socket, error=str(exc))
+                self._push_failed(socket, self.clock.now())
+                return
         with self._batch():
             for outcome in outcomes:
                 row = outcome.row

@@ -7,6 +7,7 @@ Every expected failure of hastaple, as one tree.
     ├─ FetchError(url)            transport, timeout, HTTP status, body too large
     ├─ InvalidResponse(reason)    the validator's only exception
     ├─ StoreError(path)           the staple could not be written
+    ├─ StateBusy(path)            another run held the state directory too long
     └─ HAProxyError(socket)
        ├─ HAProxyUnreachable      no such socket, refused, timed out
        └─ HAProxyCommandFailed    HAProxy answered, but not with success
@@ -40,10 +41,9 @@ class CertificateError(HastapleError):
 class FetchError(HastapleError):
     """The responder could not be asked or did not answer with an OCSP response."""
 
-    def __init__(self, url: str, problem: str, *, retryable: bool = True) -> None:
+    def __init__(self, url: str, problem: str) -> None:
         self.url = url
         self.problem = problem
-        self.retryable = retryable
         super().__init__(f"{url}: {problem}")
 
 
@@ -62,6 +62,19 @@ class StoreError(HastapleError):
         self.path = Path(path)
         self.problem = problem
         super().__init__(f"{path}: {problem}")
+
+
+class StateBusy(HastapleError):  # noqa: N818 - reads as a state, like HAProxyUnreachable
+    """Another run held the state directory's lock for as long as this one would wait."""
+
+    def __init__(self, path: Path | str, holder: str, waited: float) -> None:
+        self.path = Path(path)
+        self.holder = holder
+        self.waited = waited
+        super().__init__(
+            f"{self.path.parent}: in use by {holder}; gave up after waiting {waited:g} s "
+            "(another hastaple run on the same state directory)"
+        )
 
 
 class HAProxyError(HastapleError):

@@ -40,9 +40,6 @@ if TYPE_CHECKING:
 OCSP_CONTENT_TYPE = "application/ocsp-response"  # RFC 6960 Appendix A.2
 _SCHEMES = frozenset({"http", "https"})
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
-# Statuses a later attempt may well get past: missing object on a CDN edge,
-# rate limiting, and every server-side failure. Other 4xx say our request is wrong.
-_RETRYABLE_4XX = frozenset({404, 408, 425, 429})
 _READ_CHUNK_BYTES = 16 * 1024
 _MAX_AGE = re.compile(r"(?:^|,)\s*max-age\s*=\s*\"?(\d+)\"?\s*(?:,|$)", re.IGNORECASE)
 
@@ -333,7 +330,7 @@ def _parse_url(origin: str, url: str) -> URL:
     try:
         return URL(url)
     except ValueError as exc:
-        raise FetchError(origin, f"invalid URL {url!r}: {exc}", retryable=False) from exc
+        raise FetchError(origin, f"invalid URL {url!r}: {exc}") from exc
 
 
 def _check_scheme(origin: str, url: URL, *, redirected: bool) -> None:
@@ -342,7 +339,7 @@ def _check_scheme(origin: str, url: URL, *, redirected: bool) -> None:
         problem = f"unsupported URL scheme '{url.scheme}'"
         if redirected:
             problem = f"redirected to {problem} ({url})"
-        raise FetchError(origin, problem, retryable=False)
+        raise FetchError(origin, problem)
 
 
 def _redirect_target(origin: str, resp: aiohttp.ClientResponse) -> URL:
@@ -358,8 +355,7 @@ def _redirect_target(origin: str, resp: aiohttp.ClientResponse) -> URL:
 def _check_status(origin: str, status: int) -> None:
     """Only 200 carries an OCSP response (RFC 5019 §5)."""
     if status != 200:  # noqa: PLR2004 - HTTP OK
-        retryable = status >= 500 or status in _RETRYABLE_4XX  # noqa: PLR2004 - 5xx
-        raise FetchError(origin, f"HTTP {status} from responder", retryable=retryable)
+        raise FetchError(origin, f"HTTP {status} from responder")
 
 
 async def _read_capped(origin: str, resp: aiohttp.ClientResponse, cap: int) -> bytes:
@@ -414,56 +410,49 @@ class _MapErrors:
     ) -> None:
         if exc is None or isinstance(exc, FetchError):
             return
-        for caught, sentence, retryable in _ERROR_MAP:
+        for caught, sentence in _ERROR_MAP:
             if isinstance(exc, caught):
-                raise FetchError(self.url, sentence(exc, self.limits), retryable=retryable) from exc
+                raise FetchError(self.url, sentence(exc, self.limits)) from exc
 
 
-# (caught type, sentence, retryable), most specific first: aiohttp's timeouts
+# (caught type, sentence), most specific first: aiohttp's timeouts
 # are also OSErrors and ClientErrors. Anything not listed escapes: a bug.
-_ERROR_MAP: tuple[tuple[type[BaseException], Callable[[Any, Limits], str], bool], ...] = (
+_ERROR_MAP: tuple[tuple[type[BaseException], Callable[[Any, Limits], str]], ...] = (
     (
         aiohttp.ConnectionTimeoutError,
         lambda _, lim: f"no connection within {lim.connect_timeout:g} s",
-        True,
     ),
     (
         TimeoutError,  # asyncio.timeout, ClientTimeout(total), SocketTimeoutError
         lambda _, lim: f"no complete answer within {lim.timeout:g} s",
-        True,
     ),
     (
         aiohttp.ClientConnectorDNSError,
         lambda e, _: f"cannot resolve the host: {_reason(e)}",
-        True,
     ),
     (
         aiohttp.ClientProxyConnectionError,
         lambda e, _: f"cannot connect to the proxy: {_reason(e)}",
-        True,
     ),
     (
         aiohttp.ClientConnectorCertificateError,
         lambda e, _: f"the responder's TLS certificate is not trusted: {_tls_reason(e)}",
-        True,
     ),
-    (aiohttp.ClientSSLError, lambda e, _: f"TLS handshake failed: {_tls_reason(e)}", True),
-    (aiohttp.ClientConnectorError, lambda e, _: f"cannot connect: {_reason(e)}", True),
+    (aiohttp.ClientSSLError, lambda e, _: f"TLS handshake failed: {_tls_reason(e)}"),
+    (aiohttp.ClientConnectorError, lambda e, _: f"cannot connect: {_reason(e)}"),
     (
         aiohttp.ServerDisconnectedError,
         lambda _e, _: "the responder closed the connection without answering",
-        True,
     ),
     (
         aiohttp.ClientPayloadError,
         lambda _e, _: "the response body was cut short or malformed",
-        True,
     ),
-    (aiohttp.ClientHttpProxyError, lambda e, _: f"the proxy answered HTTP {e.status}", True),
-    (aiohttp.InvalidURL, lambda e, _: f"invalid URL: {e}", False),
-    (aiohttp.ClientResponseError, lambda e, _: f"malformed HTTP response: {e.message}", True),
-    (aiohttp.ClientError, lambda e, _: f"HTTP client error: {_reason(e)}", True),
-    (OSError, lambda e, _: f"network error: {_reason(e)}", True),
+    (aiohttp.ClientHttpProxyError, lambda e, _: f"the proxy answered HTTP {e.status}"),
+    (aiohttp.InvalidURL, lambda e, _: f"invalid URL: {e}"),
+    (aiohttp.ClientResponseError, lambda e, _: f"malformed HTTP response: {e.message}"),
+    (aiohttp.ClientError, lambda e, _: f"HTTP client error: {_reason(e)}"),
+    (OSError, lambda e, _: f"network error: {_reason(e)}"),
 )
 
 

@@ -13,8 +13,9 @@ validates everything again. A hit is therefore the same bytes that passed
 every check before; only the clock has moved, and the caller re-checks the
 times against ``now``.
 
-The file lives in the state directory (``index.json``), written atomically;
-a missing, unreadable or foreign file is an empty index, never an error.
+It lives in the state directory: a snapshot (``index.json``, written
+atomically) and a journal of later changes (``index.journal``); see ``Index``.
+A missing, unreadable or foreign file is an empty index, never an error.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import dataclasses
 import datetime as dt
 import json
 import os
+import secrets
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -37,7 +39,11 @@ from hastaple.model import Status, Verdict
 from hastaple.ocsp.validate import CLOCK_SKEW
 
 INDEX_NAME = "index.json"
+JOURNAL_NAME = "index.journal"
 _VERSION = 1
+# Changes the journal holds before the snapshot is rewritten: at least this
+# many, else half the index (so a rewrite is paid for by as many cheap appends).
+_MIN_JOURNAL = 1024
 _PIECE = 64 * 1024  # bytes per write of the index document
 
 Fingerprint = tuple[int, int, int, int]  # inode, size, mtime_ns, ctime_ns
@@ -100,40 +106,162 @@ def signer_window(der: bytes, verdict: Verdict) -> tuple[dt.datetime, dt.datetim
 
 
 class Index:
-    """The index of one state directory; ``load``, ``lookup``/``record``, then ``save``."""
+    """
+    The index of one state directory: ``open``, ``sync``, ``lookup``/``record``, ``save``.
 
-    def __init__(
-        self,
-        path: Path | None,
-        entries: dict[str, Entry] | None = None,
-        revoked: dict[str, int] | None = None,
-        pems: dict[bytes, bytes] | None = None,
-    ) -> None:
+    On disk it is a snapshot (``index.json``) plus a journal of the changes
+    made since (``index.journal``, one JSON line per change). ``save`` appends
+    only what changed, so a daemon batch of one certificate writes one line
+    and syncs one small file, not the whole index; the snapshot is rewritten
+    (and the journal dropped) only once the journal has grown to half the
+    index. The journal's first line names the snapshot it follows (a random
+    generation), so a crash between writing a new snapshot and dropping the
+    old journal never replays stale changes over the new snapshot.
+
+    Callers that run one after the other (the daemon's batches) keep one
+    ``Index`` and call ``sync`` at the start of each run, under the state
+    directory's lock (``lock``): it reads only what other processes appended
+    since, and the whole index again only after one of them rewrote it.
+    """
+
+    def __init__(self, path: Path | None) -> None:
         self.path = path
-        self._entries = entries or {}
+        self._entries: dict[str, Entry] = {}
         # certificate path -> serial the CA said is revoked: an older good staple
         # on disk must not count as fresh, nor be pushed, for that serial.
-        self._revoked = revoked or {}
-        self._dirty = False
+        self._revoked: dict[str, int] = {}
         # One copy of each issuer PEM (thousands of entries share an intermediate);
-        # ``load`` fills it while it reads, so the copies never exist at once.
-        self._pems: dict[bytes, bytes] = pems if pems is not None else {}
+        # filled while reading, so the copies never exist at once.
+        self._pems: dict[bytes, bytes] = {}
+        # Names changed since the last save (entries and revoked marks).
+        self._changed: set[str] = set()
+        self._changed_revoked: set[str] = set()
+        # What of the files this object has read (or written) itself.
+        self._snapshot: Fingerprint | None = None  # identity of index.json as read
+        self._generation: str | None = None  # of that snapshot; None: none usable
+        self._journal: Fingerprint | None = None  # identity of index.journal as read
+        self._journal_at = 0  # bytes of the journal replayed (or written) so far
+        self._journal_lines = 0  # changes in the journal (decides when to rewrite)
+        self._rewrite = True  # the next save writes a new snapshot (nothing usable yet)
+        self._loaded = False
+
+    @classmethod
+    def open(cls, state_dir: Path | None) -> Index:
+        """The index of ``state_dir`` (None: a throw-away one), not read yet (``sync``)."""
+        return cls(None if state_dir is None else state_dir / INDEX_NAME)
 
     @classmethod
     def load(cls, state_dir: Path | None) -> Index:
-        """Read ``state_dir``/index.json; anything unusable gives an empty index."""
-        if state_dir is None:
-            return cls(None)
-        path = state_dir / INDEX_NAME
-        entries: dict[str, Entry] = {}
-        revoked: dict[str, int] = {}
-        pems: dict[bytes, bytes] = {}  # one copy of each issuer PEM, as in ``record``
-        with contextlib.suppress(OSError, ValueError, KeyError, TypeError, AttributeError):
-            doc = json.loads(path.read_bytes())
+        """Read ``state_dir``'s index; anything unusable gives an empty index."""
+        idx = cls.open(state_dir)
+        idx.sync()
+        return idx
+
+    @property
+    def state_dir(self) -> Path | None:
+        """The directory this index lives in."""
+        return None if self.path is None else self.path.parent
+
+    @property
+    def _journal_path(self) -> Path:
+        assert self.path is not None  # noqa: S101 - only called with a state directory
+        return self.path.with_name(JOURNAL_NAME)
+
+    def sync(self) -> None:
+        """
+        Catch up with what other processes wrote since this object last read or wrote.
+
+        Unsaved changes are dropped when the snapshot was rewritten meanwhile:
+        call ``save`` first (the pipeline saves at the end of every run).
+        """
+        if self.path is None:
+            return
+        snapshot = fingerprint(self.path)
+        journal = fingerprint(self._journal_path)
+        if self._loaded and snapshot == self._snapshot:
+            if journal == self._journal:
+                return  # nobody wrote since: one stat of each file, nothing read
+            if _appended_to(self._journal, journal):
+                self._read_journal()  # only the lines other processes added
+                return
+        self._read_snapshot()
+        self._read_journal()
+
+    def _read_snapshot(self) -> None:
+        assert self.path is not None  # noqa: S101 - sync checked
+        self._entries, self._revoked, self._pems = {}, {}, {}
+        self._changed.clear()
+        self._changed_revoked.clear()
+        self._generation, self._journal, self._journal_at, self._journal_lines = None, None, 0, 0
+        self._rewrite, self._loaded = True, True
+        try:
+            data, st = store.read_file(self.path)
+        except OSError:
+            self._snapshot = None
+            return
+        self._snapshot = _identity(st)
+        with contextlib.suppress(ValueError, KeyError, TypeError, AttributeError):
+            doc = json.loads(data)
             if doc.get("version") == _VERSION:
-                entries = {name: _entry(raw, pems) for name, raw in doc["certs"].items()}
-                revoked = {name: int(serial) for name, serial in doc.get("revoked", {}).items()}
-        return cls(path, entries, revoked, pems)
+                pems = self._pems
+                self._entries = {name: _entry(raw, pems) for name, raw in doc["certs"].items()}
+                revoked = doc.get("revoked", {})
+                self._revoked = {name: int(serial) for name, serial in revoked.items()}
+                generation = doc.get("generation")
+                self._generation = generation if isinstance(generation, str) else None
+                self._rewrite = self._generation is None
+
+    def _read_journal(self) -> None:
+        """Replay the complete lines appended since ``_journal_at``; a torn one ends it."""
+        if self._generation is None:
+            return  # a journal follows a snapshot; without one it means nothing
+        try:
+            with self._journal_path.open("rb") as f:
+                self._journal = _identity(os.fstat(f.fileno()))
+                f.seek(self._journal_at)
+                data = f.read()
+        except OSError:
+            return
+        at = 0
+        while (end := data.find(b"\n", at)) >= 0:
+            try:
+                self._replay(json.loads(data[at:end]), first=self._journal_at + at == 0)
+            except (ValueError, KeyError, TypeError, AttributeError):
+                self._rewrite = True  # garbage or another generation's: never append to it
+                break
+            at = end + 1
+        else:
+            if at < len(data):
+                self._rewrite = True  # a line cut short by a crash: never append after it
+        self._journal_at += at
+
+    def _replay(self, change: dict[str, object], *, first: bool) -> None:
+        """
+        Apply one journal line.
+
+        Raises:
+            ValueError: the first line does not name our snapshot (a journal
+                left by a crash after a newer snapshot was written), or a
+                later line is a header.
+        """
+        if first or "base" in change:
+            if not first or change["base"] != self._generation:
+                raise ValueError
+            return
+        name = str(change["cert"])
+        if "entry" in change:
+            raw = change["entry"]
+            if raw is None:
+                self._entries.pop(name, None)
+            else:
+                self._entries[name] = _entry(raw, self._pems)  # type: ignore[arg-type]
+        if "revoked" in change:
+            serial = change["revoked"]
+            if serial is None:
+                self._revoked.pop(name, None)
+            else:
+                self._revoked[name] = int(str(serial))
+        self._journal_lines += 1
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -166,24 +294,26 @@ class Index:
             shared = self._pems.setdefault(entry.issuer_pem, entry.issuer_pem)
             if shared is not entry.issuer_pem:
                 entry = dataclasses.replace(entry, issuer_pem=shared)
-        self._entries[str(cert)] = entry
-        self._dirty = True
+        name = str(cert)
+        if self._entries.get(name) != entry:  # a fresh staple seen again is no change
+            self._entries[name] = entry
+            self._changed.add(name)
 
     def forget(self, cert: Path) -> None:
         """Drop what we knew about ``cert`` (its staple is no longer good)."""
         if self._entries.pop(str(cert), None) is not None:
-            self._dirty = True
+            self._changed.add(str(cert))
 
     def mark_revoked(self, cert: Path, serial: int) -> None:
         """Remember that the CA answered "revoked" for ``cert`` with this serial."""
         if self._revoked.get(str(cert)) != serial:
             self._revoked[str(cert)] = serial
-            self._dirty = True
+            self._changed_revoked.add(str(cert))
 
     def clear_revoked(self, cert: Path) -> None:
         """The CA answered "good" again (or the certificate was renewed)."""
         if self._revoked.pop(str(cert), None) is not None:
-            self._dirty = True
+            self._changed_revoked.add(str(cert))
 
     def is_revoked(self, cert: Path, serial: int) -> bool:
         """Whether the last answer for this certificate and serial was "revoked"."""
@@ -191,18 +321,64 @@ class Index:
 
     def save(self) -> None:
         """
-        Write the index atomically when it changed; a failure only costs speed.
+        Write what changed: a few journal lines, or a new snapshot; a failure only costs speed.
 
         The state directory is created private (0700) by the caller's config.
         """
-        if not self._dirty or self.path is None:
+        if self.path is None or not (self._changed or self._changed_revoked):
             return
-        with contextlib.suppress(OSError, StoreError):
+        changes = len(self._changed | self._changed_revoked)
+        limit = max(_MIN_JOURNAL, len(self._entries) // 2)
+        try:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            store.write_atomic(self.path, self._encode())
-            self._dirty = False
+            if self._rewrite or self._journal_lines + changes > limit:
+                self._write_snapshot()
+            else:
+                self._append()
+        except (OSError, StoreError):
+            self._rewrite = True  # a journal line may be cut short: never append after it
+            return
+        self._changed.clear()
+        self._changed_revoked.clear()
 
-    def _encode(self) -> Iterator[bytes]:
+    def _write_snapshot(self) -> None:
+        """Replace index.json with the whole index under a new generation; drop the journal."""
+        assert self.path is not None  # noqa: S101 - save checked
+        generation = secrets.token_hex(8)
+        store.write_atomic(self.path, self._encode(generation))
+        # From here the old journal names another generation: never replayed again.
+        self._journal_path.unlink(missing_ok=True)
+        self._snapshot, self._generation = fingerprint(self.path), generation
+        self._journal, self._journal_at, self._journal_lines = None, 0, 0
+        self._rewrite = False
+
+    def _append(self) -> None:
+        """Append one line per changed name to the journal and sync it (one small write)."""
+        out = bytearray()
+        if self._journal is None:  # none since the snapshot: start one that names it
+            out += _line({"base": self._generation})
+        for name in sorted(self._changed | self._changed_revoked):
+            change: dict[str, object] = {"cert": name}
+            if name in self._changed:
+                entry = self._entries.get(name)
+                change["entry"] = None if entry is None else _raw(entry)
+            if name in self._changed_revoked:
+                change["revoked"] = self._revoked.get(name)
+            out += _line(change)
+            self._journal_lines += 1
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+        fd = os.open(self._journal_path, flags, 0o600)
+        try:
+            view = memoryview(out)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fdatasync(fd)
+            self._journal = _identity(os.fstat(fd))
+        finally:
+            os.close(fd)
+        self._journal_at += len(out)
+
+    def _encode(self, generation: str) -> Iterator[bytes]:
         """
         The same bytes as one ``json.dumps`` of the whole document, in pieces of about 64 KiB.
 
@@ -210,7 +386,9 @@ class Index:
         dicts, as text, or as bytes) it was the daemon's peak, so it is
         written as it is produced.
         """
-        out = bytearray(b'{"version":%d,"certs":{' % _VERSION)
+        out = bytearray(b'{"version":%d,"generation":' % _VERSION)
+        out += _dumps(generation).encode()
+        out += b',"certs":{'
         for i, (name, e) in enumerate(self._entries.items()):
             if i:
                 out += b","
@@ -224,6 +402,17 @@ class Index:
         out += _dumps(self._revoked).encode()
         out += b"}"
         yield bytes(out)
+
+
+def _appended_to(before: Fingerprint | None, now: Fingerprint | None) -> bool:
+    """Whether the journal ``now`` is ``before`` with lines added (same file, grown)."""
+    if now is None:
+        return False
+    return before is None or (now[0] == before[0] and now[1] > before[1])
+
+
+def _line(change: dict[str, object]) -> bytes:
+    return _dumps(change).encode() + b"\n"
 
 
 def _shared(data: bytes, pems: dict[bytes, bytes]) -> bytes:

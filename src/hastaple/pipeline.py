@@ -26,7 +26,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from hastaple import config, index, pem, schedule, store
+from hastaple import config, index, lock, pem, schedule, store
 from hastaple import issuer as issuers
 from hastaple.discover import CertEntry
 from hastaple.errors import CertificateError, FetchError, HastapleError, StoreError
@@ -42,6 +42,8 @@ logger = logging.getLogger(__name__)
 
 # Certificates handled at once; far above any per-responder connection limit.
 MAX_IN_FLIGHT = 256
+# How long an issuer downloaded from AIA is used before its URL is asked again.
+AIA_MAX_AGE = dt.timedelta(days=7)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +61,8 @@ class Options:
     # False: ask no CA, deploy the valid staple already on disk (the daemon's
     # re-push after an HAProxy restart); certificates without one are skipped.
     fetch: bool = True
+    # Seconds to wait for another run holding the state directory (``lock``).
+    lock_wait: float = config.LOCK_WAIT
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,9 +155,41 @@ async def run_outcomes(
     fetcher: Fetcher,
     now: dt.datetime,
     progress: Callable[[], None] | None = None,
+    held: index.Index | None = None,
 ) -> list[Outcome]:
-    """``run``, with the responder's max-age and latency per certificate (the daemon)."""
-    ctx = _Context(_Writer(), index.Index.load(None if options.dry_run else options.state_dir))
+    """
+    ``run``, with the responder's max-age and latency per certificate (the daemon).
+
+    The whole run, from reading the index to the last push, holds the state
+    directory's lock (``lock``): another run on it waits, or this one does.
+    ``held`` is an index the caller keeps between runs (the daemon): it is
+    brought up to date under the lock, not read whole again.
+
+    Raises:
+        StateBusy: another run held the state directory for ``options.lock_wait``.
+    """
+    state_dir = None if options.dry_run else options.state_dir  # dry-run writes nothing
+    async with lock.hold(state_dir, wait=options.lock_wait):
+        keep = held is not None and held.state_dir == state_dir
+        idx = held if held is not None and keep else index.Index.open(state_dir)
+        idx.sync()
+        outcomes = await _run_locked(
+            entries, options, fetcher=fetcher, now=now, progress=progress, idx=idx
+        )
+        idx.save()
+    return outcomes
+
+
+async def _run_locked(
+    entries: Sequence[CertEntry],
+    options: Options,
+    *,
+    fetcher: Fetcher,
+    now: dt.datetime,
+    progress: Callable[[], None] | None,
+    idx: index.Index,
+) -> list[Outcome]:
+    ctx = _Context(_Writer(), idx)
     results: list[_Prepared | None] = [None] * len(entries)
     pusher = None
     if (options.sockets or options.below_admin) and not options.dry_run:
@@ -191,7 +227,6 @@ async def run_outcomes(
         await asyncio.gather(*workers, return_exceptions=True)
         if pusher is not None:
             await pusher.close()
-    ctx.index.save()
     return [Outcome(p.row, p.max_age, p.elapsed) for p in results if p is not None]
 
 
@@ -266,7 +301,7 @@ async def _prepare(  # noqa: PLR0911 - one early return per kind of row
         if url is None:
             return _Prepared(ResultRow(name, None, Status.NO_OCSP, Action.SKIPPED))
         state_dir = None if options.dry_run else options.state_dir  # dry-run writes nothing
-        issuer, issuer_pem = await resolve_issuer(entry.path, bundle, fetcher, state_dir)
+        issuer, issuer_pem = await resolve_issuer(entry.path, bundle, fetcher, state_dir, now=now)
         cert = _Cert(entry.path, bundle.leaf, issuer, issuer_pem, url, entry.haproxy_names, pem_fp)
         return await _refresh(cert, options, fetcher, now, ctx)
     except CertificateError as exc:
@@ -357,6 +392,9 @@ async def _refresh(
         status, what = (Status.REVOKED, "the CA said REVOKED") if revoked else (Status.ERROR, "")
         error = f"no valid {staple_path.name} to deploy" + (f" ({what})" if what else "")
         return _Prepared(ResultRow(name, url, status, Action.SKIPPED, error=error))
+    if cert.issuer_pem is not None and not _haproxy_can_find_issuer(path):
+        # Decided before asking the CA: no answer could be stored, so none is asked for.
+        return _Prepared(_failed(name, url, _no_issuer_on_disk(path)))
     return await _fetch(cert, current, options=options, fetcher=fetcher, now=now, ctx=ctx)
 
 
@@ -393,8 +431,6 @@ async def _fetch(
         # expires sooner than ours: never replace a staple with a worse one.
         staple = _staple(cert, *current, cert_id=cert_id)
         return _Prepared(ResultRow.of(name, url, current[1], Action.FRESH), staple, **hints)
-    if cert.issuer_pem is not None and not _haproxy_can_find_issuer(path):
-        return _Prepared(ResultRow.of(name, url, verdict, Action.FAILED, _no_issuer_on_disk(path)))
     staple = _staple(cert, reply.der, verdict, cert_id=cert_id)
     if not options.dry_run:
         await ctx.writer.write(staple_path, reply.der, owner_of=path)
@@ -403,7 +439,12 @@ async def _fetch(
 
 
 async def resolve_issuer(
-    path: Path, bundle: pem.Bundle, fetcher: Fetcher, state_dir: Path | None
+    path: Path,
+    bundle: pem.Bundle,
+    fetcher: Fetcher,
+    state_dir: Path | None,
+    *,
+    now: dt.datetime | None = None,
 ) -> tuple[x509.Certificate, bytes | None]:
     """
     Find the issuer of ``bundle.leaf``: the chain, ``<crt>.issuer``, then AIA.
@@ -418,8 +459,9 @@ async def resolve_issuer(
     if (local := local_issuer(path, bundle)) is not None:
         return local
     urls = issuers.ca_issuers_urls(bundle.leaf)
+    when = now or dt.datetime.now(dt.UTC)
     for url in urls:
-        found = issuers.choose(bundle.leaf, await _aia_certificates(url, fetcher, state_dir))
+        found = await _aia_issuer(url, bundle.leaf, fetcher, state_dir, when)
         if found is not None:
             return found, found.public_bytes(serialization.Encoding.PEM)
     if urls:
@@ -452,31 +494,68 @@ def local_issuer(path: Path, bundle: pem.Bundle) -> tuple[x509.Certificate, byte
     return found, found.public_bytes(serialization.Encoding.PEM)
 
 
-async def _aia_certificates(
-    url: str, fetcher: Fetcher, state_dir: Path | None
-) -> list[x509.Certificate]:
+async def _aia_issuer(
+    url: str, leaf: x509.Certificate, fetcher: Fetcher, state_dir: Path | None, now: dt.datetime
+) -> x509.Certificate | None:
     """
-    Download caIssuers ``url`` once; the cache lives in the state directory only.
+    The issuer of ``leaf`` from caIssuers ``url``: cached in the state directory, for a while.
 
-    The cache is a convenience: failing to write it never fails the certificate.
+    A cached certificate is used while it is younger than ``AIA_MAX_AGE``, is
+    within its own validity, and signed ``leaf``. Otherwise ``url`` is asked
+    again: a CA that re-issued its intermediate (a new key signs new leaves,
+    or the old one expired) is noticed at once, not never. If asking fails, an
+    older cached issuer that still signed ``leaf`` and is valid is used (with a
+    warning) rather than failing the certificate.
     """
-    cached = None
-    if state_dir is not None:
-        cached = state_dir / "issuers" / (hashlib.sha256(url.encode()).hexdigest() + ".der")
-        if (data := store.read(cached)) is not None:
-            return issuers.parse_certificates(data)
-    data = await fetcher.get(url)
+    cache = None if state_dir is None else state_dir / "issuers" / _aia_cache_name(url)
+    stale = None
+    if cache is not None and (held := _read_aia_cache(cache)) is not None:
+        certs, mtime = held
+        found = issuers.choose(leaf, certs)
+        if found is not None and _within_validity(found, now):
+            if now - mtime < AIA_MAX_AGE:
+                return found
+            stale = found
+    try:
+        data = await fetcher.get(url)
+    except FetchError as exc:
+        if stale is None:
+            raise
+        logger.warning("using the issuer cached from %s: asking again failed: %s", url, exc)
+        return stale
     certs = issuers.parse_certificates(data)
-    if certs and cached is not None:
-        try:
-            # mkdir(parents=True) gives the parents the default mode (0755):
-            # make the state directory itself private first.
-            config.ensure_private_dir(cached.parent.parent)
-            config.ensure_private_dir(cached.parent)
-            store.write_atomic(cached, data)
-        except (OSError, StoreError) as exc:
-            logger.warning("could not cache the issuer from %s: %s", url, exc)
-    return certs
+    if certs and cache is not None:
+        _write_aia_cache(cache, data, url)
+    return issuers.choose(leaf, certs)
+
+
+def _aia_cache_name(url: str) -> str:
+    return hashlib.sha256(url.encode()).hexdigest() + ".der"
+
+
+def _read_aia_cache(cache: Path) -> tuple[list[x509.Certificate], dt.datetime] | None:
+    """The certificates cached at ``cache`` and when they were downloaded, or None."""
+    try:
+        data, st = store.read_file(cache)
+    except OSError:
+        return None
+    return issuers.parse_certificates(data), dt.datetime.fromtimestamp(st.st_mtime, dt.UTC)
+
+
+def _write_aia_cache(cache: Path, data: bytes, url: str) -> None:
+    """Cache a download; failing to write it never fails the certificate."""
+    try:
+        # mkdir(parents=True) gives the parents the default mode (0755):
+        # make the state directory itself private first.
+        config.ensure_private_dir(cache.parent.parent)
+        config.ensure_private_dir(cache.parent)
+        store.write_atomic(cache, data)
+    except (OSError, StoreError) as exc:
+        logger.warning("could not cache the issuer from %s: %s", url, exc)
+
+
+def _within_validity(cert: x509.Certificate, now: dt.datetime) -> bool:
+    return cert.not_valid_before_utc <= now <= cert.not_valid_after_utc
 
 
 def _haproxy_can_find_issuer(path: Path) -> bool:
