@@ -328,3 +328,12 @@ def test_usage_errors_exit_2(tmp_path):
     )
     assert run.returncode == 2, run.stderr
     assert b"no.cfg" in run.stderr
+
+
+def test_paths_alone_ask_for_no_socket():
+    from hastaple.doctor.facts import Facts, SocketFact  # noqa: PLC0415
+
+    now = dt.datetime.now(dt.UTC)
+    assert list(checks.no_admin_socket(Facts(user="u", now=now))) == []
+    given = Facts(user="u", now=now, sockets=(SocketFact("/x.sock", None, None, error="gone"),))
+    assert [f.check for f in checks.no_admin_socket(given)] == ["no-admin-socket"]
