@@ -496,6 +496,76 @@ def status(
     sys.exit(EXIT_OK if status_view.healthy(records) else EXIT_FAILED)
 
 
+@cli.command("doctor")
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@click.option(
+    "--haproxy-config",
+    "configs",
+    multiple=True,
+    type=_ListPath(path_type=Path),
+    envvar="HASTAPLE_HAPROXY_CONFIG",
+    help="haproxy.cfg to check: certificates, sockets, global settings.",
+)
+@click.option(
+    "--haproxy",
+    "sockets",
+    multiple=True,
+    type=_ListText(),
+    envvar="HASTAPLE_HAPROXY",
+    help="Runtime socket to check as well (asked read-only commands only).",
+)
+@click.option("--no-responders", is_flag=True, help="Do not send a request to any responder.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0.1),
+    default=10.0,
+    show_default=True,
+    help="Seconds for each socket and responder exchange.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@_state_dir_option
+@click.pass_context
+def doctor_command(
+    ctx: click.Context,
+    paths: tuple[Path, ...],
+    configs: tuple[Path, ...],
+    sockets: tuple[str, ...],
+    no_responders: bool,
+    timeout: float,
+    as_json: bool,
+    state_dir: Path | None,
+) -> None:
+    """
+    Check a setup for what stapling needs, and say how to fix each gap.
+
+    Reads the configuration and certificates, asks the runtime sockets
+    read-only commands, and sends one OCSP request per responder host.
+    Exit 0 when nothing blocks stapling, 1 otherwise.
+    """
+    import uvloop  # noqa: PLC0415 - see fetch()
+
+    from hastaple import doctor  # noqa: PLC0415
+    from hastaple.doctor import facts  # noqa: PLC0415
+
+    with _errors(ctx):
+        if not (paths or configs):
+            raise UsageError("nothing to check: give --haproxy-config or certificate paths")
+        gathered = uvloop.run(
+            facts.gather(
+                paths=paths,
+                configs=configs,
+                sockets=sockets,
+                state_dir=state_dir or config.default_state_dir(os.environ),
+                responders=not no_responders,
+                timeout=timeout,
+                environ=os.environ,
+            )
+        )
+    findings = doctor.judge(gathered)
+    click.echo(doctor.as_json(findings) if as_json else doctor.as_text(findings))
+    sys.exit(EXIT_FAILED if doctor.blocks_stapling(findings) else EXIT_OK)
+
+
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="hastaple")

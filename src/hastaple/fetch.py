@@ -74,6 +74,7 @@ class OCSPReply:
     url: str
     max_age: int | None
     elapsed: float
+    date: str | None = None  # the HTTP Date header: the responder's clock, for `doctor`
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +84,7 @@ class _Body:
     data: bytes
     url: str
     cache_control: str | None
+    date: str | None = None
 
 
 _DEFAULT_LIMITS = Limits()
@@ -161,6 +163,7 @@ class Fetcher:
             url=body.url,
             max_age=_max_age(body.cache_control),
             elapsed=loop.time() - started,
+            date=body.date,
         )
 
     async def get(self, url: str) -> bytes:
@@ -220,7 +223,12 @@ class Fetcher:
                                     f" not {content_type}",
                                 )
                             data = await _read_capped(origin, resp, self.limits.max_body_bytes)
-                            return _Body(data, str(resp.url), resp.headers.get("Cache-Control"))
+                            return _Body(
+                                data,
+                                str(resp.url),
+                                resp.headers.get("Cache-Control"),
+                                resp.headers.get("Date"),
+                            )
                     raise FetchError(origin, f"more than {self.limits.max_redirects} redirects")
 
 
