@@ -106,8 +106,9 @@ def issue(
     not_after: dt.datetime | None = None,
     serial: int | None = None,
     sans: list[str] | None = None,
+    must_staple: bool = False,
 ) -> Issued:
-    """An end-entity certificate issued by ``ca``."""
+    """An end-entity certificate issued by ``ca`` (``must_staple``: RFC 7633 status_request)."""
     key = _key(kind)
     start = not_before or (now() - dt.timedelta(days=1))
     builder = (
@@ -149,6 +150,10 @@ def issue(
         )
     if access:
         builder = builder.add_extension(x509.AuthorityInformationAccess(access), critical=False)
+    if must_staple:
+        builder = builder.add_extension(
+            x509.TLSFeature([x509.TLSFeatureType.status_request]), critical=False
+        )
     return Issued(builder.sign(ca.key, hashes.SHA256()), key)
 
 

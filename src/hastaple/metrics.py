@@ -2,10 +2,10 @@
 Every Prometheus object of the daemon, defined once, and /metrics + /healthz.
 
 Each daemon gets its own ``CollectorRegistry`` (not the global one), so tests
-in one process never collide. Per-certificate series exist only for staple
-expiry and last success (STYLE.md: low-cardinality labels elsewhere); they are
-computed at scrape time from the daemon's records and clock, so "seconds until
-expiry" is never stale between refreshes.
+in one process never collide. Per-certificate series (staple expiry, last
+success, the certificate's facts) carry only the certificate and a few
+low-cardinality labels; they are computed at scrape time from the daemon's
+records and clock, so "seconds until expiry" is never stale between refreshes.
 """
 
 from __future__ import annotations
@@ -83,13 +83,21 @@ class _Staples(Collector):
             "Unix time of the last successful fetch.",
             labels=["cert"],
         )
+        info = GaugeMetricFamily(
+            "hastaple_certificate_info",
+            "1 for each watched certificate that needs a staple, stapled or not.",
+            labels=["cert", "must_staple"],
+        )
         for r in records:
             if r.next_update is not None:
                 expiry.add_metric([r.cert], (r.next_update - now).total_seconds())
             if r.last_success is not None:
                 success.add_metric([r.cert], r.last_success.timestamp())
+            if watched(r):
+                info.add_metric([r.cert, "true" if r.must_staple else "false"], 1.0)
         yield expiry
         yield success
+        yield info
 
 
 class _Sockets(Collector):
@@ -117,11 +125,29 @@ class Health:
     reasons: tuple[str, ...]
 
 
+def watched(rec: Record) -> bool:
+    """
+    Whether ``rec`` needs a staple from hastaple (a ``hastaple_certificate_info`` series).
+
+    Not a certificate without an OCSP URL, nor one HAProxy's own updater
+    owns; a must-staple one without an OCSP URL is listed: it cannot work.
+    """
+    if rec.status == "managed":
+        return False
+    return rec.status != "no-ocsp" or rec.must_staple
+
+
 def expiring(rec: Record, now: dt.datetime, policy: schedule.Policy) -> bool:
-    """Whether ``rec``'s staple is in the alert window (a log warning, and /healthz fails)."""
+    """
+    Whether ``rec``'s staple is in the alert window (a log warning, and /healthz fails).
+
+    A must-staple certificate's window opens earlier (``must_staple_alert_before``).
+    """
     if rec.status in _QUIET or rec.this_update is None or rec.next_update is None:
         return False
-    return schedule.in_alert_window(rec.this_update, rec.next_update, now, policy)
+    return schedule.in_alert_window(
+        rec.this_update, rec.next_update, now, policy, must_staple=rec.must_staple
+    )
 
 
 def health(records: Iterable[Record], now: dt.datetime, policy: schedule.Policy) -> Health:
@@ -145,10 +171,15 @@ def health(records: Iterable[Record], now: dt.datetime, policy: schedule.Policy)
             left = r.next_update - now
             when = "expired" if left <= dt.timedelta(0) else f"expires in {_human(left)}"
             why = f": {r.error}" if r.error else ""
-            reasons.append(f"{r.cert}: staple {when} without a successful refresh{why}")
+            reasons.append(f"{r.cert}: staple {when} without a successful refresh{why}{must(r)}")
         elif r.failures > 0 and not _valid_staple(r, now):
-            reasons.append(f"{r.cert}: no valid staple: {r.error or 'fetch failed'}")
+            reasons.append(f"{r.cert}: no valid staple: {r.error or 'fetch failed'}{must(r)}")
     return Health(not reasons, tuple(reasons))
+
+
+def must(rec: Record) -> str:
+    """The note a must-staple certificate's alert ends with ("" for the others)."""
+    return " (must-staple: clients refuse it without a valid staple)" if rec.must_staple else ""
 
 
 def _valid_staple(rec: Record, now: dt.datetime) -> bool:

@@ -66,18 +66,28 @@ class ResultRow:
     next_update: datetime | None = None
     error: str | None = None
     haproxy: dict[str, str] = field(default_factory=dict)
+    # The certificate promises a staple (RFC 7633): without one it fails.
+    must_staple: bool = False
     # The certificate file itself is unusable (exit 2), as opposed to a failed
     # fetch or deploy (exit 1). Not part of the JSON contract.
     bad_input: bool = False
 
     @classmethod
     def of(
-        cls, cert: str, url: str | None, verdict: Verdict, action: Action, error: str | None = None
+        cls,
+        cert: str,
+        url: str | None,
+        verdict: Verdict,
+        action: Action,
+        error: str | None = None,
+        *,
+        must_staple: bool = False,
     ) -> ResultRow:
         """The row for a validated response: its status and times."""
         return cls(
-            cert, url, verdict.status, action, verdict.this_update, verdict.next_update, error
-        )
+            cert, url, verdict.status, action, verdict.this_update, verdict.next_update, error,
+            must_staple=must_staple,
+        )  # fmt: skip
 
     @property
     def ok(self) -> bool:
@@ -95,6 +105,7 @@ class ResultRow:
             "next_update": rfc3339(self.next_update),
             "error": self.error,
             "haproxy": dict(self.haproxy),
+            "must_staple": self.must_staple,
         }
 
 
