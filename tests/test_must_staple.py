@@ -92,10 +92,13 @@ def test_metrics_label_every_certificate_with_must_staple():
         line for line in text.splitlines() if line.startswith("hastaple_certificate_info")
     )
     assert info == [
-        'hastaple_certificate_info{cert="/crt/must.pem",must_staple="true"} 1.0',
-        'hastaple_certificate_info{cert="/crt/never.pem",must_staple="true"} 1.0',
-        'hastaple_certificate_info{cert="/crt/nourl-must.pem",must_staple="true"} 1.0',
-        'hastaple_certificate_info{cert="/crt/plain.pem",must_staple="false"} 1.0',
+        'hastaple_certificate_info{cert="/crt/must.pem",must_staple="true",status="good"} 1.0',
+        'hastaple_certificate_info{cert="/crt/never.pem",must_staple="true",status="error"} 1.0',
+        (
+            'hastaple_certificate_info{cert="/crt/nourl-must.pem",must_staple="true",'
+            'status="no-ocsp"} 1.0'
+        ),
+        'hastaple_certificate_info{cert="/crt/plain.pem",must_staple="false",status="good"} 1.0',
     ]
 
 

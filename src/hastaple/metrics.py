@@ -28,6 +28,10 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0)
 _QUIET = frozenset({"no-ocsp", "managed"})
 _SIGNED_BAD = frozenset({"revoked", "unknown"})
+# Every documented label value of the counters, created at 0 at start-up: a
+# series that first appears at 1 hides its first rise from ``increase()``.
+FETCH_RESULTS = ("fetched", "fresh", "revoked", "unknown", "error", "skipped")
+PUSH_OUTCOMES = ("update", "commit", "error")
 
 Snapshot = Callable[[], tuple[dt.datetime, Iterable[Record]]]
 Sockets = Callable[[], Iterable[tuple[str, bool]]]
@@ -57,6 +61,10 @@ class Metrics:
             ["outcome"],
             registry=self.registry,
         )
+        for result in FETCH_RESULTS:
+            self.fetches.labels(result)
+        for outcome in PUSH_OUTCOMES:
+            self.pushes.labels(outcome)
         self.registry.register(_Staples(snapshot))
         self.registry.register(_Sockets(sockets))
 
@@ -66,7 +74,7 @@ class Metrics:
 
 
 class _Staples(Collector):
-    """Seconds until expiry and last success time, per certificate, at scrape time."""
+    """The per-certificate gauges, at scrape time."""
 
     def __init__(self, snapshot: Snapshot) -> None:
         self.snapshot = snapshot
@@ -85,8 +93,14 @@ class _Staples(Collector):
         )
         info = GaugeMetricFamily(
             "hastaple_certificate_info",
-            "1 for each watched certificate that needs a staple, stapled or not.",
-            labels=["cert", "must_staple"],
+            "1 for each watched certificate that needs a staple, stapled or not; "
+            "status: the CA's last word (good, revoked, unknown; error: no staple yet).",
+            labels=["cert", "must_staple", "status"],
+        )
+        failures = GaugeMetricFamily(
+            "hastaple_consecutive_failures",
+            "Failed attempts in a row (refreshes and pushes) since the last success.",
+            labels=["cert"],
         )
         for r in records:
             if r.next_update is not None:
@@ -94,10 +108,13 @@ class _Staples(Collector):
             if r.last_success is not None:
                 success.add_metric([r.cert], r.last_success.timestamp())
             if watched(r):
-                info.add_metric([r.cert, "true" if r.must_staple else "false"], 1.0)
+                must = "true" if r.must_staple else "false"
+                info.add_metric([r.cert, must, r.status or "error"], 1.0)
+                failures.add_metric([r.cert], float(r.failures))
         yield expiry
         yield success
         yield info
+        yield failures
 
 
 class _Sockets(Collector):
