@@ -19,7 +19,7 @@ from hastaple import config as cfgmod
 from hastaple import metrics, schedule
 from hastaple.cli import cli
 from hastaple.state import DB_NAME, Record, State
-from test_daemon_sim import _world
+from test_daemon_sim import _make_world  # noqa: F401 - the make_world fixture
 from test_fetch_command import fetch_json
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
@@ -144,14 +144,14 @@ def test_status_shows_must_staple_in_json_and_table(tmp_path):
     ]
 
 
-async def test_daemon_knows_must_staple_from_the_certificate(pki, tmp_path, caplog):
+async def test_daemon_knows_must_staple_from_the_certificate(pki, tmp_path, caplog, make_world):
     """Discovery reads it; the `expiring` warning and /healthz come earlier for it."""
     caplog.set_level(logging.WARNING, logger="hastaple.daemon")
-    world = _world(pki, tmp_path, 1)
-    leaf = pki.leaf("must.test", ocsp_url="http://ocsp.test/", must_staple=True)
+    world = await make_world(1)
+    leaf = pki.leaf("must.test", ocsp_url=world.url, must_staple=True)
     must = str(pki.write(world.crt_dir, "must.pem", leaf))
     plain = str(world.crt_dir / "c0.pem")
-    world.fetcher.leaves[leaf.cert.serial_number] = leaf
+    world.ca.add(leaf.cert)
     world.daemon.rediscover()
     assert world.daemon.records[must].must_staple is True
     assert world.daemon.records[plain].must_staple is False
@@ -159,7 +159,7 @@ async def test_daemon_knows_must_staple_from_the_certificate(pki, tmp_path, capl
     await world.daemon.refresh_due()
     assert world.daemon.health().ok
     # The CA goes down; 2.5 days before the staples expire both are retried and fail.
-    world.fetcher.down = True
+    world.ca.down = True
     world.clock.t = world.daemon.records[must].next_update - dt.timedelta(days=2.5)
     await world.daemon.refresh_due()
     assert {r.failures for r in world.daemon.records.values()} == {1}
