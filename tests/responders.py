@@ -6,7 +6,8 @@ Real OCSP responders for the tests, all on 127.0.0.1 and a free port.
   address, so a small aiohttp front takes the HTTP side instead.
 - ``FaultResponder``: an aiohttp server whose behaviour each test sets, per
   first path segment (``url_for("name")``) or globally: given DER bytes, HTTP
-  errors, wrong content types, huge or slow bodies, stalls, redirects.
+  errors, wrong content types, huge or slow bodies, stalls, redirects, or
+  ``Sign``: a CA signing each answer at the time a (simulated) clock says.
 - ``RecordingProxy``: a minimal forward HTTP proxy that records what it is
   asked and answers by itself, to prove HTTP_PROXY is honoured.
 """
@@ -18,18 +19,22 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import contextlib
+import datetime as dt
 import itertools
 import ssl
 import urllib.parse
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol, Self
+from typing import TYPE_CHECKING, Literal, Protocol, Self
 
 from aiohttp import web
+from cryptography.x509 import ocsp
 
 from pki import PKI
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
     from types import TracebackType
 
@@ -145,16 +150,9 @@ class OpensslResponder(_Server):
         PKI.add_to_index(self.directory, cert, revoked=revoked)
 
     async def handle(self, request: web.Request, body: bytes) -> web.StreamResponse:
-        if request.method == "GET":
-            encoded = urllib.parse.unquote(request.raw_path.split("?", 1)[0].rsplit("/", 1)[-1])
-            try:
-                der = base64.b64decode(encoded, validate=True)
-            except ValueError:
-                return web.Response(status=400, text="not base64")
-        elif request.method == "POST":
-            der = body
-        else:
-            return web.Response(status=405)
+        der = request_der(request, body)
+        if isinstance(der, web.Response):
+            return der
         n = next(self._counter)
         req, resp = self.directory / f"req-{n}.der", self.directory / f"resp-{n}.der"
         req.write_bytes(der)
@@ -170,6 +168,80 @@ class OpensslResponder(_Server):
         if proc.returncode != 0 or not resp.exists():
             return web.Response(status=500, text=err.decode(errors="replace"))
         return web.Response(body=resp.read_bytes(), content_type=OCSP_TYPE)
+
+
+def request_der(request: web.Request, body: bytes) -> bytes | web.Response:
+    """The DER OCSP request of a GET (RFC 5019, base64 in the path) or a POST, or an error."""
+    if request.method == "GET":
+        encoded = urllib.parse.unquote(request.raw_path.split("?", 1)[0].rsplit("/", 1)[-1])
+        try:
+            return base64.b64decode(encoded, validate=True)
+        except ValueError:
+            return web.Response(status=400, text="not base64")
+    if request.method == "POST":
+        return body
+    return web.Response(status=405)
+
+
+@dataclass
+class Sign:
+    """
+    A CA that signs a fresh answer for the serial asked, at the time ``clock()`` says.
+
+    The responder of a simulated clock (the daemon's week, its outages): each
+    answer is valid from a minute before ``clock()`` for ``validity``, good
+    unless the serial is in ``revoked``. ``max_age`` is sent as
+    Cache-Control: seconds, or "next_update" for the time left until
+    nextUpdate (what CAs commonly send). Faults: ``down`` (HTTP 503 to
+    everyone), ``failing`` (503 for these serials), ``gate`` (each request
+    waits for it to be set; ``entered`` says one does). ``asked`` counts
+    requests per serial.
+    """
+
+    pki: PKI
+    clock: Callable[[], dt.datetime]
+    leaves: dict[int, x509.Certificate] = field(default_factory=dict)
+    validity: dt.timedelta = dt.timedelta(days=7)
+    max_age: int | Literal["next_update"] | None = None
+    down: bool = False
+    failing: set[int] = field(default_factory=set)
+    revoked: set[int] = field(default_factory=set)
+    gate: asyncio.Event | None = None
+    entered: asyncio.Event = field(default_factory=asyncio.Event)
+    asked: collections.Counter[int] = field(default_factory=collections.Counter)
+
+    def add(self, *leaves: x509.Certificate) -> None:
+        """Answer for ``leaves`` (others get "unauthorized", as a CA that does not know them)."""
+        self.leaves.update((leaf.serial_number, leaf) for leaf in leaves)
+
+    async def __call__(self, request: web.Request, server: FaultResponder) -> web.StreamResponse:
+        der = request_der(request, await request.read())
+        if isinstance(der, web.Response):
+            return der
+        serial = ocsp.load_der_ocsp_request(der).serial_number
+        self.asked[serial] += 1
+        if self.gate is not None:
+            self.entered.set()
+            await self.gate.wait()
+        if self.down or serial in self.failing:
+            return web.Response(status=503, text="down")
+        leaf = self.leaves.get(serial)
+        if leaf is None:
+            body = PKI.failure(ocsp.OCSPResponseStatus.UNAUTHORIZED)
+            return web.Response(body=body, content_type=OCSP_TYPE)
+        now = self.clock()
+        this = now - dt.timedelta(minutes=1)
+        status = "revoked" if serial in self.revoked else "good"
+        body = self.pki.response(
+            leaf, status=status, this_update=this, next_update=this + self.validity
+        )
+        headers = {"Content-Type": OCSP_TYPE}
+        if self.max_age is not None:
+            age = self.max_age
+            if age == "next_update":
+                age = int((this + self.validity - now).total_seconds())
+            headers["Cache-Control"] = f"max-age={age}, public, no-transform, must-revalidate"
+        return web.Response(body=body, headers=headers)
 
 
 class Behaviour(Protocol):

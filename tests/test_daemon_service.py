@@ -17,6 +17,7 @@ import sys
 import time
 
 import aiohttp
+import pytest
 from click.testing import CliRunner
 
 from hastaple import daemon as daemonmod
@@ -24,17 +25,18 @@ from hastaple import events, metrics, service
 from hastaple.cli import cli
 from hastaple.config import Config
 from hastaple.errors import ConfigError
+from hastaple.fetch import Fetcher
 from hastaple.schedule import Policy
 from hastaple.state import Record, State
-from responders import Serve
-from test_daemon_sim import SignerFetcher, _world
+from responders import FaultResponder, Serve, Sign
+from test_daemon_sim import _make_world  # noqa: F401 - the make_world fixture
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
 
-async def test_metrics_and_healthz_over_http(pki, tmp_path):
+async def test_metrics_and_healthz_over_http(pki, tmp_path, make_world):
     """/metrics: expiry, outcomes, latency, pushes; /healthz goes 200 -> 503 with a reason."""
-    world = _world(pki, tmp_path, 2)
+    world = await make_world(2)
     world.clock.t += dt.timedelta(seconds=11)
     await world.daemon.refresh_due()
     d = world.daemon
@@ -56,7 +58,8 @@ async def test_metrics_and_healthz_over_http(pki, tmp_path):
     assert f'hastaple_staple_expiry_seconds{{cert="{cert}"}}' in text
     assert f'hastaple_last_success_timestamp_seconds{{cert="{cert}"}}' in text
     assert 'hastaple_fetches_total{result="fetched"} 2.0' in text
-    assert 'hastaple_responder_latency_seconds_count{responder="ocsp.test"} 2.0' in text
+    host = world.url.split("/")[2]
+    assert f'hastaple_responder_latency_seconds_count{{responder="{host}"}} 2.0' in text
     assert "hastaple_haproxy_pushes_total" in text
     assert f"{cert}: staple expires in" in body
     assert "c1.pem" in body
@@ -162,10 +165,10 @@ async def test_sigterm_during_batch_leaves_no_partial_file(pki, tmp_path, fault_
         assert (crt / name).read_bytes() == body
 
 
-async def test_haproxy_down_is_retried_not_fatal(pki, tmp_path, caplog):
+async def test_haproxy_down_is_retried_not_fatal(pki, tmp_path, caplog, make_world):
     """A socket nobody listens on: logged once as haproxy_down, no exception, staples kept."""
     caplog.set_level(logging.INFO, logger="hastaple.daemon")
-    world = _world(pki, tmp_path, 1)
+    world = await make_world(1)
     world.daemon.config = dataclasses.replace(
         world.config, sockets=(str(tmp_path / "nobody.sock"),)
     )
@@ -186,7 +189,9 @@ async def test_haproxy_down_is_retried_not_fatal(pki, tmp_path, caplog):
     assert (world.crt_dir / "c0.pem.ocsp").exists()
 
 
-async def test_a_push_failure_is_a_failure_and_a_dead_socket_fails_healthz(pki, tmp_path, caplog):
+async def test_a_push_failure_is_a_failure_and_a_dead_socket_fails_healthz(
+    pki, tmp_path, caplog, make_world
+):
     """
     A staple HAProxy did not take: WARNING, failures=1, metric 0; /healthz 503 after the grace.
 
@@ -194,7 +199,7 @@ async def test_a_push_failure_is_a_failure_and_a_dead_socket_fails_healthz(pki, 
     mistyped socket that never came up left /healthz at 200 for ever.
     """
     caplog.set_level(logging.INFO, logger="hastaple.daemon")
-    world = _world(pki, tmp_path, 1)
+    world = await make_world(1)
     sock = str(tmp_path / "mistyped.sock")
     world.daemon.config = dataclasses.replace(world.config, sockets=(sock,))
     world.daemon.rediscover()
@@ -217,12 +222,14 @@ async def test_a_push_failure_is_a_failure_and_a_dead_socket_fails_healthz(pki, 
     assert "failing since" in reason
 
 
-async def test_sighup_reload_applies_new_sources_and_keeps_old_on_error(pki, tmp_path, capsys):
+async def test_sighup_reload_applies_new_sources_and_keeps_old_on_error(
+    pki, tmp_path, capsys, make_world
+):
     """SIGHUP: new sources are read at once; a broken configuration is logged and ignored."""
-    world = _world(pki, tmp_path, 1)
+    world = await make_world(1)
     extra = tmp_path / "extra"
     extra.mkdir()
-    pki.write(extra, "x.pem", pki.leaf("x.test", ocsp_url="http://ocsp.test/"))
+    pki.write(extra, "x.pem", pki.leaf("x.test", ocsp_url=world.url))
     configs = [dataclasses.replace(world.config, paths=(world.crt_dir, extra))]
 
     def load():
@@ -243,7 +250,9 @@ async def test_sighup_reload_applies_new_sources_and_keeps_old_on_error(pki, tmp
     logging.getLogger().handlers.clear()
 
 
-def test_sighup_with_a_broken_source_keeps_the_whole_old_configuration(pki, tmp_path, capsys):
+async def test_sighup_with_a_broken_source_keeps_the_whole_old_configuration(
+    pki, tmp_path, capsys, make_world
+):
     """
     A reload whose sources cannot be read changes nothing: not even the log format or proxy.
 
@@ -251,7 +260,7 @@ def test_sighup_with_a_broken_source_keeps_the_whole_old_configuration(pki, tmp_
     were switched before the sources were read, so "old configuration kept"
     was half false.
     """
-    world = _world(pki, tmp_path, 1)
+    world = await make_world(1)
     environ: dict[str, str] = {}
     fetcher = service.ConfiguredFetcher(world.config, environ=environ)
     events.configure("keyvalue")
@@ -288,15 +297,22 @@ async def _serving(daemon):
     return stop, task
 
 
-def _real_time_daemon(pki, tmp_path, leaves, **config):
-    """A daemon on the real clock over ``tmp_path/crt``, signing for ``leaves`` in-process."""
+@pytest.fixture(name="real_time_ca")
+async def _real_time_ca(pki):
+    """(CA, its URL, a real Fetcher): a responder signing on the real clock."""
+    async with FaultResponder() as server, Fetcher() as fetcher:
+        ca = Sign(pki, daemonmod.SystemClock().now)
+        yield ca, server.on("ca", ca), fetcher
+
+
+def _real_time_daemon(fetcher, tmp_path, **config):
+    """A daemon on the real clock over ``tmp_path/crt``, asking through ``fetcher``."""
     clock = daemonmod.SystemClock()
-    fetcher = SignerFetcher(pki, clock, leaves)
     cfg = Config(state_dir=tmp_path / "state", metrics_address=None, **config)
     return daemonmod.Daemon(cfg, fetcher=fetcher, state=State.open(cfg.state_dir), clock=clock)
 
 
-async def test_directory_added_by_sighup_is_watched_at_once(pki, tmp_path):
+async def test_directory_added_by_sighup_is_watched_at_once(pki, tmp_path, real_time_ca):
     """
     A certificate dropped into a directory SIGHUP just added is stapled within 2 s.
 
@@ -306,10 +322,12 @@ async def test_directory_added_by_sighup_is_watched_at_once(pki, tmp_path):
     crt, extra = tmp_path / "crt", tmp_path / "extra"
     crt.mkdir()
     extra.mkdir()
-    first = pki.leaf("first.test", ocsp_url="http://ocsp.test/")
-    new = pki.leaf("new.test", ocsp_url="http://ocsp.test/")
+    ca, url, fetcher = real_time_ca
+    first = pki.leaf("first.test", ocsp_url=url)
+    new = pki.leaf("new.test", ocsp_url=url)
+    ca.add(first.cert, new.cert)
     pki.write(crt, "first.pem", first)
-    daemon = _real_time_daemon(pki, tmp_path, [first, new], paths=(crt,))
+    daemon = _real_time_daemon(fetcher, tmp_path, paths=(crt,))
     stop, task = await _serving(daemon)
     try:
         reloaded = dataclasses.replace(daemon.config, paths=(crt, extra))
@@ -331,7 +349,9 @@ async def test_directory_added_by_sighup_is_watched_at_once(pki, tmp_path):
     assert daemon.records[str(extra / "new.pem")].status == "good"
 
 
-async def test_a_log_file_in_watched_directories_costs_no_log_line(pki, tmp_path, caplog):
+async def test_a_log_file_in_watched_directories_costs_no_log_line(
+    pki, tmp_path, caplog, real_time_ca
+):
     """
     Writing a file hastaple does not need (next to a crt-list, or in a crt directory) logs nothing.
 
@@ -343,11 +363,13 @@ async def test_a_log_file_in_watched_directories_costs_no_log_line(pki, tmp_path
     crt, conf = tmp_path / "crt", tmp_path / "conf"
     crt.mkdir()
     conf.mkdir()
-    leaf = pki.leaf("a.test", ocsp_url="http://ocsp.test/")
+    ca, url, fetcher = real_time_ca
+    leaf = pki.leaf("a.test", ocsp_url=url)
+    ca.add(leaf.cert)
     pki.write(crt, "a.pem", leaf)
     listed = conf / "list.txt"
     listed.write_text(f"{crt / 'a.pem'}\n")
-    daemon = _real_time_daemon(pki, tmp_path, [leaf], paths=(crt,), crt_lists=(listed,))
+    daemon = _real_time_daemon(fetcher, tmp_path, paths=(crt,), crt_lists=(listed,))
     stop, task = await _serving(daemon)
     try:
         deadline = time.monotonic() + 5

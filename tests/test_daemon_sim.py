@@ -1,19 +1,22 @@
 """
 The daemon's loop on a simulated clock, with no sleeping.
 
-Real pipeline, real files, real signed responses; only time is simulated and
-the responder is a function that signs with the test PKI.
+Real pipeline, real files, a real ``Fetcher`` asking a real responder on
+loopback that signs with the test PKI at the simulated time; only time is
+simulated.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
+import contextlib
 import dataclasses
 import datetime as dt
 import json
 import logging
 import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import pytest
 from cryptography.x509 import ocsp
@@ -21,10 +24,10 @@ from cryptography.x509 import ocsp
 from hastaple import config as cfgmod
 from hastaple import daemon as daemonmod
 from hastaple import events, metrics, service
-from hastaple.errors import FetchError
-from hastaple.fetch import OCSPReply
+from hastaple.fetch import Fetcher
 from hastaple.state import State
 from pki import now as real_now
+from responders import FaultResponder, Sign
 
 WEEK = dt.timedelta(days=7)
 DAY = dt.timedelta(days=1)
@@ -40,48 +43,23 @@ class SimClock:
         return self.t
 
 
-class SignerFetcher:
-    """A responder in-process: signs a fresh 7-day response for the asked serial."""
-
-    def __init__(self, pki, clock: SimClock, leaves) -> None:
-        self.pki, self.clock = pki, clock
-        self.leaves = {leaf.cert.serial_number: leaf for leaf in leaves}
-        self.asked: collections.Counter[int] = collections.Counter()
-        self.down = False
-        self.max_age: int | None = None
-        self.revoked: set[int] = set()
-        self.failing: set[int] = set()  # serials whose responder refuses
-        # Set: every request waits for it (a batch held in flight); ``entered`` says one did.
-        self.gate: asyncio.Event | None = None
-        self.entered = asyncio.Event()
-
-    async def ocsp(self, url: str, request_der: bytes) -> OCSPReply:
-        serial = ocsp.load_der_ocsp_request(request_der).serial_number
-        self.asked[serial] += 1
-        if self.gate is not None:
-            self.entered.set()
-            await self.gate.wait()
-        if self.down or serial in self.failing:
-            raise FetchError(url, "connection refused")
-        this = self.clock.now() - dt.timedelta(minutes=1)
-        status = "revoked" if serial in self.revoked else "good"
-        der = self.pki.response(
-            self.leaves[serial].cert, status=status, this_update=this, next_update=this + WEEK
-        )
-        return OCSPReply(der, url, self.max_age, 0.02)
-
-    async def get(self, url: str) -> bytes:
-        raise FetchError(url, "no AIA in these tests")
-
-
 @dataclasses.dataclass
 class World:
+    """
+    A daemon on a simulated clock over ``crt_dir``, its real ``Fetcher`` asking a real responder.
+
+    The responder (``ca``, a ``responders.Sign``) signs each answer at the
+    simulated time, at ``url``.
+    """
+
     clock: SimClock
-    fetcher: SignerFetcher
+    ca: Sign
+    url: str
+    fetcher: Fetcher
     daemon: daemonmod.Daemon
     config: cfgmod.Config
     leaves: list
-    crt_dir: object
+    crt_dir: Path
 
     def restart(self) -> daemonmod.Daemon:
         self.daemon.state.close()
@@ -105,21 +83,37 @@ class World:
             self.clock.t = max(wakeup, self.clock.t)
 
 
-def _world(pki, tmp_path, n: int) -> World:
+async def _world(pki, tmp_path: Path, n: int, stack: contextlib.AsyncExitStack) -> World:
     crt_dir = tmp_path / "crt"
     crt_dir.mkdir()
-    leaves = [pki.leaf(f"c{i}.test", ocsp_url="http://ocsp.test/") for i in range(n)]
+    clock = SimClock(real_now())
+    server = await stack.enter_async_context(FaultResponder())
+    ca = Sign(pki, clock.now)
+    url = server.on("ca", ca)
+    leaves = [pki.leaf(f"c{i}.test", ocsp_url=url) for i in range(n)]
     for i, leaf in enumerate(leaves):
         pki.write(crt_dir, f"c{i}.pem", leaf)
-    clock = SimClock(real_now())
+        ca.add(leaf.cert)
+    fetcher = await stack.enter_async_context(Fetcher())
     config = cfgmod.Config(state_dir=tmp_path / "state", paths=(crt_dir,), metrics_address=None)
-    fetcher = SignerFetcher(pki, clock, leaves)
     daemon = daemonmod.Daemon(
         config, fetcher=fetcher, state=State.open(config.state_dir), clock=clock,
         rng=random.Random(0),  # noqa: S311 - jitter
     )  # fmt: skip
+    stack.callback(daemon.state.close)
     daemon.rediscover()
-    return World(clock, fetcher, daemon, config, leaves, crt_dir)
+    return World(clock, ca, url, fetcher, daemon, config, leaves, crt_dir)
+
+
+@pytest.fixture(name="make_world")
+async def _make_world(pki, tmp_path) -> AsyncIterator[Callable[..., Awaitable[World]]]:
+    """``await make_world(n[, directory])``: a World of ``n`` certificates, torn down after."""
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def make(n: int, where: Path | None = None) -> World:
+            return await _world(pki, where or tmp_path, n, stack)
+
+        yield make
 
 
 def _never_expired(world: World) -> None:
@@ -128,14 +122,14 @@ def _never_expired(world: World) -> None:
         assert rec.next_update > world.clock.now(), rec
 
 
-async def test_thirty_days_of_weekly_responses(pki, tmp_path):
+async def test_thirty_days_of_weekly_responses(pki, tmp_path, make_world):
     """Over 30 simulated days each certificate is fetched <= 10 times and never expires."""
-    world = _world(pki, tmp_path, 12)
+    world = await make_world(12)
     start = world.clock.now()
     await world.daemon.refresh_due()  # nothing due before the startup spread
     world.clock.t = start + dt.timedelta(seconds=11)
     await world.run_until(start + dt.timedelta(days=30), _never_expired)
-    counts = [world.fetcher.asked[leaf.cert.serial_number] for leaf in world.leaves]
+    counts = [world.ca.asked[leaf.cert.serial_number] for leaf in world.leaves]
     assert all(5 <= c <= 10 for c in counts), counts
     for leaf in world.leaves:
         path = world.crt_dir / f"c{world.leaves.index(leaf)}.pem.ocsp"
@@ -144,16 +138,16 @@ async def test_thirty_days_of_weekly_responses(pki, tmp_path):
     assert world.daemon.health().ok
 
 
-async def test_outage_keeps_staple_warns_and_recovers(pki, tmp_path, caplog):
+async def test_outage_keeps_staple_warns_and_recovers(pki, tmp_path, caplog, make_world):
     """A 3-day responder outage: staple kept, warning, metric and 503 before expiry; recovery."""
     caplog.set_level(logging.WARNING, logger="hastaple.daemon")
-    world = _world(pki, tmp_path, 3)
+    world = await make_world(3)
     start = world.clock.now()
     world.clock.t = start + dt.timedelta(seconds=11)
     await world.run_until(start + 3 * DAY, _never_expired)
     staples = {p: p.read_bytes() for p in world.crt_dir.glob("*.ocsp")}
     expiry = {r.cert: r.next_update for r in world.daemon.records.values()}
-    world.fetcher.down = True
+    world.ca.down = True
     await world.run_until(start + 6 * DAY, _never_expired)
     assert {p: p.read_bytes() for p in world.crt_dir.glob("*.ocsp")} == staples
     warnings = [r for r in caplog.records if "event=expiring" in r.getMessage()]
@@ -166,50 +160,50 @@ async def test_outage_keeps_staple_warns_and_recovers(pki, tmp_path, caplog):
     for line in metrics.splitlines():
         if line.startswith("hastaple_staple_expiry_seconds{"):
             assert 0 < float(line.split()[-1]) < 2 * 86400
-    failed_attempts = sum(world.fetcher.asked.values())
-    world.fetcher.down = False
+    failed_attempts = sum(world.ca.asked.values())
+    world.ca.down = False
     await world.run_until(start + 6 * DAY + dt.timedelta(hours=1), _never_expired)
-    assert sum(world.fetcher.asked.values()) > failed_attempts
+    assert sum(world.ca.asked.values()) > failed_attempts
     for rec in world.daemon.records.values():
         assert rec.failures == 0
         assert rec.next_update > expiry[rec.cert]
     assert world.daemon.health().ok
 
 
-async def test_one_failed_refresh_with_days_left_keeps_healthz_green(pki, tmp_path):
+async def test_one_failed_refresh_with_days_left_keeps_healthz_green(pki, tmp_path, make_world):
     """
     /healthz fails for what needs an operator, not for one failure the backoff will retry.
 
     Before the fix any ``failures > 0`` said "no staple yet" (503) while a
     valid staple had days left.
     """
-    world = _world(pki, tmp_path, 2)
+    world = await make_world(2)
     world.clock.t += dt.timedelta(seconds=11)
     await world.daemon.refresh_due()
-    world.fetcher.down = True
+    world.ca.down = True
     world.clock.t = max(r.next_refresh for r in world.daemon.records.values())
     await world.daemon.refresh_due()
     assert all(r.failures == 1 for r in world.daemon.records.values())
     assert all(r.next_update - world.clock.now() > 2 * DAY for r in world.daemon.records.values())
     assert world.daemon.health() == metrics.Health(True, ())
-    pki.write(world.crt_dir, "new.pem", pki.leaf("new.test", ocsp_url="http://ocsp.test/"))
+    pki.write(world.crt_dir, "new.pem", pki.leaf("new.test", ocsp_url=world.url))
     world.daemon.rediscover()
     world.clock.t += dt.timedelta(seconds=11)
     await world.daemon.refresh_due()  # the new certificate's first fetch fails: no staple
     health = world.daemon.health()
     assert not health.ok
     assert health.reasons == (
-        f"{world.crt_dir / 'new.pem'}: no valid staple: http://ocsp.test/: connection refused",
+        f"{world.crt_dir / 'new.pem'}: no valid staple: {world.url}: HTTP 503 from responder",
     )
 
 
-async def test_restart_asks_no_ca_for_fresh_staples(pki, tmp_path):
+async def test_restart_asks_no_ca_for_fresh_staples(pki, tmp_path, make_world):
     """A restarted daemon (state kept, or even lost) makes zero CA requests for fresh staples."""
-    world = _world(pki, tmp_path, 4)
+    world = await make_world(4)
     start = world.clock.now()
     world.clock.t = start + dt.timedelta(seconds=11)
     await world.run_until(start + DAY)
-    asked = sum(world.fetcher.asked.values())
+    asked = sum(world.ca.asked.values())
     assert asked == 4
     daemon = world.restart()
     daemon.rediscover()
@@ -221,17 +215,17 @@ async def test_restart_asks_no_ca_for_fresh_staples(pki, tmp_path):
     world.clock.t += dt.timedelta(seconds=11)
     outcomes = await daemon.refresh_due()
     assert [o.row.action.value for o in outcomes] == ["fresh"] * 4
-    assert sum(world.fetcher.asked.values()) == asked
+    assert sum(world.ca.asked.values()) == asked
     assert all(r.next_refresh > world.clock.now() + DAY for r in daemon.records.values())
 
 
-async def test_renewed_certificate_gets_its_own_staple_at_once(pki, tmp_path):
+async def test_renewed_certificate_gets_its_own_staple_at_once(pki, tmp_path, make_world):
     """A new serial under the same name is fetched at once; the old staple is not kept for it."""
-    world = _world(pki, tmp_path, 2)
+    world = await make_world(2)
     world.clock.t += dt.timedelta(seconds=11)
     await world.daemon.refresh_due()
-    renewed = pki.leaf("c0.test", ocsp_url="http://ocsp.test/")
-    world.fetcher.leaves[renewed.cert.serial_number] = renewed
+    renewed = pki.leaf("c0.test", ocsp_url=world.url)
+    world.ca.add(renewed.cert)
     path = pki.write(world.crt_dir, "c0.pem", renewed)
     world.daemon.rediscover({path}, at_once=True)
     rec = world.daemon.records[str(path)]
@@ -244,9 +238,9 @@ async def test_renewed_certificate_gets_its_own_staple_at_once(pki, tmp_path):
     assert world.daemon.records[str(path)].serial == format(renewed.cert.serial_number, "x")
 
 
-async def test_removed_certificate_is_forgotten(pki, tmp_path):
+async def test_removed_certificate_is_forgotten(pki, tmp_path, make_world):
     """A certificate whose file is gone disappears from memory and from the database."""
-    world = _world(pki, tmp_path, 2)
+    world = await make_world(2)
     world.clock.t += dt.timedelta(seconds=11)
     await world.daemon.refresh_due()
     gone = world.crt_dir / "c1.pem"
@@ -259,14 +253,14 @@ async def test_removed_certificate_is_forgotten(pki, tmp_path):
 
 async def _hold_batch(world: World) -> asyncio.Task:
     """Start ``refresh_due`` and return once its requests are in flight (held at the gate)."""
-    world.fetcher.gate = asyncio.Event()
+    world.ca.gate = asyncio.Event()
     batch = asyncio.create_task(world.daemon.refresh_due())
     async with asyncio.timeout(10):
-        await world.fetcher.entered.wait()
+        await world.ca.entered.wait()
     return batch
 
 
-async def test_certificate_removed_mid_batch_leaves_nothing_and_no_spin(pki, tmp_path):
+async def test_certificate_removed_mid_batch_leaves_nothing_and_no_spin(pki, tmp_path, make_world):
     """
     A file removed while its fetch is in flight stays removed: memory, SQLite, /metrics.
 
@@ -274,14 +268,14 @@ async def test_certificate_removed_mid_batch_leaves_nothing_and_no_spin(pki, tmp
     backoff after the failure) came and ``refresh_due`` skipped it, so
     ``next_wakeup`` stayed in the past: the loop slept 0 s for ever.
     """
-    world = _world(pki, tmp_path, 2)
-    world.fetcher.failing.add(world.leaves[1].cert.serial_number)
+    world = await make_world(2)
+    world.ca.failing.add(world.leaves[1].cert.serial_number)
     world.clock.t += dt.timedelta(seconds=11)
     batch = await _hold_batch(world)
     gone = world.crt_dir / "c1.pem"
     gone.unlink()
     world.daemon.on_change({gone})
-    world.fetcher.gate.set()
+    world.ca.gate.set()
     await batch
     d = world.daemon
     assert str(gone) not in d.records
@@ -297,48 +291,52 @@ async def test_certificate_removed_mid_batch_leaves_nothing_and_no_spin(pki, tmp
     assert wakeup > world.clock.now()  # the loop sleeps until the survivor's refresh
 
 
-async def test_certificate_renewed_mid_batch_is_fetched_for_its_new_serial(pki, tmp_path):
+async def test_certificate_renewed_mid_batch_is_fetched_for_its_new_serial(
+    pki, tmp_path, make_world
+):
     """A renewal landing while the old certificate's fetch is in flight is not overwritten."""
-    world = _world(pki, tmp_path, 1)
+    world = await make_world(1)
     world.clock.t += dt.timedelta(seconds=11)
     batch = await _hold_batch(world)
-    renewed = pki.leaf("c0.test", ocsp_url="http://ocsp.test/")
-    world.fetcher.leaves[renewed.cert.serial_number] = renewed
+    renewed = pki.leaf("c0.test", ocsp_url=world.url)
+    world.ca.add(renewed.cert)
     path = pki.write(world.crt_dir, "c0.pem", renewed)
     world.daemon.on_change({path})
-    world.fetcher.gate.set()
+    world.ca.gate.set()
     await batch
     rec = world.daemon.records[str(path)]
     assert rec.serial == format(renewed.cert.serial_number, "x")
     assert rec.this_update is None  # the old certificate's staple is not this one's
     assert rec.next_refresh <= world.clock.now()  # still due at once
     assert world.daemon.state.get(str(path)) == rec
-    world.fetcher.gate = None
+    world.ca.gate = None
     await world.daemon.refresh_due()
     staple = ocsp.load_der_ocsp_response((world.crt_dir / "c0.pem.ocsp").read_bytes())
     assert staple.serial_number == renewed.cert.serial_number
 
 
-async def test_one_missing_staple_is_fetched_at_once(pki, tmp_path):
+async def test_one_missing_staple_is_fetched_at_once(pki, tmp_path, make_world):
     """
     With the default policy, one certificate without a staple is due within 10 ms.
 
     Before the fix it waited a random share of the whole 10 s spread (8.4 s here).
     """
-    world = _world(pki, tmp_path, 1)
+    world = await make_world(1)
     [rec] = world.daemon.records.values()
     assert rec.next_refresh - world.clock.now() <= dt.timedelta(milliseconds=10)
     (tmp_path / "many").mkdir()
-    many = _world(pki, tmp_path / "many", 40)  # 40 missing: spread over 0.4 s
+    many = await make_world(40, tmp_path / "many")  # 40 missing: spread over 0.4 s
     due = [r.next_refresh - many.clock.now() for r in many.daemon.records.values()]
     assert max(due) <= dt.timedelta(seconds=0.4)
     assert max(due) > dt.timedelta(seconds=0.1)  # still spread, not all in one instant
 
 
-async def test_discovery_warning_is_logged_once_not_at_every_event(pki, tmp_path, caplog):
+async def test_discovery_warning_is_logged_once_not_at_every_event(
+    pki, tmp_path, caplog, make_world
+):
     """The same warning about the sources is logged when it appears, not at every file event."""
     caplog.set_level(logging.INFO, logger="hastaple.daemon")
-    world = _world(pki, tmp_path, 1)
+    world = await make_world(1)
     cfg = tmp_path / "haproxy.cfg"
     cfg.write_text(
         f"global\n  stats socket {tmp_path}/op.sock level operator\n"
@@ -352,19 +350,19 @@ async def test_discovery_warning_is_logged_once_not_at_every_event(pki, tmp_path
     assert "op.sock" in lines[0].getMessage()
 
 
-async def test_max_age_brings_refresh_forward(pki, tmp_path):
+async def test_max_age_brings_refresh_forward(pki, tmp_path, make_world):
     """Cache-Control max-age=1h: the next fetch comes after about an hour, not 3.5 days."""
-    world = _world(pki, tmp_path, 1)
-    world.fetcher.max_age = 3600
+    world = await make_world(1)
+    world.ca.max_age = 3600
     start = world.clock.now()
     world.clock.t = start + dt.timedelta(seconds=11)
     await world.run_until(start + dt.timedelta(hours=1, minutes=30))
-    assert world.fetcher.asked[world.leaves[0].cert.serial_number] == 2
+    assert world.ca.asked[world.leaves[0].cert.serial_number] == 2
 
 
-async def test_no_ocsp_url_is_skipped_not_error(pki, tmp_path):
+async def test_no_ocsp_url_is_skipped_not_error(pki, tmp_path, make_world):
     """A certificate without an OCSP URL is re-checked later and keeps /healthz green."""
-    world = _world(pki, tmp_path, 0)
+    world = await make_world(0)
     pki.write(world.crt_dir, "plain.pem", pki.leaf("plain.test", ocsp_url=None))
     world.daemon.rediscover()
     world.clock.t += dt.timedelta(seconds=11)
@@ -390,10 +388,12 @@ def test_log_formats(fmt, capsys):
     logging.getLogger().handlers.clear()
 
 
-async def test_source_briefly_broken_is_a_warning_not_an_internal_error(pki, tmp_path, caplog):
+async def test_source_briefly_broken_is_a_warning_not_an_internal_error(
+    pki, tmp_path, caplog, make_world
+):
     """A crt-list naming a certificate that is missing mid-renewal: a WARNING, no traceback."""
     caplog.set_level(logging.INFO, logger="hastaple")
-    world = _world(pki, tmp_path, 2)
+    world = await make_world(2)
     listed = tmp_path / "list.txt"
     listed.write_text(f"{world.crt_dir / 'c0.pem'}\n{world.crt_dir / 'c1.pem'}\n")
     world.daemon.config = dataclasses.replace(world.config, paths=(), crt_lists=(listed,))
@@ -413,9 +413,11 @@ async def test_source_briefly_broken_is_a_warning_not_an_internal_error(pki, tmp
     assert len([r for r in caplog.records if "event=discover_failed" in r.getMessage()]) == 1
 
 
-async def test_file_event_reparses_only_changed_certificates(pki, tmp_path, monkeypatch):
+async def test_file_event_reparses_only_changed_certificates(
+    pki, tmp_path, monkeypatch, make_world
+):
     """One changed file among many: only it is parsed again, the others by file identity."""
-    world = _world(pki, tmp_path, 6)
+    world = await make_world(6)
     parsed: list[str] = []
     real = daemonmod.pem.parse_file
 
@@ -426,22 +428,22 @@ async def test_file_event_reparses_only_changed_certificates(pki, tmp_path, monk
     monkeypatch.setattr(daemonmod.pem, "parse_file", counting)
     world.daemon.rediscover()
     assert parsed == []  # nothing changed since the first discovery
-    renewed = pki.leaf("c3.test", ocsp_url="http://ocsp.test/")
+    renewed = pki.leaf("c3.test", ocsp_url=world.url)
     path = pki.write(world.crt_dir, "c3.pem", renewed)
     world.daemon.on_change({path})
     assert parsed == ["c3.pem"]
     assert world.daemon.records[str(path)].serial == format(renewed.cert.serial_number, "x")
     parsed.clear()
     staging = tmp_path / "c5.pem"  # changed without an event naming it (e.g. SIGHUP)
-    staging.write_bytes(pki.bundle(pki.leaf("c5.test", ocsp_url="http://ocsp.test/")))
+    staging.write_bytes(pki.bundle(pki.leaf("c5.test", ocsp_url=world.url)))
     staging.replace(world.crt_dir / "c5.pem")
     world.daemon.rediscover()
     assert parsed == ["c5.pem"]
 
 
-def test_reload_without_proxy_restores_the_started_environment(pki, tmp_path):
+async def test_reload_without_proxy_restores_the_started_environment(pki, tmp_path, make_world):
     """SIGHUP dropping `proxy` puts back the HTTP(S)_PROXY the daemon started with."""
-    world = _world(pki, tmp_path, 1)
+    world = await make_world(1)
     environ = {"HTTPS_PROXY": "http://corp.test:3128", "HOME": "/home/h"}
     started = dict(environ)
     configs = [world.config, dataclasses.replace(world.config, proxy="http://cfg.test:8080")]
@@ -456,14 +458,14 @@ def test_reload_without_proxy_restores_the_started_environment(pki, tmp_path):
     assert fetcher.config.proxy is None
 
 
-async def test_repush_after_restart_skips_a_revoked_certificate(pki, tmp_path, caplog):
+async def test_repush_after_restart_skips_a_revoked_certificate(pki, tmp_path, caplog, make_world):
     """After a signed REVOKED, an HAProxy restart does not get the older good staple pushed."""
     caplog.set_level(logging.INFO, logger="hastaple.daemon")
-    world = _world(pki, tmp_path, 2)
+    world = await make_world(2)
     world.clock.t += dt.timedelta(seconds=11)
     await world.daemon.refresh_due()
     revoked, good = (str(world.crt_dir / f"c{i}.pem") for i in range(2))
-    world.fetcher.revoked.add(world.leaves[0].cert.serial_number)
+    world.ca.revoked.add(world.leaves[0].cert.serial_number)
     world.clock.t = world.daemon.records[revoked].next_refresh
     await world.daemon.refresh_due()
     assert world.daemon.records[revoked].status == "revoked"

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from hastaple import metrics
 from hastaple.cli import cli
 from hastaple.errors import ConfigError
+from hastaple.state import Record
 
 
 @pytest.fixture(name="busy_port")
@@ -57,3 +58,42 @@ def test_run_with_busy_metrics_address_exits_2_one_line(busy_port, tmp_path):
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert errors == [f"error: metrics_address 127.0.0.1:{busy_port}: address already in use"]
     assert "Traceback" not in result.stderr
+
+
+def _samples(text: str, name: str) -> dict[str, float]:
+    """``{labels: value}`` of one metric in the text exposition format."""
+    return {
+        line.split("{", 1)[1].rsplit("}", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name + "{")
+    }
+
+
+def test_counters_start_at_zero_for_every_documented_label():
+    """Each documented result and outcome exists at 0 before any event: increase() sees the 1st."""
+    text = metrics.Metrics(lambda: (None, [])).render().decode()
+    results = _samples(text, "hastaple_fetches_total")
+    assert results == {
+        f'result="{r}"': 0.0 for r in ("fetched", "fresh", "revoked", "unknown", "error", "skipped")
+    }
+    outcomes = _samples(text, "hastaple_haproxy_pushes_total")
+    assert outcomes == {f'outcome="{o}"': 0.0 for o in ("update", "commit", "error")}
+
+
+def test_per_certificate_failures_in_a_row_and_revoked_status():
+    """hastaple_consecutive_failures{cert} is the record's count; a revoked one says so."""
+    records = [
+        Record("/crt/ok.pem", ocsp_url="http://o.test/", status="good"),
+        Record("/crt/down.pem", ocsp_url="http://o.test/", status="good", failures=4),
+        Record("/crt/gone.pem", ocsp_url="http://o.test/", status="revoked", failures=2),
+        Record("/crt/nourl.pem", status="no-ocsp"),
+    ]
+    text = metrics.Metrics(lambda: (None, records)).render().decode()
+    assert _samples(text, "hastaple_consecutive_failures") == {
+        'cert="/crt/ok.pem"': 0.0, 'cert="/crt/down.pem"': 4.0, 'cert="/crt/gone.pem"': 2.0,
+    }  # fmt: skip
+    assert _samples(text, "hastaple_certificate_info") == {
+        'cert="/crt/ok.pem",must_staple="false",status="good"': 1.0,
+        'cert="/crt/down.pem",must_staple="false",status="good"': 1.0,
+        'cert="/crt/gone.pem",must_staple="false",status="revoked"': 1.0,
+    }

@@ -174,3 +174,26 @@ def test_aia_urls(pki):
     bare = pki.leaf(ocsp_url=None)
     assert issuer.ocsp_url(bare.cert) is None
     assert issuer.ca_issuers_urls(bare.cert) == []
+
+
+def test_is_must_staple_reads_the_tls_feature_extension(pki):
+    """status_request in TLS Feature (1.3.6.1.5.5.7.1.24) is must-staple; its absence is not."""
+    assert pem.is_must_staple(pki.leaf("must.test", must_staple=True).cert) is True
+    assert pem.is_must_staple(pki.leaf("plain.test").cert) is False
+    # status_request_v2 alone (RFC 6961) is not the promise RFC 7633 clients enforce.
+    other = x509.TLSFeature([x509.TLSFeatureType.status_request_v2])
+    assert x509.ExtensionOID.TLS_FEATURE.dotted_string == "1.3.6.1.5.5.7.1.24"
+    ca = make_ca("v2 CA")
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "v2.test")]))
+        .issuer_name(ca.cert.subject)
+        .public_key(key.public_key())
+        .serial_number(7)
+        .not_valid_before(dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
+        .not_valid_after(dt.datetime(2027, 1, 1, tzinfo=dt.UTC))
+        .add_extension(other, critical=False)
+        .sign(ca.key, hashes.SHA256())
+    )
+    assert pem.is_must_staple(cert) is False

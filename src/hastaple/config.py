@@ -88,6 +88,7 @@ _POLICY_HELP = {
     "backoff_base": "first wait after a failure",
     "backoff_cap": "longest wait after failures",
     "alert_before": "warn and fail /healthz when a staple expires within this",
+    "must_staple_alert_before": "the same for a must-staple certificate (earlier)",
     "spread": "missing staples are fetched within this (10 ms a certificate), spread out",
 }
 

@@ -35,7 +35,7 @@ import logging
 import random
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import watchfiles
 
@@ -108,7 +108,7 @@ class Daemon:
         self.index = index.Index.open(config.state_dir)
         # Serial per certificate with the file identity it was read from: a file
         # event re-parses only what changed, not 10,000 PEMs on the event loop.
-        self._serials: dict[str, tuple[index.Fingerprint, str | None]] = {}
+        self._serials: dict[str, tuple[index.Fingerprint, Leaf]] = {}
         # Saves waiting for one transaction while a batch runs (``_batch``).
         self._pending: list[tuple[Record, str | None, dt.datetime | None]] | None = None
         # Set when the watched directories change (SIGHUP): the watcher restarts at once.
@@ -139,24 +139,34 @@ class Daemon:
         touched = {str(p).removesuffix(".issuer") for p in changed}
         entries = {str(e.path): e for e in found.certs}
         serials = {n: v for n, v in self._serials.items() if n in entries}
-        tracked = [
-            (name, _serial_of(serials, name, entry.path, touched=name in touched))
+        leaves = {
+            name: _leaf_of(serials, name, entry.path, touched=name in touched)
             for name, entry in entries.items()
-        ]
+        }
         news = [
-            (name, serial, why)
-            for name, serial in tracked
-            if (why := self._news(name, serial, touched=name in touched)) is not None
+            (name, leaf.serial, why)
+            for name, leaf in leaves.items()
+            if (why := self._news(name, leaf.serial, touched=name in touched)) is not None
         ]
         spread = schedule.startup_spread(len(news), config.policy)
         saves = []
         for name, serial, why in news:
             due = now if at_once else now + spread * self.rng.random()
             rec = self.records.get(name)
+            must_staple = leaves[name].must_staple
             if why == "touched" and rec is not None:
-                saves.append(dataclasses.replace(rec, next_refresh=due))
+                saves.append(dataclasses.replace(rec, next_refresh=due, must_staple=must_staple))
             else:
-                saves.append(Record(name, serial=serial, next_refresh=due))
+                saves.append(Record(name, serial=serial, next_refresh=due, must_staple=must_staple))
+        # A database from before must-staple was recorded: learn it, due as planned.
+        due_now = {name for name, _, _ in news}
+        saves += [
+            dataclasses.replace(rec, must_staple=leaf.must_staple)
+            for name, leaf in leaves.items()
+            if name not in due_now
+            and (rec := self.records.get(name)) is not None
+            and rec.must_staple != leaf.must_staple
+        ]
         return View(
             config=config,
             entries=entries,
@@ -416,7 +426,7 @@ class Daemon:
                     log_event(logging.INFO, "haproxy_started", socket=socket, pid=info.pid)
                 await self.repush(socket)
 
-    async def repush(self, socket: str) -> None:
+    async def repush(self, socket: str) -> None:  # noqa: C901 - one skip per kind of record
         """
         Load every valid staple on disk into ``socket``; ask no CA.
 
@@ -449,7 +459,7 @@ class Daemon:
                 )
             except StateBusy as exc:  # retried with the failed pushes' backoff
                 log_event(logging.WARNING, "busy", socket=socket, error=str(exc))
-                self._push_failed(socket, self.clock.now())
+                self._push_failed(socket, self.clock.now(), f"state directory busy: {exc}")
                 return
         with self._batch():
             for outcome in outcomes:
@@ -653,22 +663,31 @@ class View:
     entries: dict[str, discover.CertEntry]
     sockets: tuple[str, ...]
     roots: frozenset[Path]
-    serials: dict[str, tuple[index.Fingerprint, str | None]]
+    serials: dict[str, tuple[index.Fingerprint, Leaf]]
     removed: tuple[str, ...]
     saves: tuple[Record, ...]
     news: tuple[tuple[str, str | None, str], ...]
     warnings: tuple[str, ...]
 
 
-def _serial_of(
-    serials: dict[str, tuple[index.Fingerprint, str | None]],
+class Leaf(NamedTuple):
+    """What the daemon keeps of a certificate file's leaf: its serial, and must-staple."""
+
+    serial: str | None  # None: the file holds no readable certificate
+    must_staple: bool = False
+
+
+def _leaf_of(
+    serials: dict[str, tuple[index.Fingerprint, Leaf]],
     name: str,
     path: Path,
     *,
     touched: bool,
-) -> str | None:
+) -> Leaf:
     """
-    The leaf's serial, parsed again only when the file changed (``serials`` is updated).
+    The leaf's serial and must-staple, parsed again only when the file changed.
+
+    ``serials`` is updated.
 
     A file an event names is always read (an in-place rewrite of the same
     size can keep the identity within one timestamp tick).
@@ -677,12 +696,12 @@ def _serial_of(
     known = serials.get(name)
     if not touched and fingerprint is not None and known and known[0] == fingerprint:
         return known[1]
-    serial = _serial(path)
+    leaf = _leaf(path)
     if fingerprint is None:
         serials.pop(name, None)
     else:
-        serials[name] = (fingerprint, serial)
-    return serial
+        serials[name] = (fingerprint, leaf)
+    return leaf
 
 
 def _roots(config: Config, certs: Sequence[discover.CertEntry]) -> set[Path]:
@@ -727,11 +746,12 @@ def _relevant(change: watchfiles.Change, path: str) -> bool:  # noqa: ARG001 - w
     return discover.is_certificate_file(name) or name.endswith(".issuer")
 
 
-def _serial(path: Path) -> str | None:
+def _leaf(path: Path) -> Leaf:
     try:
-        return format(pem.parse_file(path).leaf.serial_number, "x")
+        cert = pem.parse_file(path).leaf
     except HastapleError:
-        return None
+        return Leaf(None)
+    return Leaf(format(cert.serial_number, "x"), pem.is_must_staple(cert))
 
 
 def _hint_due(rec: Record, now: dt.datetime) -> bool:

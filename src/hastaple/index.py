@@ -40,10 +40,10 @@ from hastaple.ocsp.validate import CLOCK_SKEW
 
 INDEX_NAME = "index.json"
 JOURNAL_NAME = "index.journal"
-_VERSION = 1
 # Changes the journal holds before the snapshot is rewritten: at least this
 # many, else half the index (so a rewrite is paid for by as many cheap appends).
 _MIN_JOURNAL = 1024
+_VERSION = 2  # 2: entries say whether the certificate is must-staple
 _PIECE = 64 * 1024  # bytes per write of the index document
 
 Fingerprint = tuple[int, int, int, int]  # inode, size, mtime_ns, ctime_ns
@@ -89,6 +89,7 @@ class Entry:
     verdict: Verdict
     valid_from: dt.datetime
     valid_until: dt.datetime
+    must_staple: bool = False
 
 
 def signer_window(der: bytes, verdict: Verdict) -> tuple[dt.datetime, dt.datetime]:
@@ -448,6 +449,7 @@ def _raw(e: Entry) -> dict[str, object]:
         "signer": v.signer,
         "from": e.valid_from.isoformat(),
         "until": e.valid_until.isoformat(),
+        "must_staple": e.must_staple,
     }
 
 
@@ -483,4 +485,5 @@ def _entry(raw: dict[str, object], pems: dict[bytes, bytes]) -> Entry:
         verdict=verdict,
         valid_from=time("from"),
         valid_until=time("until"),
+        must_staple=bool(raw["must_staple"]),
     )

@@ -2,10 +2,10 @@
 Every Prometheus object of the daemon, defined once, and /metrics + /healthz.
 
 Each daemon gets its own ``CollectorRegistry`` (not the global one), so tests
-in one process never collide. Per-certificate series exist only for staple
-expiry and last success (STYLE.md: low-cardinality labels elsewhere); they are
-computed at scrape time from the daemon's records and clock, so "seconds until
-expiry" is never stale between refreshes.
+in one process never collide. Per-certificate series (staple expiry, last
+success, the certificate's facts) carry only the certificate and a few
+low-cardinality labels; they are computed at scrape time from the daemon's
+records and clock, so "seconds until expiry" is never stale between refreshes.
 """
 
 from __future__ import annotations
@@ -28,6 +28,10 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0)
 _QUIET = frozenset({"no-ocsp", "managed"})
 _SIGNED_BAD = frozenset({"revoked", "unknown"})
+# Every documented label value of the counters, created at 0 at start-up: a
+# series that first appears at 1 hides its first rise from ``increase()``.
+FETCH_RESULTS = ("fetched", "fresh", "revoked", "unknown", "error", "skipped")
+PUSH_OUTCOMES = ("update", "commit", "error")
 
 Snapshot = Callable[[], tuple[dt.datetime, Iterable[Record]]]
 Sockets = Callable[[], Iterable[tuple[str, bool]]]
@@ -57,6 +61,10 @@ class Metrics:
             ["outcome"],
             registry=self.registry,
         )
+        for result in FETCH_RESULTS:
+            self.fetches.labels(result)
+        for outcome in PUSH_OUTCOMES:
+            self.pushes.labels(outcome)
         self.registry.register(_Staples(snapshot))
         self.registry.register(_Sockets(sockets))
 
@@ -66,7 +74,7 @@ class Metrics:
 
 
 class _Staples(Collector):
-    """Seconds until expiry and last success time, per certificate, at scrape time."""
+    """The per-certificate gauges, at scrape time."""
 
     def __init__(self, snapshot: Snapshot) -> None:
         self.snapshot = snapshot
@@ -83,13 +91,30 @@ class _Staples(Collector):
             "Unix time of the last successful fetch.",
             labels=["cert"],
         )
+        info = GaugeMetricFamily(
+            "hastaple_certificate_info",
+            "1 for each watched certificate that needs a staple, stapled or not; "
+            "status: the CA's last word (good, revoked, unknown; error: no staple yet).",
+            labels=["cert", "must_staple", "status"],
+        )
+        failures = GaugeMetricFamily(
+            "hastaple_consecutive_failures",
+            "Failed attempts in a row (refreshes and pushes) since the last success.",
+            labels=["cert"],
+        )
         for r in records:
             if r.next_update is not None:
                 expiry.add_metric([r.cert], (r.next_update - now).total_seconds())
             if r.last_success is not None:
                 success.add_metric([r.cert], r.last_success.timestamp())
+            if watched(r):
+                must = "true" if r.must_staple else "false"
+                info.add_metric([r.cert, must, r.status or "error"], 1.0)
+                failures.add_metric([r.cert], float(r.failures))
         yield expiry
         yield success
+        yield info
+        yield failures
 
 
 class _Sockets(Collector):
@@ -117,11 +142,29 @@ class Health:
     reasons: tuple[str, ...]
 
 
+def watched(rec: Record) -> bool:
+    """
+    Whether ``rec`` needs a staple from hastaple (a ``hastaple_certificate_info`` series).
+
+    Not a certificate without an OCSP URL, nor one HAProxy's own updater
+    owns; a must-staple one without an OCSP URL is listed: it cannot work.
+    """
+    if rec.status == "managed":
+        return False
+    return rec.status != "no-ocsp" or rec.must_staple
+
+
 def expiring(rec: Record, now: dt.datetime, policy: schedule.Policy) -> bool:
-    """Whether ``rec``'s staple is in the alert window (a log warning, and /healthz fails)."""
+    """
+    Whether ``rec``'s staple is in the alert window (a log warning, and /healthz fails).
+
+    A must-staple certificate's window opens earlier (``must_staple_alert_before``).
+    """
     if rec.status in _QUIET or rec.this_update is None or rec.next_update is None:
         return False
-    return schedule.in_alert_window(rec.this_update, rec.next_update, now, policy)
+    return schedule.in_alert_window(
+        rec.this_update, rec.next_update, now, policy, must_staple=rec.must_staple
+    )
 
 
 def health(records: Iterable[Record], now: dt.datetime, policy: schedule.Policy) -> Health:
@@ -145,10 +188,15 @@ def health(records: Iterable[Record], now: dt.datetime, policy: schedule.Policy)
             left = r.next_update - now
             when = "expired" if left <= dt.timedelta(0) else f"expires in {_human(left)}"
             why = f": {r.error}" if r.error else ""
-            reasons.append(f"{r.cert}: staple {when} without a successful refresh{why}")
+            reasons.append(f"{r.cert}: staple {when} without a successful refresh{why}{must(r)}")
         elif r.failures > 0 and not _valid_staple(r, now):
-            reasons.append(f"{r.cert}: no valid staple: {r.error or 'fetch failed'}")
+            reasons.append(f"{r.cert}: no valid staple: {r.error or 'fetch failed'}{must(r)}")
     return Health(not reasons, tuple(reasons))
+
+
+def must(rec: Record) -> str:
+    """The note a must-staple certificate's alert ends with ("" for the others)."""
+    return " (must-staple: clients refuse it without a valid staple)" if rec.must_staple else ""
 
 
 def _valid_staple(rec: Record, now: dt.datetime) -> bool:

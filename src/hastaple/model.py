@@ -69,18 +69,28 @@ class ResultRow:
     # Sockets that reach the same HAProxy process as another one (value): not
     # deployed through, "alias" in ``haproxy``.
     aliases: dict[str, str] = field(default_factory=dict)
+    # The certificate promises a staple (RFC 7633): without one it fails.
+    must_staple: bool = False
     # The certificate file itself is unusable (exit 2), as opposed to a failed
     # fetch or deploy (exit 1). Not part of the JSON contract.
     bad_input: bool = False
 
     @classmethod
     def of(
-        cls, cert: str, url: str | None, verdict: Verdict, action: Action, error: str | None = None
+        cls,
+        cert: str,
+        url: str | None,
+        verdict: Verdict,
+        action: Action,
+        error: str | None = None,
+        *,
+        must_staple: bool = False,
     ) -> ResultRow:
         """The row for a validated response: its status and times."""
         return cls(
-            cert, url, verdict.status, action, verdict.this_update, verdict.next_update, error
-        )
+            cert, url, verdict.status, action, verdict.this_update, verdict.next_update, error,
+            must_staple=must_staple,
+        )  # fmt: skip
 
     @property
     def ok(self) -> bool:
@@ -99,6 +109,7 @@ class ResultRow:
             "error": self.error,
             "haproxy": dict(self.haproxy),
             "aliases": dict(self.aliases),
+            "must_staple": self.must_staple,
         }
 
 

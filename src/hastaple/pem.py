@@ -2,6 +2,7 @@
 Read the PEM bundles HAProxy loads: leaf first, then key and chain in any order.
 
 ``parse`` sees bytes; ``parse_file`` is the one-line I/O wrapper (hynek/pem).
+``is_must_staple`` says whether a certificate promises a staple.
 """
 
 from __future__ import annotations
@@ -48,6 +49,22 @@ def parse(data: bytes, *, source: str | Path) -> Bundle:
         # cryptography's message points at its FAQ; a person needs the file and the fact.
         raise CertificateError(source, "unreadable PEM certificate") from exc
     return Bundle(leaf=certs[0], chain=tuple(certs[1:]), has_key=has_key)
+
+
+def is_must_staple(cert: x509.Certificate) -> bool:
+    """
+    Whether ``cert`` carries the TLS Feature extension with status_request (RFC 7633).
+
+    Such a certificate promises a staple: clients that honour it (Firefox)
+    refuse a handshake without a valid one, so a missing staple is an outage.
+    Extensions that do not decode promise nothing we can read: False (the
+    fetch reports the broken file on its own).
+    """
+    try:
+        features = cert.extensions.get_extension_for_class(x509.TLSFeature).value
+    except (x509.ExtensionNotFound, ValueError):
+        return False
+    return x509.TLSFeatureType.status_request in features
 
 
 def parse_file(path: Path) -> Bundle:

@@ -103,6 +103,7 @@ class _Cert:
     url: str
     names: tuple[str, ...]  # how HAProxy spells the file in runtime commands
     pem_fp: index.Fingerprint | None = None  # the PEM file as it was before parsing
+    must_staple: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,6 +291,7 @@ async def _prepare(  # noqa: PLR0911 - one early return per kind of row
 ) -> _Prepared:
     name = str(entry.path)
     url: str | None = None
+    must_staple = False
     try:
         if entry.managed:
             return _Prepared(ResultRow(name, None, Status.MANAGED, Action.SKIPPED))
@@ -297,17 +299,24 @@ async def _prepare(  # noqa: PLR0911 - one early return per kind of row
         if not options.force and (hit := _from_index(entry, pem_fp, options, now, ctx)):
             return hit
         bundle = pem.parse_file(entry.path)
+        must_staple = pem.is_must_staple(bundle.leaf)
         url = issuers.ocsp_url(bundle.leaf)
         if url is None:
-            return _Prepared(ResultRow(name, None, Status.NO_OCSP, Action.SKIPPED))
+            no_url = ResultRow(name, None, Status.NO_OCSP, Action.SKIPPED, must_staple=must_staple)
+            return _Prepared(no_url)
         state_dir = None if options.dry_run else options.state_dir  # dry-run writes nothing
         issuer, issuer_pem = await resolve_issuer(entry.path, bundle, fetcher, state_dir, now=now)
-        cert = _Cert(entry.path, bundle.leaf, issuer, issuer_pem, url, entry.haproxy_names, pem_fp)
-        return await _refresh(cert, options, fetcher, now, ctx)
+        cert = _Cert(
+            entry.path, bundle.leaf, issuer, issuer_pem, url, entry.haproxy_names, pem_fp,
+            must_staple,
+        )  # fmt: skip
+        done = await _refresh(cert, options, fetcher, now, ctx)
+        return dataclasses.replace(done, row=dataclasses.replace(done.row, must_staple=must_staple))
     except CertificateError as exc:
-        return _Prepared(dataclasses.replace(_failed(name, url, str(exc)), bad_input=True))
+        row = dataclasses.replace(_failed(name, url, str(exc)), bad_input=True)
+        return _Prepared(dataclasses.replace(row, must_staple=must_staple))
     except HastapleError as exc:
-        return _Prepared(_failed(name, url, str(exc)))
+        return _Prepared(dataclasses.replace(_failed(name, url, str(exc)), must_staple=must_staple))
     except Exception as exc:
         logger.exception("internal error while handling %s", name)
         return _Prepared(_failed(name, url, f"internal error: {exc!r} (see the log)"))
@@ -343,7 +352,8 @@ def _from_index(
     staple = Staple.of(
         der, verdict, names=entry.haproxy_names, cert_id=hit.cert_id, issuer_pem=hit.issuer_pem
     )
-    return _Prepared(ResultRow.of(str(entry.path), hit.url, verdict, Action.FRESH), staple)
+    row = ResultRow.of(str(entry.path), hit.url, verdict, Action.FRESH, must_staple=hit.must_staple)
+    return _Prepared(row, staple)
 
 
 def _remember(
@@ -366,6 +376,7 @@ def _remember(
             verdict=staple.verdict,
             valid_from=valid_from,
             valid_until=valid_until,
+            must_staple=cert.must_staple,
         ),
     )
 

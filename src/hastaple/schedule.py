@@ -54,6 +54,9 @@ class Policy:
     backoff_cap: dt.timedelta = dt.timedelta(hours=1)
     # Warn (and fail /healthz) once a staple expires within this (at most a quarter window).
     alert_before: dt.timedelta = dt.timedelta(days=2)
+    # The same for a must-staple certificate, earlier: without a staple it
+    # does not work at all (at most 3/8 of the window).
+    must_staple_alert_before: dt.timedelta = dt.timedelta(days=4)
     # Overdue or missing staples are fetched within this much of now, spread out
     # (missing ones found together: 10 ms per certificate, at most this).
     spread: dt.timedelta = dt.timedelta(seconds=10)
@@ -170,10 +173,26 @@ def backoff(
 
 
 def alert_window(
-    this_update: dt.datetime, next_update: dt.datetime, policy: Policy
+    this_update: dt.datetime,
+    next_update: dt.datetime,
+    policy: Policy,
+    *,
+    must_staple: bool = False,
 ) -> dt.timedelta:
-    """How long before expiry a staple that was not renewed is worth a warning."""
-    return min(policy.alert_before, (next_update - this_update) / 4)
+    """
+    How long before expiry a staple that was not renewed is worth a warning.
+
+    The latest planned refresh leaves about 0.4 of the window (half-life plus
+    the jitter), so an alert must fire later than that or it would fire in
+    normal operation. A certificate's alert comes at a quarter of the window
+    at the latest (a 7-day staple: 1.75 days left, about a day of failed
+    refreshes); a must-staple one at 3/8 (2.6 days left), about twice as
+    early in the failing time.
+    """
+    window = next_update - this_update
+    if must_staple:
+        return min(policy.must_staple_alert_before, window * 3 / 8)
+    return min(policy.alert_before, window / 4)
 
 
 def in_alert_window(
@@ -181,6 +200,9 @@ def in_alert_window(
     next_update: dt.datetime,
     now: dt.datetime,
     policy: Policy = DEFAULT_POLICY,
+    *,
+    must_staple: bool = False,
 ) -> bool:
     """Whether a staple held at ``now`` is close enough to expiry (or past it) to alert."""
-    return next_update - now <= alert_window(this_update, next_update, policy)
+    window = alert_window(this_update, next_update, policy, must_staple=must_staple)
+    return next_update - now <= window

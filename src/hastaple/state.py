@@ -33,7 +33,8 @@ CREATE TABLE IF NOT EXISTS certs (
     ocsp_url TEXT, serial TEXT, status TEXT, result TEXT, error TEXT,
     last_attempt TEXT, last_success TEXT, this_update TEXT, next_update TEXT,
     fetched_at TEXT, max_age INTEGER, failures INTEGER NOT NULL DEFAULT 0,
-    next_refresh TEXT, haproxy TEXT NOT NULL DEFAULT '{}'
+    next_refresh TEXT, haproxy TEXT NOT NULL DEFAULT '{}',
+    must_staple INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS history (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -70,6 +71,8 @@ class Record:
     failures: int = 0
     next_refresh: dt.datetime | None = None
     haproxy: tuple[tuple[str, str], ...] = field(default=())
+    # The certificate promises a staple (RFC 7633): without one it fails.
+    must_staple: bool = False
 
     def window(self) -> Window | None:
         """The staple held, for the scheduler, or None when there is none."""
@@ -144,6 +147,7 @@ class State:
                 self._db = sqlite3.connect(path)
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.executescript(_SCHEMA)
+                _upgrade(self._db)
             self._db.row_factory = sqlite3.Row
             self._db.execute("SELECT count(*) FROM certs").fetchone()
         except sqlite3.Error as exc:
@@ -243,8 +247,17 @@ class State:
         return iter(self.all())
 
 
+def _upgrade(db: sqlite3.Connection) -> None:
+    """Add the columns a database written by an older hastaple lacks."""
+    have = {row[1] for row in db.execute("PRAGMA table_info(certs)")}
+    if "must_staple" not in have:
+        with db:
+            db.execute("ALTER TABLE certs ADD COLUMN must_staple INTEGER NOT NULL DEFAULT 0")
+
+
 def _record(row: sqlite3.Row) -> Record:
     values = dict(row)
+    values["must_staple"] = bool(values.get("must_staple", 0))
     for name in _TIMES:
         values[name] = _time(values[name])
     values["haproxy"] = tuple(sorted(json.loads(values["haproxy"] or "{}").items()))

@@ -1,8 +1,9 @@
 """
 ``hastaple status``: what the daemon knows, read from its state database.
 
-One row per certificate: name, OCSP URL, status, thisUpdate, nextUpdate, next
-refresh, last error, and what each HAProxy got at the last push. Nothing is
+One row per certificate: name, OCSP URL, status, whether it is must-staple,
+thisUpdate, nextUpdate, next refresh, last error, and what each HAProxy got
+at the last push. Nothing is
 asked of a CA or of HAProxy: the command is safe to run at any time.
 """
 
@@ -14,8 +15,8 @@ from typing import IO
 
 from hastaple.state import Record
 
-COLUMNS = ("certificate", "ocsp url", "status", "this update", "next update", "next refresh",
-           "haproxy", "error")  # fmt: skip
+COLUMNS = ("certificate", "ocsp url", "status", "must staple", "this update", "next update",
+           "next refresh", "haproxy", "error")  # fmt: skip
 
 
 def as_json(records: Sequence[Record]) -> str:
@@ -30,6 +31,7 @@ def _cells(r: Record) -> list[str]:
         r.cert,
         r.ocsp_url or "-",
         r.status or "-",
+        "yes" if r.must_staple else "no",
         str(data["this_update"] or "-"),
         str(data["next_update"] or "-"),
         str(data["next_refresh"] or "-"),

@@ -56,7 +56,7 @@ def test_promtool_checks_rules_and_example_config():
     for args in (("check", "rules", RULES), ("check", "config", EXAMPLE_CONFIG)):
         result = _promtool(*args)
         assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 7 rules found" in _promtool("check", "rules", RULES).stdout
+    assert "SUCCESS: 8 rules found" in _promtool("check", "rules", RULES).stdout
 
 
 def test_promtool_rule_unit_tests_pass():
@@ -75,7 +75,7 @@ def test_every_alert_has_a_severity_a_runbook_and_a_firing_unit_test():
     rules = RULES.read_text()
     tests = RULE_TESTS.read_text()
     blocks = re.split(r"^\s*- alert: ", rules, flags=re.MULTILINE)[1:]
-    assert len(blocks) == len(_alerts(rules)) == 7
+    assert len(blocks) == len(_alerts(rules)) == 8
     for block in blocks:
         name = block.split()[0]
         assert re.search(r"severity: (warning|critical)\n", block), name
@@ -210,10 +210,10 @@ async def test_real_prometheus_scrapes_metrics_and_fires_alerts(pki, tmp_path, s
     """
     Prometheus scrapes `hastaple run`; the README's metrics arrive, the rules fire.
 
-    Three certificates: `long` (a fresh 7-day staple), `short` (a staple that
-    crosses 2 days left CROSSING s after its fetch, the CA down after that) and
-    `revoked`; later `failing` (its CA down). Two sockets: a real HAProxy 2.6
-    and one nobody listens on.
+    Four certificates: `long` (a fresh 7-day staple), `short` (a staple that
+    crosses 2 days left CROSSING s after its fetch, the CA down after that),
+    `revoked`, and `must` (must-staple, its CA down from the start). Two
+    sockets: a real HAProxy 2.6 and one nobody listens on.
     """
     prometheus = prometheus_proc.require("prometheus")
     hap_binary = haproxy_proc.binary("2.6")
@@ -226,8 +226,10 @@ async def test_real_prometheus_scrapes_metrics_and_fires_alerts(pki, tmp_path, s
         leaves = {
             n: pki.leaf(f"{n}.test", ocsp_url=ca.url_for(n)) for n in ("long", "short", "revoked")
         }
+        leaves["must"] = pki.leaf("must.test", ocsp_url=ca.url_for("must"), must_staple=True)
         certs = {n: str(pki.write(crt_dir, f"{n}.pem", leaf)) for n, leaf in leaves.items()}
         ca.on("long", Serve(pki.response(leaves["long"].cert)))
+        ca.on("must", Serve(b"down", 503))
         ca.on("revoked", Serve(pki.response(leaves["revoked"].cert, status="revoked")))
 
         def short_staple() -> bytes:  # signed when asked: its clock starts at the fetch
@@ -240,12 +242,6 @@ async def test_real_prometheus_scrapes_metrics_and_fires_alerts(pki, tmp_path, s
 
         short = FirstThenDown(short_staple)
         ca.on("short", short)
-
-        def add_failing_cert() -> None:  # the daemon watches crt_dir: fetched at once
-            failing = pki.leaf("failing.test", ocsp_url=ca.on("failing", Serve(b"down", 503)))
-            staging = sock_dir / "failing.pem"
-            staging.write_bytes(pki.bundle(failing))
-            staging.replace(crt_dir / "failing.pem")
 
         hap_dir = sock_dir / "hap"
         hap_dir.mkdir()
@@ -263,8 +259,8 @@ async def test_real_prometheus_scrapes_metrics_and_fires_alerts(pki, tmp_path, s
                 await _scraped(prom, daemon, certs)
                 await _documented_metrics_arrive(prom, certs)
                 await _short_staple_crosses_the_threshold(prom, short, certs)
-                await _revoked_and_haproxy_alerts_fire(prom, certs)
-                await _refresh_failing_fires(prom, add_failing_cert)
+                await _revoked_and_haproxy_alerts_fire(prom, certs, sock_dir / "nobody.sock")
+                await _refresh_failing_and_must_staple_fire(prom, certs)
                 daemon.proc.send_signal(signal.SIGTERM)
                 await daemon.proc.wait()
                 await _down_alert_fires(prom, daemon)
@@ -311,13 +307,25 @@ async def _documented_metrics_arrive(
     }
     assert values["hastaple_staple_expiry_seconds"] == {certs["long"], certs["short"]}
     assert values["hastaple_last_success_timestamp_seconds"] == {certs["long"], certs["short"]}
-    assert {"fetched", "revoked"} <= values["hastaple_fetches_total"]
-    pushes = values["hastaple_haproxy_pushes_total"]
-    assert "error" in pushes and pushes & {"update", "commit"}, (
-        pushes
-    )  # the live and the dead socket
+    # Every documented label value exists from the start (at 0 until its first event).
+    assert values["hastaple_fetches_total"] == {
+        "fetched", "fresh", "revoked", "unknown", "error", "skipped",
+    }  # fmt: skip
+    assert values["hastaple_haproxy_pushes_total"] == {"update", "commit", "error"}
+    counted = await asyncio.to_thread(
+        prom.query, "hastaple_fetches_total > 0 or hastaple_haproxy_pushes_total > 0"
+    )
+    seen_rising = {r["metric"].get("result") or r["metric"]["outcome"] for r in counted}
+    assert {"fetched", "revoked", "error"} <= seen_rising  # "error": the dead socket too
     [responder] = values["hastaple_responder_latency_seconds"]
     assert responder.startswith("127.0.0.1:")
+    # Every certificate, stapled or not: the must-staple one has never had a staple.
+    info = {m["cert"]: (m["must_staple"], m["status"]) for m in seen["hastaple_certificate_info"]}
+    assert info == {
+        certs["long"]: ("false", "good"), certs["short"]: ("false", "good"),
+        certs["revoked"]: ("false", "revoked"), certs["must"]: ("true", "error"),
+    }  # fmt: skip
+    assert {m["cert"] for m in seen["hastaple_consecutive_failures"]} == set(certs.values())
 
 
 async def _short_staple_crosses_the_threshold(
@@ -369,47 +377,57 @@ async def _short_staple_crosses_the_threshold(
 
 
 async def _revoked_and_haproxy_alerts_fire(
-    prom: prometheus_proc.Prometheus, certs: dict[str, str]
+    prom: prometheus_proc.Prometheus, certs: dict[str, str], dead: Path
 ) -> None:
-    """The revoked answer and the dead socket fire their (for-less) alerts from the real file."""
+    """The revoked answer fires at once; the dead socket's alert goes active (copy: firing)."""
     rules = await asyncio.to_thread(prom.alerting_rules)
     revoked = rules["hastaple", "HastapleCertificateRevoked"]
     assert [a["state"] for a in revoked["alerts"]] == ["firing"], revoked
     assert revoked["alerts"][0]["labels"]["severity"] == "critical"
-    unreachable = rules["hastaple", "HastapleHAProxyUnreachable"]
-    assert [a["state"] for a in unreachable["alerts"]] == ["firing"], unreachable
+    assert revoked["alerts"][0]["labels"]["cert"] == certs["revoked"]
+
+    def unreachable() -> dict[tuple[str, str], dict[str, Any]] | None:
+        rules = prom.alerting_rules()
+        copy = rules[COPY_GROUP, "HastapleHAProxyUnreachable"]["alerts"]
+        return rules if [a["state"] for a in copy] == ["firing"] else None
+
+    rules = await _until("HastapleHAProxyUnreachable", unreachable, within=10)
+    [real] = rules["hastaple", "HastapleHAProxyUnreachable"]["alerts"]
+    assert real["state"] == "pending"  # `for: 2m` in the shipped file
+    assert real["labels"]["socket"] == str(dead)  # not the live HAProxy's socket
     # The daemon is scraped: the "not scraped" alerts stay quiet.
     for group in ("hastaple", COPY_GROUP):
         assert rules[group, "HastapleDown"]["alerts"] == []
         assert rules[group, "HastapleMetricsAbsent"]["alerts"] == []
 
 
-async def _refresh_failing_fires(
-    prom: prometheus_proc.Prometheus, add_failing_cert: Callable[[], None]
+async def _refresh_failing_and_must_staple_fire(
+    prom: prometheus_proc.Prometheus, certs: dict[str, str]
 ) -> None:
     """
-    A new certificate whose CA is down: its retries fail; HastapleRefreshFailing goes active.
+    Failures in a row fire per certificate; the must-staple one without a staple pages.
 
-    The `short` certificate's retries fail too, but they began before
-    Prometheus scraped the first time, and increase() counts only the rises it
-    sees; they slow down to one every 16 s and more. The new certificate's
-    failures come at once, while Prometheus watches.
+    `short` (its CA down after the first answer) and `must` (down from the
+    start) fail again and again; `revoked` fails too but has its own alert;
+    `long` is fine.
     """
-    add_failing_cert()
 
     def failing() -> dict[tuple[str, str], dict[str, Any]] | None:
         rules = prom.alerting_rules()
-        real = rules["hastaple", "HastapleRefreshFailing"]
-        copy = rules[COPY_GROUP, "HastapleRefreshFailing"]
-        if [a["state"] for a in copy["alerts"]] == ["firing"] and real["alerts"]:
-            return rules
-        return None
+        copy = {a["labels"]["cert"] for a in rules[COPY_GROUP, "HastapleRefreshFailing"]["alerts"]}
+        return rules if copy == {certs["short"], certs["must"]} else None
 
-    rules = await _until("HastapleRefreshFailing while the CA is down", failing, within=20)
-    [real] = rules["hastaple", "HastapleRefreshFailing"]["alerts"]
-    assert real["state"] == "pending"  # `for: 5m` in the shipped file
-    assert (real["labels"]["result"], real["labels"]["severity"]) == ("error", "warning")
-    assert float(real["value"]) >= 3  # rises Prometheus saw, not the counter's value
+    rules = await _until("HastapleRefreshFailing for short and must", failing, within=20)
+    real = rules["hastaple", "HastapleRefreshFailing"]["alerts"]
+    assert {a["state"] for a in real} == {"pending"}  # `for: 5m` in the shipped file
+    for alert in real:
+        assert alert["labels"]["severity"] == "warning"
+        assert float(alert["value"]) >= 3  # the daemon's count in a row
+    [must] = _active(rules[COPY_GROUP, "HastapleMustStapleUnstapled"])
+    assert (must["state"], must["labels"]["cert"]) == ("firing", certs["must"])
+    assert must["labels"]["severity"] == "critical"
+    [real_must] = rules["hastaple", "HastapleMustStapleUnstapled"]["alerts"]
+    assert real_must["state"] == "pending"  # `for: 5m`
 
 
 async def _down_alert_fires(prom: prometheus_proc.Prometheus, daemon: Daemon) -> None:
