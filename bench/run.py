@@ -10,13 +10,13 @@ What one run does, everything on 127.0.0.1 in a temp directory:
    signer, and one pre-signed good response per leaf (7-day validity);
 2. starts ``bench/responder.py`` (pre-signed answers, its own CPU reported);
 3. HAProxy 2.8 ``[ocsp-update on]`` for all N (PEM = leaf+key+intermediate+root,
-   as its updater needs for a delegated signer, HAPROXY.md §3h): time from the
+   as its updater needs for a delegated signer, docs/haproxy.md): time from the
    responder's first request to the Nth ``Update successful`` log line, read
    from the log file, never by polling the CLI (§5.11);
 4. ``hastaple fetch`` as a subprocess: cold (all due, no HAProxy), warm (all
    fresh, same state dir), then cold again with deploy into a real HAProxy 2.8
    over one admin socket (started with empty ``.ocsp`` files so every
-   certificate is registered, HAPROXY.md §0.2), then warm with deploy;
+   certificate is registered, docs/haproxy.md), then warm with deploy;
 5. the baseline: a bash loop of ``openssl ocsp`` + ``base64`` + ``socat`` per
    certificate on the first ``--baseline-n`` certificates, into the same HAProxy.
 
@@ -704,7 +704,7 @@ def main() -> int:  # noqa: C901, PLR0912, PLR0915 - a linear script reads best 
         )
         print(phases[-1].row(), flush=True)
 
-        # Empty .ocsp files at start-up register every certificate (HAPROXY.md §0.2).
+        # Empty .ocsp files at start-up register every certificate (docs/haproxy.md).
         shutil.rmtree(state, ignore_errors=True)
         for p in paths:
             (p.parent / (p.name + ".ocsp")).write_bytes(b"")

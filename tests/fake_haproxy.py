@@ -1,7 +1,7 @@
 """
 A fault-injecting stand-in for HAProxy's runtime API on a unix socket.
 
-It speaks what hastaple uses of the real thing (HAPROXY.md §3b-§3d, §4):
+It speaks what hastaple uses of the real thing (docs/haproxy.md):
 prompt mode, ``<<`` payloads ended by an empty line, ``show ssl cert``,
 ``set ssl ocsp-response``, ``set ssl cert <crt>.ocsp``/``commit ssl cert`` and
 ``show ssl ocsp-response <key>``, for certificates registered with

@@ -3,7 +3,7 @@ Run a real HAProxy for the integration tests, on 127.0.0.1 and a free port.
 
 The config has one TLS frontend ``bind 127.0.0.1:<port> ssl crt <dir> strict-sni``
 and an admin stats socket. ``noreuseport`` makes a port clash fail loudly
-instead of two HAProxies sharing the port (HAPROXY.md §5.1); start() then
+instead of two HAProxies sharing the port (docs/haproxy.md); start() then
 retries on another free port. HAProxy runs in the foreground (``-db``) in its
 own process group, which stop() kills whole, so no stray process is left.
 """

@@ -8,7 +8,7 @@ span an uninterrupted run takes from that request to its exit). After every roun
 each ``<crt>.ocsp`` must be byte-identical to the staple it had before the
 round or to the one the responder served in it, and valid; a leftover dot
 temp file (``.<crt>.ocsp.<hex>.tmp``) is counted: HAProxy skips dot-files
-(HAPROXY.md §5.10), so it is litter, not damage.
+(docs/haproxy.md), so it is litter, not damage.
 
 Run with ``-rP`` (or ``-s``) to see the counts this module proves.
 """

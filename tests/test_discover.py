@@ -276,7 +276,7 @@ def test_pseudo_variables():
         ("a.pem", True),
         ("a.crt", True),
         ("README", True),
-        ("a.pem.ocsp.tmp", True),  # HAPROXY.md §5.10: HAProxy loads it (and fails)
+        ("a.pem.ocsp.tmp", True),  # docs/haproxy.md: HAProxy loads it (and fails)
         ("a.pem.key", False),
         ("a.pem.ocsp", False),
         ("a.pem.issuer", False),

@@ -109,7 +109,7 @@ async def test_restarting_haproxy_is_retried(pki, leaf, sock_dir, gap):
     """
     HAProxy restarting: its socket is gone or refuses for a moment, then it is back.
 
-    deploy retries the connection and the staple goes in (HAPROXY.md §3g:
+    deploy retries the connection and the staple goes in (docs/haproxy.md:
     2.6's master CLI refuses connections briefly during a reload).
     """
     hap = fake(sock_dir, pki, leaf)

@@ -1,5 +1,5 @@
 """
-The sans-IO runtime API core, table-driven with the exact replies in HAPROXY.md.
+The sans-IO runtime API core, table-driven with the exact replies in docs/haproxy.md.
 
 Every reply is fed as HAProxy sends it in prompt mode (payload echoes, empty
 line, prompt), whole, one byte at a time, and followed by the next reply's start.
@@ -343,7 +343,7 @@ def test_issuer_payload_has_no_empty_line():
 
 @pytest.mark.parametrize("payload", [True, False])
 def test_command_over_bufsize_is_refused_before_sending(payload):
-    """DER of 12.3 KB (16,440 base64 chars, HAPROXY.md §3f) does not fit; 11.5 KB does."""
+    """DER of 12.3 KB (16,440 base64 chars, docs/haproxy.md) does not fit; 11.5 KB does."""
     address = p.parse_address(SOCK)
     assert (
         len(p.set_ocsp_response(b"x" * 11561, payload=payload).encode(address))

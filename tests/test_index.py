@@ -95,7 +95,7 @@ async def test_an_issuer_file_counts_only_without_the_issuer_in_the_chain(
     """
     A replaced ``.issuer`` is a miss for a chainless PEM, and no matter with a chain.
 
-    HAProxy and hastaple take the issuer from the chain first (HAPROXY.md §3a),
+    HAProxy and hastaple take the issuer from the chain first (docs/haproxy.md),
     so only a chainless certificate's ``.issuer`` can change the verdict.
     """
     state = tmp_path / "state"

@@ -79,7 +79,7 @@ async def test_aia_issuer_is_cached_but_never_written_next_to_the_certificate(
 
     The issuer is downloaded and cached in the state directory (0700), but no
     .ocsp may be written: without <crt>.issuer, HAProxy would refuse to start
-    with it (HAPROXY.md §3a). So the CA is not asked for a response at all:
+    with it (docs/haproxy.md). So the CA is not asked for a response at all:
     it used to be, on every run, for an answer that was then thrown away.
     """
     der = pki.intermediate.cert.public_bytes(serialization.Encoding.DER)

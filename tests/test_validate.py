@@ -545,7 +545,7 @@ def _reissue(pki: PKI, template, key):
 
 
 def test_cert_id_is_haproxys_key(pki, leaf):
-    """The CertID taken from the request is HAProxy's 'OCSP Response Key' (HAPROXY.md §3a)."""
+    """The CertID taken from the request is HAProxy's 'OCSP Response Key' (docs/haproxy.md)."""
     from hastaple.ocsp import request  # noqa: PLC0415
 
     cid = request.cert_id_of(request.build(leaf.cert, pki.intermediate.cert))

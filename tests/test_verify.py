@@ -227,7 +227,7 @@ def test_judge_no_certificate():
 
 
 def test_json_has_the_row_fields_and_verify_extras(pki, leaf):
-    """to_json: the DESIGN.md row fields plus stapled, signer, seconds_left."""
+    """to_json: the README's row fields plus stapled, signer, seconds_left."""
     good = _judge(pki, leaf, pki.response(leaf.cert)).to_json()
     assert set(good) >= {
         "cert", "ocsp_url", "status", "action", "this_update", "next_update", "error",

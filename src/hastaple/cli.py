@@ -1,7 +1,7 @@
 """
 The command line: parse flags, call the pipeline, render, exit 0/1/2.
 
-Exit codes (DESIGN.md): 0 everything asked for is in order; 1 at least one
+Exit codes (the README's contract): 0 everything asked for is in order; 1 at least one
 certificate failed; 2 bad usage, configuration or input, with one line on
 stderr that names the file and the problem (a traceback only with --debug).
 """

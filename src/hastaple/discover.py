@@ -29,7 +29,7 @@ HAProxy 2.6/2.8 (src/ssl_crtlist.c, src/cfgparse-ssl.c, src/tools.c
   HAProxy 2.8's own updater. A directory in a crt-list makes HAProxy 2.6 and
   2.8 spin at start-up, so it is an error here.
 - ``stats socket`` defaults to ``level operator`` (measured); only ``level
-  admin`` sockets can do what hastaple needs (HAPROXY.md §0.9).
+  admin`` sockets can do what hastaple needs (docs/haproxy.md).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from typing import Literal
 from hastaple.errors import ConfigError
 from hastaple.haproxy.cfgwords import SPACE, split_line
 
-#: Suffixes HAProxy never loads as a certificate from a ``crt`` directory (HAPROXY.md §5.10).
+#: Suffixes HAProxy never loads as a certificate from a ``crt`` directory (docs/haproxy.md).
 RESERVED_SUFFIXES = frozenset({".key", ".ocsp", ".issuer", ".sctl"})
 #: Multi-certificate bundle extensions HAProxy tries when ``<crt>`` itself is missing.
 BUNDLE_SUFFIXES = (".rsa", ".ecdsa", ".dsa")
@@ -442,7 +442,7 @@ def _socket_warning(socket: StatsSocket) -> str | None:
         return (
             f"{socket.source}: stats socket {socket.address} has level {socket.level}, "
             "not admin, so it cannot load staples for certificates HAProxy has not "
-            "registered (HAPROXY.md §0.9); ignored"
+            "registered (docs/haproxy.md); ignored"
         )
     return None
 

@@ -1,7 +1,7 @@
 """
 One log line per daemon event: ``key=value`` by default, JSON on request.
 
-Canonical log lines (structlog's idea, STYLE.md): ``event=fetched cert=...
+Canonical log lines (structlog's idea): ``event=fetched cert=...
 responder=... next_refresh=...``; the fields travel on the record too, so the
 JSON formatter needs no parsing. Never log key material: only names, URLs,
 times and sentences.

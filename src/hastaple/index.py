@@ -275,7 +275,7 @@ class Index:
         if entry.ocsp != fingerprint(store.staple_path(cert)):
             return None
         # ``.issuer`` counts only when the chain lacks the issuer (``issuer_pem``
-        # set): HAProxy and we take the chain first (HAPROXY.md §3a).
+        # set): HAProxy and we take the chain first (docs/haproxy.md).
         if entry.issuer_pem is not None and entry.issuer_file != fingerprint(_issuer_file(cert)):
             return None
         return entry

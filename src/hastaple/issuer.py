@@ -2,7 +2,7 @@
 Find the certificate that issued a leaf, as HAProxy does, and then from AIA.
 
 HAProxy takes the issuer from the PEM chain, else from ``<crt>.issuer``
-(HAPROXY.md §3a); it never downloads one (§5.9). We accept the same local
+(docs/haproxy.md); it never downloads one. We accept the same local
 sources and, when both are missing, the AIA caIssuers URL (RFC 5280
 §4.2.2.1: DER, or PKCS#7 "certs-only"; PEM from misconfigured servers).
 Everything here is pure; the pipeline reads files and downloads.
@@ -49,7 +49,7 @@ def choose_local(
     The issuer among the operator's own files (PEM chain, ``<crt>.issuer``), as HAProxy picks it.
 
     HAProxy takes the first chain certificate that ``X509_check_issued`` the
-    leaf (HAPROXY.md §3a): subject = the leaf's issuer name, AKI keyid (and
+    leaf (docs/haproxy.md): subject = the leaf's issuer name, AKI keyid (and
     issuer serial) = its SKI, keyCertSign if it has a key usage; no signature.
     We apply that rule, so the CertID we ask for and push is the one HAProxy
     computes for the file. The signature check (an ECDSA verify per

@@ -98,7 +98,7 @@ class ResultRow:
         return self.action is not Action.FAILED
 
     def to_json(self) -> dict[str, Any]:
-        """Render as the ``--json`` object DESIGN.md promises (RFC 3339 UTC times)."""
+        """Render as the ``--json`` object the README's contract promises (RFC 3339 UTC times)."""
         return {
             "cert": self.cert,
             "ocsp_url": self.ocsp_url,

@@ -461,7 +461,7 @@ async def resolve_issuer(
     Find the issuer of ``bundle.leaf``: the chain, ``<crt>.issuer``, then AIA.
 
     Returns the issuer and, when HAProxy cannot find it in the PEM chain, its
-    PEM to send as ``<crt>.issuer`` in the commit (HAPROXY.md §3d, D3).
+    PEM to send as ``<crt>.issuer`` in the commit (docs/haproxy.md, D3).
 
     Raises:
         CertificateError: no local source holds the issuer and there is no AIA URL.
@@ -574,7 +574,7 @@ def _haproxy_can_find_issuer(path: Path) -> bool:
     Whether HAProxy will find the issuer when it loads ``<crt>.ocsp`` at start-up.
 
     A chainless PEM with a ``.ocsp`` and no ``.issuer`` makes HAProxy refuse to
-    start (HAPROXY.md §3a), so a staple whose issuer came from AIA must not be
+    start (docs/haproxy.md), so a staple whose issuer came from AIA must not be
     written next to it.
     """
     return store.issuer_path(path).exists()

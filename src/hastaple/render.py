@@ -26,7 +26,7 @@ _STYLE = {
 
 def as_json(rows: Sequence[ResultRow]) -> str:
     """
-    One JSON document: a list with one object per certificate (DESIGN.md).
+    One JSON document: a list with one object per certificate (the README's contract).
 
     One object per line: readable, and each line goes through the C encoder
     (``indent`` would fall back to the pure-Python one: slow at 10,000 rows).

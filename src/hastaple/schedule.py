@@ -2,7 +2,7 @@
 When a staple is due: pure arithmetic on times, no clock of its own.
 
 Theory of operation. A staple is refreshed once half of its validity
-(thisUpdate -> nextUpdate) has passed (DESIGN.md): early enough to survive a
+(thisUpdate -> nextUpdate) has passed (the README's contract): early enough to survive a
 long responder outage with the old staple still valid, late enough that a CA
 is asked about twice per validity window and never for a staple that is still
 fresh. On top of that point:

@@ -99,7 +99,7 @@ class Record:
 
     def to_json(self) -> dict[str, object]:
         """
-        The ``status --json`` object: DESIGN.md's row fields, then the daemon's own.
+        The ``status --json`` object: the README's row fields, then the daemon's own.
 
         ``status`` is never null: a certificate not checked yet is "error"
         with the sentence "not checked yet" (RFC 3339 UTC times).

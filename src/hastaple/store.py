@@ -4,7 +4,7 @@ Write ``<crt>.ocsp`` so that a crash or a full disk never leaves a bad file.
 The temp file sits in the same directory (so ``os.replace`` is atomic) and its
 name starts with a dot: HAProxy loads every other file of a ``crt`` directory
 as a certificate, and a leftover ``x.pem.ocsp.tmp`` stops it from starting
-(HAPROXY.md §5.10). Data is fsynced before the rename and the directory after,
+(docs/haproxy.md). Data is fsynced before the rename and the directory after,
 so the new name never points at unwritten blocks.
 
 ``write_many`` gives each file the same guarantee for a whole batch at the

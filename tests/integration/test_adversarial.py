@@ -6,7 +6,7 @@ One HAProxy per version serves one certificate per fault, each with a good
 own misbehaving responder. Each fault must be rejected with its reason, the
 old ``.ocsp`` must stay byte-identical and HAProxy must still staple the old
 response (``openssl s_client -status``). HAProxy itself would have taken most
-of these (HAPROXY.md §3f): hastaple is the only check.
+of these (docs/haproxy.md): hastaple is the only check.
 
 Run with ``-rP`` to see the counts (bad inputs tried, rejected, staples lost).
 """

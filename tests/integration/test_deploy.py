@@ -95,7 +95,7 @@ async def test_second_deploy_after_commit_takes_fast_path(pki, crt_dir, start_ha
 
 async def test_same_certificate_in_a_second_file_without_ocsp(pki, crt_dir, start_haproxy):
     """
-    Registration is per file (HAPROXY.md §3c): the same certificate twice, one with a .ocsp.
+    Registration is per file (docs/haproxy.md): the same certificate twice, one with a .ocsp.
 
     The set for the second file answers "updated" (it updates the shared
     CertID entry) but leaves that file unregistered: it must be committed.

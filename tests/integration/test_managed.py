@@ -2,7 +2,7 @@
 Certificates HAProxy 2.8's own updater owns (`[ocsp-update on]`) are left alone.
 
 A commit over such a certificate silently removes it from the updater
-(HAPROXY.md §3h), so `fetch` must not touch it: no request, no file, no push.
+(docs/haproxy.md), so `fetch` must not touch it: no request, no file, no push.
 """
 
 from __future__ import annotations

@@ -76,7 +76,7 @@ def test_no_staple_exits_1_and_says_so(pki, crt_dir, start_haproxy):
 
 
 def test_revoked_staple_exits_1_and_says_revoked(pki, crt_dir, start_haproxy):
-    """HAProxy staples a revoked response (HAPROXY.md §0.4); verify says REVOKED, exit 1."""
+    """HAProxy staples a revoked response (docs/haproxy.md); verify says REVOKED, exit 1."""
     _serve(pki, crt_dir, "revoked.test", lambda c: pki.response(c, status="revoked"))
     hap = start_haproxy()
 

@@ -1,7 +1,7 @@
 """
 Load validated OCSP responses into a running HAProxy, without a reload.
 
-For each certificate (HAPROXY.md §0, §6), in one pipelined round: the fast
+For each certificate (docs/haproxy.md), in one pipelined round: the fast
 path ``set ssl ocsp-response``, then ``show ssl cert`` (is this file
 registered, under our CertID?) and the read-back of the served response, on
 2.8 ``show ssl ocsp-response base64 <key>`` compared byte for byte, on older
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
 
 # A restarting HAProxy removes and recreates its socket, and 2.6's master CLI
-# refuses connections for a moment during a reload (HAPROXY.md §3g): worth a
+# refuses connections for a moment during a reload (docs/haproxy.md): worth a
 # few quick retries. A timeout or "permission denied" is not retried.
 RETRY_DELAYS = (0.2, 0.5, 1.0)  # seconds
 _TRANSIENT = (ConnectionRefusedError, FileNotFoundError)

@@ -1,7 +1,7 @@
 """
 HAProxy's runtime API as bytes in and values out: no sockets (sans-IO, like h11).
 
-Theory of operation (HAPROXY.md §3b-§3g, §4). The client opens one connection
+Theory of operation (docs/haproxy.md). The client opens one connection
 and sends ``prompt`` first: in prompt mode HAProxy keeps the connection open and
 ends every reply with a prompt at the start of a line (``> `` on a worker
 socket, ``master> `` on the master CLI), so replies can be split exactly and

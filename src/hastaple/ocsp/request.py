@@ -2,7 +2,7 @@
 Build OCSP requests the way responders and HAProxy expect them.
 
 The CertID uses SHA-1: HAProxy computes its key for a certificate with SHA-1
-and matches pushed responses on it (HAPROXY.md: a SHA-256 CertID gets
+and matches pushed responses on it (docs/haproxy.md: a SHA-256 CertID gets
 "Certificate ID does not match any certificate or issuer"). Requests carry no
 nonce, so responders and CDNs may cache them (RFC 5019 §2.1).
 """

@@ -54,7 +54,7 @@ from hastaple.errors import InvalidResponse
 from hastaple.model import Status, Verdict
 from hastaple.ocsp import der as _der
 
-# HAPROXY.md §3f: 11,561 B of DER was pushed, 12,329 B was refused (16 KiB buffer).
+# docs/haproxy.md: 11,561 B of DER was pushed, 12,329 B was refused (16 KiB buffer).
 MAX_DER_BYTES = 12_000
 # RFC 5019 §4 leaves the allowance to local policy; HAProxy itself allows 300 s.
 CLOCK_SKEW = dt.timedelta(minutes=5)
