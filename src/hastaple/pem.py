@@ -12,7 +12,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from hastaple import store
+from hastaple import certs, store
 from hastaple.errors import CertificateError
 
 _CERT_MARKER = b"-----BEGIN CERTIFICATE-----"
@@ -61,10 +61,9 @@ def is_must_staple(cert: x509.Certificate) -> bool:
     fetch reports the broken file on its own).
     """
     try:
-        features = cert.extensions.get_extension_for_class(x509.TLSFeature).value
-    except (x509.ExtensionNotFound, ValueError):
+        return certs.is_must_staple(cert)
+    except ValueError:
         return False
-    return x509.TLSFeatureType.status_request in features
 
 
 def parse_file(path: Path) -> Bundle:
