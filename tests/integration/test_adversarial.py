@@ -111,8 +111,10 @@ def _world(request, pki):
                 "hastaple",
                 "fetch",
                 "--json",
+                # Bounds the stalls; long enough that the redirect loop's four
+                # round trips finish on a loaded CI machine (2 s did not, once).
                 "--timeout",
-                "2",
+                "6",
                 "--haproxy",
                 str(hap.socket),
                 str(crt_dir),
