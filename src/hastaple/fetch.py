@@ -1,9 +1,10 @@
 """
 Ask OCSP responders (and AIA caIssuers URLs) over HTTP: the only aiohttp client.
 
-One ``Fetcher`` owns one keep-alive ``aiohttp.ClientSession`` whose connector
-bounds connections per responder host and in total, so thousands of
-certificates never flood a CA. Every exchange is bounded: connect time, total
+One ``Fetcher`` owns one keep-alive ``aiohttp.ClientSession`` and bounds
+connections per responder host, so thousands of certificates never flood a
+CA; each host has its own bound and queue, so a stalled responder holds up
+only its own certificates. Every exchange is bounded: connect time, total
 time (redirects included), body size, number of redirects; only http and https
 are spoken, also after a redirect. ``HTTP(S)_PROXY``/``NO_PROXY`` are honoured
 (what aiohttp's ``trust_env`` reads, looked up by us: see ``_Routes``).
@@ -29,7 +30,7 @@ from aiohttp import helpers
 from yarl import URL
 
 from hastaple import __version__
-from hastaple.config import FETCH_TIMEOUT
+from hastaple.config import FETCH_TIMEOUT, RESPONDER_CONNECTIONS
 from hastaple.errors import FetchError
 from hastaple.ocsp.request import http_request
 
@@ -52,12 +53,14 @@ class Limits:
     """
     Bounds on what one ``Fetcher`` may do; the defaults suit public CAs.
 
-    ``timeout`` bounds a whole exchange, redirects and body included;
-    ``connect_timeout`` bounds each TCP (and TLS) connect.
+    ``per_host`` bounds the connections to one responder host (scheme, host,
+    port); there is no total across hosts: one host's stalled connections
+    must not use up a shared pool (the pipeline's pool of certificates in
+    flight bounds the total). ``timeout`` bounds a whole exchange, redirects
+    and body included; ``connect_timeout`` bounds each TCP (and TLS) connect.
     """
 
-    per_host: int = 4
-    total: int = 64
+    per_host: int = RESPONDER_CONNECTIONS
     connect_timeout: float = 5.0
     timeout: float = FETCH_TIMEOUT
     max_body_bytes: int = 64 * 1024
@@ -115,9 +118,9 @@ class Fetcher:
         self._routes = _Routes()
 
     async def __aenter__(self) -> Self:
-        connector = aiohttp.TCPConnector(
-            limit=self.limits.total, limit_per_host=self.limits.per_host
-        )
+        # limit=0: no pool shared by all hosts, whose wait would count against
+        # a request's timeout and let a stalled host hold up the others.
+        connector = aiohttp.TCPConnector(limit=0, limit_per_host=self.limits.per_host)
         self._session = aiohttp.ClientSession(
             connector=connector,
             # `sock_connect`, not `connect`: the latter also counts the wait for

@@ -5,7 +5,8 @@ SIGTERM and SIGINT set the stop event: the batch in progress finishes (every
 staple write is atomic and every state write one transaction), then the
 process exits 0. SIGHUP loads the configuration again: sources, sockets,
 refresh policy, responder overrides and log format apply at once; the state
-directory and the metrics address need a restart (and say so).
+directory, the metrics address and the responder connections need a restart
+(and say so).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from hastaple.config import Config, is_loopback, split_address
 from hastaple.daemon import Daemon
 from hastaple.errors import HastapleError
 from hastaple.events import log_event
-from hastaple.fetch import Fetcher, OCSPReply
+from hastaple.fetch import Fetcher, Limits, OCSPReply
 from hastaple.state import State
 
 # aiohttp's trust_env reads these at each request (urllib prefers the lower case).
@@ -35,7 +36,7 @@ class ConfiguredFetcher(Fetcher):
     """The pipeline's fetcher, asking an operator's replacement URL where configured."""
 
     def __init__(self, config: Config, *, environ: MutableMapping[str, str] | None = None) -> None:
-        super().__init__()
+        super().__init__(Limits(per_host=config.responder_connections))
         self.environ = os.environ if environ is None else environ
         # What the process started with, so a reload that drops `proxy` restores it.
         self._started = {name: self.environ.get(name) for name in _PROXY_VARS}
@@ -119,7 +120,7 @@ def _reload(daemon: Daemon, fetcher: ConfiguredFetcher, load: Callable[[], Confi
         log_event(logging.ERROR, "reload_failed", error=str(exc))
         return
     old = daemon.config
-    for name in ("state_dir", "metrics_address"):
+    for name in ("state_dir", "metrics_address", "responder_connections"):
         if getattr(new, name) != getattr(old, name):
             log_event(logging.WARNING, "restart_needed", key=name)
     events.configure(new.log_format)
