@@ -14,11 +14,12 @@ all go through ``run``.
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import datetime as dt
 import hashlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from hastaple import config, index, lock, pem, schedule, store
 from hastaple import issuer as issuers
 from hastaple.discover import CertEntry
 from hastaple.errors import CertificateError, FetchError, HastapleError, StoreError
-from hastaple.fetch import Fetcher
+from hastaple.fetch import Fetcher, HostStalled, deferring
 from hastaple.haproxy.deploy import DeployItem
 from hastaple.model import Action, ResultRow, Status, Verdict
 from hastaple.ocsp import request
@@ -202,33 +203,61 @@ async def _run_locked(
             results[i] = dataclasses.replace(done, row=row, staple=None)
 
         pusher = Pusher(options.sockets, deployed, below_admin=dict(options.below_admin))
+
+    async def one(i: int, entry: CertEntry) -> None:
+        results[i] = prepared = await _prepare(entry, options, fetcher, now, ctx)
+        if progress is not None:
+            progress()
+        if pusher is not None and prepared.staple is not None:
+            await pusher.add(i, prepared.row, prepared.staple.deploys)
+
+    try:
+        await _in_pool(entries, one)
+        if pusher is not None:
+            await pusher.finish()
+    finally:
+        if pusher is not None:
+            await pusher.close()
+    return [Outcome(p.row, p.max_age, p.elapsed) for p in results if p is not None]
+
+
+async def _in_pool(
+    entries: Sequence[CertEntry], handle: Callable[[int, CertEntry], Awaitable[None]]
+) -> None:
+    """
+    ``handle(i, entry)`` for every entry, ``MAX_IN_FLIGHT`` at a time.
+
+    A bounded pool, not one task per certificate: 10,000 live tasks hold
+    10,000 parsed bundles and requests at once (about 100 MB more at 10k)
+    while the fetcher lets only a few talk to each responder anyway.
+
+    A certificate whose responder has stalled is set aside (its index only)
+    until the rest are done: behind a host that answers nothing, a worker
+    would wait for that host's requests to time out, and with enough of its
+    certificates in a row every worker would, holding up every other host.
+    """
     todo = iter(enumerate(entries))
+    stalled: collections.deque[tuple[int, CertEntry]] = collections.deque()
 
     async def worker() -> None:
-        for i, entry in todo:
-            results[i] = prepared = await _prepare(entry, options, fetcher, now, ctx)
-            if progress is not None:
-                progress()
-            if pusher is not None and prepared.staple is not None:
-                await pusher.add(i, prepared.row, prepared.staple.deploys)
+        with deferring():
+            for i, entry in todo:
+                try:
+                    await handle(i, entry)
+                except HostStalled:
+                    stalled.append((i, entry))
+        while stalled:  # nothing else is left: now wait for them
+            await handle(*stalled.popleft())
 
-    # A bounded pool, not one task per certificate: 10,000 live tasks hold
-    # 10,000 parsed bundles and requests at once (about 100 MB more at 10k)
-    # while the fetcher lets only a few talk to each responder anyway.
     workers = [asyncio.create_task(worker()) for _ in range(min(MAX_IN_FLIGHT, len(entries)))]
     try:
         await asyncio.gather(*workers)
-        if pusher is not None:
-            await pusher.finish()
     finally:
         # After a bug in one worker, the others must not go on fetching and
         # writing behind the caller's back (the daemon's next batch).
         for task in workers:
             task.cancel()
         await asyncio.gather(*workers, return_exceptions=True)
-        if pusher is not None:
-            await pusher.close()
-    return [Outcome(p.row, p.max_age, p.elapsed) for p in results if p is not None]
 
 
 class _Writer:
@@ -312,6 +341,8 @@ async def _prepare(  # noqa: PLR0911 - one early return per kind of row
         )  # fmt: skip
         done = await _refresh(cert, options, fetcher, now, ctx)
         return dataclasses.replace(done, row=dataclasses.replace(done.row, must_staple=must_staple))
+    except HostStalled:
+        raise  # set aside by the worker, not a result
     except CertificateError as exc:
         row = dataclasses.replace(_failed(name, url, str(exc)), bad_input=True)
         return _Prepared(dataclasses.replace(row, must_staple=must_staple))
