@@ -66,8 +66,9 @@ class ResultRow:
     next_update: datetime | None = None
     error: str | None = None
     haproxy: dict[str, str] = field(default_factory=dict)
-    # The certificate file itself is unusable (exit 2), as opposed to a failed
-    # fetch or deploy (exit 1). Not part of the JSON contract.
+    # The certificate file itself is unusable, as opposed to a failed fetch or
+    # deploy. The run exits 2 only when every row is such (nothing could be
+    # done); otherwise it is one failed certificate (exit 1). Not in the JSON.
     bad_input: bool = False
 
     @classmethod
