@@ -30,10 +30,17 @@ HAProxy 2.6/2.8 (src/ssl_crtlist.c, src/cfgparse-ssl.c, src/tools.c
   2.8 spin at start-up, so it is an error here.
 - ``stats socket`` defaults to ``level operator`` (measured); only ``level
   admin`` sockets can do what hastaple needs (HAPROXY.md §0.9).
+- ``global ssl-load-extra-files`` and ``ssl-load-extra-del-ext`` decide which
+  files HAProxy reads next to a certificate (src/cfgparse-ssl.c,
+  src/ssl_ckch.c). HAProxy 2.6/2.8 load a bind line's certificates while
+  parsing it, so the setting in force at that line counts. With del-ext,
+  ``site.crt`` gets its extras from ``site.ocsp``, ``site.issuer``,
+  ``site.key``; without ``ocsp``, no ``.ocsp`` file is read at start-up.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import stat
@@ -49,6 +56,8 @@ from hastaple.haproxy.cfgwords import SPACE, split_line
 RESERVED_SUFFIXES = frozenset({".key", ".ocsp", ".issuer", ".sctl"})
 #: Multi-certificate bundle extensions HAProxy tries when ``<crt>`` itself is missing.
 BUNDLE_SUFFIXES = (".rsa", ".ecdsa", ".dsa")
+#: The words of ``ssl-load-extra-files`` besides ``all`` and ``none``.
+EXTRA_FILE_KINDS = frozenset({"bundle", "sctl", "ocsp", "issuer", "key"})
 
 _CRT_LIST_TOKEN = re.compile(r"[\[\]]|[^\[\]" + re.escape(SPACE) + "]+")  # C isspace()
 _SECTIONS = frozenset(
@@ -124,24 +133,59 @@ _ARG_KEYWORDS = frozenset(
 
 
 @dataclass(frozen=True, slots=True)
+class ExtraFiles:
+    """
+    Which files HAProxy looks for next to a certificate, as set in ``global``.
+
+    ``kinds``: the words of ``ssl-load-extra-files`` (default ``all``);
+    ``del_ext``: ``ssl-load-extra-del-ext`` (``site.crt`` -> ``site.ocsp``);
+    ``source``: the line that last set ``kinds``, for messages.
+    """
+
+    kinds: frozenset[str] = EXTRA_FILE_KINDS
+    del_ext: bool = False
+    source: str = ""
+
+    def base(self, path: Path) -> Path:
+        """What HAProxy appends ``.ocsp``, ``.issuer``, ``.key`` to for the file ``path``."""
+        # HAProxy cuts the last extension of the path string if it is exactly ".crt".
+        if self.del_ext and path.name.endswith(".crt"):
+            return path.with_name(path.name.removesuffix(".crt"))
+        return path
+
+
+@dataclass(frozen=True, slots=True)
 class CertEntry:
     """
     One certificate file HAProxy serves.
 
-    ``path`` is absolute (for reading and for writing ``<path>.ocsp``);
-    ``names`` are the spellings HAProxy's runtime API uses for it (``show ssl
-    cert``), empty when unknown (a certificate given as an argument).
+    ``path`` is absolute (for reading it); ``names`` are the spellings
+    HAProxy's runtime API uses for it (``show ssl cert``), empty when unknown
+    (a certificate given as an argument). ``extra_base`` is what HAProxy
+    appends ``.ocsp`` and ``.issuer`` to when that is not ``path``
+    (``ssl-load-extra-del-ext``). ``ocsp_at_start`` is False when HAProxy does
+    not read ``.ocsp`` files when it starts (``ssl-load-extra-files`` without
+    ``ocsp``): the staple lasts only until HAProxy restarts unless pushed
+    again; ``ocsp_source`` names the configuration line that says so.
     """
 
     path: Path
     managed: bool = False
     source: str = ""
     names: tuple[str, ...] = ()
+    extra_base: Path | None = None
+    ocsp_at_start: bool = True
+    ocsp_source: str = ""
 
     @property
     def haproxy_names(self) -> tuple[str, ...]:
         """The names to use in runtime commands: ``names``, or the absolute path."""
         return self.names or (str(self.path),)
+
+    @property
+    def files_base(self) -> Path:
+        """The path HAProxy appends ``.ocsp`` and ``.issuer`` to."""
+        return self.extra_base or self.path
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +205,7 @@ class CertRef:
     path: str
     crt_base: str | None
     source: str
+    extra: ExtraFiles = ExtraFiles()
 
 
 @dataclass(frozen=True, slots=True)
@@ -341,6 +386,7 @@ def parse_haproxy_config(
     sockets: list[StatsSocket] = []
     warnings: list[str] = []
     crt_base: str | None = None
+    extra = ExtraFiles()
     section = ""
     for number, raw in enumerate(text.split("\n"), start=1):
         where = f"{source}:{number}"
@@ -353,19 +399,24 @@ def parse_haproxy_config(
             section = keyword
         elif section == "global" and keyword == "crt-base" and len(words) > 1:
             crt_base = words[1]
+        elif section == "global" and keyword == "ssl-load-extra-files":
+            extra = ExtraFiles(_extra_file_kinds(words, where), extra.del_ext, where)
+        elif section == "global" and keyword == "ssl-load-extra-del-ext":
+            extra = ExtraFiles(extra.kinds, del_ext=True, source=extra.source)
         elif section == "global" and keyword == "stats" and words[1:2] == ["socket"]:
             socket = _stats_socket(words, where)
             sockets.append(socket)
-            refs.extend(_bind_refs(words[3:], crt_base, where))
+            refs.extend(_bind_refs(words[3:], crt_base, extra, where))
             warning = _socket_warning(socket)
             if warning:
                 warnings.append(warning)
         elif keyword == "bind" and section != "global":
-            bind_refs = tuple(_bind_refs(words[2:], crt_base, where))
+            bind_refs = tuple(_bind_refs(words[2:], crt_base, extra, where))
             refs.extend(bind_refs)
             address = words[1] if len(words) > 1 else ""
             ssl = _has_flag(words[2:], "ssl")
             binds.append(Bind(address, ssl=ssl, refs=bind_refs, source=where))
+    warnings.extend(_no_ocsp_warnings(refs))
     return HAProxyConfig(
         refs=tuple(refs),
         crt_base=crt_base,
@@ -373,6 +424,35 @@ def parse_haproxy_config(
         warnings=tuple(warnings),
         binds=tuple(binds),
     )
+
+
+def _extra_file_kinds(words: Sequence[str], where: str) -> frozenset[str]:
+    """Read ``ssl-load-extra-files <word>...``, refusing what HAProxy refuses."""
+    args = words[1:]
+    if not args or not args[0]:
+        raise ConfigError(
+            f"{where}: 'ssl-load-extra-files' expects one or more of "
+            "none, all, bundle, sctl, ocsp, issuer, key"
+        )
+    if args[0] in {"none", "all"} or any(w in {"none", "all"} for w in args):
+        if len(args) > 1:
+            raise ConfigError(f"{where}: 'ssl-load-extra-files': 'none' and 'all' stand alone")
+        return frozenset() if args[0] == "none" else EXTRA_FILE_KINDS
+    unknown = [w for w in args if w not in EXTRA_FILE_KINDS]
+    if unknown:
+        raise ConfigError(f"{where}: 'ssl-load-extra-files': unknown word {unknown[0]!r}")
+    return frozenset(args)
+
+
+def _no_ocsp_warnings(refs: Sequence[CertRef]) -> list[str]:
+    """One warning per ``ssl-load-extra-files`` line without ``ocsp`` that certificates follow."""
+    lines = dict.fromkeys(r.extra.source for r in refs if "ocsp" not in r.extra.kinds)
+    return [
+        f"{line}: ssl-load-extra-files without 'ocsp': HAProxy does not read <crt>.ocsp "
+        "when it starts, so a staple lasts only until HAProxy restarts unless it is "
+        "loaded again (hastaple run does that; add 'ocsp' to keep staples across restarts)"
+        for line in lines
+    ]
 
 
 def _has_flag(options: Sequence[str], flag: str) -> bool:
@@ -386,7 +466,9 @@ def _has_flag(options: Sequence[str], flag: str) -> bool:
     return False
 
 
-def _bind_refs(options: Sequence[str], crt_base: str | None, where: str) -> Iterator[CertRef]:
+def _bind_refs(
+    options: Sequence[str], crt_base: str | None, extra: ExtraFiles, where: str
+) -> Iterator[CertRef]:
     """The ``crt``/``crt-list`` arguments among bind options."""
     index = 0
     while index < len(options):
@@ -395,7 +477,7 @@ def _bind_refs(options: Sequence[str], crt_base: str | None, where: str) -> Iter
             if index + 1 >= len(options) or not options[index + 1]:
                 raise ConfigError(f"{where}: '{word}' needs a certificate location")
             kind: Literal["crt", "crt-list"] = "crt-list" if word == "crt-list" else "crt"
-            yield CertRef(kind=kind, path=options[index + 1], crt_base=crt_base, source=where)
+            yield CertRef(kind, options[index + 1], crt_base, source=where, extra=extra)
             index += 2
         elif word in _ARG_KEYWORDS:
             index += 2
@@ -520,11 +602,16 @@ def resolve_ref(ref: CertRef, *, cwd: Path) -> list[CertEntry]:
 
 def _resolve_ref(ref: CertRef, cwd: Path) -> list[CertEntry]:
     """Turn one haproxy.cfg reference into certificate entries, checking the files."""
+    return [_with_extra(entry, ref.extra) for entry in _ref_files(ref, cwd)]
+
+
+def _ref_files(ref: CertRef, cwd: Path) -> list[CertEntry]:
+    bundles = "bundle" in ref.extra.kinds
     if ref.kind == "crt-list":
         listed = cwd / ref.path  # HAProxy never applies crt-base to the list file itself
         text = _read(listed, f"{ref.source}: crt-list {ref.path}")
         entries = parse_crt_list(text, source=str(listed), crt_base=ref.crt_base, cwd=cwd)
-        return _check_listed(entries)
+        return _check_listed(entries, bundles=bundles)
     name = _join_base(ref.path, ref.crt_base)
     full = cwd / name
     info = _stat_or_none(full)
@@ -532,13 +619,24 @@ def _resolve_ref(ref: CertRef, cwd: Path) -> list[CertEntry]:
         return _walk(full, name=name.rstrip("/"), source=ref.source)
     if info is not None:
         return [CertEntry(path=full, source=ref.source, names=(name,))]
-    bundle = _bundle_paths(full, name, ref.source)
+    bundle = _bundle_paths(full, name, ref.source) if bundles else []
     if not bundle:
         raise ConfigError(f"{ref.source}: certificate {name}: No such file or directory")
     return bundle
 
 
-def _check_listed(entries: Sequence[CertEntry]) -> list[CertEntry]:
+def _with_extra(entry: CertEntry, extra: ExtraFiles) -> CertEntry:
+    """The entry with the files HAProxy reads beside it under ``extra``."""
+    base = extra.base(entry.path)
+    return dataclasses.replace(
+        entry,
+        extra_base=base if base != entry.path else None,
+        ocsp_at_start="ocsp" in extra.kinds,
+        ocsp_source="" if "ocsp" in extra.kinds else extra.source,
+    )
+
+
+def _check_listed(entries: Sequence[CertEntry], *, bundles: bool = True) -> list[CertEntry]:
     """Check crt-list entries exist and are files (a directory makes HAProxy spin)."""
     checked: list[CertEntry] = []
     for entry in entries:
@@ -546,7 +644,7 @@ def _check_listed(entries: Sequence[CertEntry]) -> list[CertEntry]:
         name = entry.haproxy_names[0]
         if info is None:
             bundle = _bundle_paths(entry.path, name, entry.source, managed=entry.managed)
-            if not bundle:
+            if not bundle or not bundles:
                 raise ConfigError(f"{entry.source}: certificate {name}: No such file or directory")
             checked.extend(bundle)
         elif stat.S_ISDIR(info.st_mode):
@@ -597,11 +695,12 @@ def _dedupe(entries: Sequence[CertEntry]) -> tuple[CertEntry, ...]:
             merged[entry.path] = entry
         else:
             names = tuple(dict.fromkeys(seen.names + entry.names))
-            merged[entry.path] = CertEntry(
-                path=seen.path,
+            merged[entry.path] = dataclasses.replace(
+                seen,
                 managed=seen.managed or entry.managed,
-                source=seen.source,
                 names=names,
+                ocsp_at_start=seen.ocsp_at_start and entry.ocsp_at_start,
+                ocsp_source=seen.ocsp_source or entry.ocsp_source,
             )
     return tuple(merged.values())
 
