@@ -7,12 +7,15 @@ tests/integration/test_config_semantics.py.
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
 
+import haproxy_proc
 from hastaple.discover import discover, parse_haproxy_config
 from hastaple.errors import ConfigError
+from hastaple.haproxy import cfgcond
 
 
 def _touch(path: Path, text: str = "") -> Path:
@@ -94,3 +97,195 @@ def test_bundles_only_with_the_bundle_setting(tmp_path):
 def test_extra_files_errors(setting, message):
     with pytest.raises(ConfigError, match=f"^h.cfg:2: .*{message}"):
         parse_haproxy_config(f"global\n ssl-load-extra-files {setting}\n", source="h.cfg")
+
+
+# ----------------------------------------------------- .if conditions, against haproxy -cc
+
+ENV = {"FOO": "bar", "EMPTY": "", "PATH": "/usr/bin:/bin"}
+# Conditions as written after ".if"; haproxy -cc splits them the way the
+# configuration parser does, so the same text means the same on both sides.
+CONDITIONS = [
+    "1",
+    "0",
+    "0x10",
+    "010",
+    "-1",
+    "",
+    "!0",
+    "! ! 1",
+    "defined(FOO)",
+    "defined(NOPE)",
+    "defined(EMPTY)",
+    "!defined(NOPE)",
+    'streq("$FOO",bar)',
+    'strneq("$FOO",bar)',
+    "streq(a,a) && strneq(a,b)",
+    "streq(a,b) || streq(c,c)",
+    "0 || 0 || 1",
+    "1 && 1 && 0",
+    "(0 || 1) && !(1 && 0)",
+    "( defined(FOO) )",
+    'streq("a,b","a,b")',
+    "streq('x)y','x)y')",
+    r"streq(a\ b,'a b')",
+    "defined(NOPE) && nonsense(",  # parsed whole before evaluating: an error
+    "nonsense(1)",
+    "defined",
+    "defined(A,B)",
+    "streq(a)",
+    "1 2",
+    "(1",
+    "1 &&",
+    "defined (FOO)",
+    "defined(FOO",
+    "streq(a,b,c)",
+    "1 ||",
+    "!",
+    "0x",
+    "08",
+    "streq(,)",
+    "strneq(a,)",
+    'streq("a\\"b",x)',
+    "!!defined(FOO)&&1",
+]
+
+
+def _ours(condition: str) -> int:
+    """0 true, 1 false, 2 refused: haproxy -cc's exit codes."""
+    from hastaple.haproxy import cfgread, cfgwords  # noqa: PLC0415 - local to this table
+
+    try:
+        text = " ".join(cfgwords.split_line(condition, env=ENV, where="c", section=""))
+        outcome = cfgcond.evaluate(cfgcond.parse(text, "c"), ENV, cfgread.never)
+    except ConfigError:
+        return 2
+    return 0 if outcome.value else 1
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("version", ["2.6", "2.8"])
+def test_conditions_evaluate_as_haproxy_does(version):
+    """Each condition is true, false or refused exactly when `haproxy -cc` says so."""
+    binary = haproxy_proc.binary(version)
+    if binary is None:
+        pytest.skip(f"HAProxy {version} not found")
+    mismatches = []
+    for condition in CONDITIONS:
+        theirs = subprocess.run(
+            [binary, "-cc", condition], env=ENV, capture_output=True, check=False
+        ).returncode
+        if _ours(condition) != theirs:
+            mismatches.append((condition, _ours(condition), theirs))
+    assert mismatches == []
+
+
+# ------------------------------------------------------------- blocks and environment
+
+
+def _crts(text: str, environ: dict[str, str] | None = None, **kwargs) -> list[str]:
+    config = parse_haproxy_config(text, source="h.cfg", environ=environ or {}, **kwargs)
+    return [r.path for r in config.refs]
+
+
+def test_global_environment_applies_in_order():
+    """Setenv overwrites, presetenv only fills, unset/resetenv remove; only later lines see it."""
+    text = (
+        "global\n"
+        ' crt-base "$A"\n'
+        "frontend one\n bind :1 crt a.pem\n"
+        "global\n setenv A /set\n presetenv B /pre\n presetenv KEEP /no\n"
+        ' crt-base "$A$B$KEEP"\n'
+        "frontend two\n bind :1 crt b.pem\n"
+        "global\n unsetenv A B\n resetenv KEEP\n"
+        'frontend three\n bind :1 crt "[$A$B$KEEP$OTHER]/c.pem"\n'
+    )
+    environ = {"A": "/proc-a", "KEEP": "/keep", "OTHER": "x"}
+    config = parse_haproxy_config(text, source="h.cfg", environ=environ)
+    assert [(r.path, r.crt_base) for r in config.refs] == [
+        ("a.pem", "/proc-a"),
+        ("b.pem", "/set/pre/keep"),
+        ("[/keep]/c.pem", "/set/pre/keep"),
+    ]
+    assert environ == {"A": "/proc-a", "KEEP": "/keep", "OTHER": "x"}  # ours is untouched
+
+
+def test_setenv_outside_global_is_not_applied():
+    assert _crts('frontend f\n setenv X /x\n bind :1 crt "$X/a.pem"\n') == ["/a.pem"]
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("setenv X", "expects a name and a value"),
+        ('setenv X ""', "expects a name and a value"),
+        ("setenv X a b c", "too many arguments"),
+        ("setenv A=B c", "Invalid argument"),
+        ("unsetenv", "expects at least one variable name"),
+    ],
+)
+def test_environment_errors(line, message):
+    with pytest.raises(ConfigError, match=f"^h.cfg:2: .*{message}"):
+        parse_haproxy_config(f"global\n {line}\n", source="h.cfg")
+
+
+BLOCKS = [
+    (".if 1\n bind :1 crt a\n.else\n bind :1 crt b\n.endif\n", ["a"]),
+    (".if 0\n bind :1 crt a\n.elif 1\n bind :1 crt b\n.elif 1\n bind :1 crt c\n.endif\n", ["b"]),
+    (".if 0\n bind :1 crt a\n.elif 0\n bind :1 crt b\n.else\n bind :1 crt c\n.endif\n", ["c"]),
+    (".if 0\n .if 1\n  bind :1 crt a\n .else\n  bind :1 crt b\n .endif\n.endif\n", []),
+    (".if 1\n .if 0\n  bind :1 crt a\n .else\n  bind :1 crt b\n .endif\n.endif\n", ["b"]),
+    # Conditions of branches that cannot be taken are not even parsed.
+    (".if 1\n bind :1 crt a\n.elif nonsense(\n.endif\n", ["a"]),
+    (".if 0\n.if nonsense(\n.endif\n.endif\n bind :1 crt z\n", ["z"]),
+    (".if 0\n .alert boom\n .whatever\n.endif\n", []),
+    (".if 1\n .notice 'one message'\n .diag x\n .warning y\n.endif\n", []),
+    ("[scope]\n bind :1 crt a\n", ["a"]),
+]
+
+
+@pytest.mark.parametrize(("body", "expected"), BLOCKS)
+def test_blocks_read_only_the_branch_taken(body, expected):
+    assert _crts("frontend f\n" + body) == expected
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (".if 1\n", "not closed"),
+        (".endif\n", "without a matching '.if'"),
+        (".else\n", "without a matching '.if'"),
+        (".if 1\n.else\n.else\n.endif\n", "'.else' after '.else'"),
+        (".if 0\n.else\n.elif 1\n.endif\n", "'.elif' after '.else'"),
+        (".if 1\n.else x\n.endif\n", "unexpected argument 'x'"),
+        (".alert 'stop here'\n", ".alert 'stop here'"),
+        (".warning two words\n", "unexpected argument 'words'"),
+        (".include x\n", "unknown directive '.include'"),
+        (".if 0\nbind :1 'unterminated\n.endif\n", "unmatched quote"),  # split even when skipped
+        (".if nonsense(x)\n.endif\n", "unparsable"),
+        (".if 1\n" * 100, "too many nested"),
+    ],
+)
+def test_block_errors(body, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_haproxy_config("frontend f\n" + body, source="h.cfg")
+
+
+def test_undecidable_predicate_is_assumed_false_and_said():
+    """Without an HAProxy to ask, feature() counts as false, and a warning says which way."""
+    text = "frontend f\n.if feature(QUIC)\n bind :1 crt a\n.else\n bind :1 crt b\n.endif\n"
+    config = parse_haproxy_config(text, source="h.cfg", why_unknown="no haproxy binary found")
+    assert [r.path for r in config.refs] == ["b"]
+    assert config.warnings == (
+        (
+            "h.cfg:2: cannot evaluate feature(QUIC) (no haproxy binary found); assumed false, "
+            "so this '.if' branch was not taken"
+        ),
+    )
+    asked = []
+
+    def ask(name, args):
+        asked.append((name, args))
+        return True
+
+    assert _crts(text, ask=ask) == ["a"]
+    assert asked == [("feature", ("QUIC",))]

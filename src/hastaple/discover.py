@@ -30,6 +30,10 @@ HAProxy 2.6/2.8 (src/ssl_crtlist.c, src/cfgparse-ssl.c, src/tools.c
   2.8 spin at start-up, so it is an error here.
 - ``stats socket`` defaults to ``level operator`` (measured); only ``level
   admin`` sockets can do what hastaple needs (HAPROXY.md §0.9).
+- Lines are read through ``hastaple.haproxy.cfgread``: ``global setenv``
+  and friends change the environment for later ``$VAR``s, and only the
+  branches of ``.if`` blocks that HAProxy takes count; predicates only the
+  binary knows are asked of ``haproxy -cc`` (or assumed false, with a warning).
 - ``global ssl-load-extra-files`` and ``ssl-load-extra-del-ext`` decide which
   files HAProxy reads next to a certificate (src/cfgparse-ssl.c,
   src/ssl_ckch.c). HAProxy 2.6/2.8 load a bind line's certificates while
@@ -41,16 +45,22 @@ HAProxy 2.6/2.8 (src/ssl_crtlist.c, src/cfgparse-ssl.c, src/tools.c
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import re
+import shutil
 import stat
+import subprocess
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from hastaple.errors import ConfigError
-from hastaple.haproxy.cfgwords import SPACE, split_line
+from hastaple.haproxy import cfgcond, cfgread
+from hastaple.haproxy.cfgwords import SPACE
+
+logger = logging.getLogger(__name__)
 
 #: Suffixes HAProxy never loads as a certificate from a ``crt`` directory (HAPROXY.md §5.10).
 RESERVED_SUFFIXES = frozenset({".key", ".ocsp", ".issuer", ".sctl"})
@@ -360,6 +370,8 @@ def parse_haproxy_config(
     *,
     source: str,
     environ: Mapping[str, str] | None = None,
+    ask: cfgcond.Ask = cfgread.never,
+    why_unknown: str = "no HAProxy binary to ask",
 ) -> HAProxyConfig:
     """
     Parse haproxy.cfg text for certificates, crt-base and stats sockets.
@@ -368,8 +380,13 @@ def parse_haproxy_config(
         text: the configuration.
         source: the file's name, for ``source`` fields and messages.
         environ: variables for ``"$VAR"`` / ``"${VAR}"`` inside double quotes
-            (HAProxy expands them from its environment); none when omitted, so
-            the parser stays pure. ``discover`` passes ``os.environ``.
+            (HAProxy expands them from its environment, changed by ``global
+            setenv`` and friends); none when omitted, so the parser stays
+            pure. ``discover`` passes ``os.environ``.
+        ask: answers the ``.if`` predicates only the HAProxy binary knows
+            (``feature``, ``version_atleast``...); None means unknown, which
+            counts as false with a warning that says why (``why_unknown``).
+        why_unknown: the reason ``ask`` cannot answer, for that warning.
 
     Returns:
         The references in order of appearance, the last crt-base, the sockets
@@ -380,23 +397,18 @@ def parse_haproxy_config(
             ``crt-list`` or ``stats socket`` without its argument; anything
             else is a bug.
     """
-    env = environ if environ is not None else {}
+    reader = cfgread.Reader(environ or {}, _SECTIONS, ask, why_unknown)
     refs: list[CertRef] = []
     binds: list[Bind] = []
     sockets: list[StatsSocket] = []
     warnings: list[str] = []
     crt_base: str | None = None
     extra = ExtraFiles()
-    section = ""
-    for number, raw in enumerate(text.split("\n"), start=1):
-        where = f"{source}:{number}"
-        words = split_line(raw.lstrip(SPACE), env=env, where=where, section=section)
-        if not words or words[0].startswith("."):
-            # .if/.else/.endif/.diag...: conditions are not evaluated, both branches count.
-            continue
+    for line in reader.lines(text, source):
+        where, section, words = line.where, line.section, line.words
         keyword = words[0]
         if keyword in _SECTIONS:
-            section = keyword
+            pass
         elif section == "global" and keyword == "crt-base" and len(words) > 1:
             crt_base = words[1]
         elif section == "global" and keyword == "ssl-load-extra-files":
@@ -416,6 +428,7 @@ def parse_haproxy_config(
             address = words[1] if len(words) > 1 else ""
             ssl = _has_flag(words[2:], "ssl")
             binds.append(Bind(address, ssl=ssl, refs=bind_refs, source=where))
+    warnings.extend(reader.warnings)
     warnings.extend(_no_ocsp_warnings(refs))
     return HAProxyConfig(
         refs=tuple(refs),
@@ -538,6 +551,7 @@ def discover(
     *,
     cwd: Path | None = None,
     environ: Mapping[str, str] | None = None,
+    haproxy_binary: str | None = None,
 ) -> Discovery:
     """
     Find the certificates and admin sockets from arguments, crt-lists and configs.
@@ -548,6 +562,9 @@ def discover(
         haproxy_configs: haproxy.cfg files.
         cwd: HAProxy's working directory, for relative paths; default: ours.
         environ: for ``"$VAR"`` in haproxy.cfg; default ``os.environ``.
+        haproxy_binary: the HAProxy that reads the configuration, asked for
+            the ``.if`` predicates only it knows; default ``haproxy`` on the
+            PATH or in /usr/sbin.
 
     Returns:
         Certificates de-duplicated by path (first appearance wins; the HAProxy
@@ -577,7 +594,7 @@ def discover(
         found.extend(_check_listed(entries))
 
     for path in haproxy_configs:
-        config = read_haproxy_config(path, cwd=base, environ=env)
+        config = read_haproxy_config(path, cwd=base, environ=env, haproxy_binary=haproxy_binary)
         warnings.extend(config.warnings)
         sockets.extend(_socket_address(s.address, base) for s in config.sockets if _usable(s))
         for ref in config.refs:
@@ -712,14 +729,69 @@ def _socket_address(address: str, cwd: Path) -> str:
     return address
 
 
-def read_haproxy_config(path: Path, *, cwd: Path, environ: Mapping[str, str]) -> HAProxyConfig:
+def read_haproxy_config(
+    path: Path, *, cwd: Path, environ: Mapping[str, str], haproxy_binary: str | None = None
+) -> HAProxyConfig:
     """
     Read and parse the haproxy.cfg at ``path`` (relative to ``cwd``).
+
+    ``haproxy_binary`` answers ``.if feature(...)``, ``version_atleast(...)``
+    and the like (default: ``haproxy`` on the PATH or in /usr/sbin).
 
     Raises:
         ConfigError: the file cannot be read, or HAProxy would refuse it.
     """
-    return parse_haproxy_config(_read(cwd / path, str(path)), source=str(path), environ=environ)
+    ask, why = haproxy_oracle(haproxy_binary)
+    return parse_haproxy_config(
+        _read(cwd / path, str(path)), source=str(path), environ=environ, ask=ask, why_unknown=why
+    )
+
+
+def haproxy_oracle(binary: str | None = None) -> tuple[cfgcond.Ask, str]:
+    """
+    Answer ``.if`` predicates with ``<binary> -cc '<predicate>'`` (exit 0 true, 1 false).
+
+    Returns the callback and, for warnings, why it may not know. Each
+    question is asked once per callback.
+    """
+    found = binary or shutil.which("haproxy", path=f"{os.environ.get('PATH', '')}:{_SBIN}")
+    if found is None:
+        return cfgread.never, "no haproxy binary found on the PATH or in /usr/sbin"
+    answers: dict[tuple[str, tuple[str, ...]], bool | None] = {}
+
+    def ask(name: str, args: tuple[str, ...]) -> bool | None:
+        if (name, args) not in answers:
+            answers[name, args] = _run_condition(found, _condition_text(name, args))
+        return answers[name, args]
+
+    return ask, f"{found} -cc could not answer"
+
+
+_SBIN = "/usr/local/sbin:/usr/sbin:/sbin"
+
+
+def _condition_text(name: str, args: tuple[str, ...]) -> str:
+    """A predicate spelled so that ``haproxy -cc`` reads back exactly ``args``."""
+    # make_arg_list() level: each argument in double quotes; parse_line() level:
+    # the whole in single quotes, so that nothing is expanded a second time.
+    quoted = ",".join('"' + a.replace("\\", "\\\\").replace('"', '\\"') + '"' for a in args)
+    return "'" + f"{name}({quoted})".replace("'", "'\\''") + "'"
+
+
+def _run_condition(binary: str, condition: str) -> bool | None:
+    try:
+        done = subprocess.run(
+            [binary, "-cc", condition],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        logger.warning("%s -cc %s: %s", binary, condition, exc)
+        return None
+    logger.debug("%s -cc %s: exit %d", binary, condition, done.returncode)
+    return {0: True, 1: False}.get(done.returncode)
 
 
 def _read(path: Path, label: str) -> str:

@@ -8,9 +8,15 @@ HAProxy does not read is a staple lost at the next restart.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import time
+from pathlib import Path
+
 import pytest
 
 import haproxy_proc
+from hastaple.discover import discover
 from test_fetch_command import fetch_json
 
 pytestmark = pytest.mark.integration
@@ -50,3 +56,92 @@ async def test_del_ext_staple_is_the_file_haproxy_reads(
     restarted = start_haproxy(global_extra=DEL_EXT)
     for name in ("site.example.test", "bare.example.test"):
         assert "Cert Status: good" in haproxy_proc.staple(restarted.port, name)
+
+
+def _served_names(binary: str, cfg: Path, sock: Path, cwd: Path, env: dict[str, str]) -> list[str]:
+    """What a real HAProxy started on ``cfg`` lists in `show ssl cert`."""
+    log = cwd / "haproxy.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [binary, "-db", "-f", str(cfg)], cwd=cwd, stdout=out, stderr=out, env=env,
+            start_new_session=True,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 10
+        while not sock.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sock.exists(), log.read_text()
+        reply = haproxy_proc.cli(sock, "show ssl cert")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    return sorted(line for line in reply.splitlines() if line and not line.startswith("#"))
+
+
+def test_environment_and_conditions_as_haproxy_reads_them(pki, haproxy_binary, tmp_path_factory):
+    """
+    setenv/presetenv/unsetenv and .if blocks choose the certificates exactly as HAProxy does.
+
+    The branches not taken name files that do not exist: reading them would be
+    an error. Which version-dependent branch is taken differs between 2.6 and
+    2.8; discovery asks the binary that reads the configuration.
+    """
+    work = tmp_path_factory.mktemp("cond")
+    certs = work / "certs"
+    certs.mkdir()
+    for name in ("set.pem", "pre.pem", "kept.pem", "new.pem", "old.pem", "ssl.pem", "else.pem"):
+        pki.write(certs, name, pki.leaf(name.removesuffix(".pem") + ".example.test"))
+    sock = work / "admin.sock"
+    cfg = work / "haproxy.cfg"
+    port = haproxy_proc.free_port
+    cfg.write_text(
+        f"""global
+    stats socket {sock} level admin
+    setenv SETDIR {certs}
+    presetenv PRE set-by-the-process
+    presetenv PRE2 {certs}
+    setenv GONE x
+    unsetenv GONE
+.if defined(GONE)
+    crt-base /nonexistent
+.endif
+defaults
+    mode http
+    timeout client 5s
+    timeout server 5s
+    timeout connect 5s
+frontend f
+    bind 127.0.0.1:{port()} ssl crt "$SETDIR/set.pem" crt "${{PRE2}}/pre.pem"
+.if streq("$PRE",set-by-the-process)
+    bind 127.0.0.1:{port()} ssl crt "$SETDIR/kept.pem"
+.else
+    bind 127.0.0.1:{port()} ssl crt /nonexistent/else.pem
+.endif
+.if version_atleast(2.7)
+    bind 127.0.0.1:{port()} ssl crt "$SETDIR/new.pem"
+.elif feature(OPENSSL) && !defined(NOT_SET)
+    bind 127.0.0.1:{port()} ssl crt "$SETDIR/old.pem"
+.else
+    bind 127.0.0.1:{port()} ssl crt /nonexistent/x.pem
+.endif
+.if feature(OPENSSL)
+  .if 0
+    bind 127.0.0.1:{port()} ssl crt /nonexistent/y.pem
+  .elif 1
+    bind 127.0.0.1:{port()} ssl crt "$SETDIR/ssl.pem"
+  .else
+    bind 127.0.0.1:{port()} ssl crt /nonexistent/z.pem
+  .endif
+.else
+    bind 127.0.0.1:{port()} ssl crt /nonexistent/w.pem
+.endif
+    .notice "read up to here"
+"""
+    )
+    env = {"PATH": os.environ.get("PATH", ""), "PRE": "set-by-the-process"}
+    found = discover(haproxy_configs=[cfg], cwd=work, environ=env, haproxy_binary=haproxy_binary)
+    served = _served_names(haproxy_binary, cfg, sock, work, env)
+    assert sorted(n for c in found.certs for n in c.names) == served
+    assert found.warnings == ()
+    version_branch = {f"{certs}/new.pem", f"{certs}/old.pem"} & set(served)
+    assert len(version_branch) == 1
