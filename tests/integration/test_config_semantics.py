@@ -8,6 +8,8 @@ HAProxy does not read is a staple lost at the next restart.
 
 from __future__ import annotations
 
+import asyncio
+import datetime as dt
 import os
 import subprocess
 import time
@@ -16,7 +18,12 @@ from pathlib import Path
 import pytest
 
 import haproxy_proc
+from hastaple.config import Config
+from hastaple.daemon import Daemon
 from hastaple.discover import discover
+from hastaple.fetch import Fetcher
+from hastaple.schedule import Policy
+from hastaple.state import State
 from test_fetch_command import fetch_json
 
 pytestmark = pytest.mark.integration
@@ -145,3 +152,79 @@ frontend f
     assert found.warnings == ()
     version_branch = {f"{certs}/new.pem", f"{certs}/old.pem"} & set(served)
     assert len(version_branch) == 1
+
+
+NO_OCSP = "    ssl-load-extra-files bundle key"
+
+
+async def test_extra_files_without_ocsp_warns_and_the_daemon_restaples_after_restart(
+    pki, openssl_responder, crt_dir, haproxy_binary, tmp_path
+):
+    """
+    ssl-load-extra-files without 'ocsp': HAProxy ignores site.pem.ocsp when it starts.
+
+    fetch says so in one warning naming the line; after a restart only a push
+    staples again, and the daemon's re-push after a restart does it, without
+    asking the CA.
+    """
+    leaf = pki.leaf("noocsp.example.test", ocsp_url=openssl_responder.url)
+    openssl_responder.add(leaf.cert)
+    pki.write(crt_dir, "site.pem", leaf)
+    workdir = tmp_path / "h"
+    workdir.mkdir()
+    hap = haproxy_proc.start(haproxy_binary, workdir, crt_dir, global_extra=NO_OCSP)
+    cfg = workdir / "haproxy.cfg"
+    try:
+        code, rows, err = await fetch_json("--haproxy-config", cfg)
+        assert (code, rows[0]["action"]) == (0, "deployed"), err
+        warnings = [line for line in err.splitlines() if "ssl-load-extra-files" in line]
+        assert len(warnings) == 1, err
+        assert f"{cfg}:4: ssl-load-extra-files without 'ocsp'" in warnings[0]
+        assert "Cert Status: good" in haproxy_proc.staple(hap.port, "noocsp.example.test")
+
+        hap.stop()  # HAProxy's own behaviour: the .ocsp on disk is not read at start
+        hap = haproxy_proc.start(haproxy_binary, workdir, crt_dir, global_extra=NO_OCSP)
+        assert "no response sent" in haproxy_proc.staple(hap.port, "noocsp.example.test")
+
+        config = Config(
+            state_dir=tmp_path / "state",
+            haproxy_configs=(cfg,),
+            metrics_address=None,
+            haproxy_poll=dt.timedelta(seconds=0.2),
+            policy=Policy(spread=dt.timedelta(0)),
+        )
+        state = State.open(config.state_dir)
+        stop, ready = asyncio.Event(), asyncio.Event()
+        async with Fetcher() as fetcher:
+            daemon = Daemon(config, fetcher=fetcher, state=state)
+            task = asyncio.create_task(daemon.serve(stop, ready=ready))
+            try:
+                await ready.wait()
+                await _stapled(hap, "noocsp.example.test", within=5)
+                asked = openssl_responder.requests
+                hap.stop()
+                await asyncio.sleep(0.5)  # the daemon polls HAProxy every 0.2 s
+                hap = haproxy_proc.start(haproxy_binary, workdir, crt_dir, global_extra=NO_OCSP)
+                await _stapled(hap, "noocsp.example.test", within=5)
+                assert openssl_responder.requests == asked
+            finally:
+                stop.set()
+                await task
+                state.close()
+    finally:
+        hap.stop()
+
+
+async def _stapled(hap: haproxy_proc.HAProxy, servername: str, within: float) -> None:
+    """Wait until s_client sees a good staple for ``servername``; fail after ``within`` s."""
+    start = time.monotonic()
+    text = ""
+    while time.monotonic() - start < within:
+        try:
+            text = await asyncio.to_thread(haproxy_proc.staple, hap.port, servername)
+        except AssertionError as exc:  # no handshake yet
+            text = str(exc)
+        if "Cert Status: good" in text:
+            return
+        await asyncio.sleep(0.05)  # what a TLS client sees has no event to wait for
+    pytest.fail(f"{servername} not stapled within {within} s:\n{text}")
