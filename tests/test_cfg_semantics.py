@@ -289,3 +289,73 @@ def test_undecidable_predicate_is_assumed_false_and_said():
 
     assert _crts(text, ask=ask) == ["a"]
     assert asked == [("feature", ("QUIC",))]
+
+
+# ---------------------------------------------------------- relative paths, default-path
+
+
+def test_relative_paths_without_a_running_haproxy_use_the_config_directory(tmp_path, monkeypatch):
+    """No socket answers: the configuration's directory is used, and a warning says so."""
+    _touch(tmp_path / "etc" / "certs" / "a.pem")
+    cfg = _touch(
+        tmp_path / "etc" / "h.cfg",
+        f"global\n stats socket {tmp_path}/none.sock level admin\n crt-base certs\n"
+        "frontend f\n bind :1 ssl crt a.pem\n",
+    )
+    monkeypatch.chdir(tmp_path)
+    found = discover(haproxy_configs=[Path("etc/h.cfg")])
+    assert [(c.path, c.names) for c in found.certs] == [
+        (tmp_path / "etc" / "certs" / "a.pem", ("certs/a.pem",))
+    ]
+    (warning,) = found.warnings
+    assert warning.startswith(
+        f"etc/h.cfg: relative certificate paths read from {tmp_path / 'etc'}, "
+        "the configuration's directory"
+    )
+    assert cfg.exists()
+
+
+def test_absolute_paths_need_no_working_directory(tmp_path, monkeypatch):
+    _touch(tmp_path / "a.pem")
+    _touch(tmp_path / "l.txt", f"{tmp_path}/a.pem\n")
+    cfg = _touch(
+        tmp_path / "h.cfg",
+        f"frontend f\n bind :1 ssl crt {tmp_path}/a.pem crt-list {tmp_path}/l.txt\n",
+    )
+    monkeypatch.chdir("/")
+    assert discover(haproxy_configs=[cfg]).warnings == ()
+
+
+@pytest.mark.parametrize(
+    ("setting", "folder"),
+    [
+        ("current", "start"),
+        ("config", "start/etc"),
+        ("parent", "start/etc/.."),
+        ("origin /ORIGIN", "ORIGIN"),
+        ("origin rel", "start/rel"),
+    ],
+)
+def test_default_path_moves_relative_paths(tmp_path, setting, folder):
+    """With global default-path, HAProxy reads later relative paths from another directory."""
+    setting = setting.replace("/ORIGIN", str(tmp_path / "ORIGIN"))
+    _touch(tmp_path / folder / "a.pem")
+    _touch(
+        tmp_path / "start" / "etc" / "h.cfg",
+        f"global\n default-path {setting}\nfrontend f\n bind :1 crt a.pem\n",
+    )
+    found = discover(haproxy_configs=[Path("etc/h.cfg")], cwd=tmp_path / "start")
+    assert [(c.path, c.names) for c in found.certs] == [(tmp_path / folder / "a.pem", ("a.pem",))]
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("", "missing default-path mode"),
+        ("here", "unsupported default-path mode 'here'"),
+        ("origin", "'default-path origin' expects a directory"),
+    ],
+)
+def test_default_path_errors(setting, message):
+    with pytest.raises(ConfigError, match=f"^h.cfg:2: {message}"):
+        parse_haproxy_config(f"global\n default-path {setting}\n", source="h.cfg")

@@ -11,10 +11,13 @@ HAProxy 2.6/2.8 (src/ssl_crtlist.c, src/cfgparse-ssl.c, src/tools.c
   ``bind`` line (and on a ``stats socket`` line, which takes bind options).
 - A relative ``crt`` and a relative crt-list *entry* are prefixed with
   ``global crt-base`` as the string ``"<crt-base>/<path>"``; the crt-list
-  *file* itself never is. Without crt-base a relative path is relative to
-  HAProxy's working directory, which only the caller knows: ``discover(cwd=)``,
-  defaulting to our own working directory (the config file's directory would be
-  wrong: HAProxy does not use it).
+  *file* itself never is. A path still relative is read from HAProxy's
+  working directory (``-C <dir>`` included), or from the one ``global
+  default-path`` selects. ``discover(cwd=)`` fixes it; without it, the
+  running HAProxy's directory is taken from ``/proc/<pid>/cwd`` (the pid
+  from ``show info`` on a stats socket of the configuration, the master's
+  when the worker chrooted), else the configuration's directory, with a
+  warning (hastaple.haproxy.process).
 - HAProxy names a certificate in its runtime API exactly by that string, with
   no normalisation (``./c/a.pem`` and ``c/a.pem`` are two certificates; a
   directory's trailing ``/`` is dropped). ``CertEntry.names`` keeps it.
@@ -57,7 +60,7 @@ from pathlib import Path
 from typing import Literal
 
 from hastaple.errors import ConfigError
-from hastaple.haproxy import cfgcond, cfgread
+from hastaple.haproxy import cfgcond, cfgread, process
 from hastaple.haproxy.cfgwords import SPACE
 
 logger = logging.getLogger(__name__)
@@ -216,6 +219,9 @@ class CertRef:
     crt_base: str | None
     source: str
     extra: ExtraFiles = ExtraFiles()
+    # The directory HAProxy is in while reading this line (``global default-path``),
+    # relative to the one it started in; None: the one it started in.
+    directory: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,6 +253,7 @@ class HAProxyConfig:
     sockets: tuple[StatsSocket, ...] = ()
     warnings: tuple[str, ...] = ()
     binds: tuple[Bind, ...] = ()
+    chroot: str | None = None
 
     @property
     def crts(self) -> tuple[CertRef, ...]:
@@ -402,28 +409,23 @@ def parse_haproxy_config(
     binds: list[Bind] = []
     sockets: list[StatsSocket] = []
     warnings: list[str] = []
-    crt_base: str | None = None
-    extra = ExtraFiles()
+    state = _Global(source)
     for line in reader.lines(text, source):
         where, section, words = line.where, line.section, line.words
         keyword = words[0]
         if keyword in _SECTIONS:
             pass
-        elif section == "global" and keyword == "crt-base" and len(words) > 1:
-            crt_base = words[1]
-        elif section == "global" and keyword == "ssl-load-extra-files":
-            extra = ExtraFiles(_extra_file_kinds(words, where), extra.del_ext, where)
-        elif section == "global" and keyword == "ssl-load-extra-del-ext":
-            extra = ExtraFiles(extra.kinds, del_ext=True, source=extra.source)
         elif section == "global" and keyword == "stats" and words[1:2] == ["socket"]:
             socket = _stats_socket(words, where)
             sockets.append(socket)
-            refs.extend(_bind_refs(words[3:], crt_base, extra, where))
+            refs.extend(state.refs(words[3:], where))
             warning = _socket_warning(socket)
             if warning:
                 warnings.append(warning)
-        elif keyword == "bind" and section != "global":
-            bind_refs = tuple(_bind_refs(words[2:], crt_base, extra, where))
+        elif section == "global":
+            state.read(words, where)
+        elif keyword == "bind":
+            bind_refs = tuple(state.refs(words[2:], where))
             refs.extend(bind_refs)
             address = words[1] if len(words) > 1 else ""
             ssl = _has_flag(words[2:], "ssl")
@@ -432,10 +434,67 @@ def parse_haproxy_config(
     warnings.extend(_no_ocsp_warnings(refs))
     return HAProxyConfig(
         refs=tuple(refs),
-        crt_base=crt_base,
+        crt_base=state.crt_base,
         sockets=tuple(sockets),
         warnings=tuple(warnings),
         binds=tuple(binds),
+        chroot=state.chroot,
+    )
+
+
+@dataclass(slots=True)
+class _Global:
+    """The ``global`` settings that decide how a later ``crt`` is read, as they stand."""
+
+    source: str
+    crt_base: str | None = None
+    extra: ExtraFiles = ExtraFiles()
+    directory: str | None = None  # default-path
+    chroot: str | None = None
+
+    def read(self, words: Sequence[str], where: str) -> None:
+        """Take in one ``global`` line (other keywords are not ours)."""
+        keyword, has_arg = words[0], len(words) > 1
+        if keyword == "crt-base" and has_arg:
+            self.crt_base = words[1]
+        elif keyword == "chroot" and has_arg:
+            self.chroot = words[1]
+        elif keyword == "default-path":
+            self.directory = _default_path(words, self.source, where)
+        elif keyword == "ssl-load-extra-files":
+            self.extra = ExtraFiles(_extra_file_kinds(words, where), self.extra.del_ext, where)
+        elif keyword == "ssl-load-extra-del-ext":
+            self.extra = ExtraFiles(self.extra.kinds, del_ext=True, source=self.extra.source)
+
+    def refs(self, options: Sequence[str], where: str) -> Iterator[CertRef]:
+        """The ``crt``/``crt-list`` arguments among bind options, with these settings."""
+        return _bind_refs(options, self.crt_base, self.extra, self.directory, where)
+
+
+def _default_path(words: Sequence[str], source: str, where: str) -> str | None:
+    """
+    Where ``default-path`` makes HAProxy read relative paths from (src/cfgparse.c).
+
+    ``current``: where it started (None); ``config``: the configuration file's
+    directory as named on its command line; ``parent``: that directory's
+    parent; ``origin <dir>``: ``<dir>``. Relative results are relative to
+    where it started.
+    """
+    mode = words[1] if len(words) > 1 else ""
+    folder = source[: source.rfind("/")] if "/" in source else ""
+    if mode == "current":
+        return None
+    if mode == "config":
+        return folder or None
+    if mode == "parent":
+        return f"{folder}/.." if folder else ".."
+    if mode == "origin":
+        if len(words) < 3 or not words[2]:  # noqa: PLR2004 - "default-path origin <dir>"
+            raise ConfigError(f"{where}: 'default-path origin' expects a directory")
+        return words[2]
+    raise ConfigError(
+        f"{where}: {'unsupported' if mode else 'missing'} default-path mode '{mode}' "
+        "(current, config, parent or origin <dir>)"
     )
 
 
@@ -480,7 +539,11 @@ def _has_flag(options: Sequence[str], flag: str) -> bool:
 
 
 def _bind_refs(
-    options: Sequence[str], crt_base: str | None, extra: ExtraFiles, where: str
+    options: Sequence[str],
+    crt_base: str | None,
+    extra: ExtraFiles,
+    directory: str | None,
+    where: str,
 ) -> Iterator[CertRef]:
     """The ``crt``/``crt-list`` arguments among bind options."""
     index = 0
@@ -490,7 +553,7 @@ def _bind_refs(
             if index + 1 >= len(options) or not options[index + 1]:
                 raise ConfigError(f"{where}: '{word}' needs a certificate location")
             kind: Literal["crt", "crt-list"] = "crt-list" if word == "crt-list" else "crt"
-            yield CertRef(kind, options[index + 1], crt_base, source=where, extra=extra)
+            yield CertRef(kind, options[index + 1], crt_base, where, extra, directory)
             index += 2
         elif word in _ARG_KEYWORDS:
             index += 2
@@ -560,7 +623,10 @@ def discover(
         paths: certificate files or ``crt``-style directories.
         crt_lists: crt-list files (no crt-base applies).
         haproxy_configs: haproxy.cfg files.
-        cwd: HAProxy's working directory, for relative paths; default: ours.
+        cwd: HAProxy's working directory, for relative paths. By default,
+            arguments are relative to ours, and a configuration's paths to
+            the directory of the HAProxy that answers on one of its stats
+            sockets, else to the configuration's directory (with a warning).
         environ: for ``"$VAR"`` in haproxy.cfg; default ``os.environ``.
         haproxy_binary: the HAProxy that reads the configuration, asked for
             the ``.if`` predicates only it knows; default ``haproxy`` on the
@@ -596,15 +662,57 @@ def discover(
     for path in haproxy_configs:
         config = read_haproxy_config(path, cwd=base, environ=env, haproxy_binary=haproxy_binary)
         warnings.extend(config.warnings)
-        sockets.extend(_socket_address(s.address, base) for s in config.sockets if _usable(s))
+        root = base if cwd is not None else _config_root(config, path, base, warnings)
+        sockets.extend(_socket_address(s.address, root) for s in config.sockets if _usable(s))
         for ref in config.refs:
-            found.extend(_resolve_ref(ref, base))
+            found.extend(_resolve_ref(ref, root))
 
     return Discovery(
         certs=_dedupe(found),
         sockets=tuple(dict.fromkeys(sockets)),
         warnings=tuple(warnings),
     )
+
+
+def _config_root(config: HAProxyConfig, path: Path, base: Path, warnings: list[str]) -> Path:
+    """
+    The directory HAProxy reads this configuration's relative paths from.
+
+    Asked only when there are relative paths: the running HAProxy's working
+    directory when one of its sockets answers on this host, else the
+    configuration's own directory, said in a warning.
+    """
+    if not any(_is_relative(ref, base) for ref in config.refs):
+        return base
+    addresses = [s.address for s in config.sockets if not s.address.startswith(("fd@", "sock"))]
+    running = process.working_directory(addresses, chroot=config.chroot is not None)
+    if running is not None:
+        logger.info("%s: relative paths read from %s (%s)", path, running.path, running.how)
+        return running.path
+    folder = (base / path).parent
+    warnings.append(
+        f"{path}: relative certificate paths read from {folder}, the configuration's "
+        "directory: no HAProxy answered on a stats socket of this configuration on "
+        "this host, so its working directory is unknown (absolute paths or an "
+        "absolute crt-base avoid the guess)"
+    )
+    return folder
+
+
+def _is_relative(ref: CertRef, base: Path) -> bool:
+    """Whether resolving ``ref`` depends on HAProxy's starting directory."""
+    if ref.directory is not None:
+        return not ref.directory.startswith("/")
+    if ref.kind == "crt":
+        return not _join_base(ref.path, ref.crt_base).startswith("/")
+    if not ref.path.startswith("/"):
+        return True
+    try:
+        text = (base / ref.path).read_bytes().decode("utf-8", "surrogateescape")
+        entries = parse_crt_list(text, source=ref.path, crt_base=ref.crt_base, cwd=base)
+    except (OSError, ConfigError):
+        return False  # resolving it says what is wrong
+    return any(not name.startswith("/") for e in entries for name in e.names)
 
 
 def resolve_ref(ref: CertRef, *, cwd: Path) -> list[CertEntry]:
@@ -624,6 +732,8 @@ def _resolve_ref(ref: CertRef, cwd: Path) -> list[CertEntry]:
 
 def _ref_files(ref: CertRef, cwd: Path) -> list[CertEntry]:
     bundles = "bundle" in ref.extra.kinds
+    if ref.directory is not None:
+        cwd = cwd / ref.directory
     if ref.kind == "crt-list":
         listed = cwd / ref.path  # HAProxy never applies crt-base to the list file itself
         text = _read(listed, f"{ref.source}: crt-list {ref.path}")

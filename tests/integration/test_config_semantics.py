@@ -228,3 +228,34 @@ async def _stapled(hap: haproxy_proc.HAProxy, servername: str, within: float) ->
             return
         await asyncio.sleep(0.05)  # what a TLS client sees has no event to wait for
     pytest.fail(f"{servername} not stapled within {within} s:\n{text}")
+
+
+@pytest.mark.parametrize("chroot", [False, True], ids=["plain", "master-chroot"])
+async def test_relative_paths_are_read_from_haproxys_directory(
+    pki, openssl_responder, haproxy_binary, tmp_path_factory, chroot
+):
+    """
+    A relative `crt certs` is read from the running HAProxy's directory, not ours.
+
+    fetch runs in another directory; the pid from `show info` gives HAProxy's
+    directory. A chrooted worker shows its jail there, so its master is asked.
+    """
+    work = tmp_path_factory.mktemp("rel")
+    (work / "certs").mkdir()
+    (work / "jail").mkdir()
+    leaf = pki.leaf("relative.example.test", ocsp_url=openssl_responder.url)
+    openssl_responder.add(leaf.cert)
+    pki.write(work / "certs", "site.pem", leaf)
+    extra = f"    chroot {work / 'jail'}" if chroot else ""
+    hap = haproxy_proc.start(haproxy_binary, work, Path("certs"), global_extra=extra, master=chroot)
+    try:
+        assert Path.cwd() != work
+        code, rows, err = await fetch_json("--haproxy-config", work / "haproxy.cfg")
+        assert code == 0, err
+        assert [(r["cert"], r["action"]) for r in rows] == [
+            (str(work / "certs" / "site.pem"), "deployed")
+        ]
+        assert "relative certificate paths" not in err  # found, not guessed
+        assert "Cert Status: good" in haproxy_proc.staple(hap.port, "relative.example.test")
+    finally:
+        hap.stop()
