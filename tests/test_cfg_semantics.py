@@ -7,6 +7,7 @@ tests/integration/test_config_semantics.py.
 
 from __future__ import annotations
 
+import socket
 import subprocess
 from pathlib import Path
 
@@ -359,3 +360,15 @@ def test_default_path_moves_relative_paths(tmp_path, setting, folder):
 def test_default_path_errors(setting, message):
     with pytest.raises(ConfigError, match=f"^h.cfg:2: {message}"):
         parse_haproxy_config(f"global\n default-path {setting}\n", source="h.cfg")
+
+
+def test_haproxy_sets_its_local_peer_name_before_reading(tmp_path):
+    """HAPROXY_LOCALPEER (the host name by default) is defined for .if and "$VAR"."""
+    _touch(tmp_path / f"{socket.gethostname()}.pem")
+    cfg = _touch(
+        tmp_path / "h.cfg",
+        "frontend f\n.if defined(HAPROXY_LOCALPEER)\n"
+        ' bind :1 crt "$HAPROXY_LOCALPEER.pem"\n.endif\n',
+    )
+    found = discover(haproxy_configs=[cfg], cwd=tmp_path, environ={})
+    assert [c.path for c in found.certs] == [tmp_path / f"{socket.gethostname()}.pem"]

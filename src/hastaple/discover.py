@@ -52,6 +52,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 import stat
 import subprocess
 from collections.abc import Iterator, Mapping, Sequence
@@ -852,8 +853,10 @@ def read_haproxy_config(
         ConfigError: the file cannot be read, or HAProxy would refuse it.
     """
     ask, why = haproxy_oracle(haproxy_binary)
+    # HAProxy sets this one before it reads the configuration (the host name, or -L).
+    env = {**environ, "HAPROXY_LOCALPEER": socket.gethostname()}
     return parse_haproxy_config(
-        _read(cwd / path, str(path)), source=str(path), environ=environ, ask=ask, why_unknown=why
+        _read(cwd / path, str(path)), source=str(path), environ=env, ask=ask, why_unknown=why
     )
 
 
