@@ -847,17 +847,28 @@ def read_haproxy_config(
     Read and parse the haproxy.cfg at ``path`` (relative to ``cwd``).
 
     ``haproxy_binary`` answers ``.if feature(...)``, ``version_atleast(...)``
-    and the like (default: ``haproxy`` on the PATH or in /usr/sbin).
+    and the like. By default, when the configuration asks such a question:
+    the running HAProxy's own executable (found through a stats socket of
+    the configuration on this host), else ``haproxy`` on the PATH or in /usr/sbin.
 
     Raises:
         ConfigError: the file cannot be read, or HAProxy would refuse it.
     """
-    ask, why = haproxy_oracle(haproxy_binary)
+    text = _read(cwd / path, str(path))
     # HAProxy sets this one before it reads the configuration (the host name, or -L).
     env = {**environ, "HAPROXY_LOCALPEER": socket.gethostname()}
-    return parse_haproxy_config(
-        _read(cwd / path, str(path)), source=str(path), environ=env, ask=ask, why_unknown=why
-    )
+    if haproxy_binary is None:
+        asked: list[str] = []
+
+        def record(name: str, _args: tuple[str, ...]) -> None:  # a first pass, to find sockets
+            asked.append(name)
+
+        first = parse_haproxy_config(text, source=str(path), environ=env, ask=record)
+        if asked:
+            haproxy_binary = process.running_binary(s.address for s in first.sockets)
+            logger.info("%s: .if predicates asked of %s", path, haproxy_binary or "haproxy")
+    ask, why = haproxy_oracle(haproxy_binary)
+    return parse_haproxy_config(text, source=str(path), environ=env, ask=ask, why_unknown=why)
 
 
 def haproxy_oracle(binary: str | None = None) -> tuple[cfgcond.Ask, str]:

@@ -259,3 +259,51 @@ async def test_relative_paths_are_read_from_haproxys_directory(
         assert "Cert Status: good" in haproxy_proc.staple(hap.port, "relative.example.test")
     finally:
         hap.stop()
+
+
+def test_version_conditions_are_asked_of_the_running_haproxy(pki, haproxy_binary, tmp_path_factory):
+    """
+    Without a binary given, `.if version_atleast()` is asked of the HAProxy that runs.
+
+    The PATH holds 2.6 only; a running 2.8 takes the other branch, and so must we.
+    """
+    work = tmp_path_factory.mktemp("ver")
+    for name in ("new.pem", "old.pem"):
+        pki.write(work, name, pki.leaf(name.removesuffix(".pem") + ".example.test"))
+    sock = work / "admin.sock"
+    cfg = work / "haproxy.cfg"
+    cfg.write_text(
+        f"""global
+    stats socket {sock} level admin
+frontend f
+    mode http
+.if version_atleast(2.7)
+    bind 127.0.0.1:{haproxy_proc.free_port()} ssl crt {work}/new.pem
+.else
+    bind 127.0.0.1:{haproxy_proc.free_port()} ssl crt {work}/old.pem
+.endif
+"""
+    )
+    env = {"PATH": "/usr/sbin:/usr/bin:/bin"}
+    log = work / "haproxy.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [haproxy_binary, "-db", "-f", str(cfg)], cwd=work, stdout=out, stderr=out,
+            start_new_session=True,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 10
+        while not sock.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)  # HAProxy gives no readiness signal in the foreground
+        assert sock.exists(), log.read_text()
+        served = [
+            line
+            for line in haproxy_proc.cli(sock, "show ssl cert").splitlines()
+            if line and not line.startswith("#")
+        ]
+        found = discover(haproxy_configs=[cfg], cwd=work, environ=env)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    assert [str(c.path) for c in found.certs] == served
+    assert found.warnings == ()

@@ -58,6 +58,26 @@ def working_directory(
     return None
 
 
+def running_binary(addresses: Iterable[str], *, timeout: float = 1.0) -> str | None:
+    """
+    The executable of the HAProxy behind the first of ``addresses`` that answers.
+
+    ``/proc/<pid>/exe`` itself, which runs the very binary even when the file
+    was replaced on disk since. None when no HAProxy on this host answers.
+    """
+    for address in addresses:
+        pid = _pid(address, timeout)
+        if pid is None:
+            continue
+        exe = Path(f"/proc/{pid}/exe")
+        try:
+            if "haproxy" in exe.readlink().name:
+                return str(exe)
+        except OSError as exc:
+            logger.debug("executable of pid %d: %s", pid, exc)
+    return None
+
+
 def _target(address: str) -> tuple[int, str | tuple[str, int]] | None:
     """Socket family and address of a stats socket on this host, or None."""
     try:
