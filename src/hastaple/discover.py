@@ -663,7 +663,7 @@ def discover(
     for path in haproxy_configs:
         config = read_haproxy_config(path, cwd=base, environ=env, haproxy_binary=haproxy_binary)
         warnings.extend(config.warnings)
-        root = base if cwd is not None else _config_root(config, path, base, warnings)
+        root = base if cwd is not None else config_root(config, path, base, warnings)
         sockets.extend(_socket_address(s.address, root) for s in config.sockets if _usable(s))
         for ref in config.refs:
             found.extend(_resolve_ref(ref, root))
@@ -675,9 +675,12 @@ def discover(
     )
 
 
-def _config_root(config: HAProxyConfig, path: Path, base: Path, warnings: list[str]) -> Path:
+def config_root(config: HAProxyConfig, path: Path, base: Path, warnings: list[str]) -> Path:
     """
-    The directory HAProxy reads this configuration's relative paths from.
+    The directory HAProxy reads this configuration's relative paths from (pass it to resolve_ref).
+
+    ``path``: the configuration as read, relative to ``base`` (our directory);
+    a warning is appended to ``warnings`` when the directory is a guess.
 
     Asked only when there are relative paths: the running HAProxy's working
     directory when one of its sockets answers on this host, else the
