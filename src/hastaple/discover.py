@@ -51,10 +51,8 @@ import dataclasses
 import logging
 import os
 import re
-import shutil
 import socket
 import stat
-import subprocess
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -870,55 +868,8 @@ def read_haproxy_config(
         if asked:
             haproxy_binary = process.running_binary(s.address for s in first.sockets)
             logger.info("%s: .if predicates asked of %s", path, haproxy_binary or "haproxy")
-    ask, why = haproxy_oracle(haproxy_binary)
+    ask, why = process.condition_oracle(haproxy_binary)
     return parse_haproxy_config(text, source=str(path), environ=env, ask=ask, why_unknown=why)
-
-
-def haproxy_oracle(binary: str | None = None) -> tuple[cfgcond.Ask, str]:
-    """
-    Answer ``.if`` predicates with ``<binary> -cc '<predicate>'`` (exit 0 true, 1 false).
-
-    Returns the callback and, for warnings, why it may not know. Each
-    question is asked once per callback.
-    """
-    found = binary or shutil.which("haproxy", path=f"{os.environ.get('PATH', '')}:{_SBIN}")
-    if found is None:
-        return cfgread.never, "no haproxy binary found on the PATH or in /usr/sbin"
-    answers: dict[tuple[str, tuple[str, ...]], bool | None] = {}
-
-    def ask(name: str, args: tuple[str, ...]) -> bool | None:
-        if (name, args) not in answers:
-            answers[name, args] = _run_condition(found, _condition_text(name, args))
-        return answers[name, args]
-
-    return ask, f"{found} -cc could not answer"
-
-
-_SBIN = "/usr/local/sbin:/usr/sbin:/sbin"
-
-
-def _condition_text(name: str, args: tuple[str, ...]) -> str:
-    """A predicate spelled so that ``haproxy -cc`` reads back exactly ``args``."""
-    # make_arg_list() level: each argument in double quotes; parse_line() level:
-    # the whole in single quotes, so that nothing is expanded a second time.
-    quoted = ",".join('"' + a.replace("\\", "\\\\").replace('"', '\\"') + '"' for a in args)
-    return "'" + f"{name}({quoted})".replace("'", "'\\''") + "'"
-
-
-def _run_condition(binary: str, condition: str) -> bool | None:
-    try:
-        done = subprocess.run(
-            [binary, "-cc", condition],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=10,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        logger.warning("%s -cc %s: %s", binary, condition, exc)
-        return None
-    logger.debug("%s -cc %s: exit %d", binary, condition, done.returncode)
-    return {0: True, 1: False}.get(done.returncode)
 
 
 def _read(path: Path, label: str) -> str:

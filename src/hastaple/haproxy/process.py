@@ -1,5 +1,9 @@
 """
-The working directory of a running HAProxy, for the relative paths of its configuration.
+What only the HAProxy process or binary knows about reading its configuration.
+
+- ``working_directory``: where a running HAProxy reads relative paths from;
+- ``running_binary``: the executable of a running HAProxy;
+- ``condition_oracle``: ``.if`` predicates answered by ``haproxy -cc``.
 
 HAProxy reads relative ``crt``/``crt-list`` paths from the directory it was
 started in (after ``-C <dir>``); nothing in the configuration says which one
@@ -8,21 +12,28 @@ gives its pid and ``/proc/<pid>/cwd`` the directory. A worker that did
 ``chroot`` shows the chroot instead, so then its parent is asked: in
 master-worker mode that is the master, which never chroots.
 
-Blocking and short (one ``show info`` per socket, 1 s each): it runs once
-while the configuration is read, before anything else happens.
+``haproxy -cc '<condition>'`` evaluates one condition as the configuration
+parser would and answers with its exit code (0 true, 1 false, 2 refused).
+
+Blocking and short (one ``show info`` per socket, 1 s each; one ``-cc`` per
+distinct predicate): it runs while the configuration is read, before
+anything else happens.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import shutil
 import socket
+import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from hastaple.errors import ConfigError
-from hastaple.haproxy import protocol
+from hastaple.haproxy import cfgcond, cfgread, protocol
 
 logger = logging.getLogger(__name__)
 
@@ -144,3 +155,50 @@ def _parent(pid: int) -> int | None:
             if line.startswith("PPid:"):
                 return int(line.split()[1])
     return None
+
+
+def condition_oracle(binary: str | None = None) -> tuple[cfgcond.Ask, str]:
+    """
+    Answer ``.if`` predicates with ``<binary> -cc '<predicate>'`` (exit 0 true, 1 false).
+
+    Returns the callback and, for warnings, why it may not know. Each
+    question is asked once per callback.
+    """
+    found = binary or shutil.which("haproxy", path=f"{os.environ.get('PATH', '')}:{_SBIN}")
+    if found is None:
+        return cfgread.never, "no haproxy binary found on the PATH or in /usr/sbin"
+    answers: dict[tuple[str, tuple[str, ...]], bool | None] = {}
+
+    def ask(name: str, args: tuple[str, ...]) -> bool | None:
+        if (name, args) not in answers:
+            answers[name, args] = _run_condition(found, _condition_text(name, args))
+        return answers[name, args]
+
+    return ask, f"{found} -cc could not answer"
+
+
+_SBIN = "/usr/local/sbin:/usr/sbin:/sbin"
+
+
+def _condition_text(name: str, args: tuple[str, ...]) -> str:
+    """A predicate spelled so that ``haproxy -cc`` reads back exactly ``args``."""
+    # make_arg_list() level: each argument in double quotes; parse_line() level:
+    # the whole in single quotes, so that nothing is expanded a second time.
+    quoted = ",".join('"' + a.replace("\\", "\\\\").replace('"', '\\"') + '"' for a in args)
+    return "'" + f"{name}({quoted})".replace("'", "'\\''") + "'"
+
+
+def _run_condition(binary: str, condition: str) -> bool | None:
+    try:
+        done = subprocess.run(
+            [binary, "-cc", condition],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        logger.warning("%s -cc %s: %s", binary, condition, exc)
+        return None
+    logger.debug("%s -cc %s: exit %d", binary, condition, done.returncode)
+    return {0: True, 1: False}.get(done.returncode)
