@@ -378,7 +378,9 @@ def _finish(rows: Sequence[ResultRow], *, as_json: bool) -> NoReturn:
     code = EXIT_OK
     if any(not r.ok for r in rows):
         code = EXIT_FAILED
-    if any(r.bad_input for r in rows):
+    if rows and all(r.bad_input for r in rows):
+        # Nothing could be worked on: the input itself is wrong. One bad file
+        # among others is that certificate's failure (exit 1), not the run's.
         code = EXIT_USAGE
     sys.exit(code)
 

@@ -71,8 +71,9 @@ class ResultRow:
     aliases: dict[str, str] = field(default_factory=dict)
     # The certificate promises a staple (RFC 7633): without one it fails.
     must_staple: bool = False
-    # The certificate file itself is unusable (exit 2), as opposed to a failed
-    # fetch or deploy (exit 1). Not part of the JSON contract.
+    # The certificate file itself is unusable, as opposed to a failed fetch or
+    # deploy. The run exits 2 only when every row is such (nothing could be
+    # done); otherwise it is one failed certificate (exit 1). Not in the JSON.
     bad_input: bool = False
 
     @classmethod

@@ -105,6 +105,11 @@ class _Cert:
     names: tuple[str, ...]  # how HAProxy spells the file in runtime commands
     pem_fp: index.Fingerprint | None = None  # the PEM file as it was before parsing
     must_staple: bool = False
+    base: Path | None = None  # what HAProxy appends .ocsp/.issuer to, if not ``path``
+
+    @property
+    def files_base(self) -> Path:
+        return self.base or self.path
 
 
 @dataclass(frozen=True, slots=True)
@@ -334,10 +339,12 @@ async def _prepare(  # noqa: PLR0911 - one early return per kind of row
             no_url = ResultRow(name, None, Status.NO_OCSP, Action.SKIPPED, must_staple=must_staple)
             return _Prepared(no_url)
         state_dir = None if options.dry_run else options.state_dir  # dry-run writes nothing
-        issuer, issuer_pem = await resolve_issuer(entry.path, bundle, fetcher, state_dir, now=now)
+        issuer, issuer_pem = await resolve_issuer(
+            entry.path, bundle, fetcher, state_dir, now=now, base=entry.files_base
+        )
         cert = _Cert(
             entry.path, bundle.leaf, issuer, issuer_pem, url, entry.haproxy_names, pem_fp,
-            must_staple,
+            must_staple=must_staple, base=entry.extra_base,
         )  # fmt: skip
         done = await _refresh(cert, options, fetcher, now, ctx)
         return dataclasses.replace(done, row=dataclasses.replace(done.row, must_staple=must_staple))
@@ -367,7 +374,7 @@ def _from_index(
     (the response's and its signer's validity, the margin), so the hourly run
     over 10,000 unchanged certificates parses nothing (``index``).
     """
-    hit = ctx.index.lookup(entry.path, pem_fp)
+    hit = ctx.index.lookup(entry.path, pem_fp, base=entry.files_base)
     if hit is None or ctx.index.is_revoked(entry.path, hit.verdict.serial):
         return None
     verdict = hit.verdict
@@ -377,7 +384,11 @@ def _from_index(
         and (not options.fetch or schedule.is_fresh(verdict.this_update, verdict.next_update, now))
     ):
         return None
-    der = ctx.index.read_staple(entry.path, hit) if options.sockets or options.below_admin else b""
+    der = (
+        ctx.index.read_staple(entry.files_base, hit)
+        if options.sockets or options.below_admin
+        else b""
+    )
     if der is None:
         return None
     staple = Staple.of(
@@ -400,7 +411,7 @@ def _remember(
             pem=cert.pem_fp,
             ocsp=ocsp_fp,
             # Only when the issuer is not in the chain does ``.issuer`` matter.
-            issuer_file=index.issuer_fingerprint(cert.path) if cert.issuer_pem else None,
+            issuer_file=index.issuer_fingerprint(cert.files_base) if cert.issuer_pem else None,
             url=cert.url,
             cert_id=staple.cert_id,
             issuer_pem=cert.issuer_pem,
@@ -417,7 +428,7 @@ async def _refresh(
 ) -> _Prepared:
     """Keep the staple on disk while it is fresh; otherwise fetch, validate and store."""
     name, url, path = str(cert.path), cert.url, cert.path
-    staple_path = store.staple_path(path)
+    staple_path = store.staple_path(cert.files_base)
     ocsp_fp = index.fingerprint(staple_path)  # before reading: a later change is a miss
     # None: no file; size 0: HAProxy's "empty .ocsp" registration (§0.2). Nothing to read.
     has_bytes = ocsp_fp is not None and ocsp_fp[1] > 0
@@ -434,9 +445,9 @@ async def _refresh(
         status, what = (Status.REVOKED, "the CA said REVOKED") if revoked else (Status.ERROR, "")
         error = f"no valid {staple_path.name} to deploy" + (f" ({what})" if what else "")
         return _Prepared(ResultRow(name, url, status, Action.SKIPPED, error=error))
-    if cert.issuer_pem is not None and not _haproxy_can_find_issuer(path):
+    if cert.issuer_pem is not None and not _haproxy_can_find_issuer(cert.files_base):
         # Decided before asking the CA: no answer could be stored, so none is asked for.
-        return _Prepared(_failed(name, url, _no_issuer_on_disk(path)))
+        return _Prepared(_failed(name, url, _no_issuer_on_disk(path, cert.files_base)))
     return await _fetch(cert, current, options=options, fetcher=fetcher, now=now, ctx=ctx)
 
 
@@ -451,7 +462,7 @@ async def _fetch(
 ) -> _Prepared:
     """Ask the CA, validate, and store the answer if it is better than ``current``."""
     name, url, path = str(cert.path), cert.url, cert.path
-    staple_path = store.staple_path(path)
+    staple_path = store.staple_path(cert.files_base)
     req = request.build(cert.leaf, cert.issuer)
     cert_id = request.cert_id_of(req)  # one request built per certificate, not two
     reply = await fetcher.ocsp(url, req)
@@ -487,6 +498,7 @@ async def resolve_issuer(
     state_dir: Path | None,
     *,
     now: dt.datetime | None = None,
+    base: Path | None = None,
 ) -> tuple[x509.Certificate, bytes | None]:
     """
     Find the issuer of ``bundle.leaf``: the chain, ``<crt>.issuer``, then AIA.
@@ -498,7 +510,7 @@ async def resolve_issuer(
         CertificateError: no local source holds the issuer and there is no AIA URL.
         FetchError: the AIA URLs did not give it.
     """
-    if (local := local_issuer(path, bundle)) is not None:
+    if (local := local_issuer(path, bundle, base=base)) is not None:
         return local
     urls = issuers.ca_issuers_urls(bundle.leaf)
     when = now or dt.datetime.now(dt.UTC)
@@ -511,13 +523,17 @@ async def resolve_issuer(
     raise CertificateError(
         path,
         "issuer not found: the file has no chain, there is no "
-        f"{store.issuer_path(path).name}, and no AIA caIssuers URL",
+        f"{store.issuer_path(base or path).name}, and no AIA caIssuers URL",
     )
 
 
-def local_issuer(path: Path, bundle: pem.Bundle) -> tuple[x509.Certificate, bytes | None] | None:
+def local_issuer(
+    path: Path, bundle: pem.Bundle, *, base: Path | None = None
+) -> tuple[x509.Certificate, bytes | None] | None:
     """
-    The issuer from the PEM chain, else from ``<crt>.issuer``, as HAProxy looks (§3a).
+    The issuer from the PEM chain, else from ``<base>.issuer``, as HAProxy looks (§3a).
+
+    ``base`` is what HAProxy appends ``.issuer`` to (default ``path``).
 
     Returns None when neither has it; the PEM to send is set only for ``.issuer``.
 
@@ -527,7 +543,7 @@ def local_issuer(path: Path, bundle: pem.Bundle) -> tuple[x509.Certificate, byte
     in_chain = issuers.choose_local(bundle.leaf, bundle.chain)
     if in_chain is not None:
         return in_chain, None
-    issuer_file = store.issuer_path(path)
+    issuer_file = store.issuer_path(base or path)
     if not issuer_file.exists():
         return None
     found = issuers.choose_local(bundle.leaf, issuers.parse_certificates(pem.read(issuer_file)))
@@ -611,10 +627,10 @@ def _haproxy_can_find_issuer(path: Path) -> bool:
     return store.issuer_path(path).exists()
 
 
-def _no_issuer_on_disk(path: Path) -> str:
+def _no_issuer_on_disk(path: Path, base: Path) -> str:
     return (
-        f"{path}: the file has no chain and there is no {path.name}.issuer; writing "
-        f"{path.name}.ocsp would stop HAProxy from starting, so nothing was stored "
+        f"{path}: the file has no chain and there is no {base.name}.issuer; writing "
+        f"{base.name}.ocsp would stop HAProxy from starting, so nothing was stored "
         "(append the issuer to the PEM or create the .issuer file)"
     )
 
