@@ -30,6 +30,9 @@ HAProxy 2.6/2.8 (src/ssl_crtlist.c, src/cfgparse-ssl.c, src/tools.c
   2.8 spin at start-up, so it is an error here.
 - ``stats socket`` defaults to ``level operator`` (measured); only ``level
   admin`` sockets can do what hastaple needs (HAPROXY.md §0.9).
+- HAProxy 3.x ``crt-store`` sections and the ``@store/name`` references to
+  them: ``hastaple.haproxy.crtstore`` reads them; a reference that names a
+  ``load`` line resolves to that line's files and runtime name.
 """
 
 from __future__ import annotations
@@ -38,12 +41,13 @@ import os
 import re
 import stat
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
 from hastaple.errors import ConfigError
 from hastaple.haproxy.cfgwords import SPACE, split_line
+from hastaple.haproxy.crtstore import CrtStoreReader, CrtStores, StoreLoad
 
 #: Suffixes HAProxy never loads as a certificate from a ``crt`` directory (HAPROXY.md §5.10).
 RESERVED_SUFFIXES = frozenset({".key", ".ocsp", ".issuer", ".sctl"})
@@ -131,12 +135,20 @@ class CertEntry:
     ``path`` is absolute (for reading and for writing ``<path>.ocsp``);
     ``names`` are the spellings HAProxy's runtime API uses for it (``show ssl
     cert``), empty when unknown (a certificate given as an argument).
+    ``ocsp_file`` is the file HAProxy loads the staple from when it is not
+    ``<path>.ocsp`` (a crt-store ``load ... ocsp <file>``). ``ocsp_at_start``
+    is False when HAProxy reads no staple file for it when it starts (a
+    ``load`` line without ``ocsp``): the staple lasts only until HAProxy
+    restarts unless pushed again; ``ocsp_source`` names the line that says so.
     """
 
     path: Path
     managed: bool = False
     source: str = ""
     names: tuple[str, ...] = ()
+    ocsp_file: Path | None = None
+    ocsp_at_start: bool = True
+    ocsp_source: str = ""
 
     @property
     def haproxy_names(self) -> tuple[str, ...]:
@@ -161,6 +173,8 @@ class CertRef:
     path: str
     crt_base: str | None
     source: str
+    # The crt-store loads and updater settings read before this line (HAProxy 3.x).
+    stores: CrtStores | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,7 +316,7 @@ def _ocsp_update_on(options: Sequence[str]) -> bool:
 
 def _join_base(path: str, crt_base: str | None) -> str:
     """HAProxy's spelling: ``"<crt-base>/<path>"`` for a relative path when crt-base is set."""
-    if crt_base and not path.startswith("/"):
+    if crt_base and not path.startswith(("/", "@")):  # "@store/name" is a crt-store's
         return f"{crt_base}/{path}"
     return path
 
@@ -341,6 +355,7 @@ def parse_haproxy_config(
     sockets: list[StatsSocket] = []
     warnings: list[str] = []
     crt_base: str | None = None
+    crt_stores = CrtStoreReader()
     section = ""
     for number, raw in enumerate(text.split("\n"), start=1):
         where = f"{source}:{number}"
@@ -356,16 +371,17 @@ def parse_haproxy_config(
         elif section == "global" and keyword == "stats" and words[1:2] == ["socket"]:
             socket = _stats_socket(words, where)
             sockets.append(socket)
-            refs.extend(_bind_refs(words[3:], crt_base, where))
+            refs.extend(_bind_refs(words[3:], crt_base, where, crt_stores.stores()))
             warning = _socket_warning(socket)
             if warning:
                 warnings.append(warning)
         elif keyword == "bind" and section != "global":
-            bind_refs = tuple(_bind_refs(words[2:], crt_base, where))
+            bind_refs = tuple(_bind_refs(words[2:], crt_base, where, crt_stores.stores()))
             refs.extend(bind_refs)
             address = words[1] if len(words) > 1 else ""
             ssl = _has_flag(words[2:], "ssl")
             binds.append(Bind(address, ssl=ssl, refs=bind_refs, source=where))
+        crt_stores.feed(section, words, where)  # crt-store sections and their global settings
     return HAProxyConfig(
         refs=tuple(refs),
         crt_base=crt_base,
@@ -386,7 +402,9 @@ def _has_flag(options: Sequence[str], flag: str) -> bool:
     return False
 
 
-def _bind_refs(options: Sequence[str], crt_base: str | None, where: str) -> Iterator[CertRef]:
+def _bind_refs(
+    options: Sequence[str], crt_base: str | None, where: str, stores: CrtStores | None = None
+) -> Iterator[CertRef]:
     """The ``crt``/``crt-list`` arguments among bind options."""
     index = 0
     while index < len(options):
@@ -395,7 +413,9 @@ def _bind_refs(options: Sequence[str], crt_base: str | None, where: str) -> Iter
             if index + 1 >= len(options) or not options[index + 1]:
                 raise ConfigError(f"{where}: '{word}' needs a certificate location")
             kind: Literal["crt", "crt-list"] = "crt-list" if word == "crt-list" else "crt"
-            yield CertRef(kind=kind, path=options[index + 1], crt_base=crt_base, source=where)
+            yield CertRef(
+                kind=kind, path=options[index + 1], crt_base=crt_base, source=where, stores=stores
+            )
             index += 2
         elif word in _ARG_KEYWORDS:
             index += 2
@@ -520,12 +540,60 @@ def resolve_ref(ref: CertRef, *, cwd: Path) -> list[CertEntry]:
 
 def _resolve_ref(ref: CertRef, cwd: Path) -> list[CertEntry]:
     """Turn one haproxy.cfg reference into certificate entries, checking the files."""
+    return _crt_store_view(ref, _resolve_files(ref, cwd), cwd)
+
+
+# ---- crt-store (HAProxy 3.x): what a reference means when a crt-store defines it
+def _crt_store_view(ref: CertRef, entries: list[CertEntry], cwd: Path) -> list[CertEntry]:
+    """Entries that name a crt-store ``load`` become that load's; the global updater applies."""
+    stores = ref.stores or CrtStores()
+    viewed = []
+    for entry in entries:
+        load = stores.lookup(entry.names[0]) if entry.names else None
+        if load is not None:
+            entry = _store_entry(load, stores, cwd, managed=entry.managed)  # noqa: PLW2901
+        elif stores.updater_default_on:  # 3.x: ocsp-update.mode on covers every certificate
+            entry = replace(entry, managed=True)  # noqa: PLW2901
+        viewed.append(entry)
+    return viewed
+
+
+def _store_entry(load: StoreLoad, stores: CrtStores, cwd: Path, *, managed: bool) -> CertEntry:
+    """A crt-store certificate: its PEM, runtime name, and the staple file HAProxy reads."""
+    # A missing 'ocsp' file is not an error here: HAProxy cannot start without it,
+    # and writing it is exactly what hastaple is about to do.
+    if _stat_or_none(cwd / load.crt) is None:
+        raise ConfigError(f"{load.source}: crt {load.crt}: No such file or directory")
+    return CertEntry(
+        path=cwd / load.crt,
+        managed=managed or stores.managed(load),
+        source=load.source,
+        names=(load.name,),
+        ocsp_file=None if load.ocsp is None else cwd / load.ocsp,
+        ocsp_at_start=load.ocsp is not None,
+        ocsp_source=load.source,
+    )
+
+
+# ---- end of crt-store
+
+
+def _resolve_files(ref: CertRef, cwd: Path) -> list[CertEntry]:
+    """The certificate entries one reference names, before crt-store lookups."""
     if ref.kind == "crt-list":
         listed = cwd / ref.path  # HAProxy never applies crt-base to the list file itself
         text = _read(listed, f"{ref.source}: crt-list {ref.path}")
         entries = parse_crt_list(text, source=str(listed), crt_base=ref.crt_base, cwd=cwd)
-        return _check_listed(entries)
+        stores = ref.stores or CrtStores()
+        checked: list[CertEntry] = []
+        for entry in entries:  # a crt-store's certificate is checked as the store's
+            checked.extend([entry] if stores.lookup(entry.names[0]) else _check_listed([entry]))
+        return checked
     name = _join_base(ref.path, ref.crt_base)
+    if ref.stores is not None and ref.stores.lookup(name) is not None:
+        return [CertEntry(path=cwd / name, source=ref.source, names=(name,))]
+    if name.startswith("@"):
+        raise ConfigError(f"{ref.source}: {name} names no certificate of a crt-store section above")
     full = cwd / name
     info = _stat_or_none(full)
     if info is not None and stat.S_ISDIR(info.st_mode):
@@ -597,11 +665,13 @@ def _dedupe(entries: Sequence[CertEntry]) -> tuple[CertEntry, ...]:
             merged[entry.path] = entry
         else:
             names = tuple(dict.fromkeys(seen.names + entry.names))
-            merged[entry.path] = CertEntry(
-                path=seen.path,
+            merged[entry.path] = replace(
+                seen,
                 managed=seen.managed or entry.managed,
-                source=seen.source,
                 names=names,
+                ocsp_file=seen.ocsp_file or entry.ocsp_file,
+                ocsp_at_start=seen.ocsp_at_start and entry.ocsp_at_start,
+                ocsp_source=seen.ocsp_source or entry.ocsp_source,
             )
     return tuple(merged.values())
 
