@@ -33,7 +33,7 @@ defaults
     timeout client 5s
     timeout server 5s
     timeout connect 5s
-
+{sections}
 frontend tls
     bind 127.0.0.1:{port} ssl {certs} strict-sni
     http-request return status 200
@@ -157,11 +157,15 @@ def start(
     global_extra: str = "",
     master: bool = False,
     crt_list: Path | None = None,
+    certs: str | None = None,
+    sections: str = "",
 ) -> HAProxy:
     """
     Start HAProxy serving every certificate in ``crt_dir``; wait until the socket answers.
 
     ``master`` runs it master-worker (``-W -S <workdir>/master.sock``).
+    ``certs`` replaces the bind's ``crt <crt_dir>`` (e.g. ``crt "@store/name"``);
+    ``sections`` is text put before the frontend (e.g. ``crt-store`` sections).
     ``workdir`` should be short: a unix socket path must fit 107 bytes.
     """
     extra_args = ["-W", "-S", str(workdir / "master.sock")] if master else []
@@ -170,8 +174,12 @@ def start(
     for _ in range(3):
         port = free_port()
         cfg = workdir / "haproxy.cfg"
-        certs = f"crt-list {crt_list}" if crt_list else f"crt {crt_dir}"
-        cfg.write_text(_CONFIG.format(sock=sock, port=port, certs=certs, global_extra=global_extra))
+        bind_certs = certs or (f"crt-list {crt_list}" if crt_list else f"crt {crt_dir}")
+        cfg.write_text(
+            _CONFIG.format(
+                sock=sock, port=port, certs=bind_certs, global_extra=global_extra, sections=sections
+            )
+        )
         log = (workdir / "haproxy.log").open("wb")
         proc = subprocess.Popen(
             [binary, "-db", *extra_args, "-f", str(cfg)],

@@ -69,6 +69,9 @@ class ResultRow:
     # The certificate file itself is unusable (exit 2), as opposed to a failed
     # fetch or deploy (exit 1). Not part of the JSON contract.
     bad_input: bool = False
+    # Something the operator should change though the row is in order (for
+    # example a staple HAProxy will not reload by itself); in JSON only when set.
+    note: str | None = None
 
     @classmethod
     def of(
@@ -95,7 +98,7 @@ class ResultRow:
             "next_update": rfc3339(self.next_update),
             "error": self.error,
             "haproxy": dict(self.haproxy),
-        }
+        } | ({"note": self.note} if self.note else {})
 
 
 @overload

@@ -96,6 +96,7 @@ class _Cert:
     url: str
     names: tuple[str, ...]  # how HAProxy spells the file in runtime commands
     pem_fp: index.Fingerprint | None = None  # the PEM file as it was before parsing
+    staple_file: Path | None = None  # where HAProxy reads the staple, if not <crt>.ocsp
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,7 +167,7 @@ async def run_outcomes(
 
     async def worker() -> None:
         for i, entry in todo:
-            results[i] = prepared = await _prepare(entry, options, fetcher, now, ctx)
+            results[i] = prepared = _noted(entry, await _prepare(entry, options, fetcher, now, ctx))
             if progress is not None:
                 progress()
             if pusher is not None and prepared.staple is not None:
@@ -256,7 +257,9 @@ async def _prepare(  # noqa: PLR0911 - one early return per kind of row
         if entry.managed:
             return _Prepared(ResultRow(name, None, Status.MANAGED, Action.SKIPPED))
         pem_fp = index.fingerprint(entry.path)
-        if not options.force and (hit := _from_index(entry, pem_fp, options, now, ctx)):
+        # The index knows only <crt>.ocsp: a crt-store's own staple file goes the long way.
+        cached = not options.force and entry.ocsp_file is None
+        if cached and (hit := _from_index(entry, pem_fp, options, now, ctx)):
             return hit
         bundle = pem.parse_file(entry.path)
         url = issuers.ocsp_url(bundle.leaf)
@@ -264,7 +267,10 @@ async def _prepare(  # noqa: PLR0911 - one early return per kind of row
             return _Prepared(ResultRow(name, None, Status.NO_OCSP, Action.SKIPPED))
         state_dir = None if options.dry_run else options.state_dir  # dry-run writes nothing
         issuer, issuer_pem = await resolve_issuer(entry.path, bundle, fetcher, state_dir)
-        cert = _Cert(entry.path, bundle.leaf, issuer, issuer_pem, url, entry.haproxy_names, pem_fp)
+        cert = _Cert(
+            entry.path, bundle.leaf, issuer, issuer_pem, url, entry.haproxy_names, pem_fp,
+            entry.ocsp_file,
+        )  # fmt: skip
         return await _refresh(cert, options, fetcher, now, ctx)
     except CertificateError as exc:
         return _Prepared(dataclasses.replace(_failed(name, url, str(exc)), bad_input=True))
@@ -337,7 +343,7 @@ async def _refresh(
 ) -> _Prepared:
     """Keep the staple on disk while it is fresh; otherwise fetch, validate and store."""
     name, url, path = str(cert.path), cert.url, cert.path
-    staple_path = store.staple_path(path)
+    staple_path = cert.staple_file or store.staple_path(path)
     ocsp_fp = index.fingerprint(staple_path)  # before reading: a later change is a miss
     # None: no file; size 0: HAProxy's "empty .ocsp" registration (§0.2). Nothing to read.
     has_bytes = ocsp_fp is not None and ocsp_fp[1] > 0
@@ -368,7 +374,7 @@ async def _fetch(
 ) -> _Prepared:
     """Ask the CA, validate, and store the answer if it is better than ``current``."""
     name, url, path = str(cert.path), cert.url, cert.path
-    staple_path = store.staple_path(path)
+    staple_path = cert.staple_file or store.staple_path(path)
     req = request.build(cert.leaf, cert.issuer)
     cert_id = request.cert_id_of(req)  # one request built per certificate, not two
     reply = await fetcher.ocsp(url, req)
@@ -397,6 +403,19 @@ async def _fetch(
         await ctx.writer.write(staple_path, reply.der, owner_of=path)
         _remember(ctx, cert, staple, index.fingerprint_if(staple_path, reply.der))
     return _Prepared(ResultRow.of(name, url, verdict, Action.FETCHED), staple, **hints)
+
+
+def _noted(entry: CertEntry, prepared: _Prepared) -> _Prepared:
+    """Add to the row that HAProxy will not load this staple by itself when it restarts."""
+    if entry.ocsp_at_start or entry.managed:
+        return prepared
+    note = (
+        f"{entry.ocsp_source}: HAProxy reads no staple file for this certificate when it "
+        "starts or reloads, so a staple lasts only until then unless hastaple run pushes it "
+        f"again. For a crt-store certificate, add 'ocsp {store.staple_path(entry.path)}' to "
+        "its load line (hastaple keeps that file fresh) and the staple survives on its own."
+    )
+    return dataclasses.replace(prepared, row=dataclasses.replace(prepared.row, note=note))
 
 
 async def resolve_issuer(
