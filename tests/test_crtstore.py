@@ -135,6 +135,13 @@ def test_discover_follows_store_references(tmp_path):
     assert (a.names, a.ocsp_file, a.ocsp_at_start) == (("@web/a",), tmp_path / "a.ocsp", True)
     assert (b.names, b.ocsp_file, b.ocsp_at_start) == (("@web/b.pem",), None, False)
     assert b.ocsp_source == f"{config}:5"
+    [warning] = found.warnings
+    assert warning == (
+        f"{config}:5: HAProxy reads no staple file for @web/b.pem when it starts or reloads "
+        "(its load line names no 'ocsp <file>'), so the staple lasts only until then; "
+        f"hastaple run pushes it again after a restart. Add 'ocsp {tmp_path}/b.pem.ocsp' "
+        "to that load line to keep it across reloads"
+    )
     assert (c.names, c.managed) == (("@web/c",), True)
 
 

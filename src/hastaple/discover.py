@@ -519,12 +519,14 @@ def discover(
         warnings.extend(config.warnings)
         sockets.extend(_socket_address(s.address, base) for s in config.sockets if _usable(s))
         for ref in config.refs:
-            found.extend(_resolve_ref(ref, base))
+            entries = _resolve_ref(ref, base)
+            found.extend(entries)
+            warnings.extend(_crt_store_warnings(ref, entries))
 
     return Discovery(
         certs=_dedupe(found),
         sockets=tuple(dict.fromkeys(sockets)),
-        warnings=tuple(warnings),
+        warnings=tuple(dict.fromkeys(warnings)),
     )
 
 
@@ -573,6 +575,19 @@ def _store_entry(load: StoreLoad, stores: CrtStores, cwd: Path, *, managed: bool
         ocsp_at_start=load.ocsp is not None,
         ocsp_source=load.source,
     )
+
+
+def _crt_store_warnings(ref: CertRef, entries: Sequence[CertEntry]) -> Iterator[str]:
+    """One warning per load line without 'ocsp': HAProxy will not reload its staple."""
+    for entry in entries:
+        load = ref.stores.lookup(entry.names[0]) if ref.stores and entry.names else None
+        if load is not None and load.ocsp is None and not entry.managed:
+            yield (
+                f"{load.source}: HAProxy reads no staple file for {load.name} when it starts "
+                "or reloads (its load line names no 'ocsp <file>'), so the staple lasts only "
+                "until then; hastaple run pushes it again after a restart. Add "
+                f"'ocsp {entry.path}.ocsp' to that load line to keep it across reloads"
+            )
 
 
 # ---- end of crt-store
