@@ -149,6 +149,7 @@ class CertEntry:
     ocsp_file: Path | None = None
     ocsp_at_start: bool = True
     ocsp_source: str = ""
+    issuer_file: Path | None = None  # a crt-store load line's 'issuer <file>'
 
     @property
     def haproxy_names(self) -> tuple[str, ...]:
@@ -572,6 +573,7 @@ def _store_entry(load: StoreLoad, stores: CrtStores, cwd: Path, *, managed: bool
         source=load.source,
         names=(load.name,),
         ocsp_file=None if load.ocsp is None else cwd / load.ocsp,
+        issuer_file=None if load.issuer is None else cwd / load.issuer,
         ocsp_at_start=load.ocsp is not None,
         ocsp_source=load.source,
     )

@@ -97,6 +97,7 @@ class _Cert:
     names: tuple[str, ...]  # how HAProxy spells the file in runtime commands
     pem_fp: index.Fingerprint | None = None  # the PEM file as it was before parsing
     staple_file: Path | None = None  # where HAProxy reads the staple, if not <crt>.ocsp
+    issuer_file: Path | None = None  # with staple_file: the load line's 'issuer <file>'
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,7 +270,7 @@ async def _prepare(  # noqa: PLR0911 - one early return per kind of row
         issuer, issuer_pem = await resolve_issuer(entry.path, bundle, fetcher, state_dir)
         cert = _Cert(
             entry.path, bundle.leaf, issuer, issuer_pem, url, entry.haproxy_names, pem_fp,
-            entry.ocsp_file,
+            entry.ocsp_file, entry.issuer_file,
         )  # fmt: skip
         return await _refresh(cert, options, fetcher, now, ctx)
     except CertificateError as exc:
@@ -396,8 +397,8 @@ async def _fetch(
         # expires sooner than ours: never replace a staple with a worse one.
         staple = _staple(cert, *current, cert_id=cert_id)
         return _Prepared(ResultRow.of(name, url, current[1], Action.FRESH), staple, **hints)
-    if cert.issuer_pem is not None and not _haproxy_can_find_issuer(path):
-        return _Prepared(ResultRow.of(name, url, verdict, Action.FAILED, _no_issuer_on_disk(path)))
+    if cert.issuer_pem is not None and (problem := _issuer_unreachable(cert)):
+        return _Prepared(ResultRow.of(name, url, verdict, Action.FAILED, problem))
     staple = _staple(cert, reply.der, verdict, cert_id=cert_id)
     if not options.dry_run:
         await ctx.writer.write(staple_path, reply.der, owner_of=path)
@@ -504,6 +505,23 @@ def _haproxy_can_find_issuer(path: Path) -> bool:
     written next to it.
     """
     return store.issuer_path(path).exists()
+
+
+def _issuer_unreachable(cert: _Cert) -> str | None:
+    """Why HAProxy could not compute the CertID of a chainless PEM's staple at start-up."""
+    if cert.staple_file is None:
+        return None if _haproxy_can_find_issuer(cert.path) else _no_issuer_on_disk(cert.path)
+    if cert.issuer_file is not None:
+        return None
+    # A crt-store load line: HAProxy 3 reads only its 'issuer <file>', never <crt>.issuer,
+    # and refuses to start when it cannot tie the 'ocsp' file, even an empty one, to an
+    # issuer (measured on 3.0.11).
+    return (
+        f"{cert.path}: the file has no chain and its crt-store load line names no "
+        f"'issuer <file>', so HAProxy cannot use {cert.staple_file} and refuses to start "
+        "with that line; nothing was stored (append the issuer to the PEM or add "
+        "'issuer <file>' to the load line)"
+    )
 
 
 def _no_issuer_on_disk(path: Path) -> str:

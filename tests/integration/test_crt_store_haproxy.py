@@ -279,3 +279,43 @@ async def _stapled(hap: haproxy_proc.HAProxy, name: str, within: float) -> None:
             return
         await asyncio.sleep(0.05)  # polling what a TLS client sees; there is no event for it
     pytest.fail(f"{name} not stapled within {within} s:\n{text}")
+
+
+async def test_chainless_pem_staple_is_written_only_where_haproxy_finds_the_issuer(
+    pki, openssl_responder, crt_dir, tmp_path
+):
+    """
+    A chainless PEM on a load line: HAProxy 3 takes the issuer only from 'issuer <file>'.
+
+    Without it HAProxy refuses to start with any file named by 'ocsp' (even an
+    empty one; its <crt>.issuer is ignored), so that row fails with the fix and
+    nothing is written; with it the staple is written and HAProxy starts stapled.
+    """
+    binary = haproxy_proc.require("3.0")
+    for name in ("bare", "given"):
+        leaf = pki.leaf(f"{name}.test", ocsp_url=openssl_responder.url)
+        openssl_responder.add(leaf.cert)
+        pki.write(crt_dir, f"{name}.pem", leaf, chain=False)  # and <name>.pem.issuer
+    (crt_dir / "ca.pem").write_bytes(pki.intermediate.cert_pem)
+    bare = "    load crt bare.pem alias bare ocsp bare.ocsp\n"
+    given = (
+        f"crt-store web\n    crt-base {crt_dir}\n"
+        "    load crt given.pem alias given ocsp given.ocsp issuer ca.pem\n"
+    )
+    workdir = tmp_path / "w"
+    workdir.mkdir()
+    config = workdir / "both.cfg"
+    binds = 'frontend f\n    bind :1 ssl crt "@web/bare" crt "@web/given"\n'
+    config.write_text(given + bare + binds)
+    code, rows, err = await fetch_json("--haproxy-config", config)
+    assert code == 1, err
+    by_name = {Path(str(r["cert"])).stem: r for r in rows}
+    assert by_name["bare"]["action"] == "failed"
+    assert "names no 'issuer <file>'" in str(by_name["bare"]["error"])
+    assert not (crt_dir / "bare.ocsp").exists()
+    assert by_name["given"]["action"] == "fetched"
+    hap = haproxy_proc.start(binary, workdir, crt_dir, certs='crt "@web/given"', sections=given)
+    try:
+        assert "Cert Status: good" in _served(hap, "given")
+    finally:
+        hap.stop()
