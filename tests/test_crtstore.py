@@ -179,3 +179,17 @@ def test_unknown_store_reference_names_the_line(tmp_path):
     )
     with pytest.raises(ConfigError, match=r"haproxy.cfg:2: @web/a names no certificate"):
         discover(haproxy_configs=[config], cwd=tmp_path)
+
+
+def test_a_certificate_referenced_twice_keeps_its_store_files(tmp_path):
+    """Two binds naming one load line: one entry, still with the load line's staple file."""
+    _write_pem(tmp_path / "a.pem")
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(
+        f"crt-store web\n load crt {tmp_path}/a.pem alias a ocsp a.der issuer ca.pem\n"
+        'frontend f\n bind :443 ssl crt "@web/a"\n bind :8443 ssl crt "@web/a"\n'
+    )
+    [entry] = discover(haproxy_configs=[config], cwd=tmp_path).certs
+    assert (entry.names, entry.ocsp_file, entry.issuer_file) == (
+        ("@web/a",), tmp_path / "a.der", tmp_path / "ca.pem",
+    )  # fmt: skip
