@@ -43,6 +43,9 @@ HAProxy 2.6/2.8 (src/ssl_crtlist.c, src/cfgparse-ssl.c, src/tools.c
   parsing it, so the setting in force at that line counts. With del-ext,
   ``site.crt`` gets its extras from ``site.ocsp``, ``site.issuer``,
   ``site.key``; without ``ocsp``, no ``.ocsp`` file is read at start-up.
+- HAProxy 3.x ``crt-store`` sections and the ``@store/name`` references to
+  them: ``hastaple.haproxy.crtstore`` reads them; a reference that names a
+  ``load`` line resolves to that line's files and runtime name.
 """
 
 from __future__ import annotations
@@ -54,13 +57,14 @@ import re
 import socket
 import stat
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
 from hastaple.errors import ConfigError
 from hastaple.haproxy import cfgcond, cfgread, process
 from hastaple.haproxy.cfgwords import SPACE
+from hastaple.haproxy.crtstore import CrtStoreReader, CrtStores, StoreLoad
 
 logger = logging.getLogger(__name__)
 
@@ -175,10 +179,12 @@ class CertEntry:
     HAProxy's runtime API uses for it (``show ssl cert``), empty when unknown
     (a certificate given as an argument). ``extra_base`` is what HAProxy
     appends ``.ocsp`` and ``.issuer`` to when that is not ``path``
-    (``ssl-load-extra-del-ext``). ``ocsp_at_start`` is False when HAProxy does
-    not read ``.ocsp`` files when it starts (``ssl-load-extra-files`` without
-    ``ocsp``): the staple lasts only until HAProxy restarts unless pushed
-    again; ``ocsp_source`` names the configuration line that says so.
+    (``ssl-load-extra-del-ext``). ``ocsp_file`` is the file HAProxy loads the
+    staple from when it is not ``<base>.ocsp`` (a crt-store ``load ... ocsp
+    <file>``). ``ocsp_at_start`` is False when HAProxy reads no staple file
+    for it when it starts (``ssl-load-extra-files`` without ``ocsp``, or a
+    ``load`` line without ``ocsp``): the staple lasts only until HAProxy
+    restarts unless pushed again; ``ocsp_source`` names the line that says so.
     """
 
     path: Path
@@ -188,6 +194,8 @@ class CertEntry:
     extra_base: Path | None = None
     ocsp_at_start: bool = True
     ocsp_source: str = ""
+    ocsp_file: Path | None = None
+    issuer_file: Path | None = None  # a crt-store load line's 'issuer <file>'
 
     @property
     def haproxy_names(self) -> tuple[str, ...]:
@@ -224,6 +232,8 @@ class CertRef:
     # The directory HAProxy is in while reading this line (``global default-path``),
     # relative to the one it started in; None: the one it started in.
     directory: str | None = None
+    # The crt-store loads and updater settings read before this line (HAProxy 3.x).
+    stores: CrtStores | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -367,7 +377,7 @@ def _ocsp_update_on(options: Sequence[str]) -> bool:
 
 def _join_base(path: str, crt_base: str | None) -> str:
     """HAProxy's spelling: ``"<crt-base>/<path>"`` for a relative path when crt-base is set."""
-    if crt_base and not path.startswith("/"):
+    if crt_base and not path.startswith(("/", "@")):  # "@store/name" is a crt-store's
         return f"{crt_base}/{path}"
     return path
 
@@ -413,6 +423,7 @@ def parse_haproxy_config(
     sockets: list[StatsSocket] = []
     warnings: list[str] = []
     state = _Global(source)
+    crt_stores = CrtStoreReader()
     for line in reader.lines(text, source):
         where, section, words = line.where, line.section, line.words
         keyword = words[0]
@@ -421,19 +432,20 @@ def parse_haproxy_config(
         elif section == "global" and keyword == "stats" and words[1:2] == ["socket"]:
             socket = _stats_socket(words, where)
             sockets.append(socket)
-            refs.extend(state.refs(words[3:], where))
+            refs.extend(state.refs(words[3:], where, crt_stores.stores()))
             warning = _socket_warning(socket)
             if warning:
                 warnings.append(warning)
         elif section == "global":
             state.read(words, where)
         elif keyword == "bind":
-            bind_refs = tuple(state.refs(words[2:], where))
+            bind_refs = tuple(state.refs(words[2:], where, crt_stores.stores()))
             refs.extend(bind_refs)
             address = words[1] if len(words) > 1 else ""
             ssl = _has_flag(words[2:], "ssl")
             proxy = _has_flag(words[2:], "accept-proxy")
             binds.append(Bind(address, ssl=ssl, refs=bind_refs, source=where, accept_proxy=proxy))
+        crt_stores.feed(section, words, where)  # crt-store sections and their global settings
     warnings.extend(reader.warnings)
     warnings.extend(_no_ocsp_warnings(refs))
     return HAProxyConfig(
@@ -470,9 +482,11 @@ class _Global:
         elif keyword == "ssl-load-extra-del-ext":
             self.extra = ExtraFiles(self.extra.kinds, del_ext=True, source=self.extra.source)
 
-    def refs(self, options: Sequence[str], where: str) -> Iterator[CertRef]:
+    def refs(
+        self, options: Sequence[str], where: str, stores: CrtStores | None = None
+    ) -> Iterator[CertRef]:
         """The ``crt``/``crt-list`` arguments among bind options, with these settings."""
-        return _bind_refs(options, self.crt_base, self.extra, self.directory, where)
+        return _bind_refs(options, self.crt_base, self.extra, self.directory, where, stores=stores)
 
 
 def _default_path(words: Sequence[str], source: str, where: str) -> str | None:
@@ -548,6 +562,8 @@ def _bind_refs(
     extra: ExtraFiles,
     directory: str | None,
     where: str,
+    *,
+    stores: CrtStores | None = None,
 ) -> Iterator[CertRef]:
     """The ``crt``/``crt-list`` arguments among bind options."""
     index = 0
@@ -557,7 +573,7 @@ def _bind_refs(
             if index + 1 >= len(options) or not options[index + 1]:
                 raise ConfigError(f"{where}: '{word}' needs a certificate location")
             kind: Literal["crt", "crt-list"] = "crt-list" if word == "crt-list" else "crt"
-            yield CertRef(kind, options[index + 1], crt_base, where, extra, directory)
+            yield CertRef(kind, options[index + 1], crt_base, where, extra, directory, stores)
             index += 2
         elif word in _ARG_KEYWORDS:
             index += 2
@@ -675,12 +691,14 @@ def discover(
             if s.level != "admin" and not s.tls and not s.address.startswith(("fd@", "sockpair@"))
         )
         for ref in config.refs:
-            found.extend(_resolve_ref(ref, root))
+            entries = _resolve_ref(ref, root)
+            found.extend(entries)
+            warnings.extend(_crt_store_warnings(ref, entries))
 
     return Discovery(
         certs=_dedupe(found),
         sockets=tuple(dict.fromkeys(sockets)),
-        warnings=tuple(warnings),
+        warnings=tuple(dict.fromkeys(warnings)),
         below_admin=tuple(dict.fromkeys(below_admin)),
     )
 
@@ -749,19 +767,82 @@ def resolve_ref(ref: CertRef, *, cwd: Path) -> list[CertEntry]:
 
 def _resolve_ref(ref: CertRef, cwd: Path) -> list[CertEntry]:
     """Turn one haproxy.cfg reference into certificate entries, checking the files."""
-    return [_with_extra(entry, ref.extra) for entry in _ref_files(ref, cwd)]
+    if ref.directory is not None:
+        cwd = cwd / ref.directory
+    files = [_with_extra(entry, ref.extra) for entry in _ref_files(ref, cwd)]
+    return _crt_store_view(ref, files, cwd)
+
+
+# ---- crt-store (HAProxy 3.x): what a reference means when a crt-store defines it
+def _crt_store_view(ref: CertRef, entries: list[CertEntry], cwd: Path) -> list[CertEntry]:
+    """Entries that name a crt-store ``load`` become that load's; the global updater applies."""
+    stores = ref.stores or CrtStores()
+    viewed = []
+    for entry in entries:
+        load = stores.lookup(entry.names[0]) if entry.names else None
+        if load is not None:
+            entry = _store_entry(load, stores, cwd, managed=entry.managed)  # noqa: PLW2901
+        elif stores.updater_default_on:  # 3.x: ocsp-update.mode on covers every certificate
+            entry = replace(entry, managed=True)  # noqa: PLW2901
+        viewed.append(entry)
+    return viewed
+
+
+def _store_entry(load: StoreLoad, stores: CrtStores, cwd: Path, *, managed: bool) -> CertEntry:
+    """A crt-store certificate: its PEM, runtime name, and the staple file HAProxy reads."""
+    # A missing 'ocsp' file is not an error here: HAProxy cannot start without it,
+    # and writing it is exactly what hastaple is about to do.
+    if _stat_or_none(cwd / load.crt) is None:
+        raise ConfigError(f"{load.source}: crt {load.crt}: No such file or directory")
+    return CertEntry(
+        path=cwd / load.crt,
+        managed=managed or stores.managed(load),
+        source=load.source,
+        names=(load.name,),
+        ocsp_file=None if load.ocsp is None else cwd / load.ocsp,
+        issuer_file=None if load.issuer is None else cwd / load.issuer,
+        ocsp_at_start=load.ocsp is not None,
+        ocsp_source=load.source,
+    )
+
+
+def _crt_store_warnings(ref: CertRef, entries: Sequence[CertEntry]) -> Iterator[str]:
+    """One warning per load line without 'ocsp': HAProxy will not reload its staple."""
+    for entry in entries:
+        load = ref.stores.lookup(entry.names[0]) if ref.stores and entry.names else None
+        if load is not None and load.ocsp is None and not entry.managed:
+            yield (
+                f"{load.source}: HAProxy reads no staple file for {load.name} when it starts "
+                "or reloads (its load line names no 'ocsp <file>'), so the staple lasts only "
+                "until then; hastaple run pushes it again after a restart. Add "
+                f"'ocsp {entry.path}.ocsp' to that load line to keep it across reloads"
+            )
+
+
+# ---- end of crt-store
 
 
 def _ref_files(ref: CertRef, cwd: Path) -> list[CertEntry]:
+    """The certificate entries one reference names, before crt-store lookups."""
     bundles = "bundle" in ref.extra.kinds
-    if ref.directory is not None:
-        cwd = cwd / ref.directory
     if ref.kind == "crt-list":
         listed = cwd / ref.path  # HAProxy never applies crt-base to the list file itself
         text = _read(listed, f"{ref.source}: crt-list {ref.path}")
         entries = parse_crt_list(text, source=str(listed), crt_base=ref.crt_base, cwd=cwd)
-        return _check_listed(entries, bundles=bundles)
+        stores = ref.stores or CrtStores()
+        checked: list[CertEntry] = []
+        for entry in entries:  # a crt-store's certificate is checked as the store's
+            checked.extend(
+                [entry]
+                if stores.lookup(entry.names[0])
+                else _check_listed([entry], bundles=bundles)
+            )
+        return checked
     name = _join_base(ref.path, ref.crt_base)
+    if ref.stores is not None and ref.stores.lookup(name) is not None:
+        return [CertEntry(path=cwd / name, source=ref.source, names=(name,))]
+    if name.startswith("@"):
+        raise ConfigError(f"{ref.source}: {name} names no certificate of a crt-store section above")
     full = cwd / name
     info = _stat_or_none(full)
     if info is not None and stat.S_ISDIR(info.st_mode):
@@ -848,6 +929,7 @@ def _dedupe(entries: Sequence[CertEntry]) -> tuple[CertEntry, ...]:
                 seen,
                 managed=seen.managed or entry.managed,
                 names=names,
+                ocsp_file=seen.ocsp_file or entry.ocsp_file,
                 ocsp_at_start=seen.ocsp_at_start and entry.ocsp_at_start,
                 ocsp_source=seen.ocsp_source or entry.ocsp_source,
             )

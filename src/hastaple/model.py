@@ -75,6 +75,9 @@ class ResultRow:
     # deploy. The run exits 2 only when every row is such (nothing could be
     # done); otherwise it is one failed certificate (exit 1). Not in the JSON.
     bad_input: bool = False
+    # Something the operator should change though the row is in order (for
+    # example a staple HAProxy will not reload by itself); in JSON only when set.
+    note: str | None = None
 
     @classmethod
     def of(
@@ -111,7 +114,7 @@ class ResultRow:
             "haproxy": dict(self.haproxy),
             "aliases": dict(self.aliases),
             "must_staple": self.must_staple,
-        }
+        } | ({"note": self.note} if self.note else {})
 
 
 @overload

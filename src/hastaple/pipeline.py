@@ -111,6 +111,9 @@ class _Cert:
     def files_base(self) -> Path:
         return self.base or self.path
 
+    staple_file: Path | None = None  # where HAProxy reads the staple, if not <crt>.ocsp
+    issuer_file: Path | None = None  # with staple_file: the load line's 'issuer <file>'
+
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
@@ -210,7 +213,7 @@ async def _run_locked(
         pusher = Pusher(options.sockets, deployed, below_admin=dict(options.below_admin))
 
     async def one(i: int, entry: CertEntry) -> None:
-        results[i] = prepared = await _prepare(entry, options, fetcher, now, ctx)
+        results[i] = prepared = _noted(entry, await _prepare(entry, options, fetcher, now, ctx))
         if progress is not None:
             progress()
         if pusher is not None and prepared.staple is not None:
@@ -330,7 +333,9 @@ async def _prepare(  # noqa: PLR0911 - one early return per kind of row
         if entry.managed:
             return _Prepared(ResultRow(name, None, Status.MANAGED, Action.SKIPPED))
         pem_fp = index.fingerprint(entry.path)
-        if not options.force and (hit := _from_index(entry, pem_fp, options, now, ctx)):
+        # The index knows only <crt>.ocsp: a crt-store's own staple file goes the long way.
+        cached = not options.force and entry.ocsp_file is None
+        if cached and (hit := _from_index(entry, pem_fp, options, now, ctx)):
             return hit
         bundle = pem.parse_file(entry.path)
         must_staple = pem.is_must_staple(bundle.leaf)
@@ -344,7 +349,8 @@ async def _prepare(  # noqa: PLR0911 - one early return per kind of row
         )
         cert = _Cert(
             entry.path, bundle.leaf, issuer, issuer_pem, url, entry.haproxy_names, pem_fp,
-            must_staple=must_staple, base=entry.extra_base,
+            must_staple=must_staple, base=entry.extra_base, staple_file=entry.ocsp_file,
+            issuer_file=entry.issuer_file,
         )  # fmt: skip
         done = await _refresh(cert, options, fetcher, now, ctx)
         return dataclasses.replace(done, row=dataclasses.replace(done.row, must_staple=must_staple))
@@ -428,7 +434,7 @@ async def _refresh(
 ) -> _Prepared:
     """Keep the staple on disk while it is fresh; otherwise fetch, validate and store."""
     name, url, path = str(cert.path), cert.url, cert.path
-    staple_path = store.staple_path(cert.files_base)
+    staple_path = cert.staple_file or store.staple_path(cert.files_base)
     ocsp_fp = index.fingerprint(staple_path)  # before reading: a later change is a miss
     # None: no file; size 0: HAProxy's "empty .ocsp" registration (§0.2). Nothing to read.
     has_bytes = ocsp_fp is not None and ocsp_fp[1] > 0
@@ -445,9 +451,9 @@ async def _refresh(
         status, what = (Status.REVOKED, "the CA said REVOKED") if revoked else (Status.ERROR, "")
         error = f"no valid {staple_path.name} to deploy" + (f" ({what})" if what else "")
         return _Prepared(ResultRow(name, url, status, Action.SKIPPED, error=error))
-    if cert.issuer_pem is not None and not _haproxy_can_find_issuer(cert.files_base):
+    if cert.issuer_pem is not None and (problem := _issuer_unreachable(cert)):
         # Decided before asking the CA: no answer could be stored, so none is asked for.
-        return _Prepared(_failed(name, url, _no_issuer_on_disk(path, cert.files_base)))
+        return _Prepared(_failed(name, url, problem))
     return await _fetch(cert, current, options=options, fetcher=fetcher, now=now, ctx=ctx)
 
 
@@ -462,7 +468,7 @@ async def _fetch(
 ) -> _Prepared:
     """Ask the CA, validate, and store the answer if it is better than ``current``."""
     name, url, path = str(cert.path), cert.url, cert.path
-    staple_path = store.staple_path(cert.files_base)
+    staple_path = cert.staple_file or store.staple_path(cert.files_base)
     req = request.build(cert.leaf, cert.issuer)
     cert_id = request.cert_id_of(req)  # one request built per certificate, not two
     reply = await fetcher.ocsp(url, req)
@@ -489,6 +495,19 @@ async def _fetch(
         await ctx.writer.write(staple_path, reply.der, owner_of=path)
         _remember(ctx, cert, staple, index.fingerprint_if(staple_path, reply.der))
     return _Prepared(ResultRow.of(name, url, verdict, Action.FETCHED), staple, **hints)
+
+
+def _noted(entry: CertEntry, prepared: _Prepared) -> _Prepared:
+    """Add to the row that HAProxy will not load this staple by itself when it restarts."""
+    if entry.ocsp_at_start or entry.managed:
+        return prepared
+    note = (
+        f"{entry.ocsp_source}: HAProxy reads no staple file for this certificate when it "
+        "starts or reloads, so a staple lasts only until then unless hastaple run pushes it "
+        f"again. For a crt-store certificate, add 'ocsp {store.staple_path(entry.path)}' to "
+        "its load line (hastaple keeps that file fresh) and the staple survives on its own."
+    )
+    return dataclasses.replace(prepared, row=dataclasses.replace(prepared.row, note=note))
 
 
 async def resolve_issuer(
@@ -625,6 +644,25 @@ def _haproxy_can_find_issuer(path: Path) -> bool:
     written next to it.
     """
     return store.issuer_path(path).exists()
+
+
+def _issuer_unreachable(cert: _Cert) -> str | None:
+    """Why HAProxy could not compute the CertID of a chainless PEM's staple at start-up."""
+    if cert.staple_file is None:
+        if _haproxy_can_find_issuer(cert.files_base):
+            return None
+        return _no_issuer_on_disk(cert.path, cert.files_base)
+    if cert.issuer_file is not None:
+        return None
+    # A crt-store load line: HAProxy 3 reads only its 'issuer <file>', never <crt>.issuer,
+    # and refuses to start when it cannot tie the 'ocsp' file, even an empty one, to an
+    # issuer (measured on 3.0.11).
+    return (
+        f"{cert.path}: the file has no chain and its crt-store load line names no "
+        f"'issuer <file>', so HAProxy cannot use {cert.staple_file} and refuses to start "
+        "with that line; nothing was stored (append the issuer to the PEM or add "
+        "'issuer <file>' to the load line)"
+    )
 
 
 def _no_issuer_on_disk(path: Path, base: Path) -> str:
