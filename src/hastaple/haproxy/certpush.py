@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from hastaple.errors import HAProxyCommandFailed, HAProxyUnreachable
-from hastaple.haproxy import certload, client, protocol
+from hastaple.haproxy import certload, client, deploy, protocol
 from hastaple.haproxy.certload import Add, CertFiles, Plan, Remove, Renew
 from hastaple.haproxy.deploy import Process
 
@@ -90,7 +90,20 @@ class Loader:
         if wanted.crt_list is None:
             why = f"HAProxy does not serve {crt}, and no crt-list or directory names it"
             return Outcome(crt, "added", ok=False, error=why)
-        return await self.apply(Add(wanted.files, wanted.crt_list, wanted.line))
+        crt_list = await self._crt_list_name(wanted.crt_list)
+        return await self.apply(Add(wanted.files, crt_list, wanted.line))
+
+    async def _crt_list_name(self, path: str) -> str:
+        """
+        How HAProxy names the crt-list file or directory ``path`` (``show ssl crt-list``).
+
+        HAProxy keys a crt-list by the path its configuration wrote, relative
+        to its working directory or not; ``add ssl crt-list`` needs that key.
+        """
+        reply = await self.conn.run_one(protocol.Command("show ssl crt-list"))
+        names = [line.strip() for line in reply.text.splitlines() if line.strip()]
+        same = deploy.same_file(path, names, deploy.process_cwd(self.process))
+        return same[0] if same else path
 
     async def apply(self, change: certload.Change) -> Outcome:
         """Apply one change; retried while HAProxy's certificate lock is held elsewhere."""

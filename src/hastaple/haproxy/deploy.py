@@ -602,10 +602,10 @@ class _Run:
             return
         reply = await self.conn.run_one(protocol.SHOW_CERTS)
         names = protocol.parse_cert_names(reply)
-        cwd = _cwd(self.process)
+        cwd = process_cwd(self.process)
         for i in unknown:
             crt = items[i].crt
-            if same := _same_file(crt, names, cwd):
+            if same := same_file(crt, names, cwd):
                 error = (
                     f"{_NOT_SERVED.format(crt)} under that name; it serves that file as "
                     f"{' and '.join(same)}: give that path"
@@ -693,7 +693,7 @@ def _met_lock(outcome: DeployOutcome, todo: Sequence[tuple[int, DeployItem]]) ->
     return any(f"is about '{crt}'" in error or f"for certificate {crt}!" in error for crt in others)
 
 
-def _cwd(process: Process | None) -> Path | None:
+def process_cwd(process: Process | None) -> Path | None:
     """HAProxy's working directory, when it runs on this host and we may look."""
     if process is None:
         return None
@@ -703,7 +703,7 @@ def _cwd(process: Process | None) -> Path | None:
         return None
 
 
-def _same_file(crt: str, names: Sequence[str], cwd: Path | None) -> list[str]:
+def same_file(crt: str, names: Sequence[str], cwd: Path | None) -> list[str]:
     """
     The names in ``names`` that are the file ``crt``.
 
