@@ -519,10 +519,10 @@ def _config_flags(command: Callable[..., None]) -> Callable[..., None]:
     """One flag per configuration key (config.FIELDS), so flags and TOML never drift."""
     for field in reversed(config.FIELDS):
         many = field.kind in {"paths", "strings"}
+        kind: dict[str, Any] = {"is_flag": True} if field.kind == "bool" else {"multiple": many}
         command = click.option(
-            field.flag, field.name, multiple=many, default=None,
-            help=f"{field.help} [env {field.env}]",
-        )(command)  # fmt: skip
+            field.flag, field.name, default=None, help=f"{field.help} [env {field.env}]", **kind
+        )(command)
     return command
 
 

@@ -75,7 +75,7 @@ class Field:
     """One configuration key: its kind decides how text from env or flags is parsed."""
 
     name: str
-    kind: str  # paths | strings | path | string | int | float | duration | mapping
+    kind: str  # paths | strings | path | string | int | float | duration | mapping | bool
     help: str
 
     @property
@@ -117,6 +117,10 @@ FIELDS: tuple[Field, ...] = (
         "/healthz fails once a runtime socket is down or refuses staples this long",
     ),
     Field("responder_connections", "int", "connections to one OCSP responder host at once"),
+    Field(
+        "hot_certs", "bool",
+        "load renewed, new and removed certificate files into HAProxy as a reload would",
+    ),
     *(Field("refresh_" + key, "float" if key == "jitter" else "duration", text)
       for key, text in _POLICY_HELP.items()),
 )  # fmt: skip
@@ -141,6 +145,8 @@ class Config:
     haproxy_grace: dt.timedelta = HAPROXY_GRACE
     responder_connections: int = RESPONDER_CONNECTIONS
     policy: Policy = DEFAULT_POLICY
+    # Off by default: it changes which certificates HAProxy serves, not only staples.
+    hot_certs: bool = False
 
     def responder(self, url: str) -> str:
         """The URL to ask instead of ``url`` (an operator's override), or ``url``."""
@@ -199,6 +205,7 @@ def _build(values: dict[str, Any], environ: Mapping[str, str]) -> Config:
         haproxy_grace=values.get("haproxy_grace", HAPROXY_GRACE),
         responder_connections=values.get("responder_connections", RESPONDER_CONNECTIONS),
         policy=policy,
+        hot_certs=values.get("hot_certs", False),
     )
     if not (config.paths or config.crt_lists or config.haproxy_configs):
         raise ConfigError(
@@ -358,6 +365,18 @@ def _mapping(value: object) -> dict[str, str]:
     return pairs
 
 
+def _bool(value: object) -> bool:
+    """true/false in TOML; 1/0, true/false, yes/no, on/off as text (environment)."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower() if isinstance(value, str | int) else None
+    if text in {"1", "true", "yes", "on"}:
+        return True
+    if text in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(f"expected true or false, not {value!r}")
+
+
 _PARSERS = {
     "paths": lambda v: tuple(Path(p) for p in _strings(v)),
     "strings": _strings,
@@ -367,4 +386,5 @@ _PARSERS = {
     "float": _float,
     "duration": _duration,
     "mapping": _mapping,
+    "bool": _bool,
 }
