@@ -9,6 +9,7 @@ certificate without its staple, or with another certificate's staple.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 import struct
@@ -110,6 +111,14 @@ class Loop:
             time.sleep(0.005)
         msg = f"no such handshake within {timeout} s; last: {self.seen[-3:]}"
         raise AssertionError(msg)
+
+    async def until(self, predicate, timeout: float = 10.0) -> Seen:
+        """``wait_for`` without blocking the event loop (a daemon in the same loop must run)."""
+        return await asyncio.to_thread(self.wait_for, predicate, timeout)
+
+    async def count(self, n: int, timeout: float = 10.0) -> None:
+        """``wait_count`` without blocking the event loop."""
+        await asyncio.to_thread(self.wait_count, n, timeout)
 
     def wait_count(self, n: int, timeout: float = 10.0) -> None:
         """Wait until at least ``n`` more handshakes happened."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 
 from hastaple import discover
@@ -58,13 +59,25 @@ def targets(
         if entry is None:
             result.append(Target(discover.CertEntry(path=path.resolve(), source="argument")))
             continue
-        result.append(_target(entry, config_files))
+        result.append(target_of(entry, config_files))
     return result
 
 
-def _target(entry: discover.CertEntry, config_files: set[Path]) -> Target:
-    """Where the entry comes from: a crt-list line (with its options) or a ``crt`` directory."""
+def target_of(
+    entry: discover.CertEntry,
+    config_files: AbstractSet[Path],
+    directories: AbstractSet[Path] = frozenset(),
+) -> Target:
+    """
+    Where the entry comes from: a crt-list line (with its options) or a ``crt`` directory.
+
+    ``config_files`` are the haproxy.cfg files read (resolved); ``directories``
+    certificate directories given directly (the daemon's ``paths``), whose
+    files HAProxy loads through ``crt <dir>``.
+    """
     source, _, number = entry.source.rpartition(":")
+    if entry.path.parent.resolve() in directories:
+        return Target(entry, str(entry.path.parent))
     if not source or not number.isdigit():
         return Target(entry)
     origin = Path(source)

@@ -39,7 +39,7 @@ from typing import NamedTuple, Protocol
 
 import watchfiles
 
-from hastaple import discover, index, pem, pipeline, schedule
+from hastaple import discover, hotcerts, index, pem, pipeline, schedule
 from hastaple import metrics as prom
 from hastaple.config import Config
 from hastaple.errors import HastapleError, StateBusy
@@ -114,6 +114,7 @@ class Daemon:
         # Set when the watched directories change (SIGHUP): the watcher restarts at once.
         self.rewatch = asyncio.Event()
         self._warned: tuple[str, ...] = ()  # discovery warnings already logged
+        self.hot = hotcerts.HotCerts()  # --hot-certs: changed files to load into HAProxy
 
     # -- discovery -------------------------------------------------------
 
@@ -189,6 +190,8 @@ class Daemon:
         self.state.put_many([(rec, None, None) for rec in view.saves], forget=view.removed)
         records = {n: r for n, r in self.records.items() if n in view.entries}
         records.update((rec.cert, rec) for rec in view.saves)
+        if view.config.hot_certs:
+            self.hot.note(view.news, view.removed, self.entries)
         roots_changed = view.roots != self.watch_roots
         self.config, self.records, self._serials = view.config, records, view.serials
         self.entries, self.sockets, self.watch_roots = view.entries, view.sockets, view.roots
@@ -264,7 +267,7 @@ class Daemon:
             for n, r in self.records.items()
             if n in self.entries and (r.next_refresh is None or r.next_refresh <= now)
         ]
-        if not due:
+        if not due and not (self.config.hot_certs and self.hot.removals):
             return []
         forced: list[str] = []
         plain: list[str] = []
@@ -285,6 +288,11 @@ class Daemon:
                         )
                     except StateBusy as exc:  # still due: the next turn waits again
                         log_event(logging.WARNING, "busy", certs=len(names), error=str(exc))
+            if self.config.hot_certs:
+                outcomes = await self.hot.follow(
+                    outcomes, self.entries, self.sockets, configs=self.config.haproxy_configs,
+                    directories=self.config.paths, now=now, serials=started,
+                )  # fmt: skip
         with self._batch():
             for outcome in outcomes:
                 self._record(outcome, now, started)

@@ -72,20 +72,22 @@ class Loader:
             None if info is None else Process(info.node, info.pid, time.time() - info.uptime_sec)
         )
 
-    async def serves(self, crt: str) -> bool:
-        """Whether this process knows a certificate named ``crt``."""
-        cmd = protocol.show_cert(crt)
-        reply = await self.conn.run_one(cmd)
-        return protocol.parse_show_cert(self.socket, cmd, reply) is not None
+    async def want(self, wanted: Wanted, *, again: bool = True) -> Outcome:
+        """
+        Renew ``wanted`` where it is served, else add it to its crt-list.
 
-    async def want(self, wanted: Wanted) -> Outcome:
-        """Renew ``wanted`` where it is served, else add it to its crt-list."""
+        ``again`` False leaves a file alone that HAProxy already serves in
+        this version (same serial) with our staple's OCSP entry: "current".
+        """
         crt = wanted.files.crt
+        cmd = protocol.show_cert(crt)
         try:
-            known = await self.serves(crt)
+            info = protocol.parse_show_cert(self.socket, cmd, await self.conn.run_one(cmd))
         except HAProxyCommandFailed as exc:
             return Outcome(crt, "renewed", ok=False, error=exc.problem)
-        if known:
+        if info is not None and not again and _current(info, wanted.files):
+            return Outcome(crt, "current", ok=True, stapled=wanted.files.staple is not None)
+        if info is not None:
             return await self.apply(Renew(wanted.files))
         if wanted.crt_list is None:
             why = f"HAProxy does not serve {crt}, and no crt-list or directory names it"
@@ -175,6 +177,17 @@ class Loader:
         return certload.judge_read_back(self.socket, files, cmds, replies, der=self._der)
 
 
+def _current(info: protocol.CertInfo, files: CertFiles) -> bool:
+    """Whether HAProxy serves ``files``' certificate, with an OCSP entry for its staple."""
+    try:
+        serial = int(info.serial or "", 16)
+    except ValueError:
+        return False
+    if serial != files.serial:
+        return False
+    return files.cert_id is None or files.staple is None or info.ocsp_key == files.cert_id.hex()
+
+
 @contextlib.asynccontextmanager
 async def open_loader(
     socket: str,
@@ -204,9 +217,14 @@ async def load(
     wanted: Sequence[Wanted],
     *,
     timeout: float = 10.0,  # noqa: ASYNC109 - an idle limit per wait, as deploy's
+    again: bool = True,
+    removals: Sequence[Remove] = (),
 ) -> dict[str, list[Outcome] | str]:
     """
     Load every ``wanted`` file into each process behind ``sockets``.
+
+    ``again`` False skips files a process already serves as they are;
+    ``removals`` come after, one outcome each.
 
     Returns, per socket, one outcome per file, or a sentence: why the socket
     could not be used, or ``alias of <socket>`` when it reaches a process
@@ -233,7 +251,9 @@ async def load(
 
         async def one(loader: Loader) -> None:
             try:
-                results[loader.socket] = [await loader.want(w) for w in wanted]
+                results[loader.socket] = [await loader.want(w, again=again) for w in wanted] + [
+                    await loader.apply(r) for r in removals
+                ]
             except HAProxyUnreachable as exc:
                 results[loader.socket] = exc.problem
 
