@@ -233,3 +233,25 @@ async def test_pem_bigger_than_one_command_is_loaded_with_the_key_apart(
     with Loop(hap.port, "big.test") as loop:
         seen = loop.wait_for(lambda s: s.serial is not None)
     assert seen.serial == new.cert.serial_number and seen.stapled
+
+
+async def test_renewal_through_the_master_cli(pki, crt_dir, start_haproxy):
+    """The same transaction through the master CLI's worker selector (master.sock@1)."""
+    old = pki.leaf("master.test")
+    path = _write(pki, crt_dir, "master.pem", old)
+    hap = start_haproxy(master=True)
+    pid = hap.pid
+    new = pki.leaf("master.test")
+    with Loop(hap.port, "master.test") as loop:
+        loop.wait_count(3)
+        _write(pki, crt_dir, "master.pem", new)
+        read = certfiles.read(path, now=now())
+        master = f"{hap.workdir / 'master.sock'}@1"
+        results = await load([master, str(hap.socket)], [Wanted(read.files)])
+        seen = await loop.until(lambda s: s.serial == new.cert.serial_number)
+    [outcome] = results[master]
+    assert (outcome.ok, outcome.stapled, outcome.error) == (True, True, None)
+    assert results[str(hap.socket)] == f"alias of {master}"  # one transaction per process
+    assert seen.stapled
+    _no_unstapled(loop, new.cert.serial_number)
+    assert hap.pid == pid
