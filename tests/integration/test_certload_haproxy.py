@@ -255,3 +255,15 @@ async def test_renewal_through_the_master_cli(pki, crt_dir, start_haproxy):
     assert seen.stapled
     _no_unstapled(loop, new.cert.serial_number)
     assert hap.pid == pid
+
+
+async def test_a_failed_addition_leaves_no_empty_certificate(pki, crt_dir, start_haproxy, tmp_path):
+    """The crt-list does not exist: nothing is added, and the store made for it is deleted."""
+    _write(pki, crt_dir, "a.pem", pki.leaf("a.test"))
+    hap = start_haproxy()
+    path = _write(pki, crt_dir, "b.pem", pki.leaf("b.test"))
+    read = certfiles.read(path, now=now())
+    wanted = Wanted(read.files, crt_list=str(tmp_path / "no-such-list.txt"), line="b.test")
+    [outcome] = (await load([str(hap.socket)], [wanted]))[str(hap.socket)]
+    assert not outcome.ok and "does not exist" in (outcome.error or ""), outcome
+    assert str(path) not in hap.command("show ssl cert")

@@ -118,6 +118,12 @@ class Loader:
             error, locked = await (
                 self._remove(plan) if isinstance(change, Remove) else self._commit(plan)
             )
+            if error is not None and isinstance(change, Add):
+                # A reload would not have the empty store ``new ssl cert`` made (nor
+                # would a second try be able to make it): delete it while unused.
+                await self.conn.run_one(
+                    protocol.Command(f"del ssl cert {protocol.escape_arg(plan.crt)}")
+                )
             if not locked or time.monotonic() > deadline:
                 break
             await asyncio.sleep(_LOCK_WAIT)
