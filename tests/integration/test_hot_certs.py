@@ -95,3 +95,32 @@ async def test_hot_certs_must_staple_with_the_ca_down(pki, crt_dir, tmp_path, st
             await loop.count(5)
         assert {s.serial for s in loop.seen} == {old.cert.serial_number}
         assert all(s.stapled for s in loop.seen)
+
+
+async def test_hot_certs_new_crt_list_line_with_sni_filter(
+    pki, crt_dir, tmp_path, start_haproxy, openssl_responder
+):
+    """A line added to a watched crt-list is served for its SNI filter, stapled at once."""
+    first = pki.leaf("one.test", ocsp_url=openssl_responder.url)
+    openssl_responder.add(first.cert)
+    one = pki.write(crt_dir, "one.pem", first)
+    crt_list = tmp_path / "list.txt"
+    crt_list.write_text(f"{one} one.test\n")
+    hap = start_haproxy(crt_list=crt_list)
+    pid = hap.pid
+    empty = tmp_path / "none"
+    empty.mkdir()
+    async with _running(tmp_path, empty, hap.socket, hot_certs=True, crt_lists=(crt_list,)):
+        leaf = pki.leaf("two.test", ocsp_url=openssl_responder.url)
+        openssl_responder.add(leaf.cert)
+        with Loop(hap.port, "other-name.test") as loop:
+            await loop.count(2)
+            start = time.monotonic()
+            two = pki.write(crt_dir, "two.pem", leaf)
+            _swap(crt_list, f"{one} one.test\n{two} [alpn h2] other-name.test\n".encode())
+            seen = await loop.until(lambda s: s.serial is not None, timeout=10)
+            await loop.count(5)
+        assert seen.serial == leaf.cert.serial_number and seen.stapled
+        assert not [s for s in loop.seen if s.serial is not None and not s.stapled]
+        _record("run --hot-certs crt-list line", hap, loop, start, seen.at)
+    assert hap.pid == pid
