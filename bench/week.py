@@ -55,10 +55,10 @@ from typing import Any, Self
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from hastaple import config as cfgmod
-from hastaple import daemon as daemonmod
-from hastaple import events
-from hastaple.fetch import Fetcher
-from hastaple.state import State
+from hastaple.daemon import eventlog as events
+from hastaple.daemon import scheduler as daemonmod
+from hastaple.daemon.state import State
+from hastaple.engine.fetch import Fetcher
 from pki import PKI
 from responders import FaultResponder, Sign
 

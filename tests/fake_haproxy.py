@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509 import ocsp
 
 from haproxy_proc import openssl_time
-from hastaple.ocsp.request import cert_id_of
+from hastaple.core.ocsp.request import cert_id_of
 
 if TYPE_CHECKING:
     from collections.abc import Callable

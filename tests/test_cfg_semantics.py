@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 import haproxy_proc
-from hastaple.discover import discover, parse_haproxy_config
 from hastaple.errors import ConfigError
 from hastaple.haproxy import cfgcond
+from hastaple.sources.discover import discover, parse_haproxy_config
 
 
 def _touch(path: Path, text: str = "") -> Path:

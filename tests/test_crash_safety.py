@@ -28,8 +28,8 @@ from pathlib import Path
 
 import pytest
 
-from hastaple.model import Status
-from hastaple.ocsp.validate import validate
+from hastaple.core.model import Status
+from hastaple.core.ocsp.validate import validate
 from pki import PKI, Issued, now
 from responders import Serve
 

@@ -20,14 +20,15 @@ import aiohttp
 import pytest
 from click.testing import CliRunner
 
-from hastaple import daemon as daemonmod
-from hastaple import events, metrics, service
-from hastaple.cli import cli
+from hastaple.app.cli import cli
 from hastaple.config import Config
+from hastaple.core.schedule import Policy
+from hastaple.daemon import eventlog as events
+from hastaple.daemon import metrics, service
+from hastaple.daemon import scheduler as daemonmod
+from hastaple.daemon.state import Record, State
+from hastaple.engine.fetch import Fetcher
 from hastaple.errors import ConfigError
-from hastaple.fetch import Fetcher
-from hastaple.schedule import Policy
-from hastaple.state import Record, State
 from responders import FaultResponder, Serve, Sign
 from test_daemon_sim import _make_world  # noqa: F401 - the make_world fixture
 

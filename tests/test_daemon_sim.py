@@ -22,10 +22,11 @@ import pytest
 from cryptography.x509 import ocsp
 
 from hastaple import config as cfgmod
-from hastaple import daemon as daemonmod
-from hastaple import events, metrics, service
-from hastaple.fetch import Fetcher
-from hastaple.state import State
+from hastaple.daemon import eventlog as events
+from hastaple.daemon import metrics, service
+from hastaple.daemon import scheduler as daemonmod
+from hastaple.daemon.state import State
+from hastaple.engine.fetch import Fetcher
 from pki import now as real_now
 from responders import FaultResponder, Sign
 

@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hastaple.discover import (
+from hastaple.errors import ConfigError
+from hastaple.sources.discover import (
     Bind,
     CertEntry,
     CertRef,
@@ -23,7 +24,6 @@ from hastaple.discover import (
     parse_haproxy_config,
     resolve_ref,
 )
-from hastaple.errors import ConfigError
 
 CWD = Path("/run/haproxy-cwd")
 

@@ -1,5 +1,5 @@
 """
-hastaple.fetch against real servers: openssl ocsp, the fault responder, a proxy.
+hastaple.engine.fetch against real servers: openssl ocsp, the fault responder, a proxy.
 
 Every failure must come out as FetchError with a sentence a person can act on;
 nothing else may escape.
@@ -25,10 +25,11 @@ from cryptography.x509 import ocsp
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from hastaple import __version__, fetch
+from hastaple import __version__
+from hastaple.core.ocsp import request
+from hastaple.engine import fetch
+from hastaple.engine.fetch import Fetcher, Limits, OCSPReply
 from hastaple.errors import FetchError
-from hastaple.fetch import Fetcher, Limits, OCSPReply
-from hastaple.ocsp import request
 from responders import (
     MB,
     Cut,

@@ -18,9 +18,9 @@ import pytest
 from click.testing import CliRunner
 
 from faults import FAULTS, Case
-from hastaple.cli import cli
-from hastaple.model import Status
-from hastaple.ocsp.validate import validate
+from hastaple.app.cli import cli
+from hastaple.core.model import Status
+from hastaple.core.ocsp.validate import validate
 from pki import PKI, Issued, now
 
 

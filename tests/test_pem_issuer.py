@@ -10,8 +10,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import pkcs7
 
-from hastaple import issuer, pem
+from hastaple.core import issuer
 from hastaple.errors import CertificateError
+from hastaple.sources import pem
 from pki import make_ca
 
 

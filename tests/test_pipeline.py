@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import logging
 
-from hastaple import pipeline
-from hastaple.discover import CertEntry
-from hastaple.fetch import Fetcher, OCSPReply
-from hastaple.model import Action, Status
+from hastaple.core.model import Action, Status
+from hastaple.engine import pipeline
+from hastaple.engine.fetch import Fetcher, OCSPReply
+from hastaple.sources.discover import CertEntry
 from pki import now
 from responders import Serve
 

@@ -13,11 +13,11 @@ import json
 import os
 import time
 
-from hastaple import pipeline
-from hastaple.discover import CertEntry
-from hastaple.fetch import Fetcher, Limits
-from hastaple.model import Action
-from hastaple.ocsp import request
+from hastaple.core.model import Action
+from hastaple.core.ocsp import request
+from hastaple.engine import pipeline
+from hastaple.engine.fetch import Fetcher, Limits
+from hastaple.sources.discover import CertEntry
 from pki import now
 from responders import FaultResponder, Serve, Stall
 from test_fetch_command import hastaple

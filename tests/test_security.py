@@ -21,9 +21,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fake_haproxy import NOBODY, NOGROUP, as_nobody
-from hastaple import store
+from hastaple.core.ocsp.validate import validate
 from hastaple.errors import InvalidResponse, StoreError
-from hastaple.ocsp.validate import validate
+from hastaple.stores import store
 from test_fetch_command import fetch_json, hastaple
 
 

@@ -15,8 +15,9 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
-from hastaple import pem, pipeline
-from hastaple.fetch import Fetcher
+from hastaple.engine import pipeline
+from hastaple.engine.fetch import Fetcher
+from hastaple.sources import pem
 from pki import PKI, Issued, make_ca, now
 from responders import Serve
 from test_fetch_command import fetch_json
@@ -233,7 +234,7 @@ async def test_a_stale_issuer_is_used_when_the_url_fails(pki, fault_responder, t
     old = (now() - dt.timedelta(days=7, hours=1)).timestamp()  # AIA_MAX_AGE and more
     os.utime(_cache_file(state), (old, old))
     fault_responder.on("aia", Serve(b"down", status=503))
-    with caplog.at_level(logging.WARNING, logger="hastaple.pipeline"):
+    with caplog.at_level(logging.WARNING, logger="hastaple.engine.pipeline"):
         assert await _resolve(pki, leaf, state, tmp_path) == pki.intermediate.cert
     assert "using the issuer cached from" in caplog.text
     assert len(fault_responder.seen_under("aia")) == 2

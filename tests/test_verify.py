@@ -21,10 +21,10 @@ from cryptography import x509
 from OpenSSL import SSL
 
 import der_edit
-from hastaple import verify
+from hastaple.app import verify
+from hastaple.app.verify import Handshake, Target, VerifyError
+from hastaple.core.model import Status
 from hastaple.errors import ConfigError
-from hastaple.model import Status
-from hastaple.verify import Handshake, Target, VerifyError
 from pki import Issued, now
 
 T = Target("127.0.0.1", 8443, "www.example.test")
@@ -491,7 +491,7 @@ def test_targets_from_combines_addresses_and_servernames():
 
 
 def _run(*args):
-    from hastaple.cli import cli  # noqa: PLC0415 - the CLI imports every module
+    from hastaple.app.cli import cli  # noqa: PLC0415 - the CLI imports every module
 
     return CliRunner().invoke(cli, ["verify", *args])
 
@@ -536,7 +536,7 @@ def test_cli_at_judges_another_time(pki, leaf):
 
 def test_cli_colour_only_on_a_terminal(pki, leaf):
     """With colour on (a terminal) the summary is coloured; plain otherwise (tested above)."""
-    from hastaple.cli import cli  # noqa: PLC0415
+    from hastaple.app.cli import cli  # noqa: PLC0415
 
     with StaplingServer(leaf, [pki.intermediate.cert], pki.response(leaf.cert)) as server:
         result = CliRunner().invoke(cli, ["verify", f"127.0.0.1:{server.port}"], color=True)
@@ -648,7 +648,7 @@ def test_must_staple_without_staple_fails_with_its_own_message(pki):
 
 def test_must_staple_detection():
     """is_must_staple reads the TLS Feature extension (status_request) and nothing else."""
-    from hastaple.certs import is_must_staple  # noqa: PLC0415
+    from hastaple.core.certs import is_must_staple  # noqa: PLC0415
     from pki import PKI  # noqa: PLC0415
 
     pki = PKI.build()

@@ -12,7 +12,7 @@ Every expected failure of hastaple, as one tree.
        ├─ HAProxyUnreachable      no such socket, refused, timed out
        └─ HAProxyCommandFailed    HAProxy answered, but not with success
 
-Anything else that escapes a module is a bug: pipeline.py reports it as an
+Anything else that escapes a module is a bug: engine/pipeline.py reports it as an
 "internal error" row with its traceback in the log.
 """
 

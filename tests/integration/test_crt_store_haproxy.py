@@ -20,10 +20,10 @@ from click.testing import CliRunner
 
 import haproxy_proc
 from hastaple.config import Config
-from hastaple.daemon import Daemon
-from hastaple.fetch import Fetcher
-from hastaple.schedule import Policy
-from hastaple.state import State
+from hastaple.core.schedule import Policy
+from hastaple.daemon.scheduler import Daemon
+from hastaple.daemon.state import State
+from hastaple.engine.fetch import Fetcher
 from test_fetch_command import fetch_json, valid_staple
 
 pytestmark = pytest.mark.integration
@@ -254,7 +254,7 @@ def test_verify_checks_crt_store_binds(pki, crt_dir, tmp_path):
     workdir.mkdir()
     hap = haproxy_proc.start(binary, workdir, crt_dir, certs='crt "@web/v"', sections=sections)
     try:
-        from hastaple.cli import cli  # noqa: PLC0415 - the CLI imports every module
+        from hastaple.app.cli import cli  # noqa: PLC0415 - the CLI imports every module
 
         result = CliRunner().invoke(
             cli, ["verify", "--haproxy-config", str(workdir / "haproxy.cfg"), "--json"]

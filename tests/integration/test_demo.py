@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from hastaple import demo
+from hastaple.app import demo
 
 DEMO_SECONDS = 10.0
 
 
 def _demo(*args):
-    from hastaple.cli import cli  # noqa: PLC0415 - the CLI imports every module
+    from hastaple.app.cli import cli  # noqa: PLC0415 - the CLI imports every module
 
     started = time.monotonic()
     result = CliRunner().invoke(cli, ["demo", *args])
@@ -121,7 +121,7 @@ async def test_responder_refuses_unknown_certificates():
     """The demo responder answers only for certificates it was told about."""
     from cryptography.x509 import ocsp  # noqa: PLC0415
 
-    from hastaple.ocsp.request import build  # noqa: PLC0415
+    from hastaple.core.ocsp.request import build  # noqa: PLC0415
 
     async with demo.responder() as r:
         pki = demo.build_pki(r.url, now=dt.datetime.now(dt.UTC))

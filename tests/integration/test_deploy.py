@@ -13,10 +13,10 @@ import pytest
 from cryptography.x509 import ocsp
 
 import haproxy_proc
+from hastaple.core.ocsp.request import cert_id
 from hastaple.errors import HAProxyUnreachable
 from hastaple.haproxy import client, protocol
 from hastaple.haproxy.deploy import DeployItem, Session, deploy
-from hastaple.ocsp.request import cert_id
 from pki import now
 
 pytestmark = pytest.mark.integration

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.integration
 
 
 def _verify(*args):
-    from hastaple.cli import cli  # noqa: PLC0415 - the CLI imports every module
+    from hastaple.app.cli import cli  # noqa: PLC0415 - the CLI imports every module
 
     return CliRunner().invoke(cli, ["verify", *args])
 

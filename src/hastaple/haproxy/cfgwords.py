@@ -2,7 +2,7 @@
 haproxy.cfg lines split into words exactly as HAProxy's parse_line() does (src/tools.c).
 
 Pure: text and an environment mapping in, words out, no I/O. Used by
-``hastaple.discover``; checked against HAProxy 2.6 and 2.8 there (tests/test_discover.py).
+``hastaple.sources.discover``; checked against HAProxy 2.6 and 2.8 there (tests/test_discover.py).
 """
 
 from __future__ import annotations

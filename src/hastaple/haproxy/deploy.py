@@ -63,7 +63,7 @@ class DeployItem:
     One validated response to load for one certificate.
 
     ``crt`` is the path as HAProxy names it; ``cert_id`` the DER CertID
-    (``hastaple.ocsp.request.cert_id``); ``issuer_pem`` is sent as
+    (``hastaple.core.ocsp.request.cert_id``); ``issuer_pem`` is sent as
     ``<crt>.issuer`` when the PEM has no chain.
     """
 

@@ -1,0 +1,1 @@
+"""The long-running service: scheduler, state database, metrics, event log, process wrapper."""
