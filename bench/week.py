@@ -8,7 +8,7 @@ What one run does, everything on 127.0.0.1 in a temp directory:
 
 1. builds N ECDSA P-256 leaves (the test PKI: root -> intermediate, a
    delegated OCSP signer), each in its own PEM with the chain;
-2. starts the tests' fault-injecting responder (``tests/responders.py``,
+2. starts the tests' fault-injecting responder (``hastaple/testing/responders.py``,
    ``Sign``) in a thread of its own, with its own event loop: it signs a
    fresh 7-day answer for each request at the *simulated* time, and sends
    ``Cache-Control: max-age`` as asked (``next_update``: the seconds left
@@ -59,8 +59,8 @@ from hastaple.daemon import eventlog as events
 from hastaple.daemon import scheduler as daemonmod
 from hastaple.daemon.state import State
 from hastaple.engine.fetch import Fetcher
-from pki import PKI
-from responders import FaultResponder, Sign
+from hastaple.testing.pki import PKI
+from hastaple.testing.responders import FaultResponder, Sign
 
 DAY = dt.timedelta(days=1)
 WEEK = dt.timedelta(days=7)

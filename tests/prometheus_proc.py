@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from haproxy_proc import free_port
+from hastaple.testing.haproxy import free_port
 
 STARTUP_SECONDS = 15.0
 

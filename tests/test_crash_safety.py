@@ -30,8 +30,8 @@ import pytest
 
 from hastaple.core.model import Status
 from hastaple.core.ocsp.validate import validate
-from pki import PKI, Issued, now
-from responders import Serve
+from hastaple.testing.pki import PKI, Issued, now
+from hastaple.testing.responders import Serve
 
 ROUNDS = 100
 CERTS = 16

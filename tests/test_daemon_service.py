@@ -29,7 +29,7 @@ from hastaple.daemon import scheduler as daemonmod
 from hastaple.daemon.state import Record, State
 from hastaple.engine.fetch import Fetcher
 from hastaple.errors import ConfigError
-from responders import FaultResponder, Serve, Sign
+from hastaple.testing.responders import FaultResponder, Serve, Sign
 from test_daemon_sim import _make_world  # noqa: F401 - the make_world fixture
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)

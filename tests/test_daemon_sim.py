@@ -27,8 +27,8 @@ from hastaple.daemon import metrics, service
 from hastaple.daemon import scheduler as daemonmod
 from hastaple.daemon.state import State
 from hastaple.engine.fetch import Fetcher
-from pki import now as real_now
-from responders import FaultResponder, Sign
+from hastaple.testing.pki import now as real_now
+from hastaple.testing.responders import FaultResponder, Sign
 
 WEEK = dt.timedelta(days=7)
 DAY = dt.timedelta(days=1)

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import pytest
 
-import haproxy_proc
 from hastaple.app.doctor import checks
-from pki import PKI, issue
-from responders import FaultResponder, OpensslResponder, Serve
+from hastaple.testing import haproxy as haproxy_proc
+from hastaple.testing.pki import PKI, issue
+from hastaple.testing.responders import FaultResponder, OpensslResponder, Serve
 
 VERSIONS = ["2.6", "2.8"]
 

@@ -30,7 +30,7 @@ from hastaple.core.ocsp import request
 from hastaple.engine import fetch
 from hastaple.engine.fetch import Fetcher, Limits, OCSPReply
 from hastaple.errors import FetchError
-from responders import (
+from hastaple.testing.responders import (
     MB,
     Cut,
     Drip,

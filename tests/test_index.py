@@ -13,8 +13,8 @@ from hastaple.engine.fetch import Fetcher
 from hastaple.engine.pipeline import Options, run
 from hastaple.sources.discover import CertEntry
 from hastaple.stores import index, store
-from pki import now
-from responders import Serve
+from hastaple.testing.pki import now
+from hastaple.testing.responders import Serve
 
 
 @pytest.fixture(name="setup")

@@ -21,7 +21,7 @@ from hastaple.daemon import scheduler as daemonmod
 from hastaple.daemon.state import State
 from hastaple.engine.fetch import Fetcher
 from hastaple.stores import index, lock
-from responders import Serve
+from hastaple.testing.responders import Serve
 
 SLOW = 4.0  # seconds the slow responder takes: long enough to start a second run
 

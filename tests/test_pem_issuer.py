@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.serialization import pkcs7
 from hastaple.core import issuer
 from hastaple.errors import CertificateError
 from hastaple.sources import pem
-from pki import make_ca
+from hastaple.testing.pki import make_ca
 
 
 def test_bundle_leaf_key_chain(pki):

@@ -8,8 +8,8 @@ from hastaple.core.model import Action, Status
 from hastaple.engine import pipeline
 from hastaple.engine.fetch import Fetcher, OCSPReply
 from hastaple.sources.discover import CertEntry
-from pki import now
-from responders import Serve
+from hastaple.testing.pki import now
+from hastaple.testing.responders import Serve
 
 
 class BuggyFetcher(Fetcher):

@@ -25,8 +25,8 @@ from hastaple.engine.fetch import Fetcher
 from hastaple.haproxy.deploy import DeployItem
 from hastaple.sinks import pusher
 from hastaple.sources.discover import CertEntry
-from pki import now
-from responders import OCSP_TYPE, FaultResponder, Serve
+from hastaple.testing.pki import now
+from hastaple.testing.responders import OCSP_TYPE, FaultResponder, Serve
 
 
 @dataclass

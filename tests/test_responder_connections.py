@@ -18,8 +18,8 @@ from hastaple.core.ocsp import request
 from hastaple.engine import pipeline
 from hastaple.engine.fetch import Fetcher, Limits
 from hastaple.sources.discover import CertEntry
-from pki import now
-from responders import FaultResponder, Serve, Stall
+from hastaple.testing.pki import now
+from hastaple.testing.responders import FaultResponder, Serve, Stall
 from test_fetch_command import hastaple
 
 

@@ -136,7 +136,7 @@ async def test_state_dir_is_private(pki, fault_responder, tmp_path):
 def _der_cert(pki):
     from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
 
-    from responders import Serve  # noqa: PLC0415
+    from hastaple.testing.responders import Serve  # noqa: PLC0415
 
     der = pki.intermediate.cert.public_bytes(serialization.Encoding.DER)
     return Serve(der, content_type="application/pkix-cert")

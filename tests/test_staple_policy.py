@@ -18,8 +18,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from hastaple.engine import pipeline
 from hastaple.engine.fetch import Fetcher
 from hastaple.sources import pem
-from pki import PKI, Issued, make_ca, now
-from responders import Serve
+from hastaple.testing.pki import PKI, Issued, make_ca, now
+from hastaple.testing.responders import Serve
 from test_fetch_command import fetch_json
 
 

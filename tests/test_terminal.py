@@ -11,8 +11,8 @@ import sys
 import termios
 from pathlib import Path
 
-from pki import PKI
-from responders import OpensslResponder
+from hastaple.testing.pki import PKI
+from hastaple.testing.responders import OpensslResponder
 from test_fetch_command import hastaple
 
 ESC = "\x1b["

@@ -20,7 +20,7 @@ import der_edit
 from hastaple.core.model import Status
 from hastaple.core.ocsp.validate import MAX_DER_BYTES, validate
 from hastaple.errors import InvalidResponse
-from pki import PKI, Issued, issue, now
+from hastaple.testing.pki import PKI, Issued, issue, now
 
 _EDWARDS = (ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey)
 

@@ -25,7 +25,7 @@ from hastaple.app import verify
 from hastaple.app.verify import Handshake, Target, VerifyError
 from hastaple.core.model import Status
 from hastaple.errors import ConfigError
-from pki import Issued, now
+from hastaple.testing.pki import Issued, now
 
 T = Target("127.0.0.1", 8443, "www.example.test")
 
@@ -649,7 +649,7 @@ def test_must_staple_without_staple_fails_with_its_own_message(pki):
 def test_must_staple_detection():
     """is_must_staple reads the TLS Feature extension (status_request) and nothing else."""
     from hastaple.core.certs import is_must_staple  # noqa: PLC0415
-    from pki import PKI  # noqa: PLC0415
+    from hastaple.testing.pki import PKI  # noqa: PLC0415
 
     pki = PKI.build()
     assert is_must_staple(pki.leaf("m.test", must_staple=True).cert)
@@ -746,7 +746,7 @@ async def test_chainless_server_issuer_comes_from_aia(pki, fault_responder):
     """
     from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
 
-    from responders import Serve  # noqa: PLC0415
+    from hastaple.testing.responders import Serve  # noqa: PLC0415
 
     der = pki.intermediate.cert.public_bytes(serialization.Encoding.DER)
     url = fault_responder.on("ca", Serve(der, content_type="application/pkix-cert"))

@@ -13,12 +13,12 @@ import time
 
 import pytest
 
-import haproxy_proc
 from hastaple.config import Config
 from hastaple.core.schedule import Policy
 from hastaple.daemon.scheduler import Daemon
 from hastaple.daemon.state import State
 from hastaple.engine.fetch import Fetcher
+from hastaple.testing import haproxy as haproxy_proc
 
 pytestmark = pytest.mark.integration
 

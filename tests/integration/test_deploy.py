@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 from cryptography.x509 import ocsp
 
-import haproxy_proc
 from hastaple.core.ocsp.request import cert_id
 from hastaple.errors import HAProxyUnreachable
 from hastaple.haproxy import client, protocol
 from hastaple.haproxy.deploy import DeployItem, Session, deploy
-from pki import now
+from hastaple.testing import haproxy as haproxy_proc
+from hastaple.testing.pki import now
 
 pytestmark = pytest.mark.integration
 

