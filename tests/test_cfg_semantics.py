@@ -15,7 +15,8 @@ import pytest
 
 from hastaple.errors import ConfigError
 from hastaple.haproxy import cfgcond
-from hastaple.sources.discover import discover, parse_haproxy_config
+from hastaple.haproxy.cfgfile import parse_haproxy_config
+from hastaple.sources.discover import discover
 from hastaple.testing import haproxy as haproxy_proc
 
 

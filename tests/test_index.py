@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from hastaple.core.model import Action
+from hastaple.core.model import Action, CertEntry
 from hastaple.engine.fetch import Fetcher
 from hastaple.engine.pipeline import Options, run
-from hastaple.sources.discover import CertEntry
 from hastaple.stores import index, store
 from hastaple.testing.pki import now
 from hastaple.testing.responders import Serve

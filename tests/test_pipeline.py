@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import logging
 
-from hastaple.core.model import Action, Status
+from hastaple.core.model import Action, CertEntry, Status
 from hastaple.engine import pipeline
 from hastaple.engine.fetch import Fetcher, OCSPReply
-from hastaple.sources.discover import CertEntry
 from hastaple.testing.pki import now
 from hastaple.testing.responders import Serve
 

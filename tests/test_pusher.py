@@ -18,13 +18,12 @@ from aiohttp import web
 from cryptography.x509 import ocsp
 
 from fake_haproxy import FakeHAProxy
-from hastaple.core.model import Action, ResultRow, Status
+from hastaple.core.model import Action, CertEntry, ResultRow, Status
 from hastaple.core.ocsp.request import cert_id
 from hastaple.engine import pipeline
 from hastaple.engine.fetch import Fetcher
 from hastaple.haproxy.deploy import DeployItem
 from hastaple.sinks import pusher
-from hastaple.sources.discover import CertEntry
 from hastaple.testing.pki import now
 from hastaple.testing.responders import OCSP_TYPE, FaultResponder, Serve
 

@@ -13,11 +13,10 @@ import json
 import os
 import time
 
-from hastaple.core.model import Action
+from hastaple.core.model import Action, CertEntry
 from hastaple.core.ocsp import request
 from hastaple.engine import pipeline
 from hastaple.engine.fetch import Fetcher, Limits
-from hastaple.sources.discover import CertEntry
 from hastaple.testing.pki import now
 from hastaple.testing.responders import FaultResponder, Serve, Stall
 from test_fetch_command import hastaple

@@ -23,7 +23,7 @@ from cryptography import x509
 from hastaple import __version__, config
 from hastaple.app import render
 from hastaple.core import issuer as issuers
-from hastaple.core.model import Action, ResultRow, Status
+from hastaple.core.model import Action, CertEntry, ResultRow, Status
 from hastaple.core.ocsp.validate import validate
 from hastaple.errors import HastapleError, InvalidResponse, StateBusy
 from hastaple.haproxy.protocol import parse_address
@@ -265,7 +265,7 @@ def _check_sockets(sockets: Sequence[str]) -> None:
 
 
 async def _fetch(
-    entries: Sequence[discover.CertEntry], options: Options, limits: Limits, *, progress: bool
+    entries: Sequence[CertEntry], options: Options, limits: Limits, *, progress: bool
 ) -> list[ResultRow]:
     from hastaple.engine.fetch import Fetcher  # noqa: PLC0415
     from hastaple.engine.pipeline import run  # noqa: PLC0415

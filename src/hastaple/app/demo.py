@@ -41,10 +41,9 @@ from cryptography.x509 import ocsp
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
 from hastaple.app import verify
-from hastaple.core.model import ResultRow
+from hastaple.core.model import CertEntry, ResultRow
 from hastaple.engine.fetch import Fetcher
 from hastaple.engine.pipeline import Options, run
-from hastaple.sources.discover import CertEntry
 from hastaple.stores import store
 
 SERVER_NAME = "demo.hastaple.test"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, overload
 
 
@@ -126,3 +127,41 @@ def rfc3339(when: datetime | None) -> str | None:
     if when is None:
         return None
     return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True, slots=True)
+class CertEntry:
+    """
+    One certificate file HAProxy serves.
+
+    ``path`` is absolute (for reading it); ``names`` are the spellings
+    HAProxy's runtime API uses for it (``show ssl cert``), empty when unknown
+    (a certificate given as an argument). ``extra_base`` is what HAProxy
+    appends ``.ocsp`` and ``.issuer`` to when that is not ``path``
+    (``ssl-load-extra-del-ext``). ``ocsp_file`` is the file HAProxy loads the
+    staple from when it is not ``<base>.ocsp`` (a crt-store ``load ... ocsp
+    <file>``). ``ocsp_at_start`` is False when HAProxy reads no staple file
+    for it when it starts (``ssl-load-extra-files`` without ``ocsp``, or a
+    ``load`` line without ``ocsp``): the staple lasts only until HAProxy
+    restarts unless pushed again; ``ocsp_source`` names the line that says so.
+    """
+
+    path: Path
+    managed: bool = False
+    source: str = ""
+    names: tuple[str, ...] = ()
+    extra_base: Path | None = None
+    ocsp_at_start: bool = True
+    ocsp_source: str = ""
+    ocsp_file: Path | None = None
+    issuer_file: Path | None = None  # a crt-store load line's 'issuer <file>'
+
+    @property
+    def haproxy_names(self) -> tuple[str, ...]:
+        """The names to use in runtime commands: ``names``, or the absolute path."""
+        return self.names or (str(self.path),)
+
+    @property
+    def files_base(self) -> Path:
+        """The path HAProxy appends ``.ocsp`` and ``.issuer`` to."""
+        return self.extra_base or self.path

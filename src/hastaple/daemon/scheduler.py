@@ -41,7 +41,7 @@ import watchfiles
 
 from hastaple.config import Config
 from hastaple.core import schedule
-from hastaple.core.model import Action, ResultRow, Status, rfc3339
+from hastaple.core.model import Action, CertEntry, ResultRow, Status, rfc3339
 from hastaple.daemon import metrics as prom
 from hastaple.daemon.eventlog import log_event
 from hastaple.daemon.state import Record, State
@@ -91,7 +91,7 @@ class Daemon:
         self.clock = clock or SystemClock()
         self.rng = rng or random.Random()  # noqa: S311 - jitter, not secrets
         self.records: dict[str, Record] = {r.cert: r for r in state.all()}
-        self.entries: dict[str, discover.CertEntry] = {}
+        self.entries: dict[str, CertEntry] = {}
         self.sockets: tuple[str, ...] = tuple(config.sockets)
         self.watch_roots: frozenset[Path] = frozenset()
         self.metrics = prom.Metrics(
@@ -663,7 +663,7 @@ class View:
     """
 
     config: Config
-    entries: dict[str, discover.CertEntry]
+    entries: dict[str, CertEntry]
     sockets: tuple[str, ...]
     roots: frozenset[Path]
     serials: dict[str, tuple[index.Fingerprint, Leaf]]
@@ -707,7 +707,7 @@ def _leaf_of(
     return leaf
 
 
-def _roots(config: Config, certs: Sequence[discover.CertEntry]) -> set[Path]:
+def _roots(config: Config, certs: Sequence[CertEntry]) -> set[Path]:
     """The directories to watch: the sources' and every certificate's."""
     roots = {p if p.is_dir() else p.parent for p in config.paths}
     roots |= {p.parent for p in (*config.crt_lists, *config.haproxy_configs)}

@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives import serialization
 from hastaple import config
 from hastaple.core import issuer as issuers
 from hastaple.core import schedule
-from hastaple.core.model import Action, ResultRow, Status, Verdict
+from hastaple.core.model import Action, CertEntry, ResultRow, Status, Verdict
 from hastaple.core.ocsp import request
 from hastaple.core.ocsp.validate import MIN_REMAINING, validate
 from hastaple.engine.fetch import Fetcher, HostStalled, deferring
@@ -38,7 +38,6 @@ from hastaple.errors import CertificateError, FetchError, HastapleError, StoreEr
 from hastaple.haproxy.deploy import DeployItem
 from hastaple.sinks.pusher import Pusher
 from hastaple.sources import pem
-from hastaple.sources.discover import CertEntry
 from hastaple.stores import index, lock, store
 
 logger = logging.getLogger(__name__)

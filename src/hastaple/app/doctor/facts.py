@@ -26,12 +26,13 @@ from cryptography.x509 import ocsp
 
 from hastaple.core import certs
 from hastaple.core import issuer as issuers
+from hastaple.core.model import CertEntry
 from hastaple.core.ocsp import request
 from hastaple.core.ocsp.validate import UNREADABLE, validate
 from hastaple.engine.fetch import Fetcher, Limits
 from hastaple.engine.pipeline import local_issuer
 from hastaple.errors import CertificateError, ConfigError, FetchError, HAProxyError, InvalidResponse
-from hastaple.haproxy import client, protocol
+from hastaple.haproxy import cfgload, client, protocol
 from hastaple.haproxy.cfgwords import SPACE, split_line
 from hastaple.sources import discover, pem
 from hastaple.stores import store
@@ -169,7 +170,7 @@ def read_settings(text: str, *, source: str, environ: Mapping[str, str]) -> Sett
     return Settings(found.get("ssl-load-extra-files"), found.get("tune.bufsize"))
 
 
-def read_cert(entry: discover.CertEntry, now: dt.datetime) -> CertFact:
+def read_cert(entry: CertEntry, now: dt.datetime) -> CertFact:
     """Read one certificate file, its ``.issuer`` and its ``.ocsp`` (no network)."""
     base = CertFact(entry.path, entry.haproxy_names, entry.source, entry.managed)
     try:
@@ -309,13 +310,13 @@ SLOW_LIMIT = 10.0  # seconds one responder exchange may take before doctor gives
 
 
 async def ask_responders(
-    entries: Sequence[discover.CertEntry],
+    entries: Sequence[CertEntry],
     facts: Sequence[CertFact],
     *,
     timeout: float,  # noqa: ASYNC109
 ) -> tuple[ResponderFact, ...]:
     """One request per responder host, for the first certificate there with a local issuer."""
-    chosen: dict[str, tuple[discover.CertEntry, CertFact]] = {}
+    chosen: dict[str, tuple[CertEntry, CertFact]] = {}
     for entry, fact in zip(entries, facts, strict=True):
         if fact.ocsp_url and fact.has_local_issuer and not fact.managed:
             host = urllib.parse.urlsplit(fact.ocsp_url).netloc
@@ -325,7 +326,7 @@ async def ask_responders(
         return tuple(await asyncio.gather(*(_ask(fetcher, e, f) for e, f in chosen.values())))
 
 
-async def _ask(fetcher: Fetcher, entry: discover.CertEntry, fact: CertFact) -> ResponderFact:
+async def _ask(fetcher: Fetcher, entry: CertEntry, fact: CertFact) -> ResponderFact:
     url = fact.ocsp_url or ""
     try:
         bundle = pem.parse_file(entry.path)
@@ -411,7 +412,7 @@ async def gather(
     settings = Settings()
     socket_specs: dict[str, tuple[str | None, str | None]] = {}
     for path in configs:
-        parsed = discover.read_haproxy_config(path, cwd=cwd, environ=environ)
+        parsed = cfgload.read_haproxy_config(path, cwd=cwd, environ=environ)
         text = (cwd / path).read_bytes().decode("utf-8", "surrogateescape")
         settings = _merge(settings, read_settings(text, source=str(path), environ=environ))
         for sock in parsed.sockets:

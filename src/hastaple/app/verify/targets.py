@@ -21,6 +21,7 @@ from cryptography.x509.oid import NameOID
 
 from hastaple.app.verify.judge import Target
 from hastaple.errors import CertificateError, ConfigError
+from hastaple.haproxy import cfgload
 from hastaple.sources import discover, pem
 
 DEFAULT_PORT = 443
@@ -85,7 +86,7 @@ class BindAddress:
 
 def bind_addresses(address: str) -> list[BindAddress]:
     """
-    Where to connect for a ``bind`` line's address argument (``discover.Bind.address``).
+    Where to connect for a ``bind`` line's address argument (``cfgfile.Bind.address``).
 
     Pure. Addresses like ``:443``, ``*:443`` and ``0.0.0.0:443`` mean "every
     address", checked on 127.0.0.1; ``ipv4@``/``ipv6@`` prefixes are dropped.
@@ -166,7 +167,7 @@ def bind_targets(
     """
     base = Path.cwd() if cwd is None else cwd
     env = os.environ if environ is None else environ
-    parsed = discover.read_haproxy_config(config, cwd=base, environ=env)
+    parsed = cfgload.read_haproxy_config(config, cwd=base, environ=env)
     seen: dict[Path, list[str]] = {}
     targets: list[Target] = []
     for bind in parsed.binds:
