@@ -328,7 +328,7 @@ def _offline_issuer(
 ) -> x509.Certificate:
     """--issuer, else the PEM chain, else ``<cert>.issuer``; no network for ``check``."""
     if issuer_path is None:
-        from hastaple.engine.pipeline import local_issuer  # noqa: PLC0415 - see fetch()
+        from hastaple.engine.issuers import local_issuer  # noqa: PLC0415 - see fetch()
 
         if (local := local_issuer(cert_path, bundle)) is not None:
             return local[0]

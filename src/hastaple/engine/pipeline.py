@@ -17,7 +17,6 @@ import asyncio
 import collections
 import dataclasses
 import datetime as dt
-import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -25,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
 from hastaple import config
 from hastaple.core import issuer as issuers
@@ -34,19 +32,20 @@ from hastaple.core.model import Action, CertEntry, ResultRow, Status, Verdict
 from hastaple.core.ocsp import request
 from hastaple.core.ocsp.validate import MIN_REMAINING, validate
 from hastaple.engine.fetch import Fetcher, HostStalled, deferring
-from hastaple.errors import CertificateError, FetchError, HastapleError, StoreError
+from hastaple.engine.issuers import resolve_issuer
+from hastaple.errors import CertificateError, HastapleError
 from hastaple.haproxy.deploy import DeployItem
 from hastaple.sinks.pusher import Pusher
 from hastaple.sources import pem
 from hastaple.stores import index, lock, store
+from hastaple.stores.base import StapleStore
+from hastaple.stores.files import FileStore
 
 logger = logging.getLogger(__name__)
 
 
 # Certificates handled at once; far above any per-responder connection limit.
 MAX_IN_FLIGHT = 256
-# How long an issuer downloaded from AIA is used before its URL is asked again.
-AIA_MAX_AGE = dt.timedelta(days=7)
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +145,7 @@ async def run(
     fetcher: Fetcher,
     now: dt.datetime,
     progress: Callable[[], None] | None = None,
+    staples: StapleStore | None = None,
 ) -> list[ResultRow]:
     """
     Fetch, validate, store and deploy staples for ``entries``; one row each.
@@ -155,8 +155,11 @@ async def run(
     on one connection per socket, while the rest are still being fetched
     (``pusher``). ``progress`` is
     called once per certificate when its staple is ready (a progress bar).
+    ``staples`` is where staples are kept: ``<crt>.ocsp`` files by default.
     """
-    outcomes = await run_outcomes(entries, options, fetcher=fetcher, now=now, progress=progress)
+    outcomes = await run_outcomes(
+        entries, options, fetcher=fetcher, now=now, progress=progress, staples=staples
+    )
     return [o.row for o in outcomes]
 
 
@@ -168,6 +171,7 @@ async def run_outcomes(
     now: dt.datetime,
     progress: Callable[[], None] | None = None,
     held: index.Index | None = None,
+    staples: StapleStore | None = None,
 ) -> list[Outcome]:
     """
     ``run``, with the responder's max-age and latency per certificate (the daemon).
@@ -185,8 +189,9 @@ async def run_outcomes(
         keep = held is not None and held.state_dir == state_dir
         idx = held if held is not None and keep else index.Index.open(state_dir)
         idx.sync()
+        ctx = _Context(FileStore() if staples is None else staples, idx)
         outcomes = await _run_locked(
-            entries, options, fetcher=fetcher, now=now, progress=progress, idx=idx
+            entries, options, fetcher=fetcher, now=now, progress=progress, ctx=ctx
         )
         idx.save()
     return outcomes
@@ -199,9 +204,8 @@ async def _run_locked(
     fetcher: Fetcher,
     now: dt.datetime,
     progress: Callable[[], None] | None,
-    idx: index.Index,
+    ctx: _Context,
 ) -> list[Outcome]:
-    ctx = _Context(_Writer(), idx)
     results: list[_Prepared | None] = [None] * len(entries)
     pusher = None
     if (options.sockets or options.below_admin) and not options.dry_run:
@@ -270,58 +274,11 @@ async def _in_pool(
         await asyncio.gather(*workers, return_exceptions=True)
 
 
-class _Writer:
-    """
-    Group commit for staple files: each is written as soon as it is validated.
-
-    Whatever arrives while one batch is being flushed (in a thread, so fetches
-    go on) goes into the next one, so 10,000 staples cost a handful of
-    ``syncfs`` calls instead of 10,000 ``fsync``s, and a single staple is not
-    kept waiting for the others (``store.write_many``).
-    """
-
-    def __init__(self) -> None:
-        self._pending: list[tuple[store.Write, asyncio.Future[None]]] = []
-        self._flusher: asyncio.Task[None] | None = None
-
-    async def write(self, path: Path, data: bytes, *, owner_of: Path) -> None:
-        """
-        Replace ``path`` atomically and durably, batched with its neighbours.
-
-        Raises:
-            StoreError: ``path`` was left unchanged.
-        """
-        done = asyncio.get_running_loop().create_future()
-        self._pending.append((store.Write(path, data, owner_of), done))
-        if self._flusher is None:
-            self._flusher = asyncio.create_task(self._flush())
-        await done
-
-    async def _flush(self) -> None:
-        try:
-            while self._pending:
-                batch, self._pending = self._pending, []
-                results: list[BaseException | None]
-                try:
-                    results = list(await asyncio.to_thread(store.write_many, [w for w, _ in batch]))
-                except Exception as exc:  # noqa: BLE001 - a bug: each row reports it, none hangs
-                    results = [exc] * len(batch)
-                for (_, done), error in zip(batch, results, strict=True):
-                    if done.done():
-                        continue
-                    if error is None:
-                        done.set_result(None)
-                    else:
-                        done.set_exception(error)
-        finally:
-            self._flusher = None
-
-
 @dataclass(frozen=True, slots=True)
 class _Context:
-    """What the certificates of one run share: the staple writer and the index."""
+    """What the certificates of one run share: where staples are kept, and the index."""
 
-    writer: _Writer
+    staples: StapleStore
     index: index.Index
 
 
@@ -438,9 +395,9 @@ async def _refresh(
     name, url, path = str(cert.path), cert.url, cert.path
     staple_path = cert.staple_file or store.staple_path(cert.files_base)
     ocsp_fp = index.fingerprint(staple_path)  # before reading: a later change is a miss
-    # None: no file; size 0: HAProxy's "empty .ocsp" registration (§0.2). Nothing to read.
-    has_bytes = ocsp_fp is not None and ocsp_fp[1] > 0
-    current = _current_staple(staple_path, cert, now, options.margin) if has_bytes else None
+    # No file, or an empty one (HAProxy's "empty .ocsp" registration, docs/haproxy.md):
+    # the store has nothing to give.
+    current = _current_staple(ctx.staples, staple_path, cert, now, options.margin)
     # After a signed "revoked", an older good staple is neither fresh nor pushed again.
     revoked = ctx.index.is_revoked(path, cert.leaf.serial_number)
     keep = current and not revoked and not options.force
@@ -494,7 +451,7 @@ async def _fetch(
         return _Prepared(ResultRow.of(name, url, current[1], Action.FRESH), staple, **hints)
     staple = _staple(cert, reply.der, verdict, cert_id=cert_id)
     if not options.dry_run:
-        await ctx.writer.write(staple_path, reply.der, owner_of=path)
+        await ctx.staples.put(staple_path, reply.der, owner_of=path)
         _remember(ctx, cert, staple, index.fingerprint_if(staple_path, reply.der))
     return _Prepared(ResultRow.of(name, url, verdict, Action.FETCHED), staple, **hints)
 
@@ -510,131 +467,6 @@ def _noted(entry: CertEntry, prepared: _Prepared) -> _Prepared:
         "its load line (hastaple keeps that file fresh) and the staple survives on its own."
     )
     return dataclasses.replace(prepared, row=dataclasses.replace(prepared.row, note=note))
-
-
-async def resolve_issuer(
-    path: Path,
-    bundle: pem.Bundle,
-    fetcher: Fetcher,
-    state_dir: Path | None,
-    *,
-    now: dt.datetime | None = None,
-    base: Path | None = None,
-) -> tuple[x509.Certificate, bytes | None]:
-    """
-    Find the issuer of ``bundle.leaf``: the chain, ``<crt>.issuer``, then AIA.
-
-    Returns the issuer and, when HAProxy cannot find it in the PEM chain, its
-    PEM to send as ``<crt>.issuer`` in the commit (docs/haproxy.md, D3).
-
-    Raises:
-        CertificateError: no local source holds the issuer and there is no AIA URL.
-        FetchError: the AIA URLs did not give it.
-    """
-    if (local := local_issuer(path, bundle, base=base)) is not None:
-        return local
-    urls = issuers.ca_issuers_urls(bundle.leaf)
-    when = now or dt.datetime.now(dt.UTC)
-    for url in urls:
-        found = await _aia_issuer(url, bundle.leaf, fetcher, state_dir, when)
-        if found is not None:
-            return found, found.public_bytes(serialization.Encoding.PEM)
-    if urls:
-        raise FetchError(urls[0], f"gave no certificate that issued {path}")
-    raise CertificateError(
-        path,
-        "issuer not found: the file has no chain, there is no "
-        f"{store.issuer_path(base or path).name}, and no AIA caIssuers URL",
-    )
-
-
-def local_issuer(
-    path: Path, bundle: pem.Bundle, *, base: Path | None = None
-) -> tuple[x509.Certificate, bytes | None] | None:
-    """
-    The issuer from the PEM chain, else from ``<base>.issuer``, as HAProxy looks (§3a).
-
-    ``base`` is what HAProxy appends ``.issuer`` to (default ``path``).
-
-    Returns None when neither has it; the PEM to send is set only for ``.issuer``.
-
-    Raises:
-        CertificateError: ``<crt>.issuer`` exists but holds another certificate.
-    """
-    in_chain = issuers.choose_local(bundle.leaf, bundle.chain)
-    if in_chain is not None:
-        return in_chain, None
-    issuer_file = store.issuer_path(base or path)
-    if not issuer_file.exists():
-        return None
-    found = issuers.choose_local(bundle.leaf, issuers.parse_certificates(pem.read(issuer_file)))
-    if found is None:
-        raise CertificateError(issuer_file, f"does not hold the issuer of {path.name}")
-    return found, found.public_bytes(serialization.Encoding.PEM)
-
-
-async def _aia_issuer(
-    url: str, leaf: x509.Certificate, fetcher: Fetcher, state_dir: Path | None, now: dt.datetime
-) -> x509.Certificate | None:
-    """
-    The issuer of ``leaf`` from caIssuers ``url``: cached in the state directory, for a while.
-
-    A cached certificate is used while it is younger than ``AIA_MAX_AGE``, is
-    within its own validity, and signed ``leaf``. Otherwise ``url`` is asked
-    again: a CA that re-issued its intermediate (a new key signs new leaves,
-    or the old one expired) is noticed at once, not never. If asking fails, an
-    older cached issuer that still signed ``leaf`` and is valid is used (with a
-    warning) rather than failing the certificate.
-    """
-    cache = None if state_dir is None else state_dir / "issuers" / _aia_cache_name(url)
-    stale = None
-    if cache is not None and (held := _read_aia_cache(cache)) is not None:
-        certs, mtime = held
-        found = issuers.choose(leaf, certs)
-        if found is not None and _within_validity(found, now):
-            if now - mtime < AIA_MAX_AGE:
-                return found
-            stale = found
-    try:
-        data = await fetcher.get(url)
-    except FetchError as exc:
-        if stale is None:
-            raise
-        logger.warning("using the issuer cached from %s: asking again failed: %s", url, exc)
-        return stale
-    certs = issuers.parse_certificates(data)
-    if certs and cache is not None:
-        _write_aia_cache(cache, data, url)
-    return issuers.choose(leaf, certs)
-
-
-def _aia_cache_name(url: str) -> str:
-    return hashlib.sha256(url.encode()).hexdigest() + ".der"
-
-
-def _read_aia_cache(cache: Path) -> tuple[list[x509.Certificate], dt.datetime] | None:
-    """The certificates cached at ``cache`` and when they were downloaded, or None."""
-    try:
-        data, st = store.read_file(cache)
-    except OSError:
-        return None
-    return issuers.parse_certificates(data), dt.datetime.fromtimestamp(st.st_mtime, dt.UTC)
-
-
-def _write_aia_cache(cache: Path, data: bytes, url: str) -> None:
-    """Cache a download; failing to write it never fails the certificate."""
-    try:
-        # mkdir(parents=True) gives the parents the default mode (0755):
-        # make the state directory itself private first.
-        config.ensure_private_dir(cache.parent.parent)
-        config.ensure_private_dir(cache.parent)
-        store.write_atomic(cache, data)
-    except (OSError, StoreError) as exc:
-        logger.warning("could not cache the issuer from %s: %s", url, exc)
-
-
-def _within_validity(cert: x509.Certificate, now: dt.datetime) -> bool:
-    return cert.not_valid_before_utc <= now <= cert.not_valid_after_utc
 
 
 def _haproxy_can_find_issuer(path: Path) -> bool:
@@ -676,10 +508,10 @@ def _no_issuer_on_disk(path: Path, base: Path) -> str:
 
 
 def _current_staple(
-    staple_path: Path, cert: _Cert, now: dt.datetime, margin: dt.timedelta
+    staples: StapleStore, staple_path: Path, cert: _Cert, now: dt.datetime, margin: dt.timedelta
 ) -> tuple[bytes, Verdict] | None:
-    """The staple on disk if it is still a valid, good response for this certificate."""
-    der = store.read(staple_path)
+    """The staple kept if it is still a valid, good response for this certificate."""
+    der = staples.get(staple_path)
     if not der:
         return None
     try:

@@ -30,7 +30,7 @@ from hastaple.core.model import CertEntry
 from hastaple.core.ocsp import request
 from hastaple.core.ocsp.validate import UNREADABLE, validate
 from hastaple.engine.fetch import Fetcher, Limits
-from hastaple.engine.pipeline import local_issuer
+from hastaple.engine.issuers import local_issuer
 from hastaple.errors import CertificateError, ConfigError, FetchError, HAProxyError, InvalidResponse
 from hastaple.haproxy import cfgload, client, protocol
 from hastaple.haproxy.cfgwords import SPACE, split_line

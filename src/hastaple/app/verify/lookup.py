@@ -4,7 +4,7 @@ The issuer of a served certificate whose chain lacks it, found the way ``fetch``
 HAProxy staples for a chainless PEM when ``<crt>.issuer`` lies next to it,
 but it does not send that issuer in the handshake, so the served chain alone
 cannot check the staple. When verify knows the file behind the name (from
-``--haproxy-config``), ``pipeline.resolve_issuer`` looks exactly as fetch
+``--haproxy-config``), ``engine.issuers.resolve_issuer`` looks exactly as fetch
 does: the PEM chain, ``<crt>.issuer``, then AIA caIssuers. For a bare
 ``HOST:PORT`` only the served certificate's AIA URL is there to ask.
 Blocking (its own event loop): called from verify's worker threads.
@@ -57,7 +57,7 @@ async def _resolve(
     path: Path | None, bundle: pem.Bundle | None, leaf: x509.Certificate, limits: Limits
 ) -> x509.Certificate | None:
     from hastaple.engine.fetch import Fetcher  # noqa: PLC0415 - see find_issuer
-    from hastaple.engine.pipeline import resolve_issuer  # noqa: PLC0415
+    from hastaple.engine.issuers import resolve_issuer  # noqa: PLC0415
 
     async with Fetcher(limits) as fetcher:
         if path is not None and bundle is not None:
