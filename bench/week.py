@@ -56,6 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from hastaple import config as cfgmod
 from hastaple.daemon import eventlog as events
+from hastaple.daemon import loop
 from hastaple.daemon import scheduler as daemonmod
 from hastaple.daemon.state import State
 from hastaple.engine.fetch import Fetcher
@@ -213,7 +214,7 @@ async def simulate(
                 while True:
                     if await daemon.refresh_due():
                         batches += 1
-                        daemonmod._trim_heap()  # noqa: SLF001 - as the daemon's loop does
+                        loop.trim_heap()  # as the daemon's loop does
                     wakeup = daemon.next_wakeup()
                     nxt = until if wakeup is None else min(wakeup, until)
                     while check_at <= nxt:

@@ -170,17 +170,20 @@ async def test_haproxy_down_is_retried_not_fatal(pki, tmp_path, caplog, make_wor
     """A socket nobody listens on: logged once as haproxy_down, no exception, staples kept."""
     caplog.set_level(logging.INFO, logger="hastaple.daemon")
     world = await make_world(1)
-    world.daemon.config = dataclasses.replace(
-        world.config, sockets=(str(tmp_path / "nobody.sock"),)
+    world.daemon.apply(
+        world.daemon.prepare(
+            dataclasses.replace(world.config, sockets=(str(tmp_path / "nobody.sock"),))
+        )
     )
-    world.daemon.rediscover()
     world.clock.t += dt.timedelta(seconds=11)
     [outcome] = await world.daemon.refresh_due()
     assert outcome.row.haproxy == {str(tmp_path / "nobody.sock"): "error"}
     rec = world.daemon.records[outcome.row.cert]
     assert rec.status == "good"  # the staple is stored ...
     assert rec.next_refresh > world.clock.now() + dt.timedelta(days=3)  # ... and the CA not asked
-    failures, retry_at = world.daemon._push_again[str(tmp_path / "nobody.sock")]
+    retry = world.daemon.haproxy.retry(str(tmp_path / "nobody.sock"))
+    assert retry is not None
+    failures, retry_at = retry
     assert failures == 1
     assert retry_at > world.clock.now()  # retried with backoff, not at every poll
     for _ in range(3):
@@ -202,8 +205,7 @@ async def test_a_push_failure_is_a_failure_and_a_dead_socket_fails_healthz(
     caplog.set_level(logging.INFO, logger="hastaple.daemon")
     world = await make_world(1)
     sock = str(tmp_path / "mistyped.sock")
-    world.daemon.config = dataclasses.replace(world.config, sockets=(sock,))
-    world.daemon.rediscover()
+    world.daemon.apply(world.daemon.prepare(dataclasses.replace(world.config, sockets=(sock,))))
     world.clock.t += dt.timedelta(seconds=11)
     [outcome] = await world.daemon.refresh_due()
     rec = world.daemon.records[outcome.row.cert]

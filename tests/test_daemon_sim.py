@@ -27,6 +27,7 @@ from hastaple.daemon import metrics, service
 from hastaple.daemon import scheduler as daemonmod
 from hastaple.daemon.state import State
 from hastaple.engine.fetch import Fetcher
+from hastaple.sources import pem
 from hastaple.testing.pki import now as real_now
 from hastaple.testing.responders import FaultResponder, Sign
 
@@ -343,7 +344,9 @@ async def test_discovery_warning_is_logged_once_not_at_every_event(
         f"global\n  stats socket {tmp_path}/op.sock level operator\n"
         f"frontend f\n  bind :443 ssl crt {world.crt_dir}\n"
     )
-    world.daemon.config = dataclasses.replace(world.config, paths=(), haproxy_configs=(cfg,))
+    world.daemon.apply(
+        world.daemon.prepare(dataclasses.replace(world.config, paths=(), haproxy_configs=(cfg,)))
+    )
     for _ in range(3):
         world.daemon.on_change({cfg})
     lines = [r for r in caplog.records if "event=discover " in r.getMessage()]
@@ -397,8 +400,9 @@ async def test_source_briefly_broken_is_a_warning_not_an_internal_error(
     world = await make_world(2)
     listed = tmp_path / "list.txt"
     listed.write_text(f"{world.crt_dir / 'c0.pem'}\n{world.crt_dir / 'c1.pem'}\n")
-    world.daemon.config = dataclasses.replace(world.config, paths=(), crt_lists=(listed,))
-    world.daemon.rediscover()
+    world.daemon.apply(
+        world.daemon.prepare(dataclasses.replace(world.config, paths=(), crt_lists=(listed,)))
+    )
     before = dict(world.daemon.records)
     gone = world.crt_dir / "c1.pem"
     gone.unlink()
@@ -420,13 +424,13 @@ async def test_file_event_reparses_only_changed_certificates(
     """One changed file among many: only it is parsed again, the others by file identity."""
     world = await make_world(6)
     parsed: list[str] = []
-    real = daemonmod.pem.parse_file
+    real = pem.parse_file
 
     def counting(path):
         parsed.append(path.name)
         return real(path)
 
-    monkeypatch.setattr(daemonmod.pem, "parse_file", counting)
+    monkeypatch.setattr(pem, "parse_file", counting)
     world.daemon.rediscover()
     assert parsed == []  # nothing changed since the first discovery
     renewed = pki.leaf("c3.test", ocsp_url=world.url)
