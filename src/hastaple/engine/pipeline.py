@@ -35,6 +35,7 @@ from hastaple.engine.fetch import Fetcher, HostStalled, deferring
 from hastaple.engine.issuers import resolve_issuer
 from hastaple.errors import CertificateError, HastapleError
 from hastaple.haproxy.deploy import DeployItem
+from hastaple.sinks.base import Sink
 from hastaple.sinks.pusher import Pusher
 from hastaple.sources import pem
 from hastaple.stores import index, lock, store
@@ -207,7 +208,7 @@ async def _run_locked(
     ctx: _Context,
 ) -> list[Outcome]:
     results: list[_Prepared | None] = [None] * len(entries)
-    pusher = None
+    sink: Sink | None = None
     if (options.sockets or options.below_admin) and not options.dry_run:
 
         def deployed(i: int, row: ResultRow) -> None:
@@ -216,22 +217,22 @@ async def _run_locked(
             assert done is not None  # noqa: S101 - pushed only once prepared
             results[i] = dataclasses.replace(done, row=row, staple=None)
 
-        pusher = Pusher(options.sockets, deployed, below_admin=dict(options.below_admin))
+        sink = Pusher(options.sockets, deployed, below_admin=dict(options.below_admin))
 
     async def one(i: int, entry: CertEntry) -> None:
         results[i] = prepared = _noted(entry, await _prepare(entry, options, fetcher, now, ctx))
         if progress is not None:
             progress()
-        if pusher is not None and prepared.staple is not None:
-            await pusher.add(i, prepared.row, prepared.staple.deploys)
+        if sink is not None and prepared.staple is not None:
+            await sink.add(i, prepared.row, prepared.staple.deploys)
 
     try:
         await _in_pool(entries, one)
-        if pusher is not None:
-            await pusher.finish()
+        if sink is not None:
+            await sink.finish()
     finally:
-        if pusher is not None:
-            await pusher.close()
+        if sink is not None:
+            await sink.close()
     return [Outcome(p.row, p.max_age, p.elapsed) for p in results if p is not None]
 
 

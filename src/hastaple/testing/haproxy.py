@@ -94,6 +94,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+class StartError(RuntimeError):
+    """HAProxy exited or did not answer in time; ``log`` is what it printed."""
+
+    def __init__(self, binary: str, log: str) -> None:
+        super().__init__(f"HAProxy {binary} did not start:\n{log}")
+        self.log = log
+
+
 @dataclass
 class HAProxy:
     """A running HAProxy: its TLS port, admin socket and certificate directory."""
@@ -202,8 +210,7 @@ def start(
         last_error = hap.log
         if "cannot bind" not in last_error and "Address already in use" not in last_error:
             break
-    msg = f"HAProxy {binary} did not start:\n{last_error}"
-    raise RuntimeError(msg)
+    raise StartError(binary, last_error)
 
 
 def _wait_ready(hap: HAProxy) -> bool:
