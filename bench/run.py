@@ -12,7 +12,8 @@ What one run does, everything on 127.0.0.1 in a temp directory:
 3. HAProxy 2.8 ``[ocsp-update on]`` for all N (PEM = leaf+key+intermediate+root,
    as its updater needs for a delegated signer, docs/haproxy.md): time from the
    responder's first request to the Nth ``Update successful`` log line, read
-   from the log file, never by polling the CLI (§5.11);
+   from the log file, never by polling the CLI (docs/haproxy.md,
+   "HAProxy's own updater");
 4. ``hastaple fetch`` as a subprocess: cold (all due, no HAProxy), warm (all
    fresh, same state dir), then cold again with deploy into a real HAProxy 2.8
    over one admin socket (started with empty ``.ocsp`` files so every

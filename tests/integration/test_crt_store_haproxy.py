@@ -38,7 +38,8 @@ def _world(pki, responder, crt_dir: Path, tmp_path: Path) -> tuple[str, str, dic
         leaves[name] = pki.leaf(f"{name}.test", ocsp_url=responder.url)
         responder.add(leaves[name].cert)
         pki.write(crt_dir, f"{name}.pem", leaves[name])
-    # The files named by 'ocsp' must exist before HAProxy starts; empty is accepted (§3i).
+    # The files named by 'ocsp' must exist before HAProxy starts; empty is accepted
+    # (docs/haproxy.md, "HAProxy 3.0: crt-store").
     for name in ("named", "anon", "listed"):
         (crt_dir / f"{name}.ocsp").write_bytes(b"")
     crt_list = tmp_path / "list.txt"

@@ -103,7 +103,8 @@ async def test_same_certificate_in_a_second_file_without_ocsp(pki, crt_dir, star
     leaf = pki.leaf("twice.test")
     first = pki.write(crt_dir, "twice-a.pem", leaf)
     second = pki.write(crt_dir, "twice-b.pem", leaf)
-    first.with_name("twice-a.pem.ocsp").write_bytes(b"")  # registered at start (§0.2)
+    # registered at start (docs/haproxy.md, "The pitfall: unregistered certificates")
+    first.with_name("twice-a.pem.ocsp").write_bytes(b"")
     hap = start_haproxy()
 
     a, b = await deploy(str(hap.socket), [_item(pki, leaf, first), _item(pki, leaf, second)])

@@ -45,7 +45,8 @@ async def resolve_issuer(
     Find the issuer of ``bundle.leaf``: the chain, ``<crt>.issuer``, then AIA.
 
     Returns the issuer and, when HAProxy cannot find it in the PEM chain, its
-    PEM to send as ``<crt>.issuer`` in the commit (docs/haproxy.md, D3).
+    PEM to send as ``<crt>.issuer`` in the commit (docs/haproxy.md, "Loading a
+    staple without a reload").
 
     Raises:
         CertificateError: no local source holds the issuer and there is no AIA URL.
@@ -72,7 +73,9 @@ def local_issuer(
     path: Path, bundle: pem.Bundle, *, base: Path | None = None
 ) -> tuple[x509.Certificate, bytes | None] | None:
     """
-    The issuer from the PEM chain, else from ``<base>.issuer``, as HAProxy looks (§3a).
+    The issuer from the PEM chain, else from ``<base>.issuer``, as HAProxy looks.
+
+    docs/haproxy.md, "Where the issuer and CertID come from".
 
     ``base`` is what HAProxy appends ``.issuer`` to (default ``path``).
 
