@@ -28,8 +28,6 @@ import time
 import urllib.request
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-
 from hastaple.testing.pki import PKI
 from hastaple.testing.responders import FaultResponder, Serve
 

@@ -51,9 +51,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Self
 
-# The tests' PKI and fault-injecting responder, on purpose: the same CA the suite uses.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
 from hastaple import config as cfgmod
 from hastaple.daemon import eventlog as events
 from hastaple.daemon import loop

@@ -30,6 +30,7 @@ global
 {global_extra}
 defaults
     mode http
+{defaults_extra}
     timeout client 5s
     timeout server 5s
     timeout connect 5s
@@ -172,6 +173,9 @@ def start(
     crt_list: Path | None = None,
     certs: str | None = None,
     sections: str = "",
+    defaults_extra: str = "",
+    wait: bool = True,
+    startup_seconds: float = STARTUP_SECONDS,
 ) -> HAProxy:
     """
     Start HAProxy serving every certificate in ``crt_dir``; wait until the socket answers.
@@ -179,7 +183,15 @@ def start(
     ``master`` runs it master-worker (``-W -S <workdir>/master.sock``).
     ``certs`` replaces the bind's ``crt <crt_dir>`` (e.g. ``crt "@store/name"``);
     ``sections`` is text put before the frontend (e.g. ``crt-store`` sections).
-    ``workdir`` should be short: a unix socket path must fit 107 bytes.
+    ``global_extra`` and ``defaults_extra`` are lines added to those sections.
+    ``wait=False`` returns at once, without waiting for the socket (the
+    benchmark times HAProxy's own start-up); ``startup_seconds`` is how long
+    to wait for it otherwise. ``workdir`` should be short: a unix socket path
+    must fit 107 bytes.
+
+    Raises:
+        StartError: HAProxy exited or did not answer in time (three tries when
+            the port was taken meanwhile).
     """
     extra_args = ["-W", "-S", str(workdir / "master.sock")] if master else []
     sock = workdir / "admin.sock"
@@ -190,7 +202,12 @@ def start(
         bind_certs = certs or (f"crt-list {crt_list}" if crt_list else f"crt {crt_dir}")
         cfg.write_text(
             _CONFIG.format(
-                sock=sock, port=port, certs=bind_certs, global_extra=global_extra, sections=sections
+                sock=sock,
+                port=port,
+                certs=bind_certs,
+                global_extra=global_extra,
+                sections=sections,
+                defaults_extra=defaults_extra,
             )
         )
         log = (workdir / "haproxy.log").open("wb")
@@ -204,7 +221,7 @@ def start(
         )
         log.close()
         hap = HAProxy(binary, workdir, crt_dir, port, sock, proc)
-        if _wait_ready(hap):
+        if not wait or _wait_ready(hap, startup_seconds):
             return hap
         hap.stop()
         last_error = hap.log
@@ -213,8 +230,8 @@ def start(
     raise StartError(binary, last_error)
 
 
-def _wait_ready(hap: HAProxy) -> bool:
-    deadline = time.monotonic() + STARTUP_SECONDS
+def _wait_ready(hap: HAProxy, seconds: float = STARTUP_SECONDS) -> bool:
+    deadline = time.monotonic() + seconds
     args = hap.proc.args
     master_worker = isinstance(args, list) and "-W" in args
     while time.monotonic() < deadline:
