@@ -7,10 +7,11 @@ CA; each host has its own bound and queue, so a stalled responder holds up
 only its own certificates. Every exchange is bounded: connect time, total
 time (redirects included), body size, number of redirects; only http and https
 are spoken, also after a redirect. ``HTTP(S)_PROXY``/``NO_PROXY`` are honoured
-(what aiohttp's ``trust_env`` reads, looked up by us: see ``_Routes``).
+(what aiohttp's ``trust_env`` reads, looked up by us: ``proxies.Routes``).
 
 Every aiohttp, timeout and socket error is translated into ``FetchError`` at
-this boundary (httpx's ``map_httpcore_exceptions``); callers see nothing else.
+this boundary (``fetch_errors``, httpx's ``map_httpcore_exceptions``); callers
+see nothing else.
 The body is returned as bytes: whether it is a valid OCSP response is the
 validator's question, not ours.
 """
@@ -20,23 +21,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import os
 import re
-import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Self
 
 import aiohttp
-from aiohttp import helpers
 from yarl import URL
 
 from hastaple import __version__
 from hastaple.config import FETCH_TIMEOUT, RESPONDER_CONNECTIONS
 from hastaple.core.ocsp.request import http_request
+from hastaple.engine.fetch_errors import MapErrors
+from hastaple.engine.proxies import Routes
 from hastaple.errors import FetchError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Iterator
     from types import TracebackType
 
 OCSP_CONTENT_TYPE = "application/ocsp-response"  # RFC 6960 Appendix A.2
@@ -159,7 +159,7 @@ class Fetcher:
         # starts when it may talk, so 10,000 certificates queued behind 4
         # connections to one responder never time out while merely waiting.
         self._hosts: dict[tuple[str, str | None, int | None], _Host] = {}
-        self._routes = _Routes()
+        self._routes = Routes()
 
     async def __aenter__(self) -> Self:
         # limit=0: no pool shared by all hosts, whose wait would count against
@@ -173,7 +173,7 @@ class Fetcher:
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.limits.connect_timeout),
             headers={"User-Agent": self._user_agent},
             # The proxy variables and ~/.netrc are honoured, but looked up by
-            # `_Routes`: aiohttp's trust_env costs two thread hand-offs per request.
+            # `Routes`: aiohttp's trust_env costs two thread hand-offs per request.
             trust_env=False,
             # Responders have no business setting cookies on us.
             cookie_jar=aiohttp.DummyCookieJar(),
@@ -273,7 +273,7 @@ class Fetcher:
         content_type: str | None,
     ) -> _Body:
         """The exchange itself, redirects included, with a connection already ours."""
-        with _MapErrors(origin, self.limits):
+        with MapErrors(origin, self.limits):
             async with asyncio.timeout(self.limits.timeout):
                 for _ in range(self.limits.max_redirects + 1):
                     route = self._routes.get(target)
@@ -327,107 +327,6 @@ class Fetcher:
                 async with asyncio.timeout(max(wait, self.limits.stalled_after / 10)):
                     await host.slots.acquire()
                     return
-
-
-@dataclass(frozen=True, slots=True)
-class _Route:
-    """How to reach one origin: through which proxy, with which credentials."""
-
-    proxy: URL | None = None
-    proxy_headers: dict[str, str] | None = None  # Proxy-Authorization for CONNECT (https)
-    headers: dict[str, str] | None = None  # Authorization (netrc); Proxy-Authorization (http)
-
-
-_DIRECT = _Route()
-
-
-class _Routes:
-    """
-    What aiohttp's ``trust_env`` would use for a URL, computed once per origin.
-
-    aiohttp with ``trust_env=True`` runs two lookups per request in a thread
-    (the proxy variables, then ~/.netrc): at 10,000 requests that is 20,000
-    thread hand-offs and the GIL contention that comes with them (measured:
-    the biggest single cost of a cold run). We call the same aiohttp helpers,
-    on the loop, once per origin, and look again whenever the variables they
-    read change (the daemon's reload sets ``HTTP_PROXY``) or, within
-    ``NETRC_RECHECK`` seconds, the netrc file does.
-    """
-
-    def __init__(self) -> None:
-        self._key: tuple[object, ...] | None = None
-        self._routes: dict[tuple[str, str | None, int | None, bool], _Route] = {}
-        self._netrc_seen = -NETRC_RECHECK  # monotonic time of the last stat of ~/.netrc
-
-    def get(self, url: URL) -> _Route:
-        """The route for ``url`` under the current environment."""
-        env = tuple(map(os.environ.get, _ENV_NAMES))
-        now = time.monotonic()
-        if self._key is None or env != self._key[0] or now - self._netrc_seen >= NETRC_RECHECK:
-            self._netrc_seen = now
-            key = (env, _netrc_identity(env))
-            if key != self._key:
-                self._key, self._routes = key, {}
-        origin = (url.scheme, url.host, url.port, _has_credentials(url))
-        route = self._routes.get(origin)
-        if route is None:
-            route = self._routes[origin] = _env_route(url)
-        return route
-
-
-# Every variable the lookups below read for an http(s) URL (urllib's getproxies
-# and proxy_bypass, aiohttp's netrc_from_env): a fixed list, because iterating
-# os.environ on every request costs more than the request's own Python.
-_ENV_NAMES = (
-    "http_proxy",
-    "HTTP_PROXY",
-    "https_proxy",
-    "HTTPS_PROXY",
-    "no_proxy",
-    "NO_PROXY",
-    "REQUEST_METHOD",  # a CGI environment: urllib then ignores HTTP_PROXY
-    "NETRC",
-    "HOME",
-)
-# Seconds between looks at the netrc file for changes: a stat per request is
-# a system call per certificate; the variables are compared on every request.
-NETRC_RECHECK = 1.0
-
-
-def _netrc_identity(env: tuple[str | None, ...]) -> tuple[int, int, int, int] | None:
-    """The identity of the netrc file that ``env`` (``_ENV_NAMES``) points at, or None."""
-    netrc = env[-2] or os.path.join(env[-1] or os.path.expanduser("~"), ".netrc")  # noqa: PTH111, PTH118
-    try:
-        st = os.stat(netrc)  # noqa: PTH116 - a bare stat, no Path needed
-    except OSError:
-        return None
-    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-
-def _env_route(url: URL) -> _Route:
-    """The trust_env rules of aiohttp: env proxy unless NO_PROXY, netrc for the host."""
-    headers = None
-    if url.host is not None and not _has_credentials(url):  # credentials in the URL win
-        with contextlib.suppress(LookupError):
-            auth = helpers.basicauth_from_netrc(helpers.netrc_from_env(), url.host)
-            headers = {"Authorization": auth.encode()}
-    try:
-        proxy, proxy_auth = helpers.get_env_proxy_for_url(url)
-    except LookupError:
-        return _Route(headers=headers) if headers else _DIRECT
-    if proxy_auth is None:
-        return _Route(proxy, None, headers)
-    credentials = {"Proxy-Authorization": proxy_auth.encode()}
-    if url.scheme == "https":  # sent on the CONNECT to the proxy
-        return _Route(proxy, credentials, headers)
-    # A plain-http request goes to the proxy as is: aiohttp puts proxy_headers
-    # only on a CONNECT, so the credentials travel with the request itself.
-    return _Route(proxy, None, (headers or {}) | credentials)
-
-
-def _has_credentials(url: URL) -> bool:
-    """A user or a password in the URL (``http://:pw@host`` counts): netrc is then not used."""
-    return url.raw_user is not None or url.raw_password is not None
 
 
 def _parse_url(origin: str, url: str) -> URL:
@@ -488,91 +387,3 @@ def _max_age(cache_control: str | None) -> int | None:
         return None
     match = _MAX_AGE.search(cache_control)
     return int(match.group(1)) if match else None
-
-
-class _MapErrors:
-    """
-    Translate transport exceptions into ``FetchError`` (httpx's map_httpcore_exceptions).
-
-    A class rather than ``@contextmanager`` so that ``__exit__`` is typed as
-    never swallowing: mypy then knows the block either returns or raises.
-    Order matters: the most specific classes first (aiohttp's timeouts are also
-    ``OSError``s and ``ClientError``s).
-    """
-
-    def __init__(self, url: str, limits: Limits) -> None:
-        self.url = url
-        self.limits = limits
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc is None or isinstance(exc, FetchError):
-            return
-        for caught, sentence in _ERROR_MAP:
-            if isinstance(exc, caught):
-                raise FetchError(self.url, sentence(exc, self.limits)) from exc
-
-
-# (caught type, sentence), most specific first: aiohttp's timeouts
-# are also OSErrors and ClientErrors. Anything not listed escapes: a bug.
-_ERROR_MAP: tuple[tuple[type[BaseException], Callable[[Any, Limits], str]], ...] = (
-    (
-        aiohttp.ConnectionTimeoutError,
-        lambda _, lim: f"no connection within {lim.connect_timeout:g} s",
-    ),
-    (
-        TimeoutError,  # asyncio.timeout, ClientTimeout(total), SocketTimeoutError
-        lambda _, lim: f"no complete answer within {lim.timeout:g} s",
-    ),
-    (
-        aiohttp.ClientConnectorDNSError,
-        lambda e, _: f"cannot resolve the host: {_reason(e)}",
-    ),
-    (
-        aiohttp.ClientProxyConnectionError,
-        lambda e, _: f"cannot connect to the proxy: {_reason(e)}",
-    ),
-    (
-        aiohttp.ClientConnectorCertificateError,
-        lambda e, _: f"the responder's TLS certificate is not trusted: {_tls_reason(e)}",
-    ),
-    (aiohttp.ClientSSLError, lambda e, _: f"TLS handshake failed: {_tls_reason(e)}"),
-    (aiohttp.ClientConnectorError, lambda e, _: f"cannot connect: {_reason(e)}"),
-    (
-        aiohttp.ServerDisconnectedError,
-        lambda _e, _: "the responder closed the connection without answering",
-    ),
-    (
-        aiohttp.ClientPayloadError,
-        lambda _e, _: "the response body was cut short or malformed",
-    ),
-    (aiohttp.ClientHttpProxyError, lambda e, _: f"the proxy answered HTTP {e.status}"),
-    (aiohttp.InvalidURL, lambda e, _: f"invalid URL: {e}"),
-    (aiohttp.ClientResponseError, lambda e, _: f"malformed HTTP response: {e.message}"),
-    (aiohttp.ClientError, lambda e, _: f"HTTP client error: {_reason(e)}"),
-    (OSError, lambda e, _: f"network error: {_reason(e)}"),
-)
-
-
-def _reason(exc: BaseException) -> str:
-    """The most human part of an exception: the OS's strerror when there is one."""
-    os_error = getattr(exc, "os_error", exc)
-    strerror = getattr(os_error, "strerror", None)
-    return str(strerror or exc or type(exc).__name__)
-
-
-def _tls_reason(exc: BaseException) -> str:
-    """OpenSSL's own words ("certificate has expired"), without the [SSL: ...] noise."""
-    inner = getattr(exc, "certificate_error", None) or getattr(exc, "os_error", exc)
-    if verify_message := getattr(inner, "verify_message", None):
-        return str(verify_message)
-    if reason := getattr(inner, "reason", None):  # e.g. WRONG_VERSION_NUMBER
-        return str(reason).replace("_", " ").lower()
-    return _reason(exc)
