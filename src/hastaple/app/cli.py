@@ -562,13 +562,13 @@ def doctor_command(
     import uvloop  # noqa: PLC0415 - see fetch()
 
     from hastaple.app import doctor  # noqa: PLC0415
-    from hastaple.app.doctor import facts  # noqa: PLC0415
+    from hastaple.app.doctor import gather  # noqa: PLC0415
 
     with _errors(ctx):
         if not (paths or configs):
             raise UsageError("nothing to check: give --haproxy-config or certificate paths")
         gathered = uvloop.run(
-            facts.gather(
+            gather.gather(
                 paths=paths,
                 configs=configs,
                 sockets=sockets,
