@@ -18,7 +18,7 @@ import datetime as dt
 import logging
 from collections.abc import Sequence
 
-from hastaple.app.verify.judge import SERVED_MARGIN, Check, Handshake, Target, VerifyError, judge
+from hastaple.app.verify.judge import SERVED_MARGIN, Check, Handshake, Target, judge
 from hastaple.app.verify.judge import failed as judge_failed
 from hastaple.app.verify.lookup import find_issuer
 from hastaple.app.verify.output import duration, fields, report, summary
@@ -36,6 +36,7 @@ from hastaple.app.verify.tls import FAMILIES, TIMEOUT_SECONDS, handshake
 from hastaple.core import certs
 from hastaple.core import issuer as issuers
 from hastaple.core.ocsp.validate import UNREADABLE, one_line
+from hastaple.errors import VerifyError
 
 __all__ = [
     "DEFAULT_PORT",

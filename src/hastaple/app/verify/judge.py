@@ -22,20 +22,11 @@ from hastaple.core import certs
 from hastaple.core import issuer as issuers
 from hastaple.core.model import Action, ResultRow, Status, Verdict
 from hastaple.core.ocsp.validate import validate
-from hastaple.errors import HastapleError, InvalidResponse
+from hastaple.errors import InvalidResponse
 
 # A served staple is judged as a TLS client would: valid until nextUpdate.
 # The 15-minute margin of ``fetch`` is about what is safe to push, not to serve.
 SERVED_MARGIN = dt.timedelta(0)
-
-
-class VerifyError(HastapleError):
-    """The endpoint could not be reached or the TLS handshake failed."""
-
-    def __init__(self, target: str, problem: str) -> None:
-        self.target = target
-        self.problem = problem
-        super().__init__(f"{target}: {problem}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,8 @@ import time
 
 from OpenSSL import SSL
 
-from hastaple.app.verify.judge import Handshake, Target, VerifyError
+from hastaple.app.verify.judge import Handshake, Target
+from hastaple.errors import VerifyError
 
 TIMEOUT_SECONDS = 10.0
 
