@@ -140,14 +140,19 @@ class HAProxy:
 
     def stop(self) -> None:
         """Kill the whole process group and reap it."""
+        stop_group(self.proc)
+
+
+def stop_group(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
+    """SIGTERM ``proc``'s process group, SIGKILL it after ``timeout`` seconds; reap ``proc``."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=5)
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=5)
 
 
 def cli(sock: Path | str, line: str, timeout: float = 5.0) -> str:
