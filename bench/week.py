@@ -57,21 +57,12 @@ from hastaple.daemon import loop
 from hastaple.daemon import scheduler as daemonmod
 from hastaple.daemon.state import State
 from hastaple.engine.fetch import Fetcher
+from hastaple.testing.clock import SimClock
 from hastaple.testing.pki import PKI
 from hastaple.testing.responders import FaultResponder, Sign
 
 DAY = dt.timedelta(days=1)
 WEEK = dt.timedelta(days=7)
-
-
-class SimClock:
-    """The simulated time, read by the daemon and (from its thread) by the responder."""
-
-    def __init__(self, start: dt.datetime) -> None:
-        self.t = start
-
-    def now(self) -> dt.datetime:
-        return self.t
 
 
 @dataclasses.dataclass

@@ -28,21 +28,12 @@ from hastaple.daemon import scheduler as daemonmod
 from hastaple.daemon.state import State
 from hastaple.engine.fetch import Fetcher
 from hastaple.sources import pem
+from hastaple.testing.clock import SimClock
 from hastaple.testing.pki import now as real_now
 from hastaple.testing.responders import FaultResponder, Sign
 
 WEEK = dt.timedelta(days=7)
 DAY = dt.timedelta(days=1)
-
-
-class SimClock:
-    """A clock the test moves by hand."""
-
-    def __init__(self, start: dt.datetime) -> None:
-        self.t = start
-
-    def now(self) -> dt.datetime:
-        return self.t
 
 
 @dataclasses.dataclass
