@@ -16,6 +16,8 @@ times against ``now``.
 It lives in the state directory: a snapshot (``index.json``, written
 atomically) and a journal of later changes (``index.journal``); see ``Index``.
 A missing, unreadable or foreign file is an empty index, never an error.
+File identities are ``fileid``'s, the on-disk format ``index_codec``'s. Must
+not judge a response (the pipeline validated it before ``record``).
 """
 
 from __future__ import annotations
@@ -26,17 +28,35 @@ import datetime as dt
 import json
 import os
 import secrets
-import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.x509 import ocsp
 
-from hastaple.core.model import Status, Verdict
+from hastaple.core.model import Verdict
 from hastaple.core.ocsp.validate import CLOCK_SKEW
 from hastaple.errors import StoreError
+from hastaple.stores import index_codec as codec
 from hastaple.stores import store
+from hastaple.stores.fileid import (
+    Fingerprint,
+    fingerprint,
+    fingerprint_if,
+    identity,
+    issuer_file,
+    issuer_fingerprint,
+)
+from hastaple.stores.index_codec import Entry
+
+__all__ = [
+    "Entry",
+    "Fingerprint",
+    "Index",
+    "fingerprint",
+    "fingerprint_if",
+    "issuer_fingerprint",
+    "signer_window",
+]
 
 INDEX_NAME = "index.json"
 JOURNAL_NAME = "index.journal"
@@ -45,51 +65,6 @@ JOURNAL_NAME = "index.journal"
 _MIN_JOURNAL = 1024
 _VERSION = 2  # 2: entries say whether the certificate is must-staple
 _PIECE = 64 * 1024  # bytes per write of the index document
-
-Fingerprint = tuple[int, int, int, int]  # inode, size, mtime_ns, ctime_ns
-
-
-def fingerprint_if(path: Path, data: bytes) -> Fingerprint | None:
-    """
-    The identity of ``path`` if it holds exactly ``data``, else None.
-
-    Taken from the open file, so another writer replacing ``path`` after our
-    write can never get its bytes indexed under our verdict.
-    """
-    try:
-        held, st = store.read_file(path)
-    except OSError:
-        return None
-    return _identity(st) if held == data else None
-
-
-def fingerprint(path: Path) -> Fingerprint | None:
-    """The identity of ``path``'s current content, or None when it is missing."""
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return _identity(st)
-
-
-def _identity(st: os.stat_result) -> Fingerprint:
-    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """What a validated, good staple and its certificate told us, and about which files."""
-
-    pem: Fingerprint
-    ocsp: Fingerprint
-    issuer_file: Fingerprint | None
-    url: str
-    cert_id: bytes
-    issuer_pem: bytes | None
-    verdict: Verdict
-    valid_from: dt.datetime
-    valid_until: dt.datetime
-    must_staple: bool = False
 
 
 def signer_window(der: bytes, verdict: Verdict) -> tuple[dt.datetime, dt.datetime]:
@@ -200,12 +175,12 @@ class Index:
         except OSError:
             self._snapshot = None
             return
-        self._snapshot = _identity(st)
+        self._snapshot = identity(st)
         with contextlib.suppress(ValueError, KeyError, TypeError, AttributeError):
             doc = json.loads(data)
             if doc.get("version") == _VERSION:
                 pems = self._pems
-                self._entries = {name: _entry(raw, pems) for name, raw in doc["certs"].items()}
+                self._entries = {name: codec.entry(raw, pems) for name, raw in doc["certs"].items()}
                 revoked = doc.get("revoked", {})
                 self._revoked = {name: int(serial) for name, serial in revoked.items()}
                 generation = doc.get("generation")
@@ -218,7 +193,7 @@ class Index:
             return  # a journal follows a snapshot; without one it means nothing
         try:
             with self._journal_path.open("rb") as f:
-                self._journal = _identity(os.fstat(f.fileno()))
+                self._journal = identity(os.fstat(f.fileno()))
                 f.seek(self._journal_at)
                 data = f.read()
         except OSError:
@@ -255,7 +230,7 @@ class Index:
             if raw is None:
                 self._entries.pop(name, None)
             else:
-                self._entries[name] = _entry(raw, self._pems)  # type: ignore[arg-type]
+                self._entries[name] = codec.entry(raw, self._pems)  # type: ignore[arg-type]
         if "revoked" in change:
             serial = change["revoked"]
             if serial is None:
@@ -283,7 +258,7 @@ class Index:
             return None
         # ``.issuer`` counts only when the chain lacks the issuer (``issuer_pem``
         # set): HAProxy and we take the chain first (docs/haproxy.md).
-        if entry.issuer_pem is not None and entry.issuer_file != fingerprint(_issuer_file(files)):
+        if entry.issuer_pem is not None and entry.issuer_file != fingerprint(issuer_file(files)):
             return None
         return entry
 
@@ -293,7 +268,7 @@ class Index:
             der, st = store.read_file(store.staple_path(base))  # st: of exactly these bytes
         except OSError:
             return None
-        return der if _identity(st) == entry.ocsp else None
+        return der if identity(st) == entry.ocsp else None
 
     def record(self, cert: Path, entry: Entry) -> None:
         """Remember ``entry`` for ``cert`` (saved by ``save``)."""
@@ -364,15 +339,15 @@ class Index:
         """Append one line per changed name to the journal and sync it (one small write)."""
         out = bytearray()
         if self._journal is None:  # none since the snapshot: start one that names it
-            out += _line({"base": self._generation})
+            out += codec.line({"base": self._generation})
         for name in sorted(self._changed | self._changed_revoked):
             change: dict[str, object] = {"cert": name}
             if name in self._changed:
                 entry = self._entries.get(name)
-                change["entry"] = None if entry is None else _raw(entry)
+                change["entry"] = None if entry is None else codec.raw(entry)
             if name in self._changed_revoked:
                 change["revoked"] = self._revoked.get(name)
-            out += _line(change)
+            out += codec.line(change)
             self._journal_lines += 1
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
         fd = os.open(self._journal_path, flags, 0o600)
@@ -381,7 +356,7 @@ class Index:
             while view:
                 view = view[os.write(fd, view) :]
             os.fdatasync(fd)
-            self._journal = _identity(os.fstat(fd))
+            self._journal = identity(os.fstat(fd))
         finally:
             os.close(fd)
         self._journal_at += len(out)
@@ -395,19 +370,19 @@ class Index:
         written as it is produced.
         """
         out = bytearray(b'{"version":%d,"generation":' % _VERSION)
-        out += _dumps(generation).encode()
+        out += codec.dumps(generation).encode()
         out += b',"certs":{'
         for i, (name, e) in enumerate(self._entries.items()):
             if i:
                 out += b","
-            out += _dumps(name).encode()
+            out += codec.dumps(name).encode()
             out += b":"
-            out += _dumps(_raw(e)).encode()
+            out += codec.dumps(codec.raw(e)).encode()
             if len(out) >= _PIECE:
                 yield bytes(out)
                 out.clear()
         out += b'},"revoked":'
-        out += _dumps(self._revoked).encode()
+        out += codec.dumps(self._revoked).encode()
         out += b"}"
         yield bytes(out)
 
@@ -417,80 +392,3 @@ def _appended_to(before: Fingerprint | None, now: Fingerprint | None) -> bool:
     if now is None:
         return False
     return before is None or (now[0] == before[0] and now[1] > before[1])
-
-
-def _line(change: dict[str, object]) -> bytes:
-    return _dumps(change).encode() + b"\n"
-
-
-def _shared(data: bytes, pems: dict[bytes, bytes]) -> bytes:
-    return pems.setdefault(data, data)
-
-
-def _dumps(value: object) -> str:
-    return json.dumps(value, separators=(",", ":"))
-
-
-def issuer_fingerprint(cert: Path) -> Fingerprint | None:
-    """The fingerprint of ``<crt>.issuer`` (None when there is none)."""
-    return fingerprint(_issuer_file(cert))
-
-
-def _issuer_file(cert: Path) -> Path:
-    return store.issuer_path(cert)
-
-
-def _raw(e: Entry) -> dict[str, object]:
-    v = e.verdict
-    return {
-        "pem": e.pem,
-        "ocsp": e.ocsp,
-        "issuer_file": e.issuer_file,
-        "url": e.url,
-        "cert_id": e.cert_id.hex(),
-        "issuer_pem": e.issuer_pem.decode("ascii") if e.issuer_pem else None,
-        "this": v.this_update.isoformat(),
-        "next": v.next_update.isoformat(),
-        "produced": v.produced_at.isoformat(),
-        "serial": format(v.serial, "x"),
-        "signer": v.signer,
-        "from": e.valid_from.isoformat(),
-        "until": e.valid_until.isoformat(),
-        "must_staple": e.must_staple,
-    }
-
-
-def _entry(raw: dict[str, object], pems: dict[bytes, bytes]) -> Entry:
-    def fp(value: object) -> Fingerprint | None:
-        if value is None:
-            return None
-        a, b, c, d = (int(x) for x in value)  # type: ignore[attr-defined]
-        return (a, b, c, d)
-
-    def time(key: str) -> dt.datetime:
-        return dt.datetime.fromisoformat(str(raw[key]))
-
-    pem, staple = fp(raw["pem"]), fp(raw["ocsp"])
-    if pem is None or staple is None:
-        raise ValueError  # caught by load: an unusable file
-    issuer_pem = raw["issuer_pem"]
-    verdict = Verdict(
-        status=Status.GOOD,
-        this_update=time("this"),
-        next_update=time("next"),
-        produced_at=time("produced"),
-        serial=int(str(raw["serial"]), 16),
-        signer=sys.intern(str(raw["signer"])),  # one copy per responder, not per entry
-    )
-    return Entry(
-        pem=pem,
-        ocsp=staple,
-        issuer_file=fp(raw["issuer_file"]),
-        url=sys.intern(str(raw["url"])),
-        cert_id=bytes.fromhex(str(raw["cert_id"])),
-        issuer_pem=None if issuer_pem is None else _shared(str(issuer_pem).encode("ascii"), pems),
-        verdict=verdict,
-        valid_from=time("from"),
-        valid_until=time("until"),
-        must_staple=bool(raw["must_staple"]),
-    )

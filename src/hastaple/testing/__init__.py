@@ -11,5 +11,5 @@ Test helpers for hastaple and for setups that use it, public as trustme is.
   ``openssl s_client -status`` to see what it staples.
 
 The hastaple tests, ``hastaple demo`` and bench/ use these and no other copy.
-Nothing in the rest of the package imports this one.
+Of the package, only ``hastaple demo`` (app/) imports it.
 """
