@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING, Literal, Self
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509 import ocsp
 
-from haproxy_proc import openssl_time
-from hastaple.ocsp.request import cert_id_of
+from hastaple.core.ocsp.request import cert_id_of
+from hastaple.testing.haproxy import openssl_time
 
 if TYPE_CHECKING:
     from collections.abc import Callable
