@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-import haproxy_proc
+from hastaple.testing import haproxy as haproxy_proc
 
 pytestmark = pytest.mark.integration
 
