@@ -17,7 +17,7 @@ from hastaple.haproxy.certload import (
     removal_refused,
 )
 from hastaple.haproxy.protocol import Reply
-from pki import PKI
+from hastaple.testing.pki import PKI
 
 ADDR = protocol.parse_address("/run/haproxy.sock")
 

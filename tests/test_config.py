@@ -9,9 +9,9 @@ import pytest
 from click.testing import CliRunner
 
 from hastaple import config
-from hastaple.cli import cli
+from hastaple.app.cli import cli
+from hastaple.core.schedule import DEFAULT_POLICY
 from hastaple.errors import ConfigError
-from hastaple.schedule import DEFAULT_POLICY
 
 
 def test_zero_config_common_case(tmp_path):

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hastaple.core.schedule import DEFAULT_POLICY, Policy
 from hastaple.errors import ConfigError
-from hastaple.schedule import DEFAULT_POLICY, Policy
 
 # Seconds for one whole exchange with a responder (``fetch --timeout``, the daemon).
 FETCH_TIMEOUT = 15.0

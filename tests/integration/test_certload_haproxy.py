@@ -17,10 +17,11 @@ from pathlib import Path
 import pytest
 
 from handshakes import Loop
-from hastaple.haproxy import certfiles, certload, protocol
+from hastaple.haproxy import certload, protocol
 from hastaple.haproxy.certload import Remove, Renew
 from hastaple.haproxy.certpush import Wanted, load, open_loader
-from pki import now
+from hastaple.sources import certfiles
+from hastaple.testing.pki import now
 
 pytestmark = pytest.mark.integration
 

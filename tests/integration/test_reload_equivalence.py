@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-import haproxy_proc
 from handshakes import handshake
-from hastaple.haproxy import certfiles
 from hastaple.haproxy.certload import Remove
 from hastaple.haproxy.certpush import Wanted, load, open_loader
-from pki import now
+from hastaple.sources import certfiles
+from hastaple.testing import haproxy as haproxy_proc
+from hastaple.testing.pki import now
 
 pytestmark = pytest.mark.integration
 

@@ -1,0 +1,1 @@
+"""Where staples are kept: the file store (atomic writes, validation index, run lock)."""
