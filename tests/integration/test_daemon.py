@@ -160,3 +160,4 @@ async def test_sockets_that_cannot_take_staples_fail_healthz_after_the_grace(  #
     assert f'hastaple_haproxy_ok{{socket="{mistyped}"}} 0.0' in metrics
     assert rec.failures >= 1
     assert dict(rec.haproxy)[str(hap.socket)] != "error"
+    assert dict(rec.haproxy)[str(user)] == f"alias of {hap.socket}"  # `status` names it

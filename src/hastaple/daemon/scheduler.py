@@ -242,7 +242,11 @@ class Daemon:
 
     def _options(self, *, force: bool = False, fetch: bool = True) -> pipeline.Options:
         return pipeline.Options(
-            sockets=self.sockets, force=force, state_dir=self.config.state_dir, fetch=fetch
+            sockets=self.sockets,
+            below_admin=self.view.below_admin,
+            force=force,
+            state_dir=self.config.state_dir,
+            fetch=fetch,
         )
 
     def _record(
