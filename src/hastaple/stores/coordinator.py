@@ -1,0 +1,208 @@
+"""
+One CA request per certificate per refresh, fleet-wide, and no trust in Redis.
+
+The pipeline asks ``Coordinator.obtain`` where it would ask the CA. In order:
+
+1. a fresh, valid entry in the fleet is used as it is: no CA request;
+2. otherwise the node takes the lease (``SET NX PX``) and asks the CA; the
+   validated answer is stored (never over a newer one) and announced, and
+   the lease is released in the same step;
+3. a node that finds the lease held waits for the announcement, at most
+   ``wait`` seconds, reads again, and on a miss tries the lease once more (its
+   holder may have died: the lease expired meanwhile) before asking the CA
+   itself.
+
+Every entry goes through the same ``check`` the pipeline uses on a CA's answer
+(signature, signer, CertID, times, HAProxy's margins), with the node's own
+certificate and issuer. One that fails, or is older than the staple the node
+holds, is logged once and ignored, and the node asks the CA; its answer then
+replaces the bad entry. So whoever can write to Redis can make nodes ask the
+CA (what they do without a fleet), never get a bad staple served. Redis being
+down, slow or refusing is the same: ``obtain`` asks the CA, as standalone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import hashlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from cryptography.x509 import ocsp
+
+from hastaple import schedule
+from hastaple.errors import HastapleError
+from hastaple.fetch import OCSPReply
+from hastaple.model import Status, Verdict, rfc3339
+from hastaple.stores.fleet import Entry, Fleet, Lease, Publication, StapleKey
+
+logger = logging.getLogger(__name__)
+
+LEASE_SECONDS = 30.0  # two fetch timeouts: a live holder keeps it, a dead one frees it soon
+_USABLE = frozenset({Status.GOOD, Status.REVOKED})  # a signed revocation is news for everyone
+_LOGGED_MAX = 100_000  # rejected entries remembered for "log once"
+
+
+@dataclass(frozen=True, slots=True)
+class Obtained:
+    """A validated response, where it came from, and the CA exchange's hints (if any)."""
+
+    der: bytes
+    verdict: Verdict
+    source: str  # "fleet" or "ca"
+    node: str = ""  # who fetched it, for a fleet entry
+    max_age: int | None = None
+    elapsed: float | None = None
+
+
+class Coordinator:
+    """Decide, per certificate, whether to take the fleet's staple, fetch it, or wait."""
+
+    def __init__(
+        self, fleet: Fleet, *, lease: float = LEASE_SECONDS, wait: float | None = None
+    ) -> None:
+        self.fleet = fleet
+        self.lease = lease
+        self.wait = lease if wait is None else wait
+        self._logged: set[tuple[str, bytes]] = set()
+
+    async def obtain(
+        self,
+        request_der: bytes,
+        *,
+        check: Callable[[bytes], Verdict],
+        ask_ca: Callable[[], Awaitable[OCSPReply]],
+        now: dt.datetime,
+        held: Verdict | None = None,
+    ) -> Obtained:
+        """
+        A validated response for the certificate of ``request_der``.
+
+        Args:
+            request_der: the OCSP request the CA would be sent (its CertID names the entry).
+            check: the pipeline's validator for this certificate; raises on a bad response.
+            ask_ca: sends the request to the CA.
+            now: the time entries are judged at.
+            held: the staple the node has now, if valid: an older entry is refused.
+
+        Raises:
+            Whatever ``ask_ca`` and ``check`` raise for the CA's own answer.
+        """
+        key = key_of(request_der)
+        fleet = self.fleet
+        replace = False
+        if (entry := await fleet.read(key)) is not None:
+            hit, bad = self._judge(key, entry, check, now, held)
+            if hit is not None:
+                return hit
+            replace = bad
+        waited = False
+        for _ in range(2):
+            announced = fleet.expect(key)
+            try:
+                state, token = await fleet.lease(key, self.lease)
+                if state is Lease.ACQUIRED:
+                    return await self._from_ca(key, ask_ca, check, token=token, replace=replace)
+                if state is Lease.DOWN:
+                    break
+                fleet.stats.lease_waits += 1
+                waited = True
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.wait):
+                        await announced
+            finally:
+                fleet.forget(key, announced)
+            if (entry := await fleet.read(key)) is not None:
+                hit, bad = self._judge(key, entry, check, now, held)
+                if hit is not None:
+                    return hit
+                replace = replace or bad
+        if waited:
+            fleet.stats.fallbacks += 1
+        return await self._from_ca(key, ask_ca, check, token="", replace=replace)
+
+    def _judge(
+        self,
+        key: StapleKey,
+        entry: Entry,
+        check: Callable[[bytes], Verdict],
+        now: dt.datetime,
+        held: Verdict | None,
+    ) -> tuple[Obtained | None, bool]:
+        """The entry as a hit, or (None, whether it was rejected rather than merely due)."""
+        try:
+            verdict = check(entry.der)
+        except HastapleError as exc:
+            self._reject(key, entry, str(exc))
+            return None, True
+        if verdict.status not in _USABLE:
+            self._reject(key, entry, f"its status is {verdict.status.value}")
+            return None, True
+        if held is not None and verdict.this_update < held.this_update:
+            self._reject(
+                key, entry, f"it is older (thisUpdate {rfc3339(verdict.this_update)}) than "
+                f"the staple held ({rfc3339(held.this_update)})",
+            )  # fmt: skip
+            return None, True
+        if not schedule.is_fresh(verdict.this_update, verdict.next_update, now):
+            return None, False  # valid but due: this refresh fetches a newer one
+        stats = self.fleet.stats
+        stats.hits += 1
+        stats.fetched_by[entry.node] = stats.fetched_by.get(entry.node, 0) + 1
+        return Obtained(entry.der, verdict, "fleet", entry.node), False
+
+    def _reject(self, key: StapleKey, entry: Entry, why: str) -> None:
+        self.fleet.stats.rejected += 1
+        seen = (key.suffix, hashlib.sha256(entry.der).digest()[:16])
+        if seen in self._logged:
+            return
+        if len(self._logged) >= _LOGGED_MAX:
+            self._logged.clear()
+        self._logged.add(seen)
+        logger.warning(
+            "fleet: ignored the entry for serial %s (issuer key %s) said to come from node %r: "
+            "%s; asking the CA instead",
+            key.serial, key.issuer_key_hash[:12], entry.node, why,
+        )  # fmt: skip
+
+    async def _from_ca(
+        self,
+        key: StapleKey,
+        ask_ca: Callable[[], Awaitable[OCSPReply]],
+        check: Callable[[bytes], Verdict],
+        *,
+        token: str,
+        replace: bool,
+    ) -> Obtained:
+        """Ask the CA; share a validated answer, release the lease either way."""
+        self.fleet.stats.misses += 1
+        try:
+            reply = await ask_ca()
+            verdict = check(reply.der)
+        except Exception:
+            if token:
+                await self.fleet.release(key, token)
+            raise
+        if verdict.status in _USABLE:
+            staple = Publication(
+                der=reply.der,
+                this_update=rfc3339(verdict.this_update),
+                next_update=rfc3339(verdict.next_update),
+                expire_at=int(verdict.next_update.timestamp()),
+                url=reply.url,
+            )
+            await self.fleet.publish(key, staple, token=token, replace=replace)
+        elif token:
+            await self.fleet.release(key, token)
+        return Obtained(
+            reply.der, verdict, "ca", self.fleet.node, max_age=reply.max_age, elapsed=reply.elapsed
+        )
+
+
+def key_of(request_der: bytes) -> StapleKey:
+    """The fleet key of the (one-certificate) OCSP request ``request_der``."""
+    req = ocsp.load_der_ocsp_request(request_der)
+    return StapleKey.of(req.issuer_key_hash, req.serial_number)

@@ -1,0 +1,467 @@
+"""
+The fleet client: staples, leases and announcements in one Redis (or Valkey).
+
+The layout is stable and documented, so an operator can inspect it with
+``redis-cli`` and other tools can read it (``<prefix>`` is ``hastaple:`` by
+default; serial is lowercase hex without leading zeros):
+
+- ``<prefix>staple:<issuerKeyHash>:<serial>``: a hash with ``der`` (the raw
+  response), ``this_update``, ``next_update``, ``fetched_at`` (RFC 3339 UTC),
+  ``node`` (who fetched it) and ``url`` (the responder); it expires at
+  nextUpdate. Keyed by CertID, not path: nodes that keep one certificate
+  under different paths share one entry.
+- ``<prefix>lease:<issuerKeyHash>:<serial>``: the node fetching that staple
+  now; a random token, set with ``SET NX PX`` so it dies with its holder.
+- ``<prefix>staples``: the channel announcing ``<issuerKeyHash>:<serial>``
+  for every new staple (and for every released lease, so waiters wake).
+- ``<prefix>nodes``: a sorted set, node name -> last heartbeat (Unix time).
+
+Outages. Redis is an optimisation, never a dependency: every call is bounded
+by ``timeout`` and answers ``None``/``DOWN`` instead of raising. The first
+failure logs one warning and marks the fleet down; until the listener
+reconnects (backoff from 0.2 s to 5 s) calls return at once instead of each
+waiting out a timeout. On reconnecting, ``on_resync`` is called, because
+pub/sub is lossy: whatever was announced meanwhile was missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import random
+import secrets
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Self
+
+import redis.asyncio as aredis
+from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError, ResponseError
+
+from hastaple.stores.redis_url import Address
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PREFIX = "hastaple:"
+TIMEOUT = 1.0  # seconds, each Redis call
+HEARTBEAT = 5.0  # seconds between a node's heartbeats
+SEEN_WITHIN = 60.0  # a node is "seen recently" when it beat this recently
+_NODES_KEPT = 86_400  # heartbeats older than a day are dropped from the set
+_BACKOFF = (0.2, 5.0)
+_MAX_CONNECTIONS = 32  # commands at once; callers beyond wait (bounded) for a turn
+_FAILURES = (RedisError, OSError, TimeoutError)
+
+# Store a staple unless the entry holds one at least as new (thisUpdate, compared
+# as fixed-width RFC 3339 text); ARGV[11] == "1" replaces an entry the caller
+# rejected. Then release the caller's lease if it still holds it, and announce.
+_PUBLISH = """
+local kind = redis.call('TYPE', KEYS[1]).ok
+if ARGV[11] == '1' or (kind ~= 'hash' and kind ~= 'none') then
+  redis.call('DEL', KEYS[1])
+end
+local stored = 0
+local cur = redis.call('HGET', KEYS[1], 'this_update')
+if not cur or cur < ARGV[2] then
+  redis.call('HSET', KEYS[1], 'der', ARGV[1], 'this_update', ARGV[2], 'next_update', ARGV[3],
+             'fetched_at', ARGV[4], 'node', ARGV[5], 'url', ARGV[6])
+  redis.call('EXPIREAT', KEYS[1], ARGV[7])
+  stored = 1
+end
+local released = 0
+if ARGV[10] ~= '' and redis.call('GET', KEYS[2]) == ARGV[10] then
+  redis.call('DEL', KEYS[2])
+  released = 1
+end
+if stored == 1 or released == 1 then
+  redis.call('PUBLISH', ARGV[8], ARGV[9])
+end
+return stored
+"""
+# Release a lease only for its owner, and wake those waiting for it.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  redis.call('PUBLISH', ARGV[2], ARGV[3])
+  return 1
+end
+return 0
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class StapleKey:
+    """A certificate as the fleet names it: its issuer's key hash and its serial."""
+
+    issuer_key_hash: str  # SHA-1 of the issuer's public key, lowercase hex
+    serial: str  # lowercase hex, no leading zeros
+
+    @classmethod
+    def of(cls, issuer_key_hash: bytes, serial: int) -> StapleKey:
+        """The key of the CertID (``issuer_key_hash``, ``serial``)."""
+        return cls(issuer_key_hash.hex(), format(serial, "x"))
+
+    @classmethod
+    def parse(cls, text: str) -> StapleKey | None:
+        """``<issuerKeyHash>:<serial>`` as announced; None for anything else."""
+        ikh, sep, serial = text.partition(":")
+        if not sep or len(ikh) != 40 or not serial or not _is_hex(ikh + serial):  # noqa: PLR2004 - SHA-1 hex
+            return None
+        return cls(ikh, serial)
+
+    @property
+    def suffix(self) -> str:
+        """``<issuerKeyHash>:<serial>``."""
+        return f"{self.issuer_key_hash}:{self.serial}"
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A staple as found in Redis: untrusted bytes plus who says they fetched it."""
+
+    der: bytes
+    node: str = ""
+    fetched_at: str = ""
+    url: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Publication:
+    """A validated staple to announce; times are RFC 3339 UTC text."""
+
+    der: bytes
+    this_update: str
+    next_update: str
+    expire_at: int  # Unix seconds: nextUpdate
+    url: str
+
+
+class Lease(enum.Enum):
+    """The answer to "may I fetch this staple?"."""
+
+    ACQUIRED = "acquired"
+    HELD = "held"  # another node is fetching it
+    DOWN = "down"  # no answer from Redis: fetch by yourself
+
+
+@dataclass
+class Stats:
+    """What this node's fleet client did (``status``, ``/metrics``, the benchmark)."""
+
+    hits: int = 0  # a valid fleet entry was used instead of asking the CA
+    misses: int = 0  # nothing usable in the fleet: the CA was asked
+    rejected: int = 0  # entries that failed validation
+    lease_waits: int = 0  # waits for another node's fetch
+    fallbacks: int = 0  # waits that ended without a staple: the CA was asked anyway
+    published: int = 0  # staples this node stored in the fleet
+    outages: int = 0
+    round_trips: int = 0  # Redis commands sent (scripts count one)
+    fetched_by: dict[str, int] = field(default_factory=dict)  # node -> staples used from it
+
+
+class Fleet:
+    """One node's connection to the fleet; ``async with Fleet(...)`` or start()/close()."""
+
+    def __init__(
+        self,
+        address: Address,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        node: str | None = None,
+        timeout: float = TIMEOUT,
+        on_published: Callable[[StapleKey], None] | None = None,
+        on_resync: Callable[[], None] | None = None,
+    ) -> None:
+        self.address = address
+        self.prefix = prefix
+        self.node = node or socket.gethostname()
+        self.timeout = timeout
+        self.on_published = on_published
+        self.on_resync = on_resync
+        self.stats = Stats()
+        self.channel = f"{prefix}staples"
+        self._up = False
+        self._broken = asyncio.Event()  # a call failed: the listener reconnects
+        self._ready = asyncio.Event()  # the first connection attempt is over
+        self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+        self._listener: asyncio.Task[None] | None = None
+        # Concurrency is bounded here rather than by redis-py's
+        # BlockingConnectionPool, which deadlocks in 5.0 when a connect fails.
+        self._slots = asyncio.Semaphore(_MAX_CONNECTIONS)
+        self._pool = aredis.ConnectionPool(
+            connection_class=_connection_class(address),
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 0),  # type: ignore[no-untyped-call]  # our own backoff; redis-py 6 retries 3 times by default
+            client_name=f"hastaple:{self.node}"[:100].replace(" ", "_"),
+            **address.connection_kwargs(),
+        )
+        self._client = aredis.Redis(connection_pool=self._pool)
+        self._publish = self._client.register_script(_PUBLISH)
+        self._release = self._client.register_script(_RELEASE)
+
+    @property
+    def up(self) -> bool:
+        """Whether the last exchange with Redis worked (``hastaple_fleet_up``)."""
+        return self._up
+
+    def key(self, kind: str, key: StapleKey) -> str:
+        """The Redis key of ``kind`` ("staple" or "lease") for ``key``."""
+        return f"{self.prefix}{kind}:{key.suffix}"
+
+    # -- life cycle --------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect (bounded): a Redis that is down now is a warning, not an error."""
+        self._listener = asyncio.create_task(self._listen(), name="fleet-listener")
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.timeout * 3):
+                await self._ready.wait()
+
+    async def close(self) -> None:
+        """Stop listening and close every connection."""
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+            self._listener = None
+        self._wake_all()
+        with contextlib.suppress(*_FAILURES):
+            await self._client.aclose()
+        with contextlib.suppress(*_FAILURES):
+            await self._pool.disconnect()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- staples and leases ----------------------------------------------
+
+    async def read(self, key: StapleKey) -> Entry | None:
+        """The entry for ``key``; None when there is none or Redis does not answer."""
+        fields = await self._call(lambda r: r.hgetall(self.key("staple", key)))
+        if fields is _DOWN or not fields:
+            return None
+        got = {bytes(k).decode(errors="replace"): bytes(v) for k, v in fields.items()}
+        return Entry(
+            der=got.get("der", b""),
+            node=got.get("node", b"").decode(errors="replace")[:200],
+            fetched_at=got.get("fetched_at", b"").decode(errors="replace")[:40],
+            url=got.get("url", b"").decode(errors="replace")[:500],
+        )
+
+    async def lease(self, key: StapleKey, seconds: float) -> tuple[Lease, str]:
+        """Try to become the one node fetching ``key`` for ``seconds``; the token proves it."""
+        token = secrets.token_hex(16)
+        ms = max(int(seconds * 1000), 1)
+        got = await self._call(lambda r: r.set(self.key("lease", key), token, nx=True, px=ms))
+        if got is _DOWN:
+            return Lease.DOWN, ""
+        return (Lease.ACQUIRED, token) if got else (Lease.HELD, "")
+
+    async def publish(
+        self, key: StapleKey, staple: Publication, *, token: str = "", replace: bool = False
+    ) -> bool:
+        """
+        Store ``staple`` unless Redis holds one at least as new; release ``token``'s lease.
+
+        ``replace``: the entry there was rejected by this node (forged or
+        garbage), so it is overwritten whatever its ``this_update`` says.
+        Returns whether the staple was stored (and announced).
+        """
+        args: list[bytes | str | int] = [
+            staple.der, staple.this_update, staple.next_update,
+            time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), self.node, staple.url,
+            staple.expire_at, self.channel, key.suffix, token, "1" if replace else "0",
+        ]  # fmt: skip
+        keys = [self.key("staple", key), self.key("lease", key)]
+        stored = await self._call(lambda r: self._publish(keys=keys, args=args, client=r))
+        if stored is _DOWN or not stored:
+            return False
+        self.stats.published += 1
+        return True
+
+    async def release(self, key: StapleKey, token: str) -> None:
+        """Give up a lease (a failed fetch) if this node still holds it; waiters wake."""
+        args = [token, self.channel, key.suffix]
+        keys = [self.key("lease", key)]
+        await self._call(lambda r: self._release(keys=keys, args=args, client=r))
+
+    def expect(self, key: StapleKey) -> asyncio.Future[None]:
+        """
+        A future set when ``key`` is announced, the fleet goes down, or it comes back.
+
+        Register it before asking for the lease, so an announcement that comes
+        between that answer and the wait is not missed; ``forget`` it after.
+        """
+        fut = asyncio.get_running_loop().create_future()
+        if not self._up:
+            fut.set_result(None)
+        self._waiters.setdefault(key.suffix, set()).add(fut)
+        return fut
+
+    def forget(self, key: StapleKey, fut: asyncio.Future[None]) -> None:
+        """Drop a future from ``expect``."""
+        waiting = self._waiters.get(key.suffix)
+        if waiting is not None:
+            waiting.discard(fut)
+            if not waiting:
+                del self._waiters[key.suffix]
+
+    async def nodes_seen(self, within: float = SEEN_WITHIN) -> list[tuple[str, float]]:
+        """The nodes whose heartbeat is at most ``within`` seconds old, with its time."""
+        since = time.time() - within
+        rows = await self._call(
+            lambda r: r.zrangebyscore(f"{self.prefix}nodes", since, "+inf", withscores=True)
+        )
+        if rows is _DOWN or not rows:
+            return []
+        return [(bytes(name).decode(errors="replace"), float(at)) for name, at in rows]
+
+    # -- plumbing ----------------------------------------------------------
+
+    async def _call(self, fn: Callable[[aredis.Redis], Any]) -> Any:  # noqa: ANN401 - redis-py's own
+        """
+        One bounded Redis call; a failure marks the fleet down and answers ``_DOWN``.
+
+        Typed ``Any`` as redis-py types its commands (``Awaitable[T] | T``);
+        each caller checks for ``_DOWN`` before using the answer.
+        """
+        if not self._up:
+            return _DOWN
+        self.stats.round_trips += 1
+        try:
+            async with asyncio.timeout(self.timeout), self._slots:
+                return await fn(self._client)
+        except ResponseError as exc:
+            # Redis answered, but not as asked (a key of another type, an ACL
+            # refusal): this call fails, the connection is fine.
+            _warn_once(f"fleet: Redis refused a command: {exc}")
+            return _DOWN
+        except _FAILURES as exc:
+            self._lost(exc)
+            return _DOWN
+
+    async def _listen(self) -> None:
+        """Subscribe, beat, deliver announcements; reconnect with backoff after a failure."""
+        delay, first = _BACKOFF[0], True
+        loop = asyncio.get_running_loop()
+        while True:
+            pubsub = self._client.pubsub()
+            try:
+                async with asyncio.timeout(self.timeout * 2):
+                    await pubsub.subscribe(self.channel)
+                    await self._beat()
+                self._back(resync=not first)
+                first, delay = False, _BACKOFF[0]
+                next_beat = loop.time() + HEARTBEAT
+                while not self._broken.is_set():
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.2)
+                    if message is not None and message.get("type") == "message":
+                        self._deliver(message.get("data"))
+                    if loop.time() >= next_beat:
+                        async with asyncio.timeout(self.timeout):
+                            await self._beat()
+                        next_beat = loop.time() + HEARTBEAT
+            except _FAILURES as exc:
+                self._lost(exc)
+            finally:
+                self._ready.set()
+                with contextlib.suppress(*_FAILURES):
+                    async with asyncio.timeout(self.timeout):
+                        await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311 - jitter
+            delay = min(delay * 2, _BACKOFF[1])
+
+    async def _beat(self) -> None:
+        now = time.time()
+        self.stats.round_trips += 1
+        async with self._client.pipeline(transaction=False) as pipe:
+            pipe.zadd(f"{self.prefix}nodes", {self.node: now})
+            pipe.zremrangebyscore(f"{self.prefix}nodes", "-inf", now - _NODES_KEPT)
+            await pipe.execute()
+
+    def _deliver(self, data: object) -> None:
+        text = data.decode(errors="replace") if isinstance(data, bytes) else str(data)
+        key = StapleKey.parse(text)
+        if key is None:
+            _warn_once(f"fleet: ignored an announcement that names no staple: {text[:80]!r}")
+            return
+        for fut in self._waiters.pop(key.suffix, ()):
+            if not fut.done():
+                fut.set_result(None)
+        if self.on_published is not None:
+            self.on_published(key)
+
+    def _back(self, *, resync: bool) -> None:
+        was_down = not self._up
+        self._up = True
+        self._broken.clear()
+        self._ready.set()
+        if was_down and resync:
+            logger.warning("fleet: Redis at %s is back; fleet mode resumes", self.address.display)
+        if resync:
+            self._wake_all()  # they re-read: what they waited for may have been missed
+            if self.on_resync is not None:
+                self.on_resync()
+
+    def _lost(self, exc: BaseException) -> None:
+        self._broken.set()
+        if not self._up and self._ready.is_set():
+            return  # the same outage: warned already
+        self._up = False
+        self.stats.outages += 1
+        logger.warning(
+            "fleet: Redis at %s does not answer (%s); each node staples by itself until it is back",
+            self.address.display,
+            _one_line(exc),
+        )
+        self._wake_all()
+
+    def _wake_all(self) -> None:
+        for waiting in self._waiters.values():
+            for fut in waiting:
+                if not fut.done():
+                    fut.set_result(None)
+        self._waiters.clear()
+
+
+class _Down:
+    """The answer of a call Redis did not answer."""
+
+
+_DOWN = _Down()
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned and len(_warned) < 1000:  # noqa: PLR2004 - a bound, not a number to tune
+        _warned.add(message)
+        logger.warning("%s", message)
+
+
+def _connection_class(
+    address: Address,
+) -> type[aredis.Connection | SSLConnection | UnixDomainSocketConnection]:
+    if address.scheme == "unix":
+        return UnixDomainSocketConnection
+    if address.scheme == "rediss":
+        return SSLConnection
+    return aredis.Connection
+
+
+def _is_hex(text: str) -> bool:
+    return all(c in "0123456789abcdef" for c in text)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
