@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import HealthCheck, settings
 
 from pki import PKI
 from responders import FaultResponder, OpensslResponder
@@ -24,6 +25,13 @@ from responders import FaultResponder, OpensslResponder
 # not to; 8.2 always keeps them apart and has no such flag. The tests read both.
 if "mix_stderr" in inspect.signature(CliRunner.__init__).parameters:
     CliRunner.__init__ = functools.partialmethod(CliRunner.__init__, mix_stderr=False)  # type: ignore[method-assign]
+
+# The suite runs on shared, often loaded machines: Hypothesis's "generation is
+# too slow" check and per-example deadlines would measure the machine, not the code.
+settings.register_profile(
+    "shared-machine", suppress_health_check=[HealthCheck.too_slow], deadline=None
+)
+settings.load_profile("shared-machine")
 
 # Read by hastaple or by aiohttp's trust_env; a developer's shell must not leak in.
 _PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")

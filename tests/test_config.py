@@ -87,6 +87,9 @@ def test_env_lists_and_mapping():
         ("paths = ['/a']\n[refresh]\njitter = 2.0\n", "between 0 and 1"),
         ("paths = ['/a']\nlog_format = 'xml'\n", "log_format"),
         ("paths = ['/a']\nmetrics_address = 'nope'\n", "host:port"),
+        ("paths = ['/a']\nresponder_connections = 0\n", "between 1 and 256"),
+        ("paths = ['/a']\nresponder_connections = 2.5\n", "whole number"),
+        ("paths = ['/a']\nresponder_connections = true\n", "whole number"),
         ("paths = 3\n", "paths"),
         ("paths = [\n", "not valid TOML"),
         ("state_dir = '/x'\n", "nothing to watch"),
@@ -128,6 +131,19 @@ def test_longest_duration_is_accepted():
     assert cfg.policy.interval == config.MAX_DURATION == dt.timedelta(days=3650)
 
 
+def test_responder_connections_from_each_source(tmp_path):
+    """Default 8; a `[responder]` table, the environment and the flag each set it."""
+    assert config.load(None, {"HASTAPLE_PATHS": "/a"}).responder_connections == 8
+    toml = tmp_path / "c.toml"
+    toml.write_text("paths = ['/a']\n[responder]\nconnections = 16\n")
+    assert config.load(toml, {}).responder_connections == 16
+    env = {"HASTAPLE_RESPONDER_CONNECTIONS": "4"}
+    assert config.load(toml, env).responder_connections == 4
+    assert config.load(toml, env, {"responder_connections": "2"}).responder_connections == 2
+    with pytest.raises(ConfigError, match=r"HASTAPLE_RESPONDER_CONNECTIONS: .*whole number"):
+        config.load(toml, {"HASTAPLE_RESPONDER_CONNECTIONS": "lots"})
+
+
 def test_bad_env_names_variable():
     """A bad environment value names the variable."""
     with pytest.raises(ConfigError, match="HASTAPLE_HAPROXY_POLL"):
@@ -144,6 +160,7 @@ _SAMPLES = {
     "paths": "/b",
     "strings": "/run/other.sock",
     "path": "/tmp/other-state",
+    "int": "3",
     "float": "0.3",
     "duration": "7m",
     "mapping": "http://a.test/=http://b.test/",

@@ -34,6 +34,10 @@ from pki import PKI, Issued, now
 from responders import Serve
 
 ROUNDS = 100
+# Kills that must land inside the writes; on a loaded machine more rounds than
+# ROUNDS may be needed to get them (the window's aim drifts), up to MAX_ROUNDS.
+MID_BATCH_KILLS = ROUNDS // 4
+MAX_ROUNDS = 3 * ROUNDS
 CERTS = 16
 
 
@@ -185,9 +189,9 @@ async def _round(pki, responder, lane: Lane, tally: Tally | None, kill_after: fl
     return outcome
 
 
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(400)
 async def test_sigkill_never_damages_a_staple(pki, fault_responder, tmp_path):
-    """100 rounds of kill -9 during writes: every .ocsp is the old or the new valid one."""
+    """100+ rounds of kill -9, 25 of them mid-batch: every .ocsp is the old or the new valid one."""
     lanes = []
     for name in ("a", "b"):  # two directories killed in parallel: half the wall time
         crt_dir = tmp_path / name
@@ -203,14 +207,19 @@ async def test_sigkill_never_damages_a_staple(pki, fault_responder, tmp_path):
     rng = random.Random(20261129)  # noqa: S311 - reproducible test timing, not crypto
     tally = Tally()
 
-    async def run_lane(lane: Lane, rounds: int) -> None:
-        for _ in range(rounds):
+    def more() -> bool:
+        if tally.rounds < ROUNDS:
+            return True
+        return tally.interrupted_mid_batch < MID_BATCH_KILLS and tally.rounds < MAX_ROUNDS
+
+    async def run_lane(lane: Lane) -> None:
+        while more():
             outcome = await _round(
                 pki, fault_responder, lane, tally, rng.uniform(0, window.seconds)
             )
             window.adjust(str(outcome))
 
-    await asyncio.gather(run_lane(lanes[0], ROUNDS // 2), run_lane(lanes[1], ROUNDS - ROUNDS // 2))
+    await asyncio.gather(*(run_lane(lane) for lane in lanes))
 
     print(  # quoted by the closing note: run with -rP
         f"\ncrash-safety: {tally.rounds} SIGKILL rounds over {CERTS} staples each; "
@@ -219,6 +228,6 @@ async def test_sigkill_never_damages_a_staple(pki, fault_responder, tmp_path):
         f"checked, {tally.files_damaged} damaged; {tally.temp_files_left} dot temp files left "
         f"(kill window at the end: {window.seconds:.2f} s after the first request)"
     )
-    assert tally.rounds == ROUNDS
+    assert tally.rounds >= ROUNDS
     assert tally.files_damaged == 0, tally.damaged
-    assert tally.interrupted_mid_batch >= ROUNDS // 4  # the kills did land inside the writes
+    assert tally.interrupted_mid_batch >= MID_BATCH_KILLS  # the kills did land inside the writes

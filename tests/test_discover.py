@@ -133,7 +133,13 @@ CONFIG_CASES: list[tuple[str, dict[str, str], list[tuple[str, str, str | None, i
         F + ".if defined(X)\n  bind :443 ssl crt /c/a.pem\n"
         ".else\n  bind :443 ssl crt /c/b.pem\n.endif\n",
         {},
-        [("crt", "/c/a.pem", None, 3), ("crt", "/c/b.pem", None, 5)],
+        [("crt", "/c/b.pem", None, 5)],  # only the branch HAProxy takes
+    ),
+    (
+        F + ".if defined(X)\n  bind :443 ssl crt /c/a.pem\n"
+        ".else\n  bind :443 ssl crt /c/b.pem\n.endif\n",
+        {"X": ""},
+        [("crt", "/c/a.pem", None, 3)],
     ),
     (
         G + "  stats socket ipv4@127.0.0.1:9999 ssl crt /c/cli.pem level admin\n",

@@ -319,3 +319,25 @@ def test_environment_lists_are_comma_separated(pki, tmp_path, monkeypatch):
     code, _, err = run_cli("fetch", cert)
     assert code == 2
     assert err == f"error: {tmp_path}/a.sock: no such HAProxy socket\n"  # the first of two
+
+
+async def test_bad_certificate_in_a_directory_is_one_failed_row(pki, openssl_responder, tmp_path):
+    """
+    One unusable file in a crt directory fails its own row (exit 1), the others are stapled.
+
+    Exit 2 means nothing could be done; here the good certificate was fetched.
+    """
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    leaf = pki.leaf(ocsp_url=openssl_responder.url)
+    openssl_responder.add(leaf.cert)
+    pki.write(certs, "good.pem", leaf)
+    bad = certs / "bad.pem"
+    bad.write_bytes(b"not a certificate\n")
+    code, rows, err = await fetch_json(certs, "--state-dir", tmp_path / "state")
+    assert code == 1, err
+    by_name = {Path(str(r["cert"])).name: r for r in rows}
+    assert (by_name["good.pem"]["status"], by_name["good.pem"]["action"]) == ("good", "fetched")
+    assert (by_name["bad.pem"]["status"], by_name["bad.pem"]["action"]) == ("error", "failed")
+    assert f"error: {bad}: " in err
+    assert valid_staple(pki, leaf, certs / "good.pem.ocsp")

@@ -84,6 +84,27 @@ def test_max_age_zero_is_floored():
     assert next_refresh(staple, T0, 0, _rng(1)) == T0 + DEFAULT_POLICY.min_interval
 
 
+def test_a_short_max_age_asks_at_most_hourly():
+    """
+    max-age=300 (a CDN's few minutes): one request an hour, not one every 5 minutes.
+
+    A day of refreshes driven by the hint alone: 24 requests per certificate
+    (fails before: the floor was 5 minutes, 288 a day).
+    """
+    at, fetches = T0, 0
+    while at < T0 + 24 * HOUR:
+        fetches += 1
+        at = next_refresh(_week(fetched_at=at, max_age=300), at, 0, _rng(fetches))
+    assert fetches == 24
+    assert DEFAULT_POLICY.min_interval == HOUR
+
+
+def test_the_floor_holds_back_only_the_hint():
+    """A 1-hour staple is still refreshed at its half-life, a short max-age or not."""
+    staple = Window(T0, T0 + HOUR, fetched_at=T0, max_age=300)
+    assert next_refresh(staple, T0, 0, _rng(1)) == T0 + HOUR / 2
+
+
 def test_no_next_update_uses_fixed_interval():
     """Without nextUpdate the staple is refreshed after about ``interval``."""
     at = next_refresh(Window(T0, None, fetched_at=T0), T0, 0, _rng(3))

@@ -177,6 +177,14 @@ _state_dir_option = click.option(
     envvar="HASTAPLE_WAIT",
     help="Seconds to wait while another run (the daemon's batch) uses the state directory.",
 )
+@click.option(
+    "--responder-connections",
+    type=click.IntRange(*config.RESPONDER_CONNECTIONS_RANGE),
+    default=config.RESPONDER_CONNECTIONS,
+    show_default=True,
+    envvar="HASTAPLE_RESPONDER_CONNECTIONS",
+    help="Connections to one OCSP responder host at once.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @_state_dir_option
 @click.pass_context
@@ -190,6 +198,7 @@ def fetch(
     dry_run: bool,
     timeout: float,
     wait: float,
+    responder_connections: int,
     as_json: bool,
     state_dir: Path | None,
 ) -> None:
@@ -225,7 +234,11 @@ def fetch(
             lock_wait=wait,
         )
         _check_sockets(options.sockets)
-        limits = Limits(timeout=timeout, connect_timeout=min(timeout, Limits().connect_timeout))
+        limits = Limits(
+            per_host=responder_connections,
+            timeout=timeout,
+            connect_timeout=min(timeout, Limits().connect_timeout),
+        )
         bar = sys.stderr.isatty() and not ctx.obj.get("quiet")
         # Everything allocated so far (modules, the discovered entries) lives
         # until exit: keep the cyclic collector from re-scanning it on every
@@ -365,7 +378,9 @@ def _finish(rows: Sequence[ResultRow], *, as_json: bool) -> NoReturn:
     code = EXIT_OK
     if any(not r.ok for r in rows):
         code = EXIT_FAILED
-    if any(r.bad_input for r in rows):
+    if rows and all(r.bad_input for r in rows):
+        # Nothing could be worked on: the input itself is wrong. One bad file
+        # among others is that certificate's failure (exit 1), not the run's.
         code = EXIT_USAGE
     sys.exit(code)
 

@@ -11,10 +11,13 @@ HAProxy 2.6/2.8 (src/ssl_crtlist.c, src/cfgparse-ssl.c, src/tools.c
   ``bind`` line (and on a ``stats socket`` line, which takes bind options).
 - A relative ``crt`` and a relative crt-list *entry* are prefixed with
   ``global crt-base`` as the string ``"<crt-base>/<path>"``; the crt-list
-  *file* itself never is. Without crt-base a relative path is relative to
-  HAProxy's working directory, which only the caller knows: ``discover(cwd=)``,
-  defaulting to our own working directory (the config file's directory would be
-  wrong: HAProxy does not use it).
+  *file* itself never is. A path still relative is read from HAProxy's
+  working directory (``-C <dir>`` included), or from the one ``global
+  default-path`` selects. ``discover(cwd=)`` fixes it; without it, the
+  running HAProxy's directory is taken from ``/proc/<pid>/cwd`` (the pid
+  from ``show info`` on a stats socket of the configuration, the master's
+  when the worker chrooted), else the configuration's directory, with a
+  warning (hastaple.haproxy.process).
 - HAProxy names a certificate in its runtime API exactly by that string, with
   no normalisation (``./c/a.pem`` and ``c/a.pem`` are two certificates; a
   directory's trailing ``/`` is dropped). ``CertEntry.names`` keeps it.
@@ -30,25 +33,47 @@ HAProxy 2.6/2.8 (src/ssl_crtlist.c, src/cfgparse-ssl.c, src/tools.c
   2.8 spin at start-up, so it is an error here.
 - ``stats socket`` defaults to ``level operator`` (measured); only ``level
   admin`` sockets can do what hastaple needs (docs/haproxy.md).
+- Lines are read through ``hastaple.haproxy.cfgread``: ``global setenv``
+  and friends change the environment for later ``$VAR``s, and only the
+  branches of ``.if`` blocks that HAProxy takes count; predicates only the
+  binary knows are asked of ``haproxy -cc`` (or assumed false, with a warning).
+- ``global ssl-load-extra-files`` and ``ssl-load-extra-del-ext`` decide which
+  files HAProxy reads next to a certificate (src/cfgparse-ssl.c,
+  src/ssl_ckch.c). HAProxy 2.6/2.8 load a bind line's certificates while
+  parsing it, so the setting in force at that line counts. With del-ext,
+  ``site.crt`` gets its extras from ``site.ocsp``, ``site.issuer``,
+  ``site.key``; without ``ocsp``, no ``.ocsp`` file is read at start-up.
+- HAProxy 3.x ``crt-store`` sections and the ``@store/name`` references to
+  them: ``hastaple.haproxy.crtstore`` reads them; a reference that names a
+  ``load`` line resolves to that line's files and runtime name.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
 import re
+import socket
 import stat
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
 from hastaple.errors import ConfigError
-from hastaple.haproxy.cfgwords import SPACE, split_line
+from hastaple.haproxy import cfgcond, cfgread, process
+from hastaple.haproxy.cfgwords import SPACE
+from hastaple.haproxy.crtstore import CrtStoreReader, CrtStores, StoreLoad
+
+logger = logging.getLogger(__name__)
 
 #: Suffixes HAProxy never loads as a certificate from a ``crt`` directory (docs/haproxy.md).
 RESERVED_SUFFIXES = frozenset({".key", ".ocsp", ".issuer", ".sctl"})
 #: Multi-certificate bundle extensions HAProxy tries when ``<crt>`` itself is missing.
 BUNDLE_SUFFIXES = (".rsa", ".ecdsa", ".dsa")
+#: The words of ``ssl-load-extra-files`` besides ``all`` and ``none``.
+EXTRA_FILE_KINDS = frozenset({"bundle", "sctl", "ocsp", "issuer", "key"})
 
 _CRT_LIST_TOKEN = re.compile(r"[\[\]]|[^\[\]" + re.escape(SPACE) + "]+")  # C isspace()
 _SECTIONS = frozenset(
@@ -124,24 +149,63 @@ _ARG_KEYWORDS = frozenset(
 
 
 @dataclass(frozen=True, slots=True)
+class ExtraFiles:
+    """
+    Which files HAProxy looks for next to a certificate, as set in ``global``.
+
+    ``kinds``: the words of ``ssl-load-extra-files`` (default ``all``);
+    ``del_ext``: ``ssl-load-extra-del-ext`` (``site.crt`` -> ``site.ocsp``);
+    ``source``: the line that last set ``kinds``, for messages.
+    """
+
+    kinds: frozenset[str] = EXTRA_FILE_KINDS
+    del_ext: bool = False
+    source: str = ""
+
+    def base(self, path: Path) -> Path:
+        """What HAProxy appends ``.ocsp``, ``.issuer``, ``.key`` to for the file ``path``."""
+        # HAProxy cuts the last extension of the path string if it is exactly ".crt".
+        if self.del_ext and path.name.endswith(".crt"):
+            return path.with_name(path.name.removesuffix(".crt"))
+        return path
+
+
+@dataclass(frozen=True, slots=True)
 class CertEntry:
     """
     One certificate file HAProxy serves.
 
-    ``path`` is absolute (for reading and for writing ``<path>.ocsp``);
-    ``names`` are the spellings HAProxy's runtime API uses for it (``show ssl
-    cert``), empty when unknown (a certificate given as an argument).
+    ``path`` is absolute (for reading it); ``names`` are the spellings
+    HAProxy's runtime API uses for it (``show ssl cert``), empty when unknown
+    (a certificate given as an argument). ``extra_base`` is what HAProxy
+    appends ``.ocsp`` and ``.issuer`` to when that is not ``path``
+    (``ssl-load-extra-del-ext``). ``ocsp_file`` is the file HAProxy loads the
+    staple from when it is not ``<base>.ocsp`` (a crt-store ``load ... ocsp
+    <file>``). ``ocsp_at_start`` is False when HAProxy reads no staple file
+    for it when it starts (``ssl-load-extra-files`` without ``ocsp``, or a
+    ``load`` line without ``ocsp``): the staple lasts only until HAProxy
+    restarts unless pushed again; ``ocsp_source`` names the line that says so.
     """
 
     path: Path
     managed: bool = False
     source: str = ""
     names: tuple[str, ...] = ()
+    extra_base: Path | None = None
+    ocsp_at_start: bool = True
+    ocsp_source: str = ""
+    ocsp_file: Path | None = None
+    issuer_file: Path | None = None  # a crt-store load line's 'issuer <file>'
 
     @property
     def haproxy_names(self) -> tuple[str, ...]:
         """The names to use in runtime commands: ``names``, or the absolute path."""
         return self.names or (str(self.path),)
+
+    @property
+    def files_base(self) -> Path:
+        """The path HAProxy appends ``.ocsp`` and ``.issuer`` to."""
+        return self.extra_base or self.path
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +228,12 @@ class CertRef:
     path: str
     crt_base: str | None
     source: str
+    extra: ExtraFiles = ExtraFiles()
+    # The directory HAProxy is in while reading this line (``global default-path``),
+    # relative to the one it started in; None: the one it started in.
+    directory: str | None = None
+    # The crt-store loads and updater settings read before this line (HAProxy 3.x).
+    stores: CrtStores | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +266,7 @@ class HAProxyConfig:
     sockets: tuple[StatsSocket, ...] = ()
     warnings: tuple[str, ...] = ()
     binds: tuple[Bind, ...] = ()
+    chroot: str | None = None
 
     @property
     def crts(self) -> tuple[CertRef, ...]:
@@ -306,7 +377,7 @@ def _ocsp_update_on(options: Sequence[str]) -> bool:
 
 def _join_base(path: str, crt_base: str | None) -> str:
     """HAProxy's spelling: ``"<crt-base>/<path>"`` for a relative path when crt-base is set."""
-    if crt_base and not path.startswith("/"):
+    if crt_base and not path.startswith(("/", "@")):  # "@store/name" is a crt-store's
         return f"{crt_base}/{path}"
     return path
 
@@ -319,6 +390,8 @@ def parse_haproxy_config(
     *,
     source: str,
     environ: Mapping[str, str] | None = None,
+    ask: cfgcond.Ask = cfgread.never,
+    why_unknown: str = "no HAProxy binary to ask",
 ) -> HAProxyConfig:
     """
     Parse haproxy.cfg text for certificates, crt-base and stats sockets.
@@ -327,8 +400,13 @@ def parse_haproxy_config(
         text: the configuration.
         source: the file's name, for ``source`` fields and messages.
         environ: variables for ``"$VAR"`` / ``"${VAR}"`` inside double quotes
-            (HAProxy expands them from its environment); none when omitted, so
-            the parser stays pure. ``discover`` passes ``os.environ``.
+            (HAProxy expands them from its environment, changed by ``global
+            setenv`` and friends); none when omitted, so the parser stays
+            pure. ``discover`` passes ``os.environ``.
+        ask: answers the ``.if`` predicates only the HAProxy binary knows
+            (``feature``, ``version_atleast``...); None means unknown, which
+            counts as false with a warning that says why (``why_unknown``).
+        why_unknown: the reason ``ask`` cannot answer, for that warning.
 
     Returns:
         The references in order of appearance, the last crt-base, the sockets
@@ -339,45 +417,132 @@ def parse_haproxy_config(
             ``crt-list`` or ``stats socket`` without its argument; anything
             else is a bug.
     """
-    env = environ if environ is not None else {}
+    reader = cfgread.Reader(environ or {}, _SECTIONS, ask, why_unknown)
     refs: list[CertRef] = []
     binds: list[Bind] = []
     sockets: list[StatsSocket] = []
     warnings: list[str] = []
-    crt_base: str | None = None
-    section = ""
-    for number, raw in enumerate(text.split("\n"), start=1):
-        where = f"{source}:{number}"
-        words = split_line(raw.lstrip(SPACE), env=env, where=where, section=section)
-        if not words or words[0].startswith("."):
-            # .if/.else/.endif/.diag...: conditions are not evaluated, both branches count.
-            continue
+    state = _Global(source)
+    crt_stores = CrtStoreReader()
+    for line in reader.lines(text, source):
+        where, section, words = line.where, line.section, line.words
         keyword = words[0]
         if keyword in _SECTIONS:
-            section = keyword
-        elif section == "global" and keyword == "crt-base" and len(words) > 1:
-            crt_base = words[1]
+            pass
         elif section == "global" and keyword == "stats" and words[1:2] == ["socket"]:
             socket = _stats_socket(words, where)
             sockets.append(socket)
-            refs.extend(_bind_refs(words[3:], crt_base, where))
+            refs.extend(state.refs(words[3:], where, crt_stores.stores()))
             warning = _socket_warning(socket)
             if warning:
                 warnings.append(warning)
-        elif keyword == "bind" and section != "global":
-            bind_refs = tuple(_bind_refs(words[2:], crt_base, where))
+        elif section == "global":
+            state.read(words, where)
+        elif keyword == "bind":
+            bind_refs = tuple(state.refs(words[2:], where, crt_stores.stores()))
             refs.extend(bind_refs)
             address = words[1] if len(words) > 1 else ""
             ssl = _has_flag(words[2:], "ssl")
             proxy = _has_flag(words[2:], "accept-proxy")
             binds.append(Bind(address, ssl=ssl, refs=bind_refs, source=where, accept_proxy=proxy))
+        crt_stores.feed(section, words, where)  # crt-store sections and their global settings
+    warnings.extend(reader.warnings)
+    warnings.extend(_no_ocsp_warnings(refs))
     return HAProxyConfig(
         refs=tuple(refs),
-        crt_base=crt_base,
+        crt_base=state.crt_base,
         sockets=tuple(sockets),
         warnings=tuple(warnings),
         binds=tuple(binds),
+        chroot=state.chroot,
     )
+
+
+@dataclass(slots=True)
+class _Global:
+    """The ``global`` settings that decide how a later ``crt`` is read, as they stand."""
+
+    source: str
+    crt_base: str | None = None
+    extra: ExtraFiles = ExtraFiles()
+    directory: str | None = None  # default-path
+    chroot: str | None = None
+
+    def read(self, words: Sequence[str], where: str) -> None:
+        """Take in one ``global`` line (other keywords are not ours)."""
+        keyword, has_arg = words[0], len(words) > 1
+        if keyword == "crt-base" and has_arg:
+            self.crt_base = words[1]
+        elif keyword == "chroot" and has_arg:
+            self.chroot = words[1]
+        elif keyword == "default-path":
+            self.directory = _default_path(words, self.source, where)
+        elif keyword == "ssl-load-extra-files":
+            self.extra = ExtraFiles(_extra_file_kinds(words, where), self.extra.del_ext, where)
+        elif keyword == "ssl-load-extra-del-ext":
+            self.extra = ExtraFiles(self.extra.kinds, del_ext=True, source=self.extra.source)
+
+    def refs(
+        self, options: Sequence[str], where: str, stores: CrtStores | None = None
+    ) -> Iterator[CertRef]:
+        """The ``crt``/``crt-list`` arguments among bind options, with these settings."""
+        return _bind_refs(options, self.crt_base, self.extra, self.directory, where, stores=stores)
+
+
+def _default_path(words: Sequence[str], source: str, where: str) -> str | None:
+    """
+    Where ``default-path`` makes HAProxy read relative paths from (src/cfgparse.c).
+
+    ``current``: where it started (None); ``config``: the configuration file's
+    directory as named on its command line; ``parent``: that directory's
+    parent; ``origin <dir>``: ``<dir>``. Relative results are relative to
+    where it started.
+    """
+    mode = words[1] if len(words) > 1 else ""
+    folder = source[: source.rfind("/")] if "/" in source else ""
+    if mode == "current":
+        return None
+    if mode == "config":
+        return folder or None
+    if mode == "parent":
+        return f"{folder}/.." if folder else ".."
+    if mode == "origin":
+        if len(words) < 3 or not words[2]:  # noqa: PLR2004 - "default-path origin <dir>"
+            raise ConfigError(f"{where}: 'default-path origin' expects a directory")
+        return words[2]
+    raise ConfigError(
+        f"{where}: {'unsupported' if mode else 'missing'} default-path mode '{mode}' "
+        "(current, config, parent or origin <dir>)"
+    )
+
+
+def _extra_file_kinds(words: Sequence[str], where: str) -> frozenset[str]:
+    """Read ``ssl-load-extra-files <word>...``, refusing what HAProxy refuses."""
+    args = words[1:]
+    if not args or not args[0]:
+        raise ConfigError(
+            f"{where}: 'ssl-load-extra-files' expects one or more of "
+            "none, all, bundle, sctl, ocsp, issuer, key"
+        )
+    if args[0] in {"none", "all"} or any(w in {"none", "all"} for w in args):
+        if len(args) > 1:
+            raise ConfigError(f"{where}: 'ssl-load-extra-files': 'none' and 'all' stand alone")
+        return frozenset() if args[0] == "none" else EXTRA_FILE_KINDS
+    unknown = [w for w in args if w not in EXTRA_FILE_KINDS]
+    if unknown:
+        raise ConfigError(f"{where}: 'ssl-load-extra-files': unknown word {unknown[0]!r}")
+    return frozenset(args)
+
+
+def _no_ocsp_warnings(refs: Sequence[CertRef]) -> list[str]:
+    """One warning per ``ssl-load-extra-files`` line without ``ocsp`` that certificates follow."""
+    lines = dict.fromkeys(r.extra.source for r in refs if "ocsp" not in r.extra.kinds)
+    return [
+        f"{line}: ssl-load-extra-files without 'ocsp': HAProxy does not read <crt>.ocsp "
+        "when it starts, so a staple lasts only until HAProxy restarts unless it is "
+        "loaded again (hastaple run does that; add 'ocsp' to keep staples across restarts)"
+        for line in lines
+    ]
 
 
 def _has_flag(options: Sequence[str], flag: str) -> bool:
@@ -391,7 +556,15 @@ def _has_flag(options: Sequence[str], flag: str) -> bool:
     return False
 
 
-def _bind_refs(options: Sequence[str], crt_base: str | None, where: str) -> Iterator[CertRef]:
+def _bind_refs(
+    options: Sequence[str],
+    crt_base: str | None,
+    extra: ExtraFiles,
+    directory: str | None,
+    where: str,
+    *,
+    stores: CrtStores | None = None,
+) -> Iterator[CertRef]:
     """The ``crt``/``crt-list`` arguments among bind options."""
     index = 0
     while index < len(options):
@@ -400,7 +573,7 @@ def _bind_refs(options: Sequence[str], crt_base: str | None, where: str) -> Iter
             if index + 1 >= len(options) or not options[index + 1]:
                 raise ConfigError(f"{where}: '{word}' needs a certificate location")
             kind: Literal["crt", "crt-list"] = "crt-list" if word == "crt-list" else "crt"
-            yield CertRef(kind=kind, path=options[index + 1], crt_base=crt_base, source=where)
+            yield CertRef(kind, options[index + 1], crt_base, where, extra, directory, stores)
             index += 2
         elif word in _ARG_KEYWORDS:
             index += 2
@@ -461,6 +634,7 @@ def discover(
     *,
     cwd: Path | None = None,
     environ: Mapping[str, str] | None = None,
+    haproxy_binary: str | None = None,
 ) -> Discovery:
     """
     Find the certificates and admin sockets from arguments, crt-lists and configs.
@@ -469,8 +643,14 @@ def discover(
         paths: certificate files or ``crt``-style directories.
         crt_lists: crt-list files (no crt-base applies).
         haproxy_configs: haproxy.cfg files.
-        cwd: HAProxy's working directory, for relative paths; default: ours.
+        cwd: HAProxy's working directory, for relative paths. By default,
+            arguments are relative to ours, and a configuration's paths to
+            the directory of the HAProxy that answers on one of its stats
+            sockets, else to the configuration's directory (with a warning).
         environ: for ``"$VAR"`` in haproxy.cfg; default ``os.environ``.
+        haproxy_binary: the HAProxy that reads the configuration, asked for
+            the ``.if`` predicates only it knows; default ``haproxy`` on the
+            PATH or in /usr/sbin.
 
     Returns:
         Certificates de-duplicated by path (first appearance wins; the HAProxy
@@ -501,21 +681,24 @@ def discover(
         found.extend(_check_listed(entries))
 
     for path in haproxy_configs:
-        config = read_haproxy_config(path, cwd=base, environ=env)
+        config = read_haproxy_config(path, cwd=base, environ=env, haproxy_binary=haproxy_binary)
         warnings.extend(config.warnings)
-        sockets.extend(_socket_address(s.address, base) for s in config.sockets if _usable(s))
+        root = base if cwd is not None else config_root(config, path, base, warnings)
+        sockets.extend(_socket_address(s.address, root) for s in config.sockets if _usable(s))
         below_admin.extend(
-            (_socket_address(s.address, base), _below_admin(s))
+            (_socket_address(s.address, root), _below_admin(s))
             for s in config.sockets
             if s.level != "admin" and not s.tls and not s.address.startswith(("fd@", "sockpair@"))
         )
         for ref in config.refs:
-            found.extend(_resolve_ref(ref, base))
+            entries = _resolve_ref(ref, root)
+            found.extend(entries)
+            warnings.extend(_crt_store_warnings(ref, entries))
 
     return Discovery(
         certs=_dedupe(found),
         sockets=tuple(dict.fromkeys(sockets)),
-        warnings=tuple(warnings),
+        warnings=tuple(dict.fromkeys(warnings)),
         below_admin=tuple(dict.fromkeys(below_admin)),
     )
 
@@ -526,6 +709,50 @@ def _below_admin(socket: StatsSocket) -> str:
         "no staple be loaded through it for a certificate it has not registered; "
         "add 'level admin' to that line"
     )
+
+
+def config_root(config: HAProxyConfig, path: Path, base: Path, warnings: list[str]) -> Path:
+    """
+    The directory HAProxy reads this configuration's relative paths from (pass it to resolve_ref).
+
+    ``path``: the configuration as read, relative to ``base`` (our directory);
+    a warning is appended to ``warnings`` when the directory is a guess.
+
+    Asked only when there are relative paths: the running HAProxy's working
+    directory when one of its sockets answers on this host, else the
+    configuration's own directory, said in a warning.
+    """
+    if not any(_is_relative(ref, base) for ref in config.refs):
+        return base
+    addresses = [s.address for s in config.sockets if not s.address.startswith(("fd@", "sock"))]
+    running = process.working_directory(addresses, chroot=config.chroot is not None)
+    if running is not None:
+        logger.info("%s: relative paths read from %s (%s)", path, running.path, running.how)
+        return running.path
+    folder = (base / path).parent
+    warnings.append(
+        f"{path}: relative certificate paths read from {folder}, the configuration's "
+        "directory: no HAProxy answered on a stats socket of this configuration on "
+        "this host, so its working directory is unknown (absolute paths or an "
+        "absolute crt-base avoid the guess)"
+    )
+    return folder
+
+
+def _is_relative(ref: CertRef, base: Path) -> bool:
+    """Whether resolving ``ref`` depends on HAProxy's starting directory."""
+    if ref.directory is not None:
+        return not ref.directory.startswith("/")
+    if ref.kind == "crt":
+        return not _join_base(ref.path, ref.crt_base).startswith("/")
+    if not ref.path.startswith("/"):
+        return True
+    try:
+        text = (base / ref.path).read_bytes().decode("utf-8", "surrogateescape")
+        entries = parse_crt_list(text, source=ref.path, crt_base=ref.crt_base, cwd=base)
+    except (OSError, ConfigError):
+        return False  # resolving it says what is wrong
+    return any(not name.startswith("/") for e in entries for name in e.names)
 
 
 def resolve_ref(ref: CertRef, *, cwd: Path) -> list[CertEntry]:
@@ -540,25 +767,106 @@ def resolve_ref(ref: CertRef, *, cwd: Path) -> list[CertEntry]:
 
 def _resolve_ref(ref: CertRef, cwd: Path) -> list[CertEntry]:
     """Turn one haproxy.cfg reference into certificate entries, checking the files."""
+    if ref.directory is not None:
+        cwd = cwd / ref.directory
+    files = [_with_extra(entry, ref.extra) for entry in _ref_files(ref, cwd)]
+    return _crt_store_view(ref, files, cwd)
+
+
+# ---- crt-store (HAProxy 3.x): what a reference means when a crt-store defines it
+def _crt_store_view(ref: CertRef, entries: list[CertEntry], cwd: Path) -> list[CertEntry]:
+    """Entries that name a crt-store ``load`` become that load's; the global updater applies."""
+    stores = ref.stores or CrtStores()
+    viewed = []
+    for entry in entries:
+        load = stores.lookup(entry.names[0]) if entry.names else None
+        if load is not None:
+            entry = _store_entry(load, stores, cwd, managed=entry.managed)  # noqa: PLW2901
+        elif stores.updater_default_on:  # 3.x: ocsp-update.mode on covers every certificate
+            entry = replace(entry, managed=True)  # noqa: PLW2901
+        viewed.append(entry)
+    return viewed
+
+
+def _store_entry(load: StoreLoad, stores: CrtStores, cwd: Path, *, managed: bool) -> CertEntry:
+    """A crt-store certificate: its PEM, runtime name, and the staple file HAProxy reads."""
+    # A missing 'ocsp' file is not an error here: HAProxy cannot start without it,
+    # and writing it is exactly what hastaple is about to do.
+    if _stat_or_none(cwd / load.crt) is None:
+        raise ConfigError(f"{load.source}: crt {load.crt}: No such file or directory")
+    return CertEntry(
+        path=cwd / load.crt,
+        managed=managed or stores.managed(load),
+        source=load.source,
+        names=(load.name,),
+        ocsp_file=None if load.ocsp is None else cwd / load.ocsp,
+        issuer_file=None if load.issuer is None else cwd / load.issuer,
+        ocsp_at_start=load.ocsp is not None,
+        ocsp_source=load.source,
+    )
+
+
+def _crt_store_warnings(ref: CertRef, entries: Sequence[CertEntry]) -> Iterator[str]:
+    """One warning per load line without 'ocsp': HAProxy will not reload its staple."""
+    for entry in entries:
+        load = ref.stores.lookup(entry.names[0]) if ref.stores and entry.names else None
+        if load is not None and load.ocsp is None and not entry.managed:
+            yield (
+                f"{load.source}: HAProxy reads no staple file for {load.name} when it starts "
+                "or reloads (its load line names no 'ocsp <file>'), so the staple lasts only "
+                "until then; hastaple run pushes it again after a restart. Add "
+                f"'ocsp {entry.path}.ocsp' to that load line to keep it across reloads"
+            )
+
+
+# ---- end of crt-store
+
+
+def _ref_files(ref: CertRef, cwd: Path) -> list[CertEntry]:
+    """The certificate entries one reference names, before crt-store lookups."""
+    bundles = "bundle" in ref.extra.kinds
     if ref.kind == "crt-list":
         listed = cwd / ref.path  # HAProxy never applies crt-base to the list file itself
         text = _read(listed, f"{ref.source}: crt-list {ref.path}")
         entries = parse_crt_list(text, source=str(listed), crt_base=ref.crt_base, cwd=cwd)
-        return _check_listed(entries)
+        stores = ref.stores or CrtStores()
+        checked: list[CertEntry] = []
+        for entry in entries:  # a crt-store's certificate is checked as the store's
+            checked.extend(
+                [entry]
+                if stores.lookup(entry.names[0])
+                else _check_listed([entry], bundles=bundles)
+            )
+        return checked
     name = _join_base(ref.path, ref.crt_base)
+    if ref.stores is not None and ref.stores.lookup(name) is not None:
+        return [CertEntry(path=cwd / name, source=ref.source, names=(name,))]
+    if name.startswith("@"):
+        raise ConfigError(f"{ref.source}: {name} names no certificate of a crt-store section above")
     full = cwd / name
     info = _stat_or_none(full)
     if info is not None and stat.S_ISDIR(info.st_mode):
         return _walk(full, name=name.rstrip("/"), source=ref.source)
     if info is not None:
         return [CertEntry(path=full, source=ref.source, names=(name,))]
-    bundle = _bundle_paths(full, name, ref.source)
+    bundle = _bundle_paths(full, name, ref.source) if bundles else []
     if not bundle:
         raise ConfigError(f"{ref.source}: certificate {name}: No such file or directory")
     return bundle
 
 
-def _check_listed(entries: Sequence[CertEntry]) -> list[CertEntry]:
+def _with_extra(entry: CertEntry, extra: ExtraFiles) -> CertEntry:
+    """The entry with the files HAProxy reads beside it under ``extra``."""
+    base = extra.base(entry.path)
+    return dataclasses.replace(
+        entry,
+        extra_base=base if base != entry.path else None,
+        ocsp_at_start="ocsp" in extra.kinds,
+        ocsp_source="" if "ocsp" in extra.kinds else extra.source,
+    )
+
+
+def _check_listed(entries: Sequence[CertEntry], *, bundles: bool = True) -> list[CertEntry]:
     """Check crt-list entries exist and are files (a directory makes HAProxy spin)."""
     checked: list[CertEntry] = []
     for entry in entries:
@@ -566,7 +874,7 @@ def _check_listed(entries: Sequence[CertEntry]) -> list[CertEntry]:
         name = entry.haproxy_names[0]
         if info is None:
             bundle = _bundle_paths(entry.path, name, entry.source, managed=entry.managed)
-            if not bundle:
+            if not bundle or not bundles:
                 raise ConfigError(f"{entry.source}: certificate {name}: No such file or directory")
             checked.extend(bundle)
         elif stat.S_ISDIR(info.st_mode):
@@ -617,11 +925,13 @@ def _dedupe(entries: Sequence[CertEntry]) -> tuple[CertEntry, ...]:
             merged[entry.path] = entry
         else:
             names = tuple(dict.fromkeys(seen.names + entry.names))
-            merged[entry.path] = CertEntry(
-                path=seen.path,
+            merged[entry.path] = dataclasses.replace(
+                seen,
                 managed=seen.managed or entry.managed,
-                source=seen.source,
                 names=names,
+                ocsp_file=seen.ocsp_file or entry.ocsp_file,
+                ocsp_at_start=seen.ocsp_at_start and entry.ocsp_at_start,
+                ocsp_source=seen.ocsp_source or entry.ocsp_source,
             )
     return tuple(merged.values())
 
@@ -633,14 +943,35 @@ def _socket_address(address: str, cwd: Path) -> str:
     return address
 
 
-def read_haproxy_config(path: Path, *, cwd: Path, environ: Mapping[str, str]) -> HAProxyConfig:
+def read_haproxy_config(
+    path: Path, *, cwd: Path, environ: Mapping[str, str], haproxy_binary: str | None = None
+) -> HAProxyConfig:
     """
     Read and parse the haproxy.cfg at ``path`` (relative to ``cwd``).
+
+    ``haproxy_binary`` answers ``.if feature(...)``, ``version_atleast(...)``
+    and the like. By default, when the configuration asks such a question:
+    the running HAProxy's own executable (found through a stats socket of
+    the configuration on this host), else ``haproxy`` on the PATH or in /usr/sbin.
 
     Raises:
         ConfigError: the file cannot be read, or HAProxy would refuse it.
     """
-    return parse_haproxy_config(_read(cwd / path, str(path)), source=str(path), environ=environ)
+    text = _read(cwd / path, str(path))
+    # HAProxy sets this one before it reads the configuration (the host name, or -L).
+    env = {**environ, "HAPROXY_LOCALPEER": socket.gethostname()}
+    if haproxy_binary is None:
+        asked: list[str] = []
+
+        def record(name: str, _args: tuple[str, ...]) -> None:  # a first pass, to find sockets
+            asked.append(name)
+
+        first = parse_haproxy_config(text, source=str(path), environ=env, ask=record)
+        if asked:
+            haproxy_binary = process.running_binary(s.address for s in first.sockets)
+            logger.info("%s: .if predicates asked of %s", path, haproxy_binary or "haproxy")
+    ask, why = process.condition_oracle(haproxy_binary)
+    return parse_haproxy_config(text, source=str(path), environ=env, ask=ask, why_unknown=why)
 
 
 def _read(path: Path, label: str) -> str:

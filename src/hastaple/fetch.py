@@ -1,9 +1,10 @@
 """
 Ask OCSP responders (and AIA caIssuers URLs) over HTTP: the only aiohttp client.
 
-One ``Fetcher`` owns one keep-alive ``aiohttp.ClientSession`` whose connector
-bounds connections per responder host and in total, so thousands of
-certificates never flood a CA. Every exchange is bounded: connect time, total
+One ``Fetcher`` owns one keep-alive ``aiohttp.ClientSession`` and bounds
+connections per responder host, so thousands of certificates never flood a
+CA; each host has its own bound and queue, so a stalled responder holds up
+only its own certificates. Every exchange is bounded: connect time, total
 time (redirects included), body size, number of redirects; only http and https
 are spoken, also after a redirect. ``HTTP(S)_PROXY``/``NO_PROXY`` are honoured
 (what aiohttp's ``trust_env`` reads, looked up by us: see ``_Routes``).
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import os
 import re
 import time
@@ -29,12 +31,12 @@ from aiohttp import helpers
 from yarl import URL
 
 from hastaple import __version__
-from hastaple.config import FETCH_TIMEOUT
+from hastaple.config import FETCH_TIMEOUT, RESPONDER_CONNECTIONS
 from hastaple.errors import FetchError
 from hastaple.ocsp.request import http_request
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
     from types import TracebackType
 
 OCSP_CONTENT_TYPE = "application/ocsp-response"  # RFC 6960 Appendix A.2
@@ -49,12 +51,18 @@ class Limits:
     """
     Bounds on what one ``Fetcher`` may do; the defaults suit public CAs.
 
-    ``timeout`` bounds a whole exchange, redirects and body included;
-    ``connect_timeout`` bounds each TCP (and TLS) connect.
+    ``per_host`` bounds the connections to one responder host (scheme, host,
+    port); there is no total across hosts: one host's stalled connections
+    must not use up a shared pool (the pipeline's pool of certificates in
+    flight bounds the total). ``timeout`` bounds a whole exchange, redirects
+    and body included; ``connect_timeout`` bounds each TCP (and TLS) connect.
+    A host whose connections are all busy and none of which has answered for
+    ``stalled_after`` seconds is stalled: a caller that allows it (``deferring``)
+    gets ``HostStalled`` instead of waiting for it.
     """
 
-    per_host: int = 4
-    total: int = 64
+    per_host: int = RESPONDER_CONNECTIONS
+    stalled_after: float = 2.0
     connect_timeout: float = 5.0
     timeout: float = FETCH_TIMEOUT
     max_body_bytes: int = 64 * 1024
@@ -90,6 +98,46 @@ class _Body:
 _DEFAULT_LIMITS = Limits()
 
 
+class HostStalled(Exception):  # noqa: N818 - a signal to set work aside, not an error
+    """
+    The responder host is stalled and the caller chose not to wait (``deferring``).
+
+    Nothing was sent. Not a ``HastapleError``: no certificate failed; the
+    caller puts this one aside and does other hosts' work first.
+    """
+
+
+_DEFERRING: contextvars.ContextVar[bool] = contextvars.ContextVar("deferring", default=False)
+
+
+@contextlib.contextmanager
+def deferring() -> Iterator[None]:
+    """
+    In this context (this task), waiting for a stalled host raises ``HostStalled``.
+
+    For a pool of workers over many hosts: a worker waiting behind a host that
+    answers nothing would hold up the other hosts' certificates for as long as
+    that host's requests take to time out.
+    """
+    token = _DEFERRING.set(True)
+    try:
+        yield
+    finally:
+        _DEFERRING.reset(token)
+
+
+class _Host:
+    """One responder host's connection slots, and when it last showed signs of life."""
+
+    def __init__(self, connections: int, now: float) -> None:
+        self.slots = asyncio.Semaphore(connections)
+        self.talking = 0
+        self.alive = now  # loop time of the last answer (or failure), or of the first request
+
+    def stalled(self, now: float, after: float) -> bool:
+        return self.slots.locked() and now - self.alive >= after
+
+
 class Fetcher:
     """
     An HTTP client for OCSP responders; use as ``async with Fetcher() as f``.
@@ -110,13 +158,13 @@ class Fetcher:
         # Our own per-host queue, in front of aiohttp's: a request's timeout
         # starts when it may talk, so 10,000 certificates queued behind 4
         # connections to one responder never time out while merely waiting.
-        self._slots: dict[tuple[str, str | None, int | None], asyncio.Semaphore] = {}
+        self._hosts: dict[tuple[str, str | None, int | None], _Host] = {}
         self._routes = _Routes()
 
     async def __aenter__(self) -> Self:
-        connector = aiohttp.TCPConnector(
-            limit=self.limits.total, limit_per_host=self.limits.per_host
-        )
+        # limit=0: no pool shared by all hosts, whose wait would count against
+        # a request's timeout and let a stalled host hold up the others.
+        connector = aiohttp.TCPConnector(limit=0, limit_per_host=self.limits.per_host)
         self._session = aiohttp.ClientSession(
             connector=connector,
             # `sock_connect`, not `connect`: the latter also counts the wait for
@@ -193,43 +241,92 @@ class Fetcher:
         _check_scheme(origin, target, redirected=False)
         headers = {"Content-Type": "application/ocsp-request"} if body is not None else {}
         key = (target.scheme, target.host, target.port)
-        slot = self._slots.get(key)
-        if slot is None:
-            slot = self._slots[key] = asyncio.Semaphore(self.limits.per_host)
-        async with slot:
-            with _MapErrors(origin, self.limits):
-                async with asyncio.timeout(self.limits.timeout):
-                    for _ in range(self.limits.max_redirects + 1):
-                        route = self._routes.get(target)
-                        async with session.request(
-                            method,
-                            target,
-                            data=body,
-                            headers=headers | route.headers if route.headers else headers,
-                            allow_redirects=False,
-                            proxy=route.proxy,
-                            proxy_headers=route.proxy_headers,
-                        ) as resp:
-                            if resp.status in _REDIRECT_STATUSES:
-                                target = _redirect_target(origin, resp)
-                                # The method and body are kept even for 301-303: an
-                                # OCSP POST is a query, and a GET would lose it.
-                                continue
-                            _check_status(origin, resp.status)
-                            if content_type is not None and resp.content_type != content_type:
-                                raise FetchError(
-                                    origin,
-                                    f"responder answered with content type '{resp.content_type}',"
-                                    f" not {content_type}",
-                                )
-                            data = await _read_capped(origin, resp, self.limits.max_body_bytes)
-                            return _Body(
-                                data,
-                                str(resp.url),
-                                resp.headers.get("Cache-Control"),
-                                resp.headers.get("Date"),
+        loop = asyncio.get_running_loop()
+        host = self._hosts.get(key)
+        if host is None:
+            host = self._hosts[key] = _Host(self.limits.per_host, loop.time())
+        await self._acquire(host, origin)
+        if host.talking == 0:
+            host.alive = loop.time()
+        host.talking += 1
+        try:
+            reply = await self._talk(session, origin, method, target, body, headers, content_type)
+        except FetchError as exc:
+            if not isinstance(exc.__cause__, TimeoutError):  # it answered, if badly
+                host.alive = loop.time()
+            raise
+        else:
+            host.alive = loop.time()
+            return reply
+        finally:
+            host.talking -= 1
+            host.slots.release()
+
+    async def _talk(  # noqa: PLR0917 - the one exchange of _exchange, split out
+        self,
+        session: aiohttp.ClientSession,
+        origin: str,
+        method: str,
+        target: URL,
+        body: bytes | None,
+        headers: dict[str, str],
+        content_type: str | None,
+    ) -> _Body:
+        """The exchange itself, redirects included, with a connection already ours."""
+        with _MapErrors(origin, self.limits):
+            async with asyncio.timeout(self.limits.timeout):
+                for _ in range(self.limits.max_redirects + 1):
+                    route = self._routes.get(target)
+                    async with session.request(
+                        method,
+                        target,
+                        data=body,
+                        headers=headers | route.headers if route.headers else headers,
+                        allow_redirects=False,
+                        proxy=route.proxy,
+                        proxy_headers=route.proxy_headers,
+                    ) as resp:
+                        if resp.status in _REDIRECT_STATUSES:
+                            target = _redirect_target(origin, resp)
+                            # The method and body are kept even for 301-303: an
+                            # OCSP POST is a query, and a GET would lose it.
+                            continue
+                        _check_status(origin, resp.status)
+                        if content_type is not None and resp.content_type != content_type:
+                            raise FetchError(
+                                origin,
+                                f"responder answered with content type '{resp.content_type}',"
+                                f" not {content_type}",
                             )
-                    raise FetchError(origin, f"more than {self.limits.max_redirects} redirects")
+                        data = await _read_capped(origin, resp, self.limits.max_body_bytes)
+                        return _Body(
+                            data,
+                            str(resp.url),
+                            resp.headers.get("Cache-Control"),
+                            resp.headers.get("Date"),
+                        )
+                raise FetchError(origin, f"more than {self.limits.max_redirects} redirects")
+
+    async def _acquire(self, host: _Host, origin: str) -> None:
+        """
+        Wait for one of ``host``'s connections.
+
+        Raises:
+            HostStalled: in ``deferring``, when the host is stalled (at once, or
+                while waiting: it answered nothing for ``stalled_after``).
+        """
+        if not _DEFERRING.get() or not host.slots.locked():
+            await host.slots.acquire()
+            return
+        loop = asyncio.get_running_loop()
+        while True:
+            wait = host.alive + self.limits.stalled_after - loop.time()
+            if wait <= 0 and host.stalled(loop.time(), self.limits.stalled_after):
+                raise HostStalled(origin)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(wait, self.limits.stalled_after / 10)):
+                    await host.slots.acquire()
+                    return
 
 
 @dataclass(frozen=True, slots=True)

@@ -267,23 +267,30 @@ class Index:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def lookup(self, cert: Path, pem: Fingerprint | None) -> Entry | None:
-        """The entry for ``cert`` if none of its files changed since it was recorded."""
+    def lookup(
+        self, cert: Path, pem: Fingerprint | None, *, base: Path | None = None
+    ) -> Entry | None:
+        """
+        The entry for ``cert`` if none of its files changed since it was recorded.
+
+        ``base`` is what HAProxy appends ``.ocsp``/``.issuer`` to (default ``cert``).
+        """
         entry = self._entries.get(str(cert))
         if entry is None or pem is None or entry.pem != pem:
             return None
-        if entry.ocsp != fingerprint(store.staple_path(cert)):
+        files = base or cert
+        if entry.ocsp != fingerprint(store.staple_path(files)):
             return None
         # ``.issuer`` counts only when the chain lacks the issuer (``issuer_pem``
         # set): HAProxy and we take the chain first (docs/haproxy.md).
-        if entry.issuer_pem is not None and entry.issuer_file != fingerprint(_issuer_file(cert)):
+        if entry.issuer_pem is not None and entry.issuer_file != fingerprint(_issuer_file(files)):
             return None
         return entry
 
-    def read_staple(self, cert: Path, entry: Entry) -> bytes | None:
-        """The bytes of ``<crt>.ocsp`` if they are still the ones ``entry`` describes."""
+    def read_staple(self, base: Path, entry: Entry) -> bytes | None:
+        """The bytes of ``<base>.ocsp`` if they are still the ones ``entry`` describes."""
         try:
-            der, st = store.read_file(store.staple_path(cert))  # st: of exactly these bytes
+            der, st = store.read_file(store.staple_path(base))  # st: of exactly these bytes
         except OSError:
             return None
         return der if _identity(st) == entry.ocsp else None

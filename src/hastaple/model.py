@@ -71,9 +71,13 @@ class ResultRow:
     aliases: dict[str, str] = field(default_factory=dict)
     # The certificate promises a staple (RFC 7633): without one it fails.
     must_staple: bool = False
-    # The certificate file itself is unusable (exit 2), as opposed to a failed
-    # fetch or deploy (exit 1). Not part of the JSON contract.
+    # The certificate file itself is unusable, as opposed to a failed fetch or
+    # deploy. The run exits 2 only when every row is such (nothing could be
+    # done); otherwise it is one failed certificate (exit 1). Not in the JSON.
     bad_input: bool = False
+    # Something the operator should change though the row is in order (for
+    # example a staple HAProxy will not reload by itself); in JSON only when set.
+    note: str | None = None
 
     @classmethod
     def of(
@@ -110,7 +114,7 @@ class ResultRow:
             "haproxy": dict(self.haproxy),
             "aliases": dict(self.aliases),
             "must_staple": self.must_staple,
-        }
+        } | ({"note": self.note} if self.note else {})
 
 
 @overload

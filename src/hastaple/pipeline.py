@@ -14,11 +14,12 @@ all go through ``run``.
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import datetime as dt
 import hashlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from hastaple import config, index, lock, pem, schedule, store
 from hastaple import issuer as issuers
 from hastaple.discover import CertEntry
 from hastaple.errors import CertificateError, FetchError, HastapleError, StoreError
-from hastaple.fetch import Fetcher
+from hastaple.fetch import Fetcher, HostStalled, deferring
 from hastaple.haproxy.deploy import DeployItem
 from hastaple.model import Action, ResultRow, Status, Verdict
 from hastaple.ocsp import request
@@ -104,6 +105,14 @@ class _Cert:
     names: tuple[str, ...]  # how HAProxy spells the file in runtime commands
     pem_fp: index.Fingerprint | None = None  # the PEM file as it was before parsing
     must_staple: bool = False
+    base: Path | None = None  # what HAProxy appends .ocsp/.issuer to, if not ``path``
+
+    @property
+    def files_base(self) -> Path:
+        return self.base or self.path
+
+    staple_file: Path | None = None  # where HAProxy reads the staple, if not <crt>.ocsp
+    issuer_file: Path | None = None  # with staple_file: the load line's 'issuer <file>'
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,33 +211,61 @@ async def _run_locked(
             results[i] = dataclasses.replace(done, row=row, staple=None)
 
         pusher = Pusher(options.sockets, deployed, below_admin=dict(options.below_admin))
+
+    async def one(i: int, entry: CertEntry) -> None:
+        results[i] = prepared = _noted(entry, await _prepare(entry, options, fetcher, now, ctx))
+        if progress is not None:
+            progress()
+        if pusher is not None and prepared.staple is not None:
+            await pusher.add(i, prepared.row, prepared.staple.deploys)
+
+    try:
+        await _in_pool(entries, one)
+        if pusher is not None:
+            await pusher.finish()
+    finally:
+        if pusher is not None:
+            await pusher.close()
+    return [Outcome(p.row, p.max_age, p.elapsed) for p in results if p is not None]
+
+
+async def _in_pool(
+    entries: Sequence[CertEntry], handle: Callable[[int, CertEntry], Awaitable[None]]
+) -> None:
+    """
+    ``handle(i, entry)`` for every entry, ``MAX_IN_FLIGHT`` at a time.
+
+    A bounded pool, not one task per certificate: 10,000 live tasks hold
+    10,000 parsed bundles and requests at once (about 100 MB more at 10k)
+    while the fetcher lets only a few talk to each responder anyway.
+
+    A certificate whose responder has stalled is set aside (its index only)
+    until the rest are done: behind a host that answers nothing, a worker
+    would wait for that host's requests to time out, and with enough of its
+    certificates in a row every worker would, holding up every other host.
+    """
     todo = iter(enumerate(entries))
+    stalled: collections.deque[tuple[int, CertEntry]] = collections.deque()
 
     async def worker() -> None:
-        for i, entry in todo:
-            results[i] = prepared = await _prepare(entry, options, fetcher, now, ctx)
-            if progress is not None:
-                progress()
-            if pusher is not None and prepared.staple is not None:
-                await pusher.add(i, prepared.row, prepared.staple.deploys)
+        with deferring():
+            for i, entry in todo:
+                try:
+                    await handle(i, entry)
+                except HostStalled:
+                    stalled.append((i, entry))
+        while stalled:  # nothing else is left: now wait for them
+            await handle(*stalled.popleft())
 
-    # A bounded pool, not one task per certificate: 10,000 live tasks hold
-    # 10,000 parsed bundles and requests at once (about 100 MB more at 10k)
-    # while the fetcher lets only a few talk to each responder anyway.
     workers = [asyncio.create_task(worker()) for _ in range(min(MAX_IN_FLIGHT, len(entries)))]
     try:
         await asyncio.gather(*workers)
-        if pusher is not None:
-            await pusher.finish()
     finally:
         # After a bug in one worker, the others must not go on fetching and
         # writing behind the caller's back (the daemon's next batch).
         for task in workers:
             task.cancel()
         await asyncio.gather(*workers, return_exceptions=True)
-        if pusher is not None:
-            await pusher.close()
-    return [Outcome(p.row, p.max_age, p.elapsed) for p in results if p is not None]
 
 
 class _Writer:
@@ -296,7 +333,9 @@ async def _prepare(  # noqa: PLR0911 - one early return per kind of row
         if entry.managed:
             return _Prepared(ResultRow(name, None, Status.MANAGED, Action.SKIPPED))
         pem_fp = index.fingerprint(entry.path)
-        if not options.force and (hit := _from_index(entry, pem_fp, options, now, ctx)):
+        # The index knows only <crt>.ocsp: a crt-store's own staple file goes the long way.
+        cached = not options.force and entry.ocsp_file is None
+        if cached and (hit := _from_index(entry, pem_fp, options, now, ctx)):
             return hit
         bundle = pem.parse_file(entry.path)
         must_staple = pem.is_must_staple(bundle.leaf)
@@ -305,13 +344,18 @@ async def _prepare(  # noqa: PLR0911 - one early return per kind of row
             no_url = ResultRow(name, None, Status.NO_OCSP, Action.SKIPPED, must_staple=must_staple)
             return _Prepared(no_url)
         state_dir = None if options.dry_run else options.state_dir  # dry-run writes nothing
-        issuer, issuer_pem = await resolve_issuer(entry.path, bundle, fetcher, state_dir, now=now)
+        issuer, issuer_pem = await resolve_issuer(
+            entry.path, bundle, fetcher, state_dir, now=now, base=entry.files_base
+        )
         cert = _Cert(
             entry.path, bundle.leaf, issuer, issuer_pem, url, entry.haproxy_names, pem_fp,
-            must_staple,
+            must_staple=must_staple, base=entry.extra_base, staple_file=entry.ocsp_file,
+            issuer_file=entry.issuer_file,
         )  # fmt: skip
         done = await _refresh(cert, options, fetcher, now, ctx)
         return dataclasses.replace(done, row=dataclasses.replace(done.row, must_staple=must_staple))
+    except HostStalled:
+        raise  # set aside by the worker, not a result
     except CertificateError as exc:
         row = dataclasses.replace(_failed(name, url, str(exc)), bad_input=True)
         return _Prepared(dataclasses.replace(row, must_staple=must_staple))
@@ -336,7 +380,7 @@ def _from_index(
     (the response's and its signer's validity, the margin), so the hourly run
     over 10,000 unchanged certificates parses nothing (``index``).
     """
-    hit = ctx.index.lookup(entry.path, pem_fp)
+    hit = ctx.index.lookup(entry.path, pem_fp, base=entry.files_base)
     if hit is None or ctx.index.is_revoked(entry.path, hit.verdict.serial):
         return None
     verdict = hit.verdict
@@ -346,7 +390,11 @@ def _from_index(
         and (not options.fetch or schedule.is_fresh(verdict.this_update, verdict.next_update, now))
     ):
         return None
-    der = ctx.index.read_staple(entry.path, hit) if options.sockets or options.below_admin else b""
+    der = (
+        ctx.index.read_staple(entry.files_base, hit)
+        if options.sockets or options.below_admin
+        else b""
+    )
     if der is None:
         return None
     staple = Staple.of(
@@ -369,7 +417,7 @@ def _remember(
             pem=cert.pem_fp,
             ocsp=ocsp_fp,
             # Only when the issuer is not in the chain does ``.issuer`` matter.
-            issuer_file=index.issuer_fingerprint(cert.path) if cert.issuer_pem else None,
+            issuer_file=index.issuer_fingerprint(cert.files_base) if cert.issuer_pem else None,
             url=cert.url,
             cert_id=staple.cert_id,
             issuer_pem=cert.issuer_pem,
@@ -386,7 +434,7 @@ async def _refresh(
 ) -> _Prepared:
     """Keep the staple on disk while it is fresh; otherwise fetch, validate and store."""
     name, url, path = str(cert.path), cert.url, cert.path
-    staple_path = store.staple_path(path)
+    staple_path = cert.staple_file or store.staple_path(cert.files_base)
     ocsp_fp = index.fingerprint(staple_path)  # before reading: a later change is a miss
     # None: no file; size 0: HAProxy's "empty .ocsp" registration (§0.2). Nothing to read.
     has_bytes = ocsp_fp is not None and ocsp_fp[1] > 0
@@ -403,9 +451,9 @@ async def _refresh(
         status, what = (Status.REVOKED, "the CA said REVOKED") if revoked else (Status.ERROR, "")
         error = f"no valid {staple_path.name} to deploy" + (f" ({what})" if what else "")
         return _Prepared(ResultRow(name, url, status, Action.SKIPPED, error=error))
-    if cert.issuer_pem is not None and not _haproxy_can_find_issuer(path):
+    if cert.issuer_pem is not None and (problem := _issuer_unreachable(cert)):
         # Decided before asking the CA: no answer could be stored, so none is asked for.
-        return _Prepared(_failed(name, url, _no_issuer_on_disk(path)))
+        return _Prepared(_failed(name, url, problem))
     return await _fetch(cert, current, options=options, fetcher=fetcher, now=now, ctx=ctx)
 
 
@@ -420,7 +468,7 @@ async def _fetch(
 ) -> _Prepared:
     """Ask the CA, validate, and store the answer if it is better than ``current``."""
     name, url, path = str(cert.path), cert.url, cert.path
-    staple_path = store.staple_path(path)
+    staple_path = cert.staple_file or store.staple_path(cert.files_base)
     req = request.build(cert.leaf, cert.issuer)
     cert_id = request.cert_id_of(req)  # one request built per certificate, not two
     reply = await fetcher.ocsp(url, req)
@@ -449,6 +497,19 @@ async def _fetch(
     return _Prepared(ResultRow.of(name, url, verdict, Action.FETCHED), staple, **hints)
 
 
+def _noted(entry: CertEntry, prepared: _Prepared) -> _Prepared:
+    """Add to the row that HAProxy will not load this staple by itself when it restarts."""
+    if entry.ocsp_at_start or entry.managed:
+        return prepared
+    note = (
+        f"{entry.ocsp_source}: HAProxy reads no staple file for this certificate when it "
+        "starts or reloads, so a staple lasts only until then unless hastaple run pushes it "
+        f"again. For a crt-store certificate, add 'ocsp {store.staple_path(entry.path)}' to "
+        "its load line (hastaple keeps that file fresh) and the staple survives on its own."
+    )
+    return dataclasses.replace(prepared, row=dataclasses.replace(prepared.row, note=note))
+
+
 async def resolve_issuer(
     path: Path,
     bundle: pem.Bundle,
@@ -456,6 +517,7 @@ async def resolve_issuer(
     state_dir: Path | None,
     *,
     now: dt.datetime | None = None,
+    base: Path | None = None,
 ) -> tuple[x509.Certificate, bytes | None]:
     """
     Find the issuer of ``bundle.leaf``: the chain, ``<crt>.issuer``, then AIA.
@@ -467,7 +529,7 @@ async def resolve_issuer(
         CertificateError: no local source holds the issuer and there is no AIA URL.
         FetchError: the AIA URLs did not give it.
     """
-    if (local := local_issuer(path, bundle)) is not None:
+    if (local := local_issuer(path, bundle, base=base)) is not None:
         return local
     urls = issuers.ca_issuers_urls(bundle.leaf)
     when = now or dt.datetime.now(dt.UTC)
@@ -480,13 +542,17 @@ async def resolve_issuer(
     raise CertificateError(
         path,
         "issuer not found: the file has no chain, there is no "
-        f"{store.issuer_path(path).name}, and no AIA caIssuers URL",
+        f"{store.issuer_path(base or path).name}, and no AIA caIssuers URL",
     )
 
 
-def local_issuer(path: Path, bundle: pem.Bundle) -> tuple[x509.Certificate, bytes | None] | None:
+def local_issuer(
+    path: Path, bundle: pem.Bundle, *, base: Path | None = None
+) -> tuple[x509.Certificate, bytes | None] | None:
     """
-    The issuer from the PEM chain, else from ``<crt>.issuer``, as HAProxy looks (§3a).
+    The issuer from the PEM chain, else from ``<base>.issuer``, as HAProxy looks (§3a).
+
+    ``base`` is what HAProxy appends ``.issuer`` to (default ``path``).
 
     Returns None when neither has it; the PEM to send is set only for ``.issuer``.
 
@@ -496,7 +562,7 @@ def local_issuer(path: Path, bundle: pem.Bundle) -> tuple[x509.Certificate, byte
     in_chain = issuers.choose_local(bundle.leaf, bundle.chain)
     if in_chain is not None:
         return in_chain, None
-    issuer_file = store.issuer_path(path)
+    issuer_file = store.issuer_path(base or path)
     if not issuer_file.exists():
         return None
     found = issuers.choose_local(bundle.leaf, issuers.parse_certificates(pem.read(issuer_file)))
@@ -580,10 +646,29 @@ def _haproxy_can_find_issuer(path: Path) -> bool:
     return store.issuer_path(path).exists()
 
 
-def _no_issuer_on_disk(path: Path) -> str:
+def _issuer_unreachable(cert: _Cert) -> str | None:
+    """Why HAProxy could not compute the CertID of a chainless PEM's staple at start-up."""
+    if cert.staple_file is None:
+        if _haproxy_can_find_issuer(cert.files_base):
+            return None
+        return _no_issuer_on_disk(cert.path, cert.files_base)
+    if cert.issuer_file is not None:
+        return None
+    # A crt-store load line: HAProxy 3 reads only its 'issuer <file>', never <crt>.issuer,
+    # and refuses to start when it cannot tie the 'ocsp' file, even an empty one, to an
+    # issuer (measured on 3.0.11).
     return (
-        f"{path}: the file has no chain and there is no {path.name}.issuer; writing "
-        f"{path.name}.ocsp would stop HAProxy from starting, so nothing was stored "
+        f"{cert.path}: the file has no chain and its crt-store load line names no "
+        f"'issuer <file>', so HAProxy cannot use {cert.staple_file} and refuses to start "
+        "with that line; nothing was stored (append the issuer to the PEM or add "
+        "'issuer <file>' to the load line)"
+    )
+
+
+def _no_issuer_on_disk(path: Path, base: Path) -> str:
+    return (
+        f"{path}: the file has no chain and there is no {base.name}.issuer; writing "
+        f"{base.name}.ocsp would stop HAProxy from starting, so nothing was stored "
         "(append the issuer to the PEM or create the .issuer file)"
     )
 

@@ -14,7 +14,13 @@ fresh. On top of that point:
 - a ceiling: never later than ``nextUpdate - retry_room`` (at most half the
   window), so several retries fit before the staple expires;
 - RFC 5019 §6.2: a ``Cache-Control: max-age`` shorter than that makes the
-  refresh earlier (never sooner than ``min_interval`` after the fetch);
+  refresh earlier, but never sooner than ``min_interval`` (one hour) after the
+  fetch: the floor keeps hastaple polite whatever a responder sends. A CDN in
+  front of a responder often sends a few minutes; at ``max-age=300`` a floor
+  of 5 minutes meant 288 requests per certificate per day, one hour means 24,
+  as often as HAProxy 2.8's updater asks at its default maximum delay. A
+  staple whose validity is short is still refreshed at its half-life: the
+  floor holds back only the hint;
 - no nextUpdate: a fixed ``interval``;
 - after failures: exponential backoff with jitter, its exponent clamped (huge
   failure counts must not overflow, stamina issue #104), capped, and tightened
@@ -48,8 +54,9 @@ class Policy:
     # Refresh period for a staple without nextUpdate, and re-check period for
     # certificates without an OCSP URL.
     interval: dt.timedelta = dt.timedelta(hours=12)
-    # A max-age hint never brings the next fetch closer than this to the last one.
-    min_interval: dt.timedelta = dt.timedelta(minutes=5)
+    # A max-age hint never brings the next fetch closer than this to the last one
+    # (HAProxy's updater, tune.ssl.ocsp-update.maxdelay, asks at least hourly too).
+    min_interval: dt.timedelta = dt.timedelta(hours=1)
     backoff_base: dt.timedelta = dt.timedelta(seconds=30)
     backoff_cap: dt.timedelta = dt.timedelta(hours=1)
     # Warn (and fail /healthz) once a staple expires within this (at most a quarter window).

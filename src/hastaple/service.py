@@ -6,8 +6,8 @@ staple write is atomic and every state write one transaction), then the
 process exits 0. SIGHUP loads the configuration again: sources, sockets,
 refresh policy, responder overrides and log format apply at once, after all
 of it (every source included) was read and checked; a bad one changes
-nothing. The state directory and the metrics address need a restart (and
-say so).
+nothing. The state directory, the metrics address and the responder
+connections need a restart (and say so).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from hastaple.config import Config, is_loopback, split_address
 from hastaple.daemon import Daemon
 from hastaple.errors import HastapleError
 from hastaple.events import log_event
-from hastaple.fetch import Fetcher, OCSPReply
+from hastaple.fetch import Fetcher, Limits, OCSPReply
 from hastaple.state import State
 
 # aiohttp's trust_env reads these at each request (urllib prefers the lower case).
@@ -39,7 +39,7 @@ class ConfiguredFetcher(Fetcher):
     """The pipeline's fetcher, asking an operator's replacement URL where configured."""
 
     def __init__(self, config: Config, *, environ: MutableMapping[str, str] | None = None) -> None:
-        super().__init__()
+        super().__init__(Limits(per_host=config.responder_connections))
         self.environ = os.environ if environ is None else environ
         # What the process started with, so a reload that drops `proxy` restores it.
         self._started = {name: self.environ.get(name) for name in _PROXY_VARS}
@@ -130,7 +130,10 @@ def _reload(daemon: Daemon, fetcher: ConfiguredFetcher, load: Callable[[], Confi
         loaded = load()
         # These two need a restart (and say so below): the running ones stay in force.
         new = dataclasses.replace(
-            loaded, state_dir=old.state_dir, metrics_address=old.metrics_address
+            loaded,
+            state_dir=old.state_dir,
+            metrics_address=old.metrics_address,
+            responder_connections=old.responder_connections,
         )
         view = daemon.prepare(new)
         daemon.apply(view)  # writes the state first: a failure there changes nothing
@@ -142,7 +145,7 @@ def _reload(daemon: Daemon, fetcher: ConfiguredFetcher, load: Callable[[], Confi
         return
     fetcher.configure(new)
     events.configure(new.log_format)
-    for name in ("state_dir", "metrics_address"):
+    for name in ("state_dir", "metrics_address", "responder_connections"):
         if getattr(loaded, name) != getattr(old, name):
             log_event(logging.WARNING, "restart_needed", key=name)
     log_event(logging.INFO, "reloaded", certs=len(daemon.entries), sockets=len(daemon.sockets))

