@@ -120,8 +120,11 @@ async def test_never_replaces_a_newer_staple(server):
         assert not await fleet.publish(KEY, staple(b"old", "2026-12-06T09:00:00Z"))
         assert not await fleet.publish(KEY, staple(b"same", "2026-12-06T10:00:00Z"))
         assert (await fleet.read(KEY)).der == b"new"
-        # An entry the node rejected (forged) is overwritten whatever it claims.
-        assert await fleet.publish(KEY, staple(b"mine", "2026-12-06T08:00:00Z"), replace=True)
+        # An entry the node found unusable (forged) is overwritten whatever it
+        # claims, while it still claims what the node saw ...
+        mine = staple(b"mine", "2026-12-06T08:00:00Z")
+        assert not await fleet.publish(KEY, mine, unusable="2026-12-06T09:59:59Z")
+        assert await fleet.publish(KEY, mine, unusable="2026-12-06T10:00:00Z")
         assert (await fleet.read(KEY)).der == b"mine"
 
 
@@ -166,7 +169,10 @@ async def test_publication_wakes_waiters_and_is_announced(server):
         await asyncio.wait_for(waiting, 2)
         assert time.monotonic() - started < 1.0
         assert seen == [KEY]
-        assert (await b.lease(KEY, 30))[0] is Lease.ACQUIRED  # the publish released a's lease
+        # b read nothing before: the entry changed since, so no lease (no second fetch) ...
+        assert (await b.lease(KEY, 30))[0] is Lease.CHANGED
+        # ... and the publish released a's lease.
+        assert (await b.lease(KEY, 30, seen="2026-12-06T00:00:00Z"))[0] is Lease.ACQUIRED
 
 
 async def test_releasing_a_lease_wakes_waiters(server):

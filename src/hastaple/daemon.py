@@ -35,7 +35,7 @@ import logging
 import random
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import NamedTuple, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 import watchfiles
 
@@ -48,6 +48,10 @@ from hastaple.fetch import Fetcher
 from hastaple.haproxy import client, protocol
 from hastaple.model import Action, ResultRow, Status, rfc3339
 from hastaple.state import Record, State
+
+if TYPE_CHECKING:  # redis-py is imported only with --fleet
+    from hastaple.stores.coordinator import Coordinator
+    from hastaple.stores.fleet import StapleKey
 
 logger = logging.getLogger(__name__)
 _WATCH_STEP_MS = 50  # a burst of events is handled 50 ms after it ends
@@ -81,8 +85,10 @@ class Daemon:
         state: State,
         clock: Clock | None = None,
         rng: random.Random | None = None,
+        fleet: Coordinator | None = None,
     ) -> None:
         self.config = config
+        self.fleet = fleet  # staples shared with other nodes (``--fleet``), or None
         self.fetcher = fetcher
         self.state = state
         self.clock = clock or SystemClock()
@@ -114,6 +120,7 @@ class Daemon:
         # Set when the watched directories change (SIGHUP): the watcher restarts at once.
         self.rewatch = asyncio.Event()
         self._warned: tuple[str, ...] = ()  # discovery warnings already logged
+        self._by_serial: tuple[object, dict[str, list[str]]] = (None, {})
 
     # -- discovery -------------------------------------------------------
 
@@ -281,14 +288,39 @@ class Daemon:
                     entries = [self.entries[n] for n in names]
                     try:
                         outcomes += await pipeline.run_outcomes(
-                            entries, options, fetcher=self.fetcher, now=now, held=self.index
-                        )
+                            entries, options, fetcher=self.fetcher, now=now, held=self.index,
+                            fleet=self.fleet,
+                        )  # fmt: skip
                     except StateBusy as exc:  # still due: the next turn waits again
                         log_event(logging.WARNING, "busy", certs=len(names), error=str(exc))
         with self._batch():
             for outcome in outcomes:
                 self._record(outcome, now, started)
         return outcomes
+
+    def fleet_published(self, key: StapleKey) -> None:
+        """
+        Another node stored a new staple: the certificates here with its serial are due now.
+
+        The batch that follows asks the fleet first, so the staple is validated
+        and deployed within a second, with no CA request (``stores.coordinator``).
+        """
+        now = self.clock.now()
+        for name in self._names_by_serial().get(key.serial, ()):
+            rec = self.records.get(name)
+            if rec is not None and (rec.next_refresh is None or rec.next_refresh > now):
+                self.records[name] = dataclasses.replace(rec, next_refresh=now)
+        self.wake.set()
+
+    def _names_by_serial(self) -> dict[str, list[str]]:
+        """Certificate names by serial, kept until the certificates change."""
+        if self._by_serial[0] is not self._serials:
+            names: dict[str, list[str]] = {}
+            for name, (_, leaf) in self._serials.items():
+                if leaf.serial is not None and name in self.entries:
+                    names.setdefault(leaf.serial, []).append(name)
+            self._by_serial = (self._serials, names)
+        return self._by_serial[1]
 
     def _options(self, *, force: bool = False, fetch: bool = True) -> pipeline.Options:
         return pipeline.Options(

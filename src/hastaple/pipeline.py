@@ -17,12 +17,13 @@ import asyncio
 import collections
 import dataclasses
 import datetime as dt
+import functools
 import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -37,6 +38,9 @@ from hastaple.model import Action, ResultRow, Status, Verdict
 from hastaple.ocsp import request
 from hastaple.ocsp.validate import MIN_REMAINING, validate
 from hastaple.pusher import Pusher
+
+if TYPE_CHECKING:  # the fleet (and redis-py) is imported only when configured
+    from hastaple.stores.coordinator import Coordinator
 
 logger = logging.getLogger(__name__)
 
@@ -144,6 +148,7 @@ async def run(
     fetcher: Fetcher,
     now: dt.datetime,
     progress: Callable[[], None] | None = None,
+    fleet: Coordinator | None = None,
 ) -> list[ResultRow]:
     """
     Fetch, validate, store and deploy staples for ``entries``; one row each.
@@ -153,8 +158,12 @@ async def run(
     on one connection per socket, while the rest are still being fetched
     (``pusher``). ``progress`` is
     called once per certificate when its staple is ready (a progress bar).
+    ``fleet``: staples shared with other nodes (``stores.coordinator``),
+    asked where the CA would be.
     """
-    outcomes = await run_outcomes(entries, options, fetcher=fetcher, now=now, progress=progress)
+    outcomes = await run_outcomes(
+        entries, options, fetcher=fetcher, now=now, progress=progress, fleet=fleet
+    )
     return [o.row for o in outcomes]
 
 
@@ -166,6 +175,7 @@ async def run_outcomes(
     now: dt.datetime,
     progress: Callable[[], None] | None = None,
     held: index.Index | None = None,
+    fleet: Coordinator | None = None,
 ) -> list[Outcome]:
     """
     ``run``, with the responder's max-age and latency per certificate (the daemon).
@@ -184,7 +194,7 @@ async def run_outcomes(
         idx = held if held is not None and keep else index.Index.open(state_dir)
         idx.sync()
         outcomes = await _run_locked(
-            entries, options, fetcher=fetcher, now=now, progress=progress, idx=idx
+            entries, options, fetcher=fetcher, now=now, progress=progress, idx=idx, fleet=fleet
         )
         idx.save()
     return outcomes
@@ -198,8 +208,9 @@ async def _run_locked(
     now: dt.datetime,
     progress: Callable[[], None] | None,
     idx: index.Index,
+    fleet: Coordinator | None = None,
 ) -> list[Outcome]:
-    ctx = _Context(_Writer(), idx)
+    ctx = _Context(_Writer(), idx, None if options.dry_run else fleet)
     results: list[_Prepared | None] = [None] * len(entries)
     pusher = None
     if (options.sockets or options.below_admin) and not options.dry_run:
@@ -321,6 +332,7 @@ class _Context:
 
     writer: _Writer
     index: index.Index
+    fleet: Coordinator | None = None  # None: every staple comes from the CA
 
 
 async def _prepare(  # noqa: PLR0911 - one early return per kind of row
@@ -471,11 +483,20 @@ async def _fetch(
     staple_path = cert.staple_file or store.staple_path(cert.files_base)
     req = request.build(cert.leaf, cert.issuer)
     cert_id = request.cert_id_of(req)  # one request built per certificate, not two
-    reply = await fetcher.ocsp(url, req)
-    verdict = validate(
-        reply.der, cert=cert.leaf, issuer=cert.issuer, now=now, margin=options.margin
+    check = functools.partial(
+        validate, cert=cert.leaf, issuer=cert.issuer, now=now, margin=options.margin
     )
-    hints: dict[str, Any] = {"max_age": reply.max_age, "elapsed": reply.elapsed}
+    if ctx.fleet is None:
+        reply = await fetcher.ocsp(url, req)
+        der, verdict = reply.der, check(reply.der)
+        hints: dict[str, Any] = {"max_age": reply.max_age, "elapsed": reply.elapsed}
+    else:  # the fleet's staple if one is fresh and valid, else the CA's (shared)
+        got = await ctx.fleet.obtain(
+            req, check=check, ask_ca=functools.partial(fetcher.ocsp, url, req), now=now,
+            held=current[1] if current else None,
+        )  # fmt: skip
+        der, verdict = got.der, got.verdict
+        hints = {"max_age": got.max_age, "elapsed": got.elapsed}
     if verdict.status is not Status.GOOD:
         if verdict.status is Status.REVOKED and not options.dry_run:
             ctx.index.mark_revoked(path, verdict.serial)
@@ -490,10 +511,10 @@ async def _fetch(
         # expires sooner than ours: never replace a staple with a worse one.
         staple = _staple(cert, *current, cert_id=cert_id)
         return _Prepared(ResultRow.of(name, url, current[1], Action.FRESH), staple, **hints)
-    staple = _staple(cert, reply.der, verdict, cert_id=cert_id)
+    staple = _staple(cert, der, verdict, cert_id=cert_id)
     if not options.dry_run:
-        await ctx.writer.write(staple_path, reply.der, owner_of=path)
-        _remember(ctx, cert, staple, index.fingerprint_if(staple_path, reply.der))
+        await ctx.writer.write(staple_path, der, owner_of=path)
+        _remember(ctx, cert, staple, index.fingerprint_if(staple_path, der))
     return _Prepared(ResultRow.of(name, url, verdict, Action.FETCHED), staple, **hints)
 
 

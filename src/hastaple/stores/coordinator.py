@@ -28,7 +28,8 @@ import contextlib
 import datetime as dt
 import hashlib
 import logging
-from collections.abc import Awaitable, Callable
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from cryptography.x509 import ocsp
@@ -37,6 +38,7 @@ from hastaple import schedule
 from hastaple.errors import HastapleError
 from hastaple.fetch import OCSPReply
 from hastaple.model import Status, Verdict, rfc3339
+from hastaple.stores import redis_url
 from hastaple.stores.fleet import Entry, Fleet, Lease, Publication, StapleKey
 
 logger = logging.getLogger(__name__)
@@ -44,6 +46,9 @@ logger = logging.getLogger(__name__)
 LEASE_SECONDS = 30.0  # two fetch timeouts: a live holder keeps it, a dead one frees it soon
 _USABLE = frozenset({Status.GOOD, Status.REVOKED})  # a signed revocation is news for everyone
 _LOGGED_MAX = 100_000  # rejected entries remembered for "log once"
+# Lease attempts before asking the CA regardless: a changed entry, a wait for a
+# live holder, a wait for a dead one's lease to expire.
+_ROUNDS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,36 +98,37 @@ class Coordinator:
         """
         key = key_of(request_der)
         fleet = self.fleet
-        replace = False
+        unusable = ""  # what an entry found unusable claimed: ours may replace it
+        seen = ""  # what the entry claimed when last read ("" for none)
         if (entry := await fleet.read(key)) is not None:
-            hit, bad = self._judge(key, entry, check, now, held)
-            if hit is not None:
+            if (hit := self._judge(key, entry, check, now, held)) is not None:
                 return hit
-            replace = bad
+            unusable = seen = entry.this_update
         waited = False
-        for _ in range(2):
+        for _ in range(_ROUNDS):
             announced = fleet.expect(key)
             try:
-                state, token = await fleet.lease(key, self.lease)
+                state, token = await fleet.lease(key, self.lease, seen=seen)
                 if state is Lease.ACQUIRED:
-                    return await self._from_ca(key, ask_ca, check, token=token, replace=replace)
+                    return await self._from_ca(key, ask_ca, check, token=token, unusable=unusable)
                 if state is Lease.DOWN:
                     break
-                fleet.stats.lease_waits += 1
-                waited = True
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.wait):
-                        await announced
+                if state is Lease.HELD:
+                    fleet.stats.lease_waits += 1
+                    waited = True
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(self.wait):
+                            await announced
             finally:
                 fleet.forget(key, announced)
+            seen = ""
             if (entry := await fleet.read(key)) is not None:
-                hit, bad = self._judge(key, entry, check, now, held)
-                if hit is not None:
+                if (hit := self._judge(key, entry, check, now, held)) is not None:
                     return hit
-                replace = replace or bad
+                unusable = seen = entry.this_update
         if waited:
             fleet.stats.fallbacks += 1
-        return await self._from_ca(key, ask_ca, check, token="", replace=replace)
+        return await self._from_ca(key, ask_ca, check, token="", unusable=unusable)
 
     def _judge(
         self,
@@ -131,28 +137,28 @@ class Coordinator:
         check: Callable[[bytes], Verdict],
         now: dt.datetime,
         held: Verdict | None,
-    ) -> tuple[Obtained | None, bool]:
-        """The entry as a hit, or (None, whether it was rejected rather than merely due)."""
+    ) -> Obtained | None:
+        """The entry as a hit, or None: rejected (logged once) or merely due."""
         try:
             verdict = check(entry.der)
         except HastapleError as exc:
             self._reject(key, entry, str(exc))
-            return None, True
+            return None
         if verdict.status not in _USABLE:
             self._reject(key, entry, f"its status is {verdict.status.value}")
-            return None, True
+            return None
         if held is not None and verdict.this_update < held.this_update:
             self._reject(
                 key, entry, f"it is older (thisUpdate {rfc3339(verdict.this_update)}) than "
                 f"the staple held ({rfc3339(held.this_update)})",
             )  # fmt: skip
-            return None, True
+            return None
         if not schedule.is_fresh(verdict.this_update, verdict.next_update, now):
-            return None, False  # valid but due: this refresh fetches a newer one
+            return None  # valid but due: this refresh fetches a newer one
         stats = self.fleet.stats
         stats.hits += 1
         stats.fetched_by[entry.node] = stats.fetched_by.get(entry.node, 0) + 1
-        return Obtained(entry.der, verdict, "fleet", entry.node), False
+        return Obtained(entry.der, verdict, "fleet", entry.node)
 
     def _reject(self, key: StapleKey, entry: Entry, why: str) -> None:
         self.fleet.stats.rejected += 1
@@ -175,7 +181,7 @@ class Coordinator:
         check: Callable[[bytes], Verdict],
         *,
         token: str,
-        replace: bool,
+        unusable: str,
     ) -> Obtained:
         """Ask the CA; share a validated answer, release the lease either way."""
         self.fleet.stats.misses += 1
@@ -194,12 +200,39 @@ class Coordinator:
                 expire_at=int(verdict.next_update.timestamp()),
                 url=reply.url,
             )
-            await self.fleet.publish(key, staple, token=token, replace=replace)
+            await self.fleet.publish(key, staple, token=token, unusable=unusable)
         elif token:
             await self.fleet.release(key, token)
         return Obtained(
             reply.der, verdict, "ca", self.fleet.node, max_age=reply.max_age, elapsed=reply.elapsed
         )
+
+
+@contextlib.asynccontextmanager
+async def connected(
+    url: str,
+    *,
+    prefix: str,
+    lease: float = LEASE_SECONDS,
+    on_published: Callable[[StapleKey], None] | None = None,
+    on_resync: Callable[[], None] | None = None,
+) -> AsyncIterator[Coordinator]:
+    """
+    A coordinator on the fleet at ``url``, for the length of the block.
+
+    The node's name is the host name, or ``HASTAPLE_FLEET_NODE`` (several
+    nodes on one machine, as in the tests). A Redis that is down now is a
+    warning, not an error: the block runs, every staple from the CA.
+
+    Raises:
+        ConfigError: ``url`` is not a fleet URL.
+    """
+    fleet = Fleet(
+        redis_url.parse(url), prefix=prefix, node=os.environ.get("HASTAPLE_FLEET_NODE") or None,
+        on_published=on_published, on_resync=on_resync,
+    )  # fmt: skip
+    async with fleet:
+        yield Coordinator(fleet, lease=lease)
 
 
 def key_of(request_der: bytes) -> StapleKey:

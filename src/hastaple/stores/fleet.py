@@ -58,16 +58,19 @@ _MAX_CONNECTIONS = 32  # commands at once; callers beyond wait (bounded) for a t
 _FAILURES = (RedisError, OSError, TimeoutError)
 
 # Store a staple unless the entry holds one at least as new (thisUpdate, compared
-# as fixed-width RFC 3339 text); ARGV[11] == "1" replaces an entry the caller
-# rejected. Then release the caller's lease if it still holds it, and announce.
+# as fixed-width RFC 3339 text). ARGV[11] is the this_update an entry claimed
+# when the caller read it and found it unusable (forged, garbage, due): while
+# the entry still claims it, a lie there ("2099-...") cannot keep it in place.
+# Then release the caller's lease if it still holds it, and announce.
 _PUBLISH = """
 local kind = redis.call('TYPE', KEYS[1]).ok
-if ARGV[11] == '1' or (kind ~= 'hash' and kind ~= 'none') then
+if kind ~= 'hash' and kind ~= 'none' then
   redis.call('DEL', KEYS[1])
 end
 local stored = 0
 local cur = redis.call('HGET', KEYS[1], 'this_update')
-if not cur or cur < ARGV[2] then
+if not cur or cur < ARGV[2] or (ARGV[11] ~= '' and cur == ARGV[11]) then
+  redis.call('DEL', KEYS[1])
   redis.call('HSET', KEYS[1], 'der', ARGV[1], 'this_update', ARGV[2], 'next_update', ARGV[3],
              'fetched_at', ARGV[4], 'node', ARGV[5], 'url', ARGV[6])
   redis.call('EXPIREAT', KEYS[1], ARGV[7])
@@ -82,6 +85,22 @@ if stored == 1 or released == 1 then
   redis.call('PUBLISH', ARGV[8], ARGV[9])
 end
 return stored
+"""
+# Take the lease (SET NX PX) only if the staple entry still claims the
+# this_update the caller read (ARGV[3], '' for none): a staple stored between
+# that read and this call would otherwise be fetched a second time.
+_LEASE = """
+local cur = ''
+if redis.call('TYPE', KEYS[1]).ok == 'hash' then
+  cur = redis.call('HGET', KEYS[1], 'this_update') or ''
+end
+if cur ~= ARGV[3] then
+  return 2
+end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return 1
+end
+return 0
 """
 # Release a lease only for its owner, and wake those waiting for it.
 _RELEASE = """
@@ -128,6 +147,7 @@ class Entry:
     node: str = ""
     fetched_at: str = ""
     url: str = ""
+    this_update: str = ""  # as the entry claims it; only the validated response counts
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +166,7 @@ class Lease(enum.Enum):
 
     ACQUIRED = "acquired"
     HELD = "held"  # another node is fetching it
+    CHANGED = "changed"  # the entry changed since it was read: read it again
     DOWN = "down"  # no answer from Redis: fetch by yourself
 
 
@@ -184,6 +205,8 @@ class Fleet:
         self.on_published = on_published
         self.on_resync = on_resync
         self.stats = Stats()
+        # Nodes whose heartbeat is at most SEEN_WITHIN old, as of this node's last beat.
+        self.seen: tuple[tuple[str, float], ...] = ()
         self.channel = f"{prefix}staples"
         self._up = False
         self._broken = asyncio.Event()  # a call failed: the listener reconnects
@@ -204,6 +227,7 @@ class Fleet:
         self._client = aredis.Redis(connection_pool=self._pool)
         self._publish = self._client.register_script(_PUBLISH)
         self._release = self._client.register_script(_RELEASE)
+        self._lease = self._client.register_script(_LEASE)
 
     @property
     def up(self) -> bool:
@@ -256,31 +280,39 @@ class Fleet:
             node=got.get("node", b"").decode(errors="replace")[:200],
             fetched_at=got.get("fetched_at", b"").decode(errors="replace")[:40],
             url=got.get("url", b"").decode(errors="replace")[:500],
+            this_update=got.get("this_update", b"").decode(errors="replace")[:40],
         )
 
-    async def lease(self, key: StapleKey, seconds: float) -> tuple[Lease, str]:
-        """Try to become the one node fetching ``key`` for ``seconds``; the token proves it."""
+    async def lease(self, key: StapleKey, seconds: float, *, seen: str = "") -> tuple[Lease, str]:
+        """
+        Try to become the one node fetching ``key`` for ``seconds``; the token proves it.
+
+        ``seen``: the ``this_update`` the entry claimed when read ("" for no
+        entry); if it claims another now, the answer is ``CHANGED``.
+        """
         token = secrets.token_hex(16)
-        ms = max(int(seconds * 1000), 1)
-        got = await self._call(lambda r: r.set(self.key("lease", key), token, nx=True, px=ms))
+        args: list[str | int] = [token, max(int(seconds * 1000), 1), seen]
+        keys = [self.key("staple", key), self.key("lease", key)]
+        got = await self._call(lambda r: self._lease(keys=keys, args=args, client=r))
         if got is _DOWN:
             return Lease.DOWN, ""
-        return (Lease.ACQUIRED, token) if got else (Lease.HELD, "")
+        return {1: (Lease.ACQUIRED, token), 2: (Lease.CHANGED, "")}.get(got, (Lease.HELD, ""))
 
     async def publish(
-        self, key: StapleKey, staple: Publication, *, token: str = "", replace: bool = False
+        self, key: StapleKey, staple: Publication, *, token: str = "", unusable: str = ""
     ) -> bool:
         """
         Store ``staple`` unless Redis holds one at least as new; release ``token``'s lease.
 
-        ``replace``: the entry there was rejected by this node (forged or
-        garbage), so it is overwritten whatever its ``this_update`` says.
-        Returns whether the staple was stored (and announced).
+        ``unusable``: the ``this_update`` an entry claimed when this node found
+        it unusable (forged, garbage, due); if it still claims that, it is
+        overwritten whatever the claim. Returns whether the staple was stored
+        (and announced).
         """
         args: list[bytes | str | int] = [
             staple.der, staple.this_update, staple.next_update,
             time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), self.node, staple.url,
-            staple.expire_at, self.channel, key.suffix, token, "1" if replace else "0",
+            staple.expire_at, self.channel, key.suffix, token, unusable,
         ]  # fmt: skip
         keys = [self.key("staple", key), self.key("lease", key)]
         stored = await self._call(lambda r: self._publish(keys=keys, args=args, client=r))
@@ -382,12 +414,16 @@ class Fleet:
             delay = min(delay * 2, _BACKOFF[1])
 
     async def _beat(self) -> None:
+        """Say this node is alive; learn who else is (``seen``), in one round trip."""
         now = time.time()
+        nodes = f"{self.prefix}nodes"
         self.stats.round_trips += 1
         async with self._client.pipeline(transaction=False) as pipe:
-            pipe.zadd(f"{self.prefix}nodes", {self.node: now})
-            pipe.zremrangebyscore(f"{self.prefix}nodes", "-inf", now - _NODES_KEPT)
-            await pipe.execute()
+            pipe.zadd(nodes, {self.node: now})
+            pipe.zremrangebyscore(nodes, "-inf", now - _NODES_KEPT)
+            pipe.zrangebyscore(nodes, now - SEEN_WITHIN, "+inf", withscores=True)
+            *_, rows = await pipe.execute()
+        self.seen = tuple((bytes(n).decode(errors="replace"), float(at)) for n, at in rows)
 
     def _deliver(self, data: object) -> None:
         text = data.decode(errors="replace") if isinstance(data, bytes) else str(data)

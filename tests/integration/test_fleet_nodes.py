@@ -1,0 +1,250 @@
+"""
+Several hastaple nodes on one machine sharing staples through one real redis-server.
+
+Each node is its own process (``fetch --fleet`` or the ``run --fleet`` daemon)
+with its own copy of the certificates and state directory, and, for the
+daemons, its own real HAProxy. The CA is one counting responder (``Sign``):
+``asked`` says how many OCSP requests reached it, per serial.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+import signal
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+import haproxy_proc
+import redis_proc
+from hastaple.ocsp.validate import validate
+from pki import PKI, Issued
+from responders import Sign
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(not redis_proc.available(), reason="redis-server not installed"),
+]
+
+
+@dataclass
+class Node:
+    name: str
+    root: Path
+    env: dict[str, str]
+    hap: haproxy_proc.HAProxy | None = None
+    proc: asyncio.subprocess.Process | None = None
+    log: list[str] = field(default_factory=list)
+
+    @property
+    def crt(self) -> Path:
+        return self.root / "crt"
+
+    @property
+    def state(self) -> Path:
+        return self.root / "state"
+
+
+@pytest.fixture(name="redis_server")
+def _redis_server(sock_dir):
+    srv = redis_proc.Redis(sock_dir / "redis").start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(name="ca")
+async def _ca(pki, fault_responder):
+    sign = Sign(pki, clock=lambda: dt.datetime.now(dt.UTC))
+    fault_responder.on("ca", sign)
+    return sign
+
+
+def leaves(pki: PKI, ca: Sign, url: str, count: int, tag: str = "c") -> list[Issued]:
+    issued = [pki.leaf(f"{tag}{i}.fleet.test", ocsp_url=url) for i in range(count)]
+    ca.add(*(leaf.cert for leaf in issued))
+    return issued
+
+
+def nodes(tmp: Path, count: int, redis_url: str, certs: list[Issued], pki: PKI) -> list[Node]:
+    made = []
+    base = {k: v for k, v in os.environ.items() if not k.startswith("HASTAPLE_")}
+    for n in range(count):
+        node = Node(f"node{n}", tmp / f"n{n}", {**base, "HASTAPLE_FLEET_NODE": f"node{n}"})
+        node.env["HASTAPLE_FLEET"] = redis_url
+        node.crt.mkdir(parents=True)
+        for i, leaf in enumerate(certs):
+            pki.write(node.crt, f"{leaf.cert.subject.rfc4514_string()[3:]}.pem", leaf)
+            del i
+        made.append(node)
+    return made
+
+
+async def fetch(node: Node, *extra: str, timeout: float = 120) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "hastaple", "fetch", str(node.crt),
+        "--state-dir", str(node.state), "--json", *extra,
+        env=node.env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    node.proc = proc
+    async with asyncio.timeout(timeout):
+        _, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, err.decode()
+
+
+def staples_ok(node: Node, pki: PKI, certs: list[Issued]) -> int:
+    """How many of ``certs`` have a valid, good staple file in ``node``'s directory."""
+    now = dt.datetime.now(dt.UTC)
+    good = 0
+    for leaf in certs:
+        path = node.crt / f"{leaf.cert.subject.rfc4514_string()[3:]}.pem.ocsp"
+        if path.exists() and path.stat().st_size:
+            verdict = validate(
+                path.read_bytes(), cert=leaf.cert, issuer=pki.intermediate.cert, now=now
+            )
+            good += verdict.status.value == "good"
+    return good
+
+
+# -- fetch --fleet ------------------------------------------------------------------
+
+
+async def test_three_nodes_two_hundred_certificates_cold_ask_the_ca_once_each(
+    pki, tmp_path, fault_responder, ca, redis_server
+):
+    """3 nodes x 200 certificates at the same moment: 200 OCSP requests, not 600."""
+    certs = leaves(pki, ca, fault_responder.url_for("ca"), 200)
+    fleet = nodes(tmp_path, 3, redis_server.url, certs, pki)
+    results = await asyncio.gather(*(fetch(n) for n in fleet))
+    for code, err in results:
+        assert code == 0, err
+        assert "Traceback" not in err
+    assert sum(ca.asked.values()) == 200, ca.asked.most_common(3)
+    assert set(ca.asked.values()) == {1}
+    for node in fleet:
+        assert staples_ok(node, pki, certs) == 200
+    # The documented layout: one entry per certificate, expiring at nextUpdate.
+    assert int(redis_server.cli("EVAL", "return #redis.call('KEYS', ARGV[1])", "0",
+                                "hastaple:staple:*").strip()) == 200  # fmt: skip
+
+
+async def test_without_fleet_each_node_asks_for_itself(pki, tmp_path, fault_responder, ca):
+    """The control: the same 3 x 20 with no --fleet is 60 requests."""
+    certs = leaves(pki, ca, fault_responder.url_for("ca"), 20)
+    fleet = nodes(tmp_path, 3, "", certs, pki)
+    for node in fleet:
+        del node.env["HASTAPLE_FLEET"]
+    results = await asyncio.gather(*(fetch(n) for n in fleet))
+    assert [code for code, _ in results] == [0, 0, 0]
+    assert sum(ca.asked.values()) == 60
+
+
+async def test_lease_holder_killed_another_node_fetches_after_the_lease_expires(
+    pki, tmp_path, fault_responder, ca, redis_server
+):
+    """Kill -9 of the node fetching: the others wait, the lease expires, one of them fetches."""
+    certs = leaves(pki, ca, fault_responder.url_for("ca"), 1)
+    a, b, c = nodes(tmp_path, 3, redis_server.url, certs, pki)
+    ca.gate = asyncio.Event()
+    holder = asyncio.create_task(fetch(a, "--fleet-lease", "2"))
+    async with asyncio.timeout(30):
+        await ca.entered.wait()  # a holds the lease and its request is at the CA
+    others = [asyncio.create_task(fetch(n, "--fleet-lease", "2")) for n in (b, c)]
+    await asyncio.sleep(1.0)  # b and c found the lease held and wait
+    assert a.proc is not None
+    a.proc.send_signal(signal.SIGKILL)
+    code, _ = await holder
+    assert code == -signal.SIGKILL
+    assert sum(ca.asked.values()) == 1  # nobody else asked while the lease lived
+    ca.gate.set()
+    results = await asyncio.gather(*others)
+    for code, err in results:
+        assert code == 0, err
+    assert sum(ca.asked.values()) == 2  # one more: b or c, not both
+    assert staples_ok(b, pki, certs) == staples_ok(c, pki, certs) == 1
+
+
+async def test_redis_unreachable_fetch_still_exits_0_and_says_so(
+    pki, tmp_path, fault_responder, ca
+):
+    certs = leaves(pki, ca, fault_responder.url_for("ca"), 3)
+    [node] = nodes(tmp_path, 1, f"redis://127.0.0.1:{haproxy_proc.free_port()}/0", certs, pki)
+    code, err = await fetch(node)
+    assert code == 0, err
+    assert "was unreachable; this node fetched its staples by itself" in err
+    assert err.count("does not answer") == 1  # one warning, not one per certificate
+    assert staples_ok(node, pki, certs) == 3
+
+
+async def test_a_node_that_cannot_reach_the_ca_gets_its_staples_from_the_fleet(
+    pki, tmp_path, fault_responder, ca, redis_server
+):
+    certs = leaves(pki, ca, fault_responder.url_for("ca"), 20)
+    a, b = nodes(tmp_path, 2, redis_server.url, certs, pki)
+    assert (await fetch(a))[0] == 0
+    b.env["HTTP_PROXY"] = f"http://127.0.0.1:{haproxy_proc.free_port()}"  # the CA is unreachable
+    code, err = await fetch(b)
+    assert code == 0, err
+    assert sum(ca.asked.values()) == 20
+    assert staples_ok(b, pki, certs) == 20
+    # The control: without the fleet, b fails every certificate.
+    code, _ = await fetch(b, "--force", "--fleet", "")
+    assert code == 1
+
+
+async def test_forged_entries_are_rejected_and_the_right_staple_served(
+    pki, tmp_path, fault_responder, ca, redis_server
+):
+    """Another certificate's response, garbage, an older one, an unrelated signer: all refused."""
+    certs = leaves(pki, ca, fault_responder.url_for("ca"), 4)
+    other = pki.leaf("other.fleet.test")
+    now = dt.datetime.now(dt.UTC)
+    forged = [
+        pki.response(other.cert),  # valid, but for another certificate
+        b"\x30\x82garbage",
+        pki.response(
+            certs[2].cert,
+            this_update=now - dt.timedelta(days=6),
+            next_update=now + dt.timedelta(hours=2),
+        ),  # older and due
+        pki.response(certs[3].cert, signer=pki.other_ca),  # signed by an unrelated key
+    ]
+    ikh = _issuer_key_hash(pki)
+    for leaf, der in zip(certs, forged, strict=True):
+        key = f"hastaple:staple:{ikh}:{leaf.cert.serial_number:x}"
+        redis_server.cli("HSET", key, "this_update", "2099-01-01T00:00:00Z", "node", "evil")
+        _hset_binary(redis_server, key, der)
+    [node] = nodes(tmp_path, 1, redis_server.url, certs, pki)
+    code, err = await fetch(node)
+    assert code == 0, err
+    # Three rejected as forged; the old one is valid but due, so not used either.
+    assert err.count("fleet: ignored the entry") == 3
+    assert sum(ca.asked.values()) == 4  # each one fetched by the node itself
+    assert staples_ok(node, pki, certs) == 4
+    for leaf in certs:  # and the forged entries were replaced by the CA's answers
+        key = f"hastaple:staple:{ikh}:{leaf.cert.serial_number:x}"
+        assert redis_server.cli("HGET", key, "node").strip() == "node0"
+
+
+def _issuer_key_hash(pki: PKI) -> str:
+    from cryptography.x509 import ocsp  # noqa: PLC0415
+
+    from hastaple.ocsp import request  # noqa: PLC0415
+
+    leaf = pki.leaf("k.fleet.test")
+    req = ocsp.load_der_ocsp_request(request.build(leaf.cert, pki.intermediate.cert))
+    return req.issuer_key_hash.hex()
+
+
+def _hset_binary(server: redis_proc.Redis, key: str, der: bytes) -> None:
+    """HSET key der <bytes> through redis-cli -x (stdin), so any byte goes in."""
+    import subprocess  # noqa: PLC0415
+
+    subprocess.run(
+        ["redis-cli", "-h", "127.0.0.1", "-p", str(server.port), "-x", "HSET", key, "der"],
+        input=der, check=True, capture_output=True, timeout=10,
+    )  # fmt: skip
