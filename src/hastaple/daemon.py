@@ -121,6 +121,7 @@ class Daemon:
         self.rewatch = asyncio.Event()
         self._warned: tuple[str, ...] = ()  # discovery warnings already logged
         self._by_serial: tuple[object, dict[str, list[str]]] = (None, {})
+        self._announced: set[str] = set()  # due because another node announced their staple
 
     # -- discovery -------------------------------------------------------
 
@@ -277,14 +278,19 @@ class Daemon:
         plain: list[str] = []
         for n in due:
             (forced if _hint_due(self.records[n], now) else plain).append(n)
+        # Announced by another node: taken from the fleet if newer (``fleet_published``).
+        adopt = [n for n in plain if n in self._announced]
+        plain = [n for n in plain if n not in self._announced]
+        self._announced.difference_update(due)
         # What each certificate was when its batch started: a file event while
         # the batch is in flight may remove or renew it (``_record``).
         started = {n: self.records[n].serial for n in due}
         outcomes: list[pipeline.Outcome] = []
         async with self._busy:
-            for names, force in ((plain, False), (forced, True)):
+            for names, force, adopting in ((plain, False, False), (forced, True, False),
+                                           (adopt, False, True)):  # fmt: skip
                 if names:
-                    options = self._options(force=force)
+                    options = dataclasses.replace(self._options(force=force), adopt=adopting)
                     entries = [self.entries[n] for n in names]
                     try:
                         outcomes += await pipeline.run_outcomes(
@@ -310,6 +316,7 @@ class Daemon:
             rec = self.records.get(name)
             if rec is not None and (rec.next_refresh is None or rec.next_refresh > now):
                 self.records[name] = dataclasses.replace(rec, next_refresh=now)
+                self._announced.add(name)
         self.wake.set()
 
     def _names_by_serial(self) -> dict[str, list[str]]:

@@ -68,6 +68,9 @@ class Options:
     fetch: bool = True
     # Seconds to wait for another run holding the state directory (``lock``).
     lock_wait: float = config.LOCK_WAIT
+    # Another node announced these staples (``--fleet``): take the fleet's if
+    # newer than the one held, even while that one is still fresh.
+    adopt: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -346,7 +349,7 @@ async def _prepare(  # noqa: PLR0911 - one early return per kind of row
             return _Prepared(ResultRow(name, None, Status.MANAGED, Action.SKIPPED))
         pem_fp = index.fingerprint(entry.path)
         # The index knows only <crt>.ocsp: a crt-store's own staple file goes the long way.
-        cached = not options.force and entry.ocsp_file is None
+        cached = not (options.force or options.adopt) and entry.ocsp_file is None
         if cached and (hit := _from_index(entry, pem_fp, options, now, ctx)):
             return hit
         bundle = pem.parse_file(entry.path)
@@ -454,7 +457,10 @@ async def _refresh(
     # After a signed "revoked", an older good staple is neither fresh nor pushed again.
     revoked = ctx.index.is_revoked(path, cert.leaf.serial_number)
     keep = current and not revoked and not options.force
-    if keep and current and (not options.fetch or schedule.is_fresh(*_times(current), now)):
+    fresh = keep and current and (not options.fetch or schedule.is_fresh(*_times(current), now))
+    if fresh and current and options.adopt and ctx.fleet is not None:
+        return await _adopt(cert, current, options=options, now=now, ctx=ctx, fleet=ctx.fleet)
+    if fresh and current:
         staple = _staple(cert, *current)
         _remember(ctx, cert, staple, ocsp_fp)
         return _Prepared(ResultRow.of(name, url, current[1], Action.FRESH), staple)
@@ -493,7 +499,7 @@ async def _fetch(
     else:  # the fleet's staple if one is fresh and valid, else the CA's (shared)
         got = await ctx.fleet.obtain(
             req, check=check, ask_ca=functools.partial(fetcher.ocsp, url, req), now=now,
-            held=current[1] if current else None,
+            held=current[1] if current else None, force=options.force,
         )  # fmt: skip
         der, verdict = got.der, got.verdict
         hints = {"max_age": got.max_age, "elapsed": got.elapsed}
@@ -516,6 +522,32 @@ async def _fetch(
         await ctx.writer.write(staple_path, der, owner_of=path)
         _remember(ctx, cert, staple, index.fingerprint_if(staple_path, der))
     return _Prepared(ResultRow.of(name, url, verdict, Action.FETCHED), staple, **hints)
+
+
+async def _adopt(
+    cert: _Cert,
+    current: tuple[bytes, Verdict],
+    *,
+    options: Options,
+    now: dt.datetime,
+    ctx: _Context,
+    fleet: Coordinator,
+) -> _Prepared:
+    """The fleet's staple if newer than the fresh one held (validated as the CA's); else ours."""
+    name, url, path = str(cert.path), cert.url, cert.path
+    req = request.build(cert.leaf, cert.issuer)
+    cert_id = request.cert_id_of(req)
+    check = functools.partial(
+        validate, cert=cert.leaf, issuer=cert.issuer, now=now, margin=options.margin
+    )
+    got = await fleet.adopt(req, check=check, held=current[1])
+    if got is None or got.verdict.status is not Status.GOOD:
+        return _Prepared(ResultRow.of(name, url, current[1], Action.FRESH), _staple(cert, *current))
+    staple_path = cert.staple_file or store.staple_path(cert.files_base)
+    staple = _staple(cert, got.der, got.verdict, cert_id=cert_id)
+    await ctx.writer.write(staple_path, got.der, owner_of=path)
+    _remember(ctx, cert, staple, index.fingerprint_if(staple_path, got.der))
+    return _Prepared(ResultRow.of(name, url, got.verdict, Action.FETCHED), staple)
 
 
 def _noted(entry: CertEntry, prepared: _Prepared) -> _Prepared:

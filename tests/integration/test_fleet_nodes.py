@@ -10,10 +10,13 @@ daemons, its own real HAProxy. The CA is one counting responder (``Sign``):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import os
 import signal
+import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +41,7 @@ class Node:
     env: dict[str, str]
     hap: haproxy_proc.HAProxy | None = None
     proc: asyncio.subprocess.Process | None = None
+    popen: subprocess.Popen[bytes] | None = None
     log: list[str] = field(default_factory=list)
 
     @property
@@ -242,9 +246,147 @@ def _issuer_key_hash(pki: PKI) -> str:
 
 def _hset_binary(server: redis_proc.Redis, key: str, der: bytes) -> None:
     """HSET key der <bytes> through redis-cli -x (stdin), so any byte goes in."""
-    import subprocess  # noqa: PLC0415
-
     subprocess.run(
         ["redis-cli", "-h", "127.0.0.1", "-p", str(server.port), "-x", "HSET", key, "der"],
         input=der, check=True, capture_output=True, timeout=10,
     )  # fmt: skip
+
+
+# -- run --fleet: daemons, each with its own HAProxy ---------------------------------
+
+
+def start_daemon(node: Node, *extra: str) -> None:
+    """``hastaple run --fleet`` for ``node``, its log in ``<node>/daemon.log``."""
+    assert node.hap is not None
+    log = (node.root / "daemon.log").open("ab")
+    node.popen = subprocess.Popen(
+        [sys.executable, "-m", "hastaple", "run", "--paths", str(node.crt),
+         "--haproxy", str(node.hap.socket), "--state-dir", str(node.state),
+         "--metrics-address", "127.0.0.1:0", "--refresh-spread", "0", "--fleet-lease", "3s",
+         "--haproxy-poll", "1s", *extra],
+        env=node.env, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True,
+    )  # fmt: skip
+    log.close()
+
+
+def stop_daemon(node: Node) -> int:
+    proc = node.popen
+    assert proc is not None
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait(timeout=10)
+
+
+def daemon_log(node: Node) -> str:
+    return (node.root / "daemon.log").read_text(errors="replace")
+
+
+async def until(what, timeout: float, step: float = 0.1) -> float:
+    """Poll ``what()`` until true; the seconds it took."""
+    started = time.monotonic()
+    async with asyncio.timeout(timeout):
+        while not what():
+            await asyncio.sleep(step)
+    return time.monotonic() - started
+
+
+@pytest.fixture(name="daemons")
+def _daemons(sock_dir):
+    started: list[Node] = []
+    yield started
+    for node in started:
+        with contextlib.suppress(Exception):
+            stop_daemon(node)
+        if node.hap is not None:
+            node.hap.stop()
+
+
+def with_haproxy(fleet: list[Node], sock_dir: Path) -> None:
+    binary = haproxy_proc.require("2.6")
+    for node in fleet:
+        (sock_dir / node.name).mkdir()
+        node.hap = haproxy_proc.start(binary, sock_dir / node.name, node.crt)
+
+
+async def test_three_daemons_share_two_hundred_staples_and_deploy_announced_ones(  # noqa: PLR0917
+    pki, tmp_path, sock_dir, fault_responder, ca, redis_server, daemons
+):
+    """
+    3 daemons x 200 certificates, each with its own HAProxy: 200 CA requests.
+
+    Then a staple fetched anew elsewhere (``fetch --force --fleet``) is
+    announced: every daemon validates it and loads it into its HAProxy.
+    """
+    certs = leaves(pki, ca, fault_responder.url_for("ca"), 200)
+    fleet = nodes(tmp_path, 3, redis_server.url, certs, pki)
+    with_haproxy(fleet, sock_dir)
+    for node in fleet:
+        start_daemon(node)
+        daemons.append(node)
+    await until(lambda: all(staples_ok(n, pki, certs) == 200 for n in fleet), 120, step=0.5)
+    assert sum(ca.asked.values()) == 200, ca.asked.most_common(3)
+    name = "c7.fleet.test"
+    for node in fleet:
+        assert node.hap is not None
+        assert "Cert Status: good" in haproxy_proc.staple(node.hap.port, name)
+    # A fourth node refreshes one staple by force: the daemons adopt it.
+    [extra] = nodes(tmp_path / "x", 1, redis_server.url, certs[7:8], pki)
+    extra.env["HASTAPLE_FLEET_NODE"] = "forcer"
+    await asyncio.sleep(1.1)  # a thisUpdate one second newer
+    code, err = await fetch(extra, "--force")
+    assert code == 0, err
+    assert sum(ca.asked.values()) == 201
+    new = (extra.crt / f"{name}.pem.ocsp").read_bytes()
+    took = await until(lambda: all((n.crt / f"{name}.pem.ocsp").read_bytes() == new
+                                   for n in fleet), 10, step=0.02)  # fmt: skip
+    print(f"announced staple on every node's disk {took:.2f} s after the publishing run ended")
+    assert took < 3.0
+    for node in fleet:
+        assert node.hap is not None
+        served = haproxy_proc.staple(node.hap.port, name)
+        assert "Cert Status: good" in served
+    assert sum(ca.asked.values()) == 201
+    for node in fleet:
+        assert stop_daemon(node) == 0
+        log = daemon_log(node)
+        assert "Traceback" not in log
+        assert "does not answer" not in log
+
+
+async def test_redis_stopped_and_restarted_mid_run(  # noqa: PLR0917
+    pki, tmp_path, sock_dir, fault_responder, ca, redis_server, daemons
+):
+    """Nodes staple alone while Redis is down (one warning each), and share again after."""
+    url = fault_responder.url_for("ca")
+    first = leaves(pki, ca, url, 10, tag="a")
+    fleet = nodes(tmp_path, 3, redis_server.url, first, pki)
+    with_haproxy(fleet, sock_dir)
+    for node in fleet:
+        start_daemon(node)
+        daemons.append(node)
+    await until(lambda: all(staples_ok(n, pki, first) == 10 for n in fleet), 60, step=0.3)
+    assert sum(ca.asked.values()) == 10
+    redis_server.stop()
+    during = leaves(pki, ca, url, 4, tag="b")
+    for node in fleet:
+        for leaf in during:
+            pki.write(node.crt, f"{leaf.cert.subject.rfc4514_string()[3:]}.pem", leaf)
+    await until(lambda: all(staples_ok(n, pki, during) == 4 for n in fleet), 60, step=0.3)
+    assert sum(ca.asked.values()) == 10 + 3 * 4  # each node by itself: nothing lost
+    redis_server.start()  # same port, empty
+    await until(lambda: all("is back;" in daemon_log(n) for n in fleet), 30, step=0.3)
+    after = leaves(pki, ca, url, 4, tag="c")
+    for node in fleet:
+        for leaf in after:
+            pki.write(node.crt, f"{leaf.cert.subject.rfc4514_string()[3:]}.pem", leaf)
+    await until(lambda: all(staples_ok(n, pki, after) == 4 for n in fleet), 60, step=0.3)
+    assert sum(ca.asked.values()) == 10 + 12 + 4  # the fleet resumed: once each
+    for node in fleet:
+        assert stop_daemon(node) == 0
+        log = daemon_log(node)
+        assert "Traceback" not in log, log[-3000:]
+        assert log.count("does not answer") == 1, log[-3000:]

@@ -74,7 +74,7 @@ class Coordinator:
         self.wait = lease if wait is None else wait
         self._logged: set[tuple[str, bytes]] = set()
 
-    async def obtain(
+    async def obtain(  # noqa: C901 - the steps of the module docstring, in order
         self,
         request_der: bytes,
         *,
@@ -82,6 +82,7 @@ class Coordinator:
         ask_ca: Callable[[], Awaitable[OCSPReply]],
         now: dt.datetime,
         held: Verdict | None = None,
+        force: bool = False,
     ) -> Obtained:
         """
         A validated response for the certificate of ``request_der``.
@@ -92,11 +93,14 @@ class Coordinator:
             ask_ca: sends the request to the CA.
             now: the time entries are judged at.
             held: the staple the node has now, if valid: an older entry is refused.
+            force: ask the CA now (``fetch --force``), then share the answer.
 
         Raises:
             Whatever ``ask_ca`` and ``check`` raise for the CA's own answer.
         """
         key = key_of(request_der)
+        if force:
+            return await self._from_ca(key, ask_ca, check, token="", unusable="")
         fleet = self.fleet
         unusable = ""  # what an entry found unusable claimed: ours may replace it
         seen = ""  # what the entry claimed when last read ("" for none)
@@ -155,9 +159,39 @@ class Coordinator:
             return None
         if not schedule.is_fresh(verdict.this_update, verdict.next_update, now):
             return None  # valid but due: this refresh fetches a newer one
+        self._count_hit(entry)
+        return Obtained(entry.der, verdict, "fleet", entry.node)
+
+    def _count_hit(self, entry: Entry) -> None:
         stats = self.fleet.stats
         stats.hits += 1
         stats.fetched_by[entry.node] = stats.fetched_by.get(entry.node, 0) + 1
+
+    async def adopt(
+        self,
+        request_der: bytes,
+        *,
+        check: Callable[[bytes], Verdict],
+        held: Verdict,
+    ) -> Obtained | None:
+        """
+        The fleet's staple if it is valid and newer than ``held``; never asks the CA.
+
+        For a staple another node announced while this node's own is still
+        fresh: the node serves the newer one within a second, as the others do.
+        """
+        key = key_of(request_der)
+        entry = await self.fleet.read(key)
+        if entry is None:
+            return None
+        try:
+            verdict = check(entry.der)
+        except HastapleError as exc:
+            self._reject(key, entry, str(exc))
+            return None
+        if verdict.status not in _USABLE or verdict.this_update <= held.this_update:
+            return None
+        self._count_hit(entry)
         return Obtained(entry.der, verdict, "fleet", entry.node)
 
     def _reject(self, key: StapleKey, entry: Entry, why: str) -> None:

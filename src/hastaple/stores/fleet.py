@@ -390,6 +390,10 @@ class Fleet:
             pubsub = self._client.pubsub()
             try:
                 async with asyncio.timeout(self.timeout * 2):
+                    if not first:
+                        # The pool's connections died with the old server: each
+                        # would fail once more, and count as a second outage.
+                        await self._pool.disconnect()
                     await pubsub.subscribe(self.channel)
                     await self._beat()
                 self._back(resync=not first)
