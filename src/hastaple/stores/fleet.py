@@ -1,41 +1,26 @@
 """
 The fleet client: staples, leases and announcements in one Redis (or Valkey).
 
-The layout is stable and documented, so an operator can inspect it with
-``redis-cli`` and other tools can read it (``<prefix>`` is ``hastaple:`` by
-default; serial is lowercase hex without leading zeros):
-
-- ``<prefix>staple:<issuerKeyHash>:<serial>``: a hash with ``der`` (the raw
-  response), ``this_update``, ``next_update``, ``fetched_at`` (RFC 3339 UTC),
-  ``node`` (who fetched it) and ``url`` (the responder); it expires at
-  nextUpdate. Keyed by CertID, not path: nodes that keep one certificate
-  under different paths share one entry.
-- ``<prefix>lease:<issuerKeyHash>:<serial>``: the node fetching that staple
-  now; a random token, set with ``SET NX PX`` so it dies with its holder.
-- ``<prefix>staples``: the channel announcing ``<issuerKeyHash>:<serial>``
-  for every new staple (and for every released lease, so waiters wake).
-- ``<prefix>nodes``: a sorted set, node name -> last heartbeat (Unix time).
-
-Outages. Redis is an optimisation, never a dependency: every call is bounded
-by ``timeout`` and answers ``None``/``DOWN`` instead of raising. The first
-failure logs one warning and marks the fleet down; until the listener
-reconnects (backoff from 0.2 s to 5 s) calls return at once instead of each
-waiting out a timeout. On reconnecting, ``on_resync`` is called, because
-pub/sub is lossy: whatever was announced meanwhile was missed.
+The keys and the scripts are in ``layout`` (stable and documented). This
+module is the connection: every call is bounded by ``timeout`` and answers
+``None``/``DOWN`` instead of raising, because Redis is an optimisation, never a
+dependency. The first failure logs one warning and marks the fleet down;
+until the listener reconnects (backoff from 0.2 s to 5 s) calls return at
+once instead of each waiting out a timeout. On reconnecting, ``on_resync``
+is called, because pub/sub is lossy: whatever was announced meanwhile was
+missed. The listener also beats: ``<prefix>nodes`` says who is alive.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
 import random
 import secrets
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, Self
 
 import redis.asyncio as aredis
@@ -44,11 +29,16 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 
+from hastaple.config import FLEET_PREFIX
+from hastaple.stores import layout
+from hastaple.stores.layout import Entry, Lease, Publication, StapleKey, Stats
 from hastaple.stores.redis_url import Address
+
+__all__ = ["Entry", "Fleet", "Lease", "Publication", "StapleKey", "Stats"]
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_PREFIX = "hastaple:"
+DEFAULT_PREFIX = FLEET_PREFIX
 TIMEOUT = 1.0  # seconds, each Redis call
 HEARTBEAT = 5.0  # seconds between a node's heartbeats
 SEEN_WITHIN = 60.0  # a node is "seen recently" when it beat this recently
@@ -56,133 +46,6 @@ _NODES_KEPT = 86_400  # heartbeats older than a day are dropped from the set
 _BACKOFF = (0.2, 5.0)
 _MAX_CONNECTIONS = 32  # commands at once; callers beyond wait (bounded) for a turn
 _FAILURES = (RedisError, OSError, TimeoutError)
-
-# Store a staple unless the entry holds one at least as new (thisUpdate, compared
-# as fixed-width RFC 3339 text). ARGV[11] is the this_update an entry claimed
-# when the caller read it and found it unusable (forged, garbage, due): while
-# the entry still claims it, a lie there ("2099-...") cannot keep it in place.
-# Then release the caller's lease if it still holds it, and announce.
-_PUBLISH = """
-local kind = redis.call('TYPE', KEYS[1]).ok
-if kind ~= 'hash' and kind ~= 'none' then
-  redis.call('DEL', KEYS[1])
-end
-local stored = 0
-local cur = redis.call('HGET', KEYS[1], 'this_update')
-if not cur or cur < ARGV[2] or (ARGV[11] ~= '' and cur == ARGV[11]) then
-  redis.call('DEL', KEYS[1])
-  redis.call('HSET', KEYS[1], 'der', ARGV[1], 'this_update', ARGV[2], 'next_update', ARGV[3],
-             'fetched_at', ARGV[4], 'node', ARGV[5], 'url', ARGV[6])
-  redis.call('EXPIREAT', KEYS[1], ARGV[7])
-  stored = 1
-end
-local released = 0
-if ARGV[10] ~= '' and redis.call('GET', KEYS[2]) == ARGV[10] then
-  redis.call('DEL', KEYS[2])
-  released = 1
-end
-if stored == 1 or released == 1 then
-  redis.call('PUBLISH', ARGV[8], ARGV[9])
-end
-return stored
-"""
-# Take the lease (SET NX PX) only if the staple entry still claims the
-# this_update the caller read (ARGV[3], '' for none): a staple stored between
-# that read and this call would otherwise be fetched a second time.
-_LEASE = """
-local cur = ''
-if redis.call('TYPE', KEYS[1]).ok == 'hash' then
-  cur = redis.call('HGET', KEYS[1], 'this_update') or ''
-end
-if cur ~= ARGV[3] then
-  return 2
-end
-if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  return 1
-end
-return 0
-"""
-# Release a lease only for its owner, and wake those waiting for it.
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('DEL', KEYS[1])
-  redis.call('PUBLISH', ARGV[2], ARGV[3])
-  return 1
-end
-return 0
-"""
-
-
-@dataclass(frozen=True, slots=True)
-class StapleKey:
-    """A certificate as the fleet names it: its issuer's key hash and its serial."""
-
-    issuer_key_hash: str  # SHA-1 of the issuer's public key, lowercase hex
-    serial: str  # lowercase hex, no leading zeros
-
-    @classmethod
-    def of(cls, issuer_key_hash: bytes, serial: int) -> StapleKey:
-        """The key of the CertID (``issuer_key_hash``, ``serial``)."""
-        return cls(issuer_key_hash.hex(), format(serial, "x"))
-
-    @classmethod
-    def parse(cls, text: str) -> StapleKey | None:
-        """``<issuerKeyHash>:<serial>`` as announced; None for anything else."""
-        ikh, sep, serial = text.partition(":")
-        if not sep or len(ikh) != 40 or not serial or not _is_hex(ikh + serial):  # noqa: PLR2004 - SHA-1 hex
-            return None
-        return cls(ikh, serial)
-
-    @property
-    def suffix(self) -> str:
-        """``<issuerKeyHash>:<serial>``."""
-        return f"{self.issuer_key_hash}:{self.serial}"
-
-
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """A staple as found in Redis: untrusted bytes plus who says they fetched it."""
-
-    der: bytes
-    node: str = ""
-    fetched_at: str = ""
-    url: str = ""
-    this_update: str = ""  # as the entry claims it; only the validated response counts
-
-
-@dataclass(frozen=True, slots=True)
-class Publication:
-    """A validated staple to announce; times are RFC 3339 UTC text."""
-
-    der: bytes
-    this_update: str
-    next_update: str
-    expire_at: int  # Unix seconds: nextUpdate
-    url: str
-
-
-class Lease(enum.Enum):
-    """The answer to "may I fetch this staple?"."""
-
-    ACQUIRED = "acquired"
-    HELD = "held"  # another node is fetching it
-    CHANGED = "changed"  # the entry changed since it was read: read it again
-    DOWN = "down"  # no answer from Redis: fetch by yourself
-
-
-@dataclass
-class Stats:
-    """What this node's fleet client did (``status``, ``/metrics``, the benchmark)."""
-
-    hits: int = 0  # a valid fleet entry was used instead of asking the CA
-    misses: int = 0  # nothing usable in the fleet: the CA was asked
-    rejected: int = 0  # entries that failed validation
-    lease_waits: int = 0  # waits for another node's fetch
-    fallbacks: int = 0  # waits that ended without a staple: the CA was asked anyway
-    published: int = 0  # staples this node stored in the fleet
-    outages: int = 0
-    round_trips: int = 0  # Redis commands sent (scripts count one)
-    fetched_by: dict[str, int] = field(default_factory=dict)  # node -> staples used from it
 
 
 class Fleet:
@@ -225,9 +88,9 @@ class Fleet:
             **address.connection_kwargs(),
         )
         self._client = aredis.Redis(connection_pool=self._pool)
-        self._publish = self._client.register_script(_PUBLISH)
-        self._release = self._client.register_script(_RELEASE)
-        self._lease = self._client.register_script(_LEASE)
+        self._publish = self._client.register_script(layout.PUBLISH)
+        self._release = self._client.register_script(layout.RELEASE)
+        self._lease = self._client.register_script(layout.LEASE)
 
     @property
     def up(self) -> bool:
@@ -496,10 +359,6 @@ def _connection_class(
     if address.scheme == "rediss":
         return SSLConnection
     return aredis.Connection
-
-
-def _is_hex(text: str) -> bool:
-    return all(c in "0123456789abcdef" for c in text)
 
 
 def _one_line(exc: BaseException) -> str:
