@@ -572,13 +572,18 @@ def status(
     with _errors(ctx):
         if state_dir is None and config_file is not None:
             state_dir = config.load(config_file, os.environ).state_dir
-        db = state.State.open_readonly(state_dir or config.default_state_dir(os.environ))
+        where = state_dir or config.default_state_dir(os.environ)
+        db = state.State.open_readonly(where)
         records = db.all()
         db.close()
+    fleet = status_view.fleet(where)  # the daemon's fleet.json, in fleet mode
+    if fleet is not None:
+        click.echo(fleet.summary, err=True)
+    fetched_by = fleet.fetched_by if fleet is not None else None
     if as_json:
-        click.echo(status_view.as_json(records))
+        click.echo(status_view.as_json(records, fetched_by=fetched_by))
     elif sys.stdout.isatty():
-        status_view.table(records, sys.stdout)
+        status_view.table(records, sys.stdout, fetched_by=fetched_by)
     elif records:
         click.echo(status_view.as_lines(records))
     sys.exit(EXIT_OK if status_view.healthy(records) else EXIT_FAILED)

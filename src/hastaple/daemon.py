@@ -302,6 +302,10 @@ class Daemon:
         with self._batch():
             for outcome in outcomes:
                 self._record(outcome, now, started)
+        if self.fleet is not None:
+            from hastaple.stores import fleet_status  # noqa: PLC0415 - fleet mode only
+
+            fleet_status.write(self.config.state_dir, self.fleet)
         return outcomes
 
     def fleet_published(self, key: StapleKey) -> None:

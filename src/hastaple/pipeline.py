@@ -503,6 +503,7 @@ async def _fetch(
         )  # fmt: skip
         der, verdict = got.der, got.verdict
         hints = {"max_age": got.max_age, "elapsed": got.elapsed}
+        ctx.fleet.fetched_by[name] = got.node
     if verdict.status is not Status.GOOD:
         if verdict.status is Status.REVOKED and not options.dry_run:
             ctx.index.mark_revoked(path, verdict.serial)
@@ -545,6 +546,7 @@ async def _adopt(
         return _Prepared(ResultRow.of(name, url, current[1], Action.FRESH), _staple(cert, *current))
     staple_path = cert.staple_file or store.staple_path(cert.files_base)
     staple = _staple(cert, got.der, got.verdict, cert_id=cert_id)
+    fleet.fetched_by[name] = got.node
     await ctx.writer.write(staple_path, got.der, owner_of=path)
     _remember(ctx, cert, staple, index.fingerprint_if(staple_path, got.der))
     return _Prepared(ResultRow.of(name, url, got.verdict, Action.FETCHED), staple)

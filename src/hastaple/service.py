@@ -123,11 +123,14 @@ async def _fleet(config: Config) -> AsyncIterator[Coordinator | None]:
 
 
 def _attach_fleet(daemon: Daemon, coordinator: Coordinator) -> None:
-    """Announcements make certificates due; a reconnect wakes the loop; metrics show it."""
+    """Announcements make certificates due; a reconnect wakes the loop; status and metrics."""
+    from hastaple.stores import fleet_status  # noqa: PLC0415
     from hastaple.stores.fleet_metrics import FleetCollector  # noqa: PLC0415
 
     coordinator.fleet.on_published = daemon.fleet_published
     coordinator.fleet.on_resync = daemon.wake.set
+    # ``status`` reads the fleet from the state directory: refreshed at every heartbeat.
+    coordinator.fleet.on_beat = lambda: fleet_status.write(daemon.config.state_dir, coordinator)
     daemon.metrics.registry.register(FleetCollector(coordinator.fleet))
 
 

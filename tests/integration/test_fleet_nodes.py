@@ -12,11 +12,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -281,6 +284,18 @@ def stop_daemon(node: Node) -> int:
         return proc.wait(timeout=10)
 
 
+def _this_update(served: str) -> str:
+    found = re.search(r"This Update: (.*)", served)
+    return found.group(1).strip() if found else ""
+
+
+def served(node: Node, name: str, *, newer_than: str = "") -> bool:
+    """Whether ``node``'s HAProxy staples a good response for ``name`` (other than one)."""
+    assert node.hap is not None
+    text = haproxy_proc.staple(node.hap.port, name)
+    return "Cert Status: good" in text and _this_update(text) != newer_than
+
+
 def daemon_log(node: Node) -> str:
     return (node.root / "daemon.log").read_text(errors="replace")
 
@@ -330,12 +345,12 @@ async def test_three_daemons_share_two_hundred_staples_and_deploy_announced_ones
     await until(lambda: all(staples_ok(n, pki, certs) == 200 for n in fleet), 120, step=0.5)
     assert sum(ca.asked.values()) == 200, ca.asked.most_common(3)
     name = "c7.fleet.test"
-    for node in fleet:
-        assert node.hap is not None
-        assert "Cert Status: good" in haproxy_proc.staple(node.hap.port, name)
+    for node in fleet:  # the file is written first, then loaded into HAProxy
+        await until(lambda n=node: served(n, name), 30, step=0.5)
     # A fourth node refreshes one staple by force: the daemons adopt it.
     [extra] = nodes(tmp_path / "x", 1, redis_server.url, certs[7:8], pki)
     extra.env["HASTAPLE_FLEET_NODE"] = "forcer"
+    first_served = _this_update(haproxy_proc.staple(fleet[0].hap.port, name))  # type: ignore[union-attr]
     await asyncio.sleep(1.1)  # a thisUpdate one second newer
     code, err = await fetch(extra, "--force")
     assert code == 0, err
@@ -346,10 +361,33 @@ async def test_three_daemons_share_two_hundred_staples_and_deploy_announced_ones
     print(f"announced staple on every node's disk {took:.2f} s after the publishing run ended")
     assert took < 3.0
     for node in fleet:
-        assert node.hap is not None
-        served = haproxy_proc.staple(node.hap.port, name)
-        assert "Cert Status: good" in served
+        await until(lambda n=node: served(n, name, newer_than=first_served), 10, step=0.2)
     assert sum(ca.asked.values()) == 201
+    # status and /metrics show the fleet.
+    node0 = fleet[0]
+
+    def status() -> subprocess.CompletedProcess[bytes]:
+        argv = [sys.executable, "-m", "hastaple", "status", "--state-dir", str(node0.state)]
+        return subprocess.run(
+            [*argv, "--json"], capture_output=True, env=node0.env, timeout=30, check=False
+        )
+
+    def seen() -> set[str]:
+        found = re.search(r"nodes seen in the last minute: (.*)", status().stderr.decode())
+        return set(found.group(1).split(", ")) if found else set()
+
+    # Every node and the one-off run, within a heartbeat (5 s).
+    await until(lambda: seen() == {"node0", "node1", "node2", "forcer"}, 15, step=0.5)
+    rows = json.loads(status().stdout)
+    assert {r["fetched_by"] for r in rows} <= {"node0", "node1", "node2", "forcer"}
+    assert sum(r["fetched_by"] == "forcer" for r in rows) == 1
+    address = re.search(r"event=metrics address=(\S+)", daemon_log(node0))
+    assert address is not None
+    with urllib.request.urlopen(f"http://{address.group(1)}/metrics", timeout=10) as resp:
+        metrics = resp.read().decode()
+    assert "hastaple_fleet_up 1.0" in metrics
+    assert "hastaple_fleet_nodes 4.0" in metrics  # the three daemons and the one-off run
+    assert re.search(r"^hastaple_fleet_hits_total [1-9]", metrics, re.MULTILINE)
     for node in fleet:
         assert stop_daemon(node) == 0
         log = daemon_log(node)

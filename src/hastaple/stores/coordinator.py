@@ -73,6 +73,9 @@ class Coordinator:
         self.lease = lease
         self.wait = lease if wait is None else wait
         self._logged: set[tuple[str, bytes]] = set()
+        # Certificate name -> the node that fetched the staple it has now
+        # (the pipeline notes it; ``status`` shows it).
+        self.fetched_by: dict[str, str] = {}
 
     async def obtain(  # noqa: C901 - the steps of the module docstring, in order
         self,

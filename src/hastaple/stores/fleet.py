@@ -67,6 +67,7 @@ class Fleet:
         self.timeout = timeout
         self.on_published = on_published
         self.on_resync = on_resync
+        self.on_beat: Callable[[], None] | None = None  # after each heartbeat (``status``)
         self.stats = Stats()
         # Nodes whose heartbeat is at most SEEN_WITHIN old, as of this node's last beat.
         self.seen: tuple[tuple[str, float], ...] = ()
@@ -291,6 +292,8 @@ class Fleet:
             pipe.zrangebyscore(nodes, now - SEEN_WITHIN, "+inf", withscores=True)
             *_, rows = await pipe.execute()
         self.seen = tuple((bytes(n).decode(errors="replace"), float(at)) for n, at in rows)
+        if self.on_beat is not None:
+            self.on_beat()
 
     def _deliver(self, data: object) -> None:
         text = data.decode(errors="replace") if isinstance(data, bytes) else str(data)
