@@ -184,7 +184,9 @@ def _reload(daemon: Daemon, fetcher: ConfiguredFetcher, load: Callable[[], Confi
         return
     fetcher.configure(new)
     events.configure(new.log_format)
-    for name in ("state_dir", "metrics_address", "responder_connections", "fleet", "fleet_prefix"):
+    needs_restart = ("state_dir", "metrics_address", "responder_connections", "fleet",
+                     "fleet_prefix", "fleet_lease")  # fmt: skip
+    for name in needs_restart:
         if getattr(loaded, name) != getattr(old, name):
             log_event(logging.WARNING, "restart_needed", key=name)
     log_event(logging.INFO, "reloaded", certs=len(daemon.entries), sockets=len(daemon.sockets))

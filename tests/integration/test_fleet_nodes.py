@@ -28,6 +28,8 @@ import pytest
 import haproxy_proc
 import redis_proc
 from hastaple.ocsp.validate import validate
+from hastaple.stores import redis_url
+from hastaple.stores.fleet import Fleet
 from pki import PKI, Issued
 from responders import Sign
 
@@ -76,12 +78,12 @@ def leaves(pki: PKI, ca: Sign, url: str, count: int, tag: str = "c") -> list[Iss
     return issued
 
 
-def nodes(tmp: Path, count: int, redis_url: str, certs: list[Issued], pki: PKI) -> list[Node]:
+def nodes(tmp: Path, count: int, fleet_url: str, certs: list[Issued], pki: PKI) -> list[Node]:
     made = []
     base = {k: v for k, v in os.environ.items() if not k.startswith("HASTAPLE_")}
     for n in range(count):
         node = Node(f"node{n}", tmp / f"n{n}", {**base, "HASTAPLE_FLEET_NODE": f"node{n}"})
-        node.env["HASTAPLE_FLEET"] = redis_url
+        node.env["HASTAPLE_FLEET"] = fleet_url
         node.crt.mkdir(parents=True)
         for i, leaf in enumerate(certs):
             pki.write(node.crt, f"{leaf.cert.subject.rfc4514_string()[3:]}.pem", leaf)
@@ -284,6 +286,11 @@ def stop_daemon(node: Node) -> int:
         return proc.wait(timeout=10)
 
 
+def _same_staple(node: Node, other: Node, name: str) -> bool:
+    mine, theirs = (n.crt / f"{name}.pem.ocsp" for n in (node, other))
+    return theirs.exists() and mine.read_bytes() == theirs.read_bytes()
+
+
 def _this_update(served: str) -> str:
     found = re.search(r"This Update: (.*)", served)
     return found.group(1).strip() if found else ""
@@ -352,16 +359,23 @@ async def test_three_daemons_share_two_hundred_staples_and_deploy_announced_ones
     extra.env["HASTAPLE_FLEET_NODE"] = "forcer"
     first_served = _this_update(haproxy_proc.staple(fleet[0].hap.port, name))  # type: ignore[union-attr]
     await asyncio.sleep(1.1)  # a thisUpdate one second newer
-    code, err = await fetch(extra, "--force")
+    announced: list[float] = []
+    listener = Fleet(redis_url.parse(redis_server.url), node="forcer",
+                     on_published=lambda _: announced.append(time.monotonic()))  # fmt: skip
+    async with listener:
+        fetching = asyncio.create_task(fetch(extra, "--force"))
+        await until(lambda: bool(announced), 60, step=0.01)
+        new_on_disk = await until(
+            lambda: all(_same_staple(n, extra, name) for n in fleet), 10, step=0.01
+        )
+        for node in fleet:
+            await until(lambda n=node: served(n, name, newer_than=first_served), 10, step=0.05)
+        in_haproxy = time.monotonic() - announced[0]
+        code, err = await fetching
     assert code == 0, err
-    assert sum(ca.asked.values()) == 201
-    new = (extra.crt / f"{name}.pem.ocsp").read_bytes()
-    took = await until(lambda: all((n.crt / f"{name}.pem.ocsp").read_bytes() == new
-                                   for n in fleet), 10, step=0.02)  # fmt: skip
-    print(f"announced staple on every node's disk {took:.2f} s after the publishing run ended")
-    assert took < 3.0
-    for node in fleet:
-        await until(lambda n=node: served(n, name, newer_than=first_served), 10, step=0.2)
+    print(f"announced staple: on every node's disk {new_on_disk:.2f} s after the announcement, "
+          f"served by all three HAProxies {in_haproxy:.2f} s after it")  # fmt: skip
+    assert new_on_disk < 1.0
     assert sum(ca.asked.values()) == 201
     # status and /metrics show the fleet.
     node0 = fleet[0]
@@ -377,7 +391,7 @@ async def test_three_daemons_share_two_hundred_staples_and_deploy_announced_ones
         return set(found.group(1).split(", ")) if found else set()
 
     # Every node and the one-off run, within a heartbeat (5 s).
-    await until(lambda: seen() == {"node0", "node1", "node2", "forcer"}, 15, step=0.5)
+    await until(lambda: seen() >= {"node0", "node1", "node2", "forcer"}, 15, step=0.5)
     rows = json.loads(status().stdout)
     assert {r["fetched_by"] for r in rows} <= {"node0", "node1", "node2", "forcer"}
     assert sum(r["fetched_by"] == "forcer" for r in rows) == 1
@@ -386,7 +400,7 @@ async def test_three_daemons_share_two_hundred_staples_and_deploy_announced_ones
     with urllib.request.urlopen(f"http://{address.group(1)}/metrics", timeout=10) as resp:
         metrics = resp.read().decode()
     assert "hastaple_fleet_up 1.0" in metrics
-    assert "hastaple_fleet_nodes 4.0" in metrics  # the three daemons and the one-off run
+    assert "hastaple_fleet_nodes 4.0" in metrics  # the three daemons and the forcer
     assert re.search(r"^hastaple_fleet_hits_total [1-9]", metrics, re.MULTILINE)
     for node in fleet:
         assert stop_daemon(node) == 0
