@@ -4,13 +4,14 @@ One CA request per certificate per refresh, fleet-wide, and no trust in Redis.
 The pipeline asks ``Coordinator.obtain`` where it would ask the CA. In order:
 
 1. a fresh, valid entry in the fleet is used as it is: no CA request;
-2. otherwise the node takes the lease (``SET NX PX``) and asks the CA; the
-   validated answer is stored (never over a newer one) and announced, and
-   the lease is released in the same step;
+2. otherwise the node takes the lease (``SET NX PX``, only while the entry
+   still claims what the node read: a staple stored in between is read, not
+   fetched again) and asks the CA; the validated answer is stored (never over
+   a newer one) and announced, and the lease is released in the same step;
 3. a node that finds the lease held waits for the announcement, at most
-   ``wait`` seconds, reads again, and on a miss tries the lease once more (its
-   holder may have died: the lease expired meanwhile) before asking the CA
-   itself.
+   ``wait`` seconds, reads again, and on a miss tries the lease again (its
+   holder may have died: the lease expired meanwhile), three rounds in all,
+   before asking the CA itself.
 
 Every entry goes through the same ``check`` the pipeline uses on a CA's answer
 (signature, signer, CertID, times, HAProxy's margins), with the node's own
