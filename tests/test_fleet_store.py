@@ -310,3 +310,20 @@ async def test_tls_with_a_ca_file_and_a_client_certificate(tmp_path):
             assert not fleet.up  # the server's certificate is not trusted
     finally:
         srv.stop()
+
+
+@pytest.mark.parametrize(
+    ("flags", "says"),
+    [
+        (["--fleet", "mysql://h/0"], "fleet URL 'mysql://h/0': the scheme must be"),
+        (["--fleet", "redis://h/0", "--fleet-prefix", "a b"], "--fleet-prefix"),
+    ],
+)
+def test_fetch_refuses_a_bad_fleet_before_any_work(tmp_path, flags, says):
+    from click.testing import CliRunner  # noqa: PLC0415
+
+    from hastaple.cli import cli  # noqa: PLC0415
+
+    result = CliRunner().invoke(cli, ["fetch", str(tmp_path), *flags])
+    assert result.exit_code == 2
+    assert says in result.stderr
