@@ -303,6 +303,16 @@ def served(node: Node, name: str, *, newer_than: str = "") -> bool:
     return "Cert Status: good" in text and _this_update(text) != newer_than
 
 
+def fleet_up(node: Node) -> str:
+    """``hastaple_fleet_up`` on the node's /metrics."""
+    address = re.search(r"event=metrics address=(\S+)", daemon_log(node))
+    assert address is not None
+    with urllib.request.urlopen(f"http://{address.group(1)}/metrics", timeout=10) as resp:
+        found = re.search(r"^hastaple_fleet_up (\S+)", resp.read().decode(), re.MULTILINE)
+    assert found is not None
+    return found.group(1)
+
+
 def daemon_log(node: Node) -> str:
     return (node.root / "daemon.log").read_text(errors="replace")
 
@@ -429,8 +439,10 @@ async def test_redis_stopped_and_restarted_mid_run(  # noqa: PLR0917
             pki.write(node.crt, f"{leaf.cert.subject.rfc4514_string()[3:]}.pem", leaf)
     await until(lambda: all(staples_ok(n, pki, during) == 4 for n in fleet), 60, step=0.3)
     assert sum(ca.asked.values()) == 10 + 3 * 4  # each node by itself: nothing lost
+    assert all(fleet_up(n) == "0.0" for n in fleet)
     redis_server.start()  # same port, empty
     await until(lambda: all("is back;" in daemon_log(n) for n in fleet), 30, step=0.3)
+    assert all(fleet_up(n) == "1.0" for n in fleet)
     after = leaves(pki, ca, url, 4, tag="c")
     for node in fleet:
         for leaf in after:
