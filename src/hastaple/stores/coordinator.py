@@ -78,7 +78,7 @@ class Coordinator:
         # (the pipeline notes it; ``status`` shows it).
         self.fetched_by: dict[str, str] = {}
 
-    async def obtain(  # noqa: C901 - the steps of the module docstring, in order
+    async def obtain(
         self,
         request_der: bytes,
         *,
@@ -107,33 +107,33 @@ class Coordinator:
             return await self._from_ca(key, ask_ca, check, token="", unusable="")
         fleet = self.fleet
         unusable = ""  # what an entry found unusable claimed: ours may replace it
-        seen = ""  # what the entry claimed when last read ("" for none)
-        if (entry := await fleet.read(key)) is not None:
-            if (hit := self._judge(key, entry, check, now, held)) is not None:
-                return hit
-            unusable = seen = entry.this_update
         waited = False
-        for _ in range(_ROUNDS):
-            announced = fleet.expect(key)
-            try:
-                state, token = await fleet.lease(key, self.lease, seen=seen)
+        rounds = 0
+        announced = fleet.expect(key)  # before the lease is asked for: no announcement missed
+        try:
+            state, token, entry = await fleet.read_or_lease(key, self.lease)
+            while True:
+                if entry is not None:
+                    if (hit := self._judge(key, entry, check, now, held)) is not None:
+                        return hit
+                    unusable = entry.this_update
+                    state, token = await fleet.lease(key, self.lease, seen=entry.this_update)
                 if state is Lease.ACQUIRED:
                     return await self._from_ca(key, ask_ca, check, token=token, unusable=unusable)
-                if state is Lease.DOWN:
+                if state is Lease.DOWN or rounds == _ROUNDS:
                     break
+                rounds += 1
                 if state is Lease.HELD:
                     fleet.stats.lease_waits += 1
                     waited = True
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(self.wait):
                             await announced
-            finally:
                 fleet.forget(key, announced)
-            seen = ""
-            if (entry := await fleet.read(key)) is not None:
-                if (hit := self._judge(key, entry, check, now, held)) is not None:
-                    return hit
-                unusable = seen = entry.this_update
+                announced = fleet.expect(key)
+                state, token, entry = await fleet.read_or_lease(key, self.lease)
+        finally:
+            fleet.forget(key, announced)
         if waited:
             fleet.stats.fallbacks += 1
         return await self._from_ca(key, ask_ca, check, token="", unusable=unusable)

@@ -20,7 +20,7 @@ import random
 import secrets
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Self
 
 import redis.asyncio as aredis
@@ -84,7 +84,7 @@ class Fleet:
             connection_class=_connection_class(address),
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 0),  # type: ignore[no-untyped-call]  # our own backoff; redis-py 6 retries 3 times by default
+            retry=Retry(NoBackoff(), 0),  # type: ignore[no-untyped-call, unused-ignore]  # our own backoff; redis-py 6 retries 3 times by default
             client_name=f"hastaple:{self.node}"[:100].replace(" ", "_"),
             **address.connection_kwargs(),
         )
@@ -92,6 +92,7 @@ class Fleet:
         self._publish = self._client.register_script(layout.PUBLISH)
         self._release = self._client.register_script(layout.RELEASE)
         self._lease = self._client.register_script(layout.LEASE)
+        self._read_or_lease = self._client.register_script(layout.READ_OR_LEASE)
 
     @property
     def up(self) -> bool:
@@ -138,14 +139,27 @@ class Fleet:
         fields = await self._call(lambda r: r.hgetall(self.key("staple", key)))
         if fields is _DOWN or not fields:
             return None
-        got = {bytes(k).decode(errors="replace"): bytes(v) for k, v in fields.items()}
-        return Entry(
-            der=got.get("der", b""),
-            node=got.get("node", b"").decode(errors="replace")[:200],
-            fetched_at=got.get("fetched_at", b"").decode(errors="replace")[:40],
-            url=got.get("url", b"").decode(errors="replace")[:500],
-            this_update=got.get("this_update", b"").decode(errors="replace")[:40],
-        )
+        return _entry(fields.items())
+
+    async def read_or_lease(
+        self, key: StapleKey, seconds: float
+    ) -> tuple[Lease | None, str, Entry | None]:
+        """
+        The entry for ``key`` if there is one, else an attempt at the lease: one round trip.
+
+        Returns (None, "", entry) when there is an entry, else (``lease``'s
+        answer, its token, None).
+        """
+        token = secrets.token_hex(16)
+        keys = [self.key("staple", key), self.key("lease", key)]
+        args: list[str | int] = [token, max(int(seconds * 1000), 1)]
+        got = await self._call(lambda r: self._read_or_lease(keys=keys, args=args, client=r))
+        if got is _DOWN:
+            return Lease.DOWN, "", None
+        if got[0] == 0:
+            flat = list(got[1])
+            return None, "", _entry(zip(flat[0::2], flat[1::2], strict=True))
+        return (Lease.ACQUIRED, token, None) if got[0] == 1 else (Lease.HELD, "", None)
 
     async def lease(self, key: StapleKey, seconds: float, *, seen: str = "") -> tuple[Lease, str]:
         """
@@ -277,7 +291,7 @@ class Fleet:
                 self._ready.set()
                 with contextlib.suppress(*_FAILURES):
                     async with asyncio.timeout(self.timeout):
-                        await pubsub.aclose()  # type: ignore[no-untyped-call]
+                        await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311 - jitter
             delay = min(delay * 2, _BACKOFF[1])
 
@@ -352,6 +366,18 @@ def _warn_once(message: str) -> None:
     if message not in _warned and len(_warned) < 1000:  # noqa: PLR2004 - a bound, not a number to tune
         _warned.add(message)
         logger.warning("%s", message)
+
+
+def _entry(fields: Iterable[tuple[Any, Any]]) -> Entry:
+    """An entry from a hash's fields (bytes); what is missing reads as empty."""
+    got = {bytes(k).decode(errors="replace"): bytes(v) for k, v in fields}
+    return Entry(
+        der=got.get("der", b""),
+        node=got.get("node", b"").decode(errors="replace")[:200],
+        fetched_at=got.get("fetched_at", b"").decode(errors="replace")[:40],
+        url=got.get("url", b"").decode(errors="replace")[:500],
+        this_update=got.get("this_update", b"").decode(errors="replace")[:40],
+    )
 
 
 def _connection_class(

@@ -16,8 +16,8 @@ issuer's public key, lowercase hex (the CertID's):
   for every new staple (and for every released lease, so waiters wake).
 - ``<prefix>nodes``: a sorted set, node name -> last heartbeat (Unix time).
 
-The three scripts keep each step to one round trip and atomic; they use only
-TYPE, HGET, HSET, DEL, EXPIREAT, GET, SET and PUBLISH (the README's ACL line).
+The scripts keep each step to one round trip and atomic; they use only
+TYPE, HGET, HGETALL, HSET, DEL, EXPIREAT, GET, SET and PUBLISH (the README's ACL line).
 """
 
 from __future__ import annotations
@@ -53,6 +53,23 @@ if stored == 1 or released == 1 then
   redis.call('PUBLISH', ARGV[8], ARGV[9])
 end
 return stored
+"""
+# Read the entry; when there is none, take the lease in the same round trip
+# (the cold start: most certificates have nothing in Redis yet). Answers
+# {0, HGETALL} (an entry; a key of another type reads as an empty one),
+# {1} (no entry, lease taken) or {2} (no entry, lease held by another).
+READ_OR_LEASE = """
+local kind = redis.call('TYPE', KEYS[1]).ok
+if kind == 'hash' then
+  return {0, redis.call('HGETALL', KEYS[1])}
+end
+if kind ~= 'none' then
+  return {0, {}}
+end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return {1}
+end
+return {2}
 """
 # Take the lease (SET NX PX) only if the staple entry still claims the
 # this_update the caller read (ARGV[3], '' for none): a staple stored between
