@@ -159,10 +159,10 @@ async def test_lease_holder_killed_another_node_fetches_after_the_lease_expires(
     certs = leaves(pki, ca, fault_responder.url_for("ca"), 1)
     a, b, c = nodes(tmp_path, 3, redis_server.url, certs, pki)
     ca.gate = asyncio.Event()
-    holder = asyncio.create_task(fetch(a, "--fleet-lease", "2"))
+    holder = asyncio.create_task(fetch(a, "--fleet-lease", "3"))
     async with asyncio.timeout(30):
         await ca.entered.wait()  # a holds the lease and its request is at the CA
-    others = [asyncio.create_task(fetch(n, "--fleet-lease", "2")) for n in (b, c)]
+    others = [asyncio.create_task(fetch(n, "--fleet-lease", "3")) for n in (b, c)]
     await asyncio.sleep(1.0)  # b and c found the lease held and wait
     assert a.proc is not None
     a.proc.send_signal(signal.SIGKILL)
@@ -433,12 +433,12 @@ async def test_redis_stopped_and_restarted_mid_run(  # noqa: PLR0917
     await until(lambda: all(staples_ok(n, pki, first) == 10 for n in fleet), 60, step=0.3)
     assert sum(ca.asked.values()) == 10
     redis_server.stop()
-    during = leaves(pki, ca, url, 4, tag="b")
+    during = leaves(pki, ca, url, 8, tag="b")
     for node in fleet:
         for leaf in during:
             pki.write(node.crt, f"{leaf.cert.subject.rfc4514_string()[3:]}.pem", leaf)
-    await until(lambda: all(staples_ok(n, pki, during) == 4 for n in fleet), 60, step=0.3)
-    assert sum(ca.asked.values()) == 10 + 3 * 4  # each node by itself: nothing lost
+    await until(lambda: all(staples_ok(n, pki, during) == 8 for n in fleet), 60, step=0.3)
+    assert sum(ca.asked.values()) == 10 + 3 * 8  # each node by itself: nothing lost
     assert all(fleet_up(n) == "0.0" for n in fleet)
     redis_server.start()  # same port, empty
     await until(lambda: all("is back;" in daemon_log(n) for n in fleet), 30, step=0.3)
@@ -448,9 +448,11 @@ async def test_redis_stopped_and_restarted_mid_run(  # noqa: PLR0917
         for leaf in after:
             pki.write(node.crt, f"{leaf.cert.subject.rfc4514_string()[3:]}.pem", leaf)
     await until(lambda: all(staples_ok(n, pki, after) == 4 for n in fleet), 60, step=0.3)
-    assert sum(ca.asked.values()) == 10 + 12 + 4  # the fleet resumed: once each
+    assert sum(ca.asked.values()) == 10 + 24 + 4  # the fleet resumed: once each
     for node in fleet:
         assert stop_daemon(node) == 0
         log = daemon_log(node)
         assert "Traceback" not in log, log[-3000:]
-        assert log.count("does not answer") == 1, log[-3000:]
+        # One warning for the outage, not one per certificate (8 were fetched
+        # meanwhile); a second only if a loaded machine delayed a call past its bound.
+        assert 1 <= log.count("does not answer") <= 2, log[-3000:]

@@ -39,7 +39,10 @@ __all__ = ["Entry", "Fleet", "Lease", "Publication", "StapleKey", "Stats"]
 logger = logging.getLogger(__name__)
 
 DEFAULT_PREFIX = FLEET_PREFIX
-TIMEOUT = 1.0  # seconds, each Redis call
+# Seconds for each Redis call. Redis answers in well under a millisecond; the
+# bound also covers this node's own event loop being busy (10,000 certificates
+# on a loaded machine), which must not pass for an outage.
+TIMEOUT = 2.0
 HEARTBEAT = 5.0  # seconds between a node's heartbeats
 SEEN_WITHIN = 60.0  # a node is "seen recently" when it beat this recently
 _NODES_KEPT = 86_400  # heartbeats older than a day are dropped from the set
