@@ -23,8 +23,8 @@ import time
 from pathlib import Path
 from typing import Self
 
-from hastaple import index
-from hastaple.model import Status, Verdict
+from hastaple.core.model import Status, Verdict
+from hastaple.stores import index
 
 
 def _entry(i: int) -> index.Entry:

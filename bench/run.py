@@ -7,12 +7,16 @@ Benchmark: hastaple against a shell loop and HAProxy 2.8's own updater, in one r
 What one run does, everything on 127.0.0.1 in a temp directory:
 
 1. builds N ECDSA P-256 leaves under root -> intermediate, a delegated OCSP
-   signer, and one pre-signed good response per leaf (7-day validity);
-2. starts ``bench/responder.py`` (pre-signed answers, its own CPU reported);
+   signer, and one pre-signed good response per leaf (7-day validity), with
+   the tests' PKI (``hastaple.testing.pki``);
+2. starts ``bench/responder.py``, which only serves those pre-signed bytes from
+   a process of its own (so its CPU is reported apart and it is never the
+   bottleneck at 10,000 certificates);
 3. HAProxy 2.8 ``[ocsp-update on]`` for all N (PEM = leaf+key+intermediate+root,
    as its updater needs for a delegated signer, docs/haproxy.md): time from the
    responder's first request to the Nth ``Update successful`` log line, read
-   from the log file, never by polling the CLI (§5.11);
+   from the log file, never by polling the CLI (docs/haproxy.md,
+   "HAProxy's own updater");
 4. ``hastaple fetch`` as a subprocess: cold (all due, no HAProxy), warm (all
    fresh, same state dir), then cold again with deploy into a real HAProxy 2.8
    over one admin socket (started with empty ``.ocsp`` files so every
@@ -39,7 +43,6 @@ import re
 import resource
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -49,13 +52,10 @@ import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509 import ocsp
-from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
-
 from hastaple.config import RESPONDER_CONNECTIONS
+from hastaple.testing import haproxy as launcher
+from hastaple.testing.haproxy import HAProxy
+from hastaple.testing.pki import PKI
 
 HERE = Path(__file__).resolve().parent
 UTC = dt.UTC
@@ -71,134 +71,28 @@ def haproxy28() -> str:
 # --------------------------------------------------------------------------- PKI
 
 
-@dataclass
-class Pki:
-    root: x509.Certificate
-    inter: x509.Certificate
-    inter_key: ec.EllipticCurvePrivateKey
-    signer: x509.Certificate
-    signer_key: ec.EllipticCurvePrivateKey
-
-
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-def _ca(
-    cn: str,
-    key: ec.EllipticCurvePrivateKey,
-    parent: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None,
-    start: dt.datetime,
-) -> x509.Certificate:
-    issuer_name, issuer_key = (parent[0].subject, parent[1]) if parent else (_name(cn), key)
-    return (
-        x509.CertificateBuilder()
-        .subject_name(_name(cn))
-        .issuer_name(issuer_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(start + dt.timedelta(days=3650))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .sign(issuer_key, hashes.SHA256())
-    )
-
-
-def build_pki(start: dt.datetime) -> Pki:
-    root_key = ec.generate_private_key(ec.SECP256R1())
-    root = _ca("hastaple bench root", root_key, None, start)
-    inter_key = ec.generate_private_key(ec.SECP256R1())
-    inter = _ca("hastaple bench intermediate", inter_key, (root, root_key), start)
-    signer_key = ec.generate_private_key(ec.SECP256R1())
-    signer = (
-        x509.CertificateBuilder()
-        .subject_name(_name("hastaple bench OCSP responder"))
-        .issuer_name(inter.subject)
-        .public_key(signer_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(start + dt.timedelta(days=365))
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.OCSP_SIGNING]), critical=False)
-        .sign(inter_key, hashes.SHA256())
-    )
-    return Pki(root, inter, inter_key, signer, signer_key)
-
-
 def build_leaves(
-    pki: Pki, n: int, url: str, start: dt.datetime, dirs: list[Path]
+    pki: PKI, n: int, url: str, start: dt.datetime, dirs: list[Path]
 ) -> tuple[list[Path], dict[int, bytes]]:
     """Write N PEM bundles into each of ``dirs``; return dirs[0]'s paths and the responses."""
-    aia = x509.AuthorityInformationAccess(
-        [
-            x509.AccessDescription(
-                AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(url)
-            )
-        ]
-    )
-    chain = pki.inter.public_bytes(serialization.Encoding.PEM) + pki.root.public_bytes(
-        serialization.Encoding.PEM
-    )
     this_update, next_update = start - dt.timedelta(hours=1), start + dt.timedelta(days=7)
+    root = pki.root.cert_pem  # HAProxy's updater needs it for a delegated signer
     responses: dict[int, bytes] = {}
     paths = []
     for i in range(n):
-        key = ec.generate_private_key(ec.SECP256R1())
-        cn = f"c{i}.bench.test"
-        leaf = (
-            x509.CertificateBuilder()
-            .subject_name(_name(cn))
-            .issuer_name(pki.inter.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(start - dt.timedelta(days=1))
-            .not_valid_after(start + dt.timedelta(days=90))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(cn)]), critical=False)
-            .add_extension(aia, critical=False)
-            .sign(pki.inter_key, hashes.SHA256())
+        leaf = pki.leaf(
+            f"c{i}.bench.test",
+            ocsp_url=url,
+            not_before=start - dt.timedelta(days=1),
+            not_after=start + dt.timedelta(days=90),
         )
-        pem = (
-            leaf.public_bytes(serialization.Encoding.PEM)
-            + key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-            + chain
-        )
+        pem = pki.bundle(leaf) + root
         for d in dirs:
             (d / f"c{i:05d}.pem").write_bytes(pem)
         paths.append(dirs[0] / f"c{i:05d}.pem")
-        resp = (
-            ocsp.OCSPResponseBuilder()
-            .add_response(
-                cert=leaf,
-                issuer=pki.inter,
-                algorithm=hashes.SHA1(),  # noqa: S303 - HAProxy matches SHA-1 CertIDs
-                cert_status=ocsp.OCSPCertStatus.GOOD,
-                this_update=this_update,
-                next_update=next_update,
-                revocation_time=None,
-                revocation_reason=None,
-            )
-            .responder_id(ocsp.OCSPResponderEncoding.HASH, pki.signer)
-            .certificates([pki.signer])
-            .sign(pki.signer_key, hashes.SHA256())
+        responses[leaf.cert.serial_number] = pki.response(
+            leaf.cert, this_update=this_update, next_update=next_update
         )
-        responses[leaf.serial_number] = resp.public_bytes(serialization.Encoding.DER)
     return paths, responses
 
 
@@ -237,78 +131,25 @@ class Responder:
         self.proc.wait(timeout=10)
 
 
-_HAPROXY_CFG = """\
-global
-    stats socket {sock} level admin
+_GLOBAL = """\
     stats timeout 10m
-    noreuseport
     log stdout format raw local0
     tune.ssl.ocsp-update.mindelay 3600
     tune.ssl.ocsp-update.maxdelay 7200
-defaults
-    mode http
-    log global
-    timeout client 5s
-    timeout server 5s
-    timeout connect 5s
-frontend tls
-    bind 127.0.0.1:{port} ssl {crt}
-    http-request return status 200
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class HAProxy:
-    proc: subprocess.Popen[bytes]
-    sock: Path
-    log: Path
-
-    def cpu(self) -> float:
-        return _proc_cpu(self.proc.pid)
-
-    def stop(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
 
 
 def start_haproxy(workdir: Path, crt: str, *, wait_socket: bool = True) -> HAProxy:
     """Start HAProxy 2.8 in the foreground; ``crt`` is the bind line's crt/crt-list part."""
     workdir.mkdir(parents=True, exist_ok=True)
-    sock, log = workdir / "admin.sock", workdir / "haproxy.log"
-    cfg = workdir / "haproxy.cfg"
-    cfg.write_text(_HAPROXY_CFG.format(sock=sock, port=_free_port(), crt=crt))
-    proc = subprocess.Popen(
-        [haproxy28(), "-db", "-f", str(cfg)],
-        stdin=subprocess.DEVNULL,
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        cwd=workdir,
-    )
-    hap = HAProxy(proc, sock, log)
-    deadline = time.monotonic() + 300
-    while wait_socket and time.monotonic() < deadline:
-        if proc.poll() is not None:
-            msg = f"HAProxy did not start:\n{log.read_text(errors='replace')[-3000:]}"
-            raise RuntimeError(msg)
-        with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as s:
-            s.connect(str(sock))
-            s.sendall(b"show info\n")
-            if b"Pid:" in s.recv(65536):
-                break
-        time.sleep(0.05)
-    return hap
+    return launcher.start(
+        haproxy28(), workdir, workdir, certs=crt, global_extra=_GLOBAL,
+        defaults_extra="    log global", wait=wait_socket, startup_seconds=300,
+    )  # fmt: skip
+
+
+def _cpu(hap: HAProxy) -> float:
+    return _proc_cpu(hap.proc.pid)
 
 
 # ------------------------------------------------------------------- measurement
@@ -403,9 +244,9 @@ def hastaple_phase(  # noqa: PLR0917 - one call site per phase, read side by sid
         str(state),
     ]
     if hap is not None:
-        cmd += ["--haproxy", str(hap.sock)]
+        cmd += ["--haproxy", str(hap.socket)]
     before = responder.stats()
-    hap_before = hap.cpu() if hap else None
+    hap_before = _cpu(hap) if hap else None
     wall, cpu, rss, code = run_measured(cmd, stdout=out)
     after = responder.stats()
     rows = json.loads(out.read_text() or "[]")
@@ -425,7 +266,7 @@ def hastaple_phase(  # noqa: PLR0917 - one call site per phase, read side by sid
         rss,
         ca_requests=int(after["requests"] - before["requests"]),
         responder_cpu=after["cpu"] - before["cpu"],
-        haproxy_cpu=(hap.cpu() - hap_before) if hap and hap_before is not None else None,
+        haproxy_cpu=(_cpu(hap) - hap_before) if hap and hap_before is not None else None,
         ok=ok,
         note=note,
     )
@@ -454,10 +295,10 @@ def baseline_phase(
         ISSUER=str(pki_dir / "inter.pem"),
         ROOT=str(pki_dir / "root.pem"),
         URL=responder.url,
-        SOCK=str(hap.sock),
+        SOCK=str(hap.socket),
     )
     before = responder.stats()
-    hap_before = hap.cpu()
+    hap_before = _cpu(hap)
     out = work / "baseline.out"
     wall, cpu, rss, _ = run_measured(["bash", str(script), *map(str, paths)], stdout=out, env=env)
     after = responder.stats()
@@ -470,7 +311,7 @@ def baseline_phase(
         rss,
         ca_requests=int(after["requests"] - before["requests"]),
         responder_cpu=after["cpu"] - before["cpu"],
-        haproxy_cpu=hap.cpu() - hap_before,
+        haproxy_cpu=_cpu(hap) - hap_before,
         ok=ok,
     )
 
@@ -491,12 +332,12 @@ def updater_phase(paths: list[Path], responder: Responder, work: Path, timeout: 
         cpu0 = None
         seen, rest, done = 0, b"", 0.0
         deadline = started + timeout
-        with hap.log.open("rb") as log:
+        with (hap.workdir / "haproxy.log").open("rb") as log:
             while seen < len(paths) and time.monotonic() < deadline:
                 if hap.proc.poll() is not None:
                     break
                 if cpu0 is None and responder.stats()["requests"] > before["requests"]:
-                    cpu0 = hap.cpu()
+                    cpu0 = _cpu(hap)
                 chunk = log.read()
                 if not chunk:
                     time.sleep(0.01)
@@ -505,7 +346,7 @@ def updater_phase(paths: list[Path], responder: Responder, work: Path, timeout: 
                 seen += len(_UPDATED.findall(lines))
                 done = time.monotonic()
         after = responder.stats()
-        cpu = hap.cpu() - (cpu0 or 0.0) if hap.proc.poll() is None else None
+        cpu = _cpu(hap) - (cpu0 or 0.0) if hap.proc.poll() is None else None
         wall = (done if seen else time.monotonic()) - after["first"]
         note = f"updated={seen} from first CA request; startup {after['first'] - started:.1f} s"
         if hap.proc.poll() is not None:
@@ -576,11 +417,11 @@ def daemon_phase(  # noqa: PLR0917 - one call site
         "--state-dir", str(state), "--metrics-address", "off", "--refresh-spread", "0s",
     ]  # fmt: skip
     if hap is not None:
-        cmd += ["--haproxy", str(hap.sock)]
+        cmd += ["--haproxy", str(hap.socket)]
     log = work / "daemon.log"
     db = state / "state.sqlite3"
     before = responder.stats()
-    hap_before = hap.cpu() if hap else None
+    hap_before = _cpu(hap) if hap else None
     started = time.monotonic()
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
@@ -600,7 +441,7 @@ def daemon_phase(  # noqa: PLR0917 - one call site
         peak = _kb_to_mb(status["VmHWM"]) if status else None
         cpu = _proc_cpu(proc.pid) if status else None
         after = responder.stats()
-        hap_cpu = (hap.cpu() - hap_before) if hap and hap_before is not None else None
+        hap_cpu = (_cpu(hap) - hap_before) if hap and hap_before is not None else None
         time.sleep(3.0)  # settled: the batch's garbage collected, nothing due
         settled = _kb_to_mb(_proc_status(proc.pid)["VmRSS"]) if proc.poll() is None else None
     finally:
@@ -687,12 +528,12 @@ def main() -> int:  # noqa: C901, PLR0912, PLR0915 - a linear script reads best 
         t = time.monotonic()
         responder = Responder(work, rtt)
         start = dt.datetime.now(UTC).replace(microsecond=0)
-        pki = build_pki(start - dt.timedelta(days=2))
+        pki = PKI.build()
         pki_dir, crt_dir, managed_dir = work / "pki", work / "crt", work / "managed"
         for d in (pki_dir, crt_dir, managed_dir):
             d.mkdir()
-        (pki_dir / "root.pem").write_bytes(pki.root.public_bytes(serialization.Encoding.PEM))
-        (pki_dir / "inter.pem").write_bytes(pki.inter.public_bytes(serialization.Encoding.PEM))
+        (pki_dir / "root.pem").write_bytes(pki.root.cert_pem)
+        (pki_dir / "inter.pem").write_bytes(pki.intermediate.cert_pem)
         dirs = [crt_dir] + ([] if args.no_updater else [managed_dir])
         paths, responses = build_leaves(pki, args.n, responder.url, start, dirs)
         with (work / "responses.pickle").open("wb") as f:

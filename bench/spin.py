@@ -4,7 +4,7 @@ CPU of an idle ``hastaple run`` after a certificate is removed mid-batch.
     python bench/spin.py                      # this checkout
     python bench/spin.py --src /tmp/old/src   # another tree's hastaple (PYTHONPATH)
 
-Two certificates, each asked from the test responder (tests/responders.py)
+Two certificates, each asked from the test responder (hastaple/testing/responders.py)
 with a delay so the batch is in flight; ``gone.pem``'s answer is an HTTP 500
 (a failure: its next try is a backoff of about two seconds). While both
 requests wait, ``gone.pem`` is deleted. Once the batch has ended and the
@@ -28,10 +28,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-
-from pki import PKI
-from responders import FaultResponder, Serve
+from hastaple.testing.pki import PKI
+from hastaple.testing.responders import FaultResponder, Serve
 
 
 def _cpu_seconds(pid: int) -> float:

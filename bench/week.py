@@ -8,7 +8,7 @@ What one run does, everything on 127.0.0.1 in a temp directory:
 
 1. builds N ECDSA P-256 leaves (the test PKI: root -> intermediate, a
    delegated OCSP signer), each in its own PEM with the chain;
-2. starts the tests' fault-injecting responder (``tests/responders.py``,
+2. starts the tests' fault-injecting responder (``hastaple/testing/responders.py``,
    ``Sign``) in a thread of its own, with its own event loop: it signs a
    fresh 7-day answer for each request at the *simulated* time, and sends
    ``Cache-Control: max-age`` as asked (``next_update``: the seconds left
@@ -51,29 +51,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Self
 
-# The tests' PKI and fault-injecting responder, on purpose: the same CA the suite uses.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
 from hastaple import config as cfgmod
-from hastaple import daemon as daemonmod
-from hastaple import events
-from hastaple.fetch import Fetcher
-from hastaple.state import State
-from pki import PKI
-from responders import FaultResponder, Sign
+from hastaple.daemon import eventlog as events
+from hastaple.daemon import loop
+from hastaple.daemon import scheduler as daemonmod
+from hastaple.daemon.state import State
+from hastaple.engine.fetch import Fetcher
+from hastaple.testing.clock import SimClock
+from hastaple.testing.pki import PKI
+from hastaple.testing.responders import FaultResponder, Sign
 
 DAY = dt.timedelta(days=1)
 WEEK = dt.timedelta(days=7)
-
-
-class SimClock:
-    """The simulated time, read by the daemon and (from its thread) by the responder."""
-
-    def __init__(self, start: dt.datetime) -> None:
-        self.t = start
-
-    def now(self) -> dt.datetime:
-        return self.t
 
 
 @dataclasses.dataclass
@@ -213,7 +202,7 @@ async def simulate(
                 while True:
                     if await daemon.refresh_due():
                         batches += 1
-                        daemonmod._trim_heap()  # noqa: SLF001 - as the daemon's loop does
+                        loop.trim_heap()  # as the daemon's loop does
                     wakeup = daemon.next_wakeup()
                     nxt = until if wakeup is None else min(wakeup, until)
                     while check_at <= nxt:

@@ -18,8 +18,8 @@ import pytest
 from click.testing import CliRunner
 from hypothesis import HealthCheck, settings
 
-from pki import PKI
-from responders import FaultResponder, OpensslResponder
+from hastaple.testing.pki import PKI
+from hastaple.testing.responders import FaultResponder, OpensslResponder
 
 # click 8.1 (the lowest version allowed) mixes stderr into stdout unless told
 # not to; 8.2 always keeps them apart and has no such flag. The tests read both.

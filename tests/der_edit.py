@@ -26,7 +26,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
-from pki import PKI, Issued
+from hastaple.testing.pki import PKI, Issued
 
 SEQUENCE = 0x30
 OID = 0x06

@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING, Literal, Self
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509 import ocsp
 
-from haproxy_proc import openssl_time
-from hastaple.ocsp.request import cert_id_of
+from hastaple.core.ocsp.request import cert_id_of
+from hastaple.testing.haproxy import openssl_time
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -111,6 +111,7 @@ class FakeHAProxy:
     stall_on: str = ""
     locked: int = 0
     _server: asyncio.Server | None = None
+    _handlers: set[asyncio.Task[None]] = field(default_factory=set)
 
     def register(
         self, crt: str, key_hex: str | None, der: bytes | None = None, *, commit_key: str = ""
@@ -137,8 +138,18 @@ class FakeHAProxy:
             self._server.close()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._server.wait_closed(), 1)
+        # Python 3.11's Server.close() leaves open connections' handlers
+        # running: end them here, or they die pending when the test's loop closes.
+        handlers = list(self._handlers)
+        for task in handlers:
+            task.cancel()
+        await asyncio.gather(*handlers, return_exceptions=True)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._handlers.add(task)
+            task.add_done_callback(self._handlers.discard)
         self.connections += 1
         served = 0
         commands = CommandReader()

@@ -18,8 +18,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 
 from der_edit import HOSTILE
-from pki import PKI, Issued, issue, now
-from responders import MB, Behaviour, Drip, Huge, Redirect, Serve, Stall
+from hastaple.testing.pki import PKI, Issued, issue, now
+from hastaple.testing.responders import MB, Behaviour, Drip, Huge, Redirect, Serve, Stall
 
 DAY = dt.timedelta(days=1)
 

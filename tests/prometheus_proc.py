@@ -13,7 +13,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import time
 import urllib.error
@@ -25,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from haproxy_proc import free_port
+from hastaple.testing.haproxy import free_port, stop_group
 
 STARTUP_SECONDS = 15.0
 
@@ -78,14 +77,7 @@ class Prometheus:
 
     def stop(self) -> None:
         """Kill the whole process group and reap it."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=5)
+        stop_group(self.proc, timeout=10)
 
 
 def start(binary: str, workdir: Path, config: dict[str, Any]) -> Prometheus:

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from haproxy_proc import free_port
+from hastaple.testing.haproxy import free_port
 
 BINARY = shutil.which("redis-server") or "/usr/bin/redis-server"
 STARTUP_SECONDS = 10.0

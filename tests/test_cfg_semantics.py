@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
-import haproxy_proc
-from hastaple.discover import discover, parse_haproxy_config
 from hastaple.errors import ConfigError
 from hastaple.haproxy import cfgcond
+from hastaple.haproxy.cfgfile import parse_haproxy_config
+from hastaple.sources.discover import discover
+from hastaple.testing import haproxy as haproxy_proc
 
 
 def _touch(path: Path, text: str = "") -> Path:

@@ -13,7 +13,7 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from hastaple.cli import cli
+from hastaple.app.cli import cli
 
 COMMANDS = ["check", "demo", "doctor", "fetch", "run", "status", "verify"]
 LOG_OPTIONS = ["-v", "-vv", "-q", "--debug"]

@@ -9,9 +9,9 @@ import pytest
 from click.testing import CliRunner
 
 from hastaple import config
-from hastaple.cli import cli
+from hastaple.app.cli import cli
+from hastaple.core.schedule import DEFAULT_POLICY
 from hastaple.errors import ConfigError
-from hastaple.schedule import DEFAULT_POLICY
 
 
 def test_zero_config_common_case(tmp_path):
@@ -214,7 +214,11 @@ def test_fleet_keys():
     assert (loaded.fleet_prefix, loaded.fleet_lease.total_seconds()) == ("edge:", 10)
     plain = config.load(None, {"HASTAPLE_PATHS": "/a"})
     assert (plain.fleet, plain.fleet_prefix) == (None, "hastaple:")
-    with pytest.raises(ConfigError, match="HASTAPLE_FLEET: fleet URL 'mysql://h'"):
+    with pytest.raises(ConfigError, match="HASTAPLE_FLEET: fleet: 'mysql://h': a fleet URL"):
         config.load(None, {"HASTAPLE_PATHS": "/a", "HASTAPLE_FLEET": "mysql://h"})
+    # run reads the whole URL before starting: a bad one is exit 2 naming it.
+    result = CliRunner().invoke(cli, ["run", "--paths", "/a", "--fleet", "redis://h/zero"])
+    assert result.exit_code == 2
+    assert "fleet URL 'redis://h/zero': the database must be a number" in result.stderr
     with pytest.raises(ConfigError, match="fleet_prefix"):
         config.load(None, {"HASTAPLE_PATHS": "/a", "HASTAPLE_FLEET_PREFIX": "a b"})

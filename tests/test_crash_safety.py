@@ -28,10 +28,10 @@ from pathlib import Path
 
 import pytest
 
-from hastaple.model import Status
-from hastaple.ocsp.validate import validate
-from pki import PKI, Issued, now
-from responders import Serve
+from hastaple.core.model import Status
+from hastaple.core.ocsp.validate import validate
+from hastaple.testing.pki import PKI, Issued, now
+from hastaple.testing.responders import Serve
 
 ROUNDS = 100
 # Kills that must land inside the writes; on a loaded machine more rounds than

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from hastaple.discover import discover
 from hastaple.errors import ConfigError
 from hastaple.haproxy.crtstore import CrtStoreReader, CrtStores
+from hastaple.sources.discover import discover
 
 
 def _stores(text: str) -> CrtStores:

@@ -20,15 +20,16 @@ import aiohttp
 import pytest
 from click.testing import CliRunner
 
-from hastaple import daemon as daemonmod
-from hastaple import events, metrics, service
-from hastaple.cli import cli
+from hastaple.app.cli import cli
 from hastaple.config import Config
+from hastaple.core.schedule import Policy
+from hastaple.daemon import eventlog as events
+from hastaple.daemon import metrics, service
+from hastaple.daemon import scheduler as daemonmod
+from hastaple.daemon.state import Record, State
+from hastaple.engine.fetch import Fetcher
 from hastaple.errors import ConfigError
-from hastaple.fetch import Fetcher
-from hastaple.schedule import Policy
-from hastaple.state import Record, State
-from responders import FaultResponder, Serve, Sign
+from hastaple.testing.responders import FaultResponder, Serve, Sign
 from test_daemon_sim import _make_world  # noqa: F401 - the make_world fixture
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
@@ -169,17 +170,20 @@ async def test_haproxy_down_is_retried_not_fatal(pki, tmp_path, caplog, make_wor
     """A socket nobody listens on: logged once as haproxy_down, no exception, staples kept."""
     caplog.set_level(logging.INFO, logger="hastaple.daemon")
     world = await make_world(1)
-    world.daemon.config = dataclasses.replace(
-        world.config, sockets=(str(tmp_path / "nobody.sock"),)
+    world.daemon.apply(
+        world.daemon.prepare(
+            dataclasses.replace(world.config, sockets=(str(tmp_path / "nobody.sock"),))
+        )
     )
-    world.daemon.rediscover()
     world.clock.t += dt.timedelta(seconds=11)
     [outcome] = await world.daemon.refresh_due()
     assert outcome.row.haproxy == {str(tmp_path / "nobody.sock"): "error"}
     rec = world.daemon.records[outcome.row.cert]
     assert rec.status == "good"  # the staple is stored ...
     assert rec.next_refresh > world.clock.now() + dt.timedelta(days=3)  # ... and the CA not asked
-    failures, retry_at = world.daemon._push_again[str(tmp_path / "nobody.sock")]
+    retry = world.daemon.haproxy.retry(str(tmp_path / "nobody.sock"))
+    assert retry is not None
+    failures, retry_at = retry
     assert failures == 1
     assert retry_at > world.clock.now()  # retried with backoff, not at every poll
     for _ in range(3):
@@ -201,8 +205,7 @@ async def test_a_push_failure_is_a_failure_and_a_dead_socket_fails_healthz(
     caplog.set_level(logging.INFO, logger="hastaple.daemon")
     world = await make_world(1)
     sock = str(tmp_path / "mistyped.sock")
-    world.daemon.config = dataclasses.replace(world.config, sockets=(sock,))
-    world.daemon.rediscover()
+    world.daemon.apply(world.daemon.prepare(dataclasses.replace(world.config, sockets=(sock,))))
     world.clock.t += dt.timedelta(seconds=11)
     [outcome] = await world.daemon.refresh_due()
     rec = world.daemon.records[outcome.row.cert]

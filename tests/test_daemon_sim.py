@@ -22,25 +22,18 @@ import pytest
 from cryptography.x509 import ocsp
 
 from hastaple import config as cfgmod
-from hastaple import daemon as daemonmod
-from hastaple import events, metrics, service
-from hastaple.fetch import Fetcher
-from hastaple.state import State
-from pki import now as real_now
-from responders import FaultResponder, Sign
+from hastaple.daemon import eventlog as events
+from hastaple.daemon import metrics, service
+from hastaple.daemon import scheduler as daemonmod
+from hastaple.daemon.state import State
+from hastaple.engine.fetch import Fetcher
+from hastaple.sources import pem
+from hastaple.testing.clock import SimClock
+from hastaple.testing.pki import now as real_now
+from hastaple.testing.responders import FaultResponder, Sign
 
 WEEK = dt.timedelta(days=7)
 DAY = dt.timedelta(days=1)
-
-
-class SimClock:
-    """A clock the test moves by hand."""
-
-    def __init__(self, start: dt.datetime) -> None:
-        self.t = start
-
-    def now(self) -> dt.datetime:
-        return self.t
 
 
 @dataclasses.dataclass
@@ -342,7 +335,9 @@ async def test_discovery_warning_is_logged_once_not_at_every_event(
         f"global\n  stats socket {tmp_path}/op.sock level operator\n"
         f"frontend f\n  bind :443 ssl crt {world.crt_dir}\n"
     )
-    world.daemon.config = dataclasses.replace(world.config, paths=(), haproxy_configs=(cfg,))
+    world.daemon.apply(
+        world.daemon.prepare(dataclasses.replace(world.config, paths=(), haproxy_configs=(cfg,)))
+    )
     for _ in range(3):
         world.daemon.on_change({cfg})
     lines = [r for r in caplog.records if "event=discover " in r.getMessage()]
@@ -396,8 +391,9 @@ async def test_source_briefly_broken_is_a_warning_not_an_internal_error(
     world = await make_world(2)
     listed = tmp_path / "list.txt"
     listed.write_text(f"{world.crt_dir / 'c0.pem'}\n{world.crt_dir / 'c1.pem'}\n")
-    world.daemon.config = dataclasses.replace(world.config, paths=(), crt_lists=(listed,))
-    world.daemon.rediscover()
+    world.daemon.apply(
+        world.daemon.prepare(dataclasses.replace(world.config, paths=(), crt_lists=(listed,)))
+    )
     before = dict(world.daemon.records)
     gone = world.crt_dir / "c1.pem"
     gone.unlink()
@@ -419,13 +415,13 @@ async def test_file_event_reparses_only_changed_certificates(
     """One changed file among many: only it is parsed again, the others by file identity."""
     world = await make_world(6)
     parsed: list[str] = []
-    real = daemonmod.pem.parse_file
+    real = pem.parse_file
 
     def counting(path):
         parsed.append(path.name)
         return real(path)
 
-    monkeypatch.setattr(daemonmod.pem, "parse_file", counting)
+    monkeypatch.setattr(pem, "parse_file", counting)
     world.daemon.rediscover()
     assert parsed == []  # nothing changed since the first discovery
     renewed = pki.leaf("c3.test", ocsp_url=world.url)

@@ -11,19 +11,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hastaple.discover import (
+from hastaple.core.model import CertEntry
+from hastaple.errors import ConfigError
+from hastaple.haproxy.cfgfile import (
     Bind,
-    CertEntry,
     CertRef,
     HAProxyConfig,
     StatsSocket,
-    discover,
-    is_certificate_file,
-    parse_crt_list,
     parse_haproxy_config,
-    resolve_ref,
 )
-from hastaple.errors import ConfigError
+from hastaple.haproxy.crtlist import parse_crt_list
+from hastaple.sources.discover import discover, is_certificate_file, resolve_ref
 
 CWD = Path("/run/haproxy-cwd")
 

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import pytest
 
-import haproxy_proc
-from hastaple.doctor import checks
-from pki import PKI, issue
-from responders import FaultResponder, OpensslResponder, Serve
+from hastaple.app.doctor import checks
+from hastaple.testing import haproxy as haproxy_proc
+from hastaple.testing.pki import PKI, issue
+from hastaple.testing.responders import FaultResponder, OpensslResponder, Serve
 
 VERSIONS = ["2.6", "2.8"]
 
@@ -303,7 +303,7 @@ def test_every_check_is_in_the_readme():
 
 
 def test_a_staple_larger_than_bufsize_is_an_error():
-    from hastaple.doctor.facts import CertFact, Facts, Setting, Settings  # noqa: PLC0415
+    from hastaple.app.doctor.facts import CertFact, Facts, Setting, Settings  # noqa: PLC0415
 
     now = dt.datetime.now(dt.UTC)
     cert = CertFact(Path("/c/a.pem"), ("/c/a.pem",), "cfg:9", managed=False, staple_bytes=3000)
@@ -331,7 +331,7 @@ def test_usage_errors_exit_2(tmp_path):
 
 
 def test_paths_alone_ask_for_no_socket():
-    from hastaple.doctor.facts import Facts, SocketFact  # noqa: PLC0415
+    from hastaple.app.doctor.facts import Facts, SocketFact  # noqa: PLC0415
 
     now = dt.datetime.now(dt.UTC)
     assert list(checks.no_admin_socket(Facts(user="u", now=now))) == []

@@ -1,5 +1,5 @@
 """
-hastaple.fetch against real servers: openssl ocsp, the fault responder, a proxy.
+hastaple.engine.fetch against real servers: openssl ocsp, the fault responder, a proxy.
 
 Every failure must come out as FetchError with a sentence a person can act on;
 nothing else may escape.
@@ -25,11 +25,12 @@ from cryptography.x509 import ocsp
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from hastaple import __version__, fetch
+from hastaple import __version__
+from hastaple.core.ocsp import request
+from hastaple.engine import fetch_errors, proxies
+from hastaple.engine.fetch import Fetcher, Limits, OCSPReply
 from hastaple.errors import FetchError
-from hastaple.fetch import Fetcher, Limits, OCSPReply
-from hastaple.ocsp import request
-from responders import (
+from hastaple.testing.responders import (
     MB,
     Cut,
     Drip,
@@ -523,7 +524,7 @@ async def test_netrc_credentials_sent(monkeypatch, tmp_path, request_der):
 
 async def test_netrc_written_later_is_used_by_a_live_fetcher(monkeypatch, tmp_path, request_der):
     """The daemon's fetcher lives for days: a netrc created meanwhile is read within a recheck."""
-    monkeypatch.setattr(fetch, "NETRC_RECHECK", 0.2)
+    monkeypatch.setattr(proxies, "NETRC_RECHECK", 0.2)
     netrc = tmp_path / "netrc"
     monkeypatch.setenv("NETRC", str(netrc))  # not there yet
 
@@ -592,7 +593,7 @@ MAPPED = [
 @pytest.mark.parametrize(("exc", "problem"), MAPPED, ids=lambda v: type(v).__name__)
 def test_error_mapping(exc, problem):
     """Each transport exception becomes a FetchError with a sentence, chained from the original."""
-    with pytest.raises(FetchError) as info, fetch._MapErrors("http://r/", FAST):
+    with pytest.raises(FetchError) as info, fetch_errors.MapErrors("http://r/", FAST):
         raise exc
 
     assert info.value.problem == problem
@@ -603,7 +604,7 @@ def test_error_mapping_covers_every_caught_type():
     """Every type the mapping catches has a case above (httpx: test every mapped exception)."""
     tested = {type(exc) for exc, _ in MAPPED}
 
-    assert {caught for caught, _ in fetch._ERROR_MAP} <= tested
+    assert {caught for caught, _ in fetch_errors._ERROR_MAP} <= tested
 
 
 @pytest.mark.parametrize(
@@ -611,7 +612,7 @@ def test_error_mapping_covers_every_caught_type():
 )
 def test_error_mapping_lets_others_through(exc):
     """A FetchError passes unchanged and a bug is not disguised as a FetchError."""
-    with pytest.raises(type(exc)) as info, fetch._MapErrors("http://r/", FAST):
+    with pytest.raises(type(exc)) as info, fetch_errors.MapErrors("http://r/", FAST):
         raise exc
 
     assert info.value is exc

@@ -18,10 +18,10 @@ import pytest
 from click.testing import CliRunner
 
 from faults import FAULTS, Case
-from hastaple.cli import cli
-from hastaple.model import Status
-from hastaple.ocsp.validate import validate
-from pki import PKI, Issued, now
+from hastaple.app.cli import cli
+from hastaple.core.model import Status
+from hastaple.core.ocsp.validate import validate
+from hastaple.testing.pki import PKI, Issued, now
 
 
 async def hastaple(*args: str | Path, env: dict[str, str] | None = None) -> tuple[int, str, str]:

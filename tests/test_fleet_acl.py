@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 import redis_proc
-from hastaple.fetch import OCSPReply
-from hastaple.ocsp import request
-from hastaple.ocsp.validate import validate
+from hastaple.core.ocsp import request
+from hastaple.core.ocsp.validate import validate
+from hastaple.engine.fetch import OCSPReply
 from hastaple.stores import redis_url
 from hastaple.stores.coordinator import Coordinator
 from hastaple.stores.fleet import Fleet

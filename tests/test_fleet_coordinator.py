@@ -17,11 +17,11 @@ import logging
 import pytest
 
 import redis_proc
+from hastaple.core.model import Status
+from hastaple.core.ocsp import request
+from hastaple.core.ocsp.validate import validate
+from hastaple.engine.fetch import OCSPReply
 from hastaple.errors import FetchError
-from hastaple.fetch import OCSPReply
-from hastaple.model import Status
-from hastaple.ocsp import request
-from hastaple.ocsp.validate import validate
 from hastaple.stores import redis_url
 from hastaple.stores.coordinator import Coordinator, key_of
 from hastaple.stores.fleet import Fleet, Publication

@@ -322,7 +322,7 @@ async def test_tls_with_a_ca_file_and_a_client_certificate(tmp_path):
 def test_fetch_refuses_a_bad_fleet_before_any_work(tmp_path, flags, says):
     from click.testing import CliRunner  # noqa: PLC0415
 
-    from hastaple.cli import cli  # noqa: PLC0415
+    from hastaple.app.cli import cli  # noqa: PLC0415
 
     result = CliRunner().invoke(cli, ["fetch", str(tmp_path), *flags])
     assert result.exit_code == 2

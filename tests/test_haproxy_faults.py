@@ -26,10 +26,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fake_haproxy import NOGROUP, CommandReader, FakeHAProxy, Threaded, as_nobody, words
+from hastaple.core.ocsp.request import cert_id
 from hastaple.errors import ConfigError, HAProxyCommandFailed, HAProxyError, HAProxyUnreachable
 from hastaple.haproxy import protocol as p
 from hastaple.haproxy.deploy import RETRY_DELAYS, DeployItem, Session, deploy
-from hastaple.ocsp.request import cert_id
 
 CRT = "/etc/haproxy/certs/site.pem"
 OTHER = "/etc/haproxy/certs/other.pem"

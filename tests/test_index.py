@@ -8,13 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from hastaple import index, store
-from hastaple.discover import CertEntry
-from hastaple.fetch import Fetcher
-from hastaple.model import Action
-from hastaple.pipeline import Options, run
-from pki import now
-from responders import Serve
+from hastaple.core.model import Action, CertEntry
+from hastaple.engine.fetch import Fetcher
+from hastaple.engine.pipeline import Options, run
+from hastaple.stores import index, store
+from hastaple.testing.pki import now
+from hastaple.testing.responders import Serve
 
 
 @pytest.fixture(name="setup")
@@ -168,7 +167,7 @@ def test_signer_window_is_the_tightest(pki):
     this = now() - dt.timedelta(minutes=1)
     far = pki.responder.cert.not_valid_after_utc + dt.timedelta(days=30)
     der = pki.response(leaf.cert, this_update=this, next_update=far)
-    from hastaple.ocsp.validate import validate  # noqa: PLC0415
+    from hastaple.core.ocsp.validate import validate  # noqa: PLC0415
 
     verdict = validate(der, cert=leaf.cert, issuer=pki.intermediate.cert, now=now())
     start, end = index.signer_window(der, verdict)
@@ -178,7 +177,7 @@ def test_signer_window_is_the_tightest(pki):
 
 def test_fingerprint_if_only_for_our_bytes(tmp_path):
     """The identity is taken only when the file holds what we wrote (another writer raced us)."""
-    from hastaple.index import fingerprint, fingerprint_if  # noqa: PLC0415
+    from hastaple.stores.index import fingerprint, fingerprint_if  # noqa: PLC0415
 
     path = tmp_path / "site.pem.ocsp"
     path.write_bytes(b"ours")

@@ -17,11 +17,11 @@ import time
 from pathlib import Path
 
 from hastaple import config as cfgmod
-from hastaple import daemon as daemonmod
-from hastaple import index, lock
-from hastaple.fetch import Fetcher
-from hastaple.state import State
-from responders import Serve
+from hastaple.daemon import scheduler as daemonmod
+from hastaple.daemon.state import State
+from hastaple.engine.fetch import Fetcher
+from hastaple.stores import index, lock
+from hastaple.testing.responders import Serve
 
 SLOW = 4.0  # seconds the slow responder takes: long enough to start a second run
 

@@ -9,10 +9,10 @@ import pytest
 from aiohttp import web
 from click.testing import CliRunner
 
-from hastaple import metrics
-from hastaple.cli import cli
+from hastaple.app.cli import cli
+from hastaple.daemon import metrics
+from hastaple.daemon.state import Record
 from hastaple.errors import ConfigError
-from hastaple.state import Record
 
 
 @pytest.fixture(name="busy_port")

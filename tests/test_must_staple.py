@@ -16,9 +16,10 @@ import sqlite3
 from click.testing import CliRunner
 
 from hastaple import config as cfgmod
-from hastaple import metrics, schedule
-from hastaple.cli import cli
-from hastaple.state import DB_NAME, Record, State
+from hastaple.app.cli import cli
+from hastaple.core import schedule
+from hastaple.daemon import metrics
+from hastaple.daemon.state import DB_NAME, Record, State
 from test_daemon_sim import _make_world  # noqa: F401 - the make_world fixture
 from test_fetch_command import fetch_json
 

@@ -10,9 +10,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import pkcs7
 
-from hastaple import issuer, pem
+from hastaple.core import issuer
 from hastaple.errors import CertificateError
-from pki import make_ca
+from hastaple.sources import pem
+from hastaple.testing.pki import make_ca
 
 
 def test_bundle_leaf_key_chain(pki):

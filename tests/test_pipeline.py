@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import logging
 
-from hastaple import pipeline
-from hastaple.discover import CertEntry
-from hastaple.fetch import Fetcher, OCSPReply
-from hastaple.model import Action, Status
-from pki import now
-from responders import Serve
+from hastaple.core.model import Action, CertEntry, Status
+from hastaple.engine import pipeline
+from hastaple.engine.fetch import Fetcher, OCSPReply
+from hastaple.testing.pki import now
+from hastaple.testing.responders import Serve
 
 
 class BuggyFetcher(Fetcher):

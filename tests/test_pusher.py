@@ -1,5 +1,5 @@
 """
-Deploying in rounds while fetching (``hastaple.pusher``).
+Deploying in rounds while fetching (``hastaple.sinks.pusher``).
 
 A stored staple reaches HAProxy while later certificates are still being
 fetched, and a slow HAProxy holds the producers back instead of letting
@@ -18,14 +18,14 @@ from aiohttp import web
 from cryptography.x509 import ocsp
 
 from fake_haproxy import FakeHAProxy
-from hastaple import pipeline, pusher
-from hastaple.discover import CertEntry
-from hastaple.fetch import Fetcher
+from hastaple.core.model import Action, CertEntry, ResultRow, Status
+from hastaple.core.ocsp.request import cert_id
+from hastaple.engine import pipeline
+from hastaple.engine.fetch import Fetcher
 from hastaple.haproxy.deploy import DeployItem
-from hastaple.model import Action, ResultRow, Status
-from hastaple.ocsp.request import cert_id
-from pki import now
-from responders import OCSP_TYPE, FaultResponder, Serve
+from hastaple.sinks import pusher
+from hastaple.testing.pki import now
+from hastaple.testing.responders import OCSP_TYPE, FaultResponder, Serve
 
 
 @dataclass

@@ -13,13 +13,12 @@ import json
 import os
 import time
 
-from hastaple import pipeline
-from hastaple.discover import CertEntry
-from hastaple.fetch import Fetcher, Limits
-from hastaple.model import Action
-from hastaple.ocsp import request
-from pki import now
-from responders import FaultResponder, Serve, Stall
+from hastaple.core.model import Action, CertEntry
+from hastaple.core.ocsp import request
+from hastaple.engine import pipeline
+from hastaple.engine.fetch import Fetcher, Limits
+from hastaple.testing.pki import now
+from hastaple.testing.responders import FaultResponder, Serve, Stall
 from test_fetch_command import hastaple
 
 

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hastaple.schedule import (
+from hastaple.core.schedule import (
     DEFAULT_POLICY,
     Policy,
     Window,

@@ -21,9 +21,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fake_haproxy import NOBODY, NOGROUP, as_nobody
-from hastaple import store
+from hastaple.core.ocsp.validate import validate
 from hastaple.errors import InvalidResponse, StoreError
-from hastaple.ocsp.validate import validate
+from hastaple.stores import store
 from test_fetch_command import fetch_json, hastaple
 
 
@@ -136,7 +136,7 @@ async def test_state_dir_is_private(pki, fault_responder, tmp_path):
 def _der_cert(pki):
     from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
 
-    from responders import Serve  # noqa: PLC0415
+    from hastaple.testing.responders import Serve  # noqa: PLC0415
 
     der = pki.intermediate.cert.public_bytes(serialization.Encoding.DER)
     return Serve(der, content_type="application/pkix-cert")

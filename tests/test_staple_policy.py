@@ -15,10 +15,11 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
-from hastaple import pem, pipeline
-from hastaple.fetch import Fetcher
-from pki import PKI, Issued, make_ca, now
-from responders import Serve
+from hastaple.engine import issuers
+from hastaple.engine.fetch import Fetcher
+from hastaple.sources import pem
+from hastaple.testing.pki import PKI, Issued, make_ca, now
+from hastaple.testing.responders import Serve
 from test_fetch_command import fetch_json
 
 
@@ -157,7 +158,7 @@ async def _resolve(pki: PKI, leaf: Issued, state: Path, tmp_path: Path) -> x509.
     cert = tmp_path / "site.pem"
     cert.write_bytes(pki.bundle(leaf, chain=False))
     async with Fetcher() as fetcher:
-        issuer, issuer_pem = await pipeline.resolve_issuer(
+        issuer, issuer_pem = await issuers.resolve_issuer(
             cert, pem.parse_file(cert), fetcher, state
         )
     assert issuer_pem is not None  # not in the chain: HAProxy needs it sent
@@ -233,7 +234,7 @@ async def test_a_stale_issuer_is_used_when_the_url_fails(pki, fault_responder, t
     old = (now() - dt.timedelta(days=7, hours=1)).timestamp()  # AIA_MAX_AGE and more
     os.utime(_cache_file(state), (old, old))
     fault_responder.on("aia", Serve(b"down", status=503))
-    with caplog.at_level(logging.WARNING, logger="hastaple.pipeline"):
+    with caplog.at_level(logging.WARNING, logger="hastaple.engine.issuers"):
         assert await _resolve(pki, leaf, state, tmp_path) == pki.intermediate.cert
     assert "using the issuer cached from" in caplog.text
     assert len(fault_responder.seen_under("aia")) == 2

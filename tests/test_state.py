@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from hastaple import state as st
-from hastaple.cli import cli
+from hastaple.app.cli import cli
+from hastaple.core.schedule import Window
+from hastaple.daemon import state as st
 from hastaple.errors import ConfigError
-from hastaple.schedule import Window
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from hastaple import store
 from hastaple.errors import StoreError
+from hastaple.stores import store
 
 
 def test_write_creates_file_with_mode_and_no_leftovers(tmp_path):

@@ -11,8 +11,8 @@ import sys
 import termios
 from pathlib import Path
 
-from pki import PKI
-from responders import OpensslResponder
+from hastaple.testing.pki import PKI
+from hastaple.testing.responders import OpensslResponder
 from test_fetch_command import hastaple
 
 ESC = "\x1b["
@@ -98,8 +98,8 @@ def test_table_shows_brackets_literally():
     """Paths and errors with [brackets] are printed as they are, not read as markup."""
     import io  # noqa: PLC0415 - this test only
 
-    from hastaple import render  # noqa: PLC0415
-    from hastaple.model import Action, ResultRow, Status  # noqa: PLC0415
+    from hastaple.app import render  # noqa: PLC0415
+    from hastaple.core.model import Action, ResultRow, Status  # noqa: PLC0415
 
     row = ResultRow(
         "/certs/[old]/a.pem", None, Status.ERROR, Action.FAILED,

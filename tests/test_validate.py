@@ -17,10 +17,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import der_edit
+from hastaple.core.model import Status
+from hastaple.core.ocsp.validate import MAX_DER_BYTES, validate
 from hastaple.errors import InvalidResponse
-from hastaple.model import Status
-from hastaple.ocsp.validate import MAX_DER_BYTES, validate
-from pki import PKI, Issued, issue, now
+from hastaple.testing.pki import PKI, Issued, issue, now
 
 _EDWARDS = (ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey)
 
@@ -340,7 +340,7 @@ def test_downloaded_issuer_with_an_unknown_key_type_is_no_issuer(pki, leaf):
     issuer.choose raised UnsupportedAlgorithm from the signature check, which
     crashed fetch's AIA step (and verify's) instead of trying the next one.
     """
-    from hastaple import issuer as issuers  # noqa: PLC0415
+    from hastaple.core import issuer as issuers  # noqa: PLC0415
 
     weird = x509.load_der_x509_certificate(
         der_edit.recertify(pki, pki.intermediate.cert, der_edit._unknown_key)
@@ -546,7 +546,7 @@ def _reissue(pki: PKI, template, key):
 
 def test_cert_id_is_haproxys_key(pki, leaf):
     """The CertID taken from the request is HAProxy's 'OCSP Response Key' (docs/haproxy.md)."""
-    from hastaple.ocsp import request  # noqa: PLC0415
+    from hastaple.core.ocsp import request  # noqa: PLC0415
 
     cid = request.cert_id_of(request.build(leaf.cert, pki.intermediate.cert))
     assert cid == request.cert_id(leaf.cert, pki.intermediate.cert)

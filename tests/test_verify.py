@@ -21,11 +21,11 @@ from cryptography import x509
 from OpenSSL import SSL
 
 import der_edit
-from hastaple import verify
+from hastaple.app import verify
+from hastaple.app.verify import Handshake, Target, VerifyError
+from hastaple.core.model import Status
 from hastaple.errors import ConfigError
-from hastaple.model import Status
-from hastaple.verify import Handshake, Target, VerifyError
-from pki import Issued, now
+from hastaple.testing.pki import Issued, now
 
 T = Target("127.0.0.1", 8443, "www.example.test")
 
@@ -491,7 +491,7 @@ def test_targets_from_combines_addresses_and_servernames():
 
 
 def _run(*args):
-    from hastaple.cli import cli  # noqa: PLC0415 - the CLI imports every module
+    from hastaple.app.cli import cli  # noqa: PLC0415 - the CLI imports every module
 
     return CliRunner().invoke(cli, ["verify", *args])
 
@@ -536,7 +536,7 @@ def test_cli_at_judges_another_time(pki, leaf):
 
 def test_cli_colour_only_on_a_terminal(pki, leaf):
     """With colour on (a terminal) the summary is coloured; plain otherwise (tested above)."""
-    from hastaple.cli import cli  # noqa: PLC0415
+    from hastaple.app.cli import cli  # noqa: PLC0415
 
     with StaplingServer(leaf, [pki.intermediate.cert], pki.response(leaf.cert)) as server:
         result = CliRunner().invoke(cli, ["verify", f"127.0.0.1:{server.port}"], color=True)
@@ -648,8 +648,8 @@ def test_must_staple_without_staple_fails_with_its_own_message(pki):
 
 def test_must_staple_detection():
     """is_must_staple reads the TLS Feature extension (status_request) and nothing else."""
-    from hastaple.certs import is_must_staple  # noqa: PLC0415
-    from pki import PKI  # noqa: PLC0415
+    from hastaple.core.certs import is_must_staple  # noqa: PLC0415
+    from hastaple.testing.pki import PKI  # noqa: PLC0415
 
     pki = PKI.build()
     assert is_must_staple(pki.leaf("m.test", must_staple=True).cert)
@@ -746,7 +746,7 @@ async def test_chainless_server_issuer_comes_from_aia(pki, fault_responder):
     """
     from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
 
-    from responders import Serve  # noqa: PLC0415
+    from hastaple.testing.responders import Serve  # noqa: PLC0415
 
     der = pki.intermediate.cert.public_bytes(serialization.Encoding.DER)
     url = fault_responder.on("ca", Serve(der, content_type="application/pkix-cert"))

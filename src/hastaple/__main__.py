@@ -1,5 +1,5 @@
 """Allow ``python -m hastaple``."""
 
-from hastaple.cli import main
+from hastaple.app.cli import main
 
 main()

@@ -22,9 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hastaple.core.schedule import DEFAULT_POLICY, Policy
 from hastaple.errors import ConfigError
-from hastaple.schedule import DEFAULT_POLICY, Policy
-from hastaple.stores import redis_url
 
 # Seconds for one whole exchange with a responder (``fetch --timeout``, the daemon).
 FETCH_TIMEOUT = 15.0
@@ -307,8 +306,10 @@ def check_fleet_prefix(value: str) -> None:
 
 
 def _check_fleet(value: str) -> None:
-    if value:
-        redis_url.parse(value)
+    # The whole URL is read by stores.redis_url when the command starts (exit 2
+    # there too); here only what shows a value in the wrong key.
+    if value and value.partition("://")[0].lower() not in {"redis", "rediss", "unix"}:
+        raise ValueError(f"{value!r}: a fleet URL starts redis://, rediss:// or unix://")
 
 
 def _check_lease(value: dt.timedelta) -> None:

@@ -8,11 +8,12 @@ Every expected failure of hastaple, as one tree.
     ├─ InvalidResponse(reason)    the validator's only exception
     ├─ StoreError(path)           the staple could not be written
     ├─ StateBusy(path)            another run held the state directory too long
+    ├─ VerifyError(target)        verify: endpoint unreachable, TLS handshake failed
     └─ HAProxyError(socket)
        ├─ HAProxyUnreachable      no such socket, refused, timed out
        └─ HAProxyCommandFailed    HAProxy answered, but not with success
 
-Anything else that escapes a module is a bug: pipeline.py reports it as an
+Anything else that escapes a module is a bug: engine/refresh.py reports it as an
 "internal error" row with its traceback in the log.
 """
 
@@ -75,6 +76,15 @@ class StateBusy(HastapleError):  # noqa: N818 - reads as a state, like HAProxyUn
             f"{self.path.parent}: in use by {holder}; gave up after waiting {waited:g} s "
             "(another hastaple run on the same state directory)"
         )
+
+
+class VerifyError(HastapleError):
+    """The endpoint could not be reached or the TLS handshake failed (``verify``)."""
+
+    def __init__(self, target: str, problem: str) -> None:
+        self.target = target
+        self.problem = problem
+        super().__init__(f"{target}: {problem}")
 
 
 class HAProxyError(HastapleError):

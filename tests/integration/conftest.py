@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-import haproxy_proc
+from hastaple.testing import haproxy as haproxy_proc
 
 
 @pytest.fixture(name="haproxy_binary", params=haproxy_proc.VERSIONS)

@@ -25,10 +25,10 @@ from pathlib import Path
 
 import pytest
 
-import haproxy_proc
 from faults import DAY, FAULTS, Case
-from pki import now
-from responders import FaultResponder, Serve
+from hastaple.testing import haproxy as haproxy_proc
+from hastaple.testing.pki import now
+from hastaple.testing.responders import FaultResponder, Serve
 
 pytestmark = pytest.mark.integration
 

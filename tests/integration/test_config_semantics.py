@@ -17,13 +17,13 @@ from pathlib import Path
 
 import pytest
 
-import haproxy_proc
 from hastaple.config import Config
-from hastaple.daemon import Daemon
-from hastaple.discover import discover
-from hastaple.fetch import Fetcher
-from hastaple.schedule import Policy
-from hastaple.state import State
+from hastaple.core.schedule import Policy
+from hastaple.daemon.scheduler import Daemon
+from hastaple.daemon.state import State
+from hastaple.engine.fetch import Fetcher
+from hastaple.sources.discover import discover
+from hastaple.testing import haproxy as haproxy_proc
 from test_fetch_command import fetch_json
 
 pytestmark = pytest.mark.integration

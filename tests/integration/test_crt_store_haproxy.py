@@ -18,12 +18,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-import haproxy_proc
 from hastaple.config import Config
-from hastaple.daemon import Daemon
-from hastaple.fetch import Fetcher
-from hastaple.schedule import Policy
-from hastaple.state import State
+from hastaple.core.schedule import Policy
+from hastaple.daemon.scheduler import Daemon
+from hastaple.daemon.state import State
+from hastaple.engine.fetch import Fetcher
+from hastaple.testing import haproxy as haproxy_proc
 from test_fetch_command import fetch_json, valid_staple
 
 pytestmark = pytest.mark.integration
@@ -38,7 +38,8 @@ def _world(pki, responder, crt_dir: Path, tmp_path: Path) -> tuple[str, str, dic
         leaves[name] = pki.leaf(f"{name}.test", ocsp_url=responder.url)
         responder.add(leaves[name].cert)
         pki.write(crt_dir, f"{name}.pem", leaves[name])
-    # The files named by 'ocsp' must exist before HAProxy starts; empty is accepted (§3i).
+    # The files named by 'ocsp' must exist before HAProxy starts; empty is accepted
+    # (docs/haproxy.md, "HAProxy 3.0: crt-store").
     for name in ("named", "anon", "listed"):
         (crt_dir / f"{name}.ocsp").write_bytes(b"")
     crt_list = tmp_path / "list.txt"
@@ -254,7 +255,7 @@ def test_verify_checks_crt_store_binds(pki, crt_dir, tmp_path):
     workdir.mkdir()
     hap = haproxy_proc.start(binary, workdir, crt_dir, certs='crt "@web/v"', sections=sections)
     try:
-        from hastaple.cli import cli  # noqa: PLC0415 - the CLI imports every module
+        from hastaple.app.cli import cli  # noqa: PLC0415 - the CLI imports every module
 
         result = CliRunner().invoke(
             cli, ["verify", "--haproxy-config", str(workdir / "haproxy.cfg"), "--json"]

@@ -13,12 +13,12 @@ import time
 
 import pytest
 
-import haproxy_proc
 from hastaple.config import Config
-from hastaple.daemon import Daemon
-from hastaple.fetch import Fetcher
-from hastaple.schedule import Policy
-from hastaple.state import State
+from hastaple.core.schedule import Policy
+from hastaple.daemon.scheduler import Daemon
+from hastaple.daemon.state import State
+from hastaple.engine.fetch import Fetcher
+from hastaple.testing import haproxy as haproxy_proc
 
 pytestmark = pytest.mark.integration
 

@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from hastaple import demo
+from hastaple.app import demo
 
 DEMO_SECONDS = 10.0
 
 
 def _demo(*args):
-    from hastaple.cli import cli  # noqa: PLC0415 - the CLI imports every module
+    from hastaple.app.cli import cli  # noqa: PLC0415 - the CLI imports every module
 
     started = time.monotonic()
     result = CliRunner().invoke(cli, ["demo", *args])
@@ -118,17 +118,20 @@ def test_haproxy_that_cannot_start_is_reported_and_exit_1(tmp_path):
 
 
 async def test_responder_refuses_unknown_certificates():
-    """The demo responder answers only for certificates it was told about."""
+    """The demo's responder answers only for certificates its CA was told about."""
     from cryptography.x509 import ocsp  # noqa: PLC0415
 
-    from hastaple.ocsp.request import build  # noqa: PLC0415
+    from hastaple.core.ocsp.request import build  # noqa: PLC0415
+    from hastaple.engine.fetch import Fetcher  # noqa: PLC0415
 
-    async with demo.responder() as r:
-        pki = demo.build_pki(r.url, now=dt.datetime.now(dt.UTC))
-        request = build(pki.leaf.cert, pki.intermediate.cert)
-        refused = ocsp.load_der_ocsp_response(r.answer(request, now=dt.datetime.now(dt.UTC)))
+    async with demo.responder() as (server, pki, ca), Fetcher() as fetcher:
+        url = server.url_for(None)
+        leaf = pki.leaf(demo.SERVER_NAME, ocsp_url=url)
+        request = build(leaf.cert, pki.intermediate.cert)
+        refused = ocsp.load_der_ocsp_response((await fetcher.ocsp(url, request)).der)
         assert refused.response_status is ocsp.OCSPResponseStatus.UNAUTHORIZED
-        r.known[pki.leaf.cert.serial_number] = pki.leaf.cert
-        r.signer, r.issuer = pki.signer, pki.intermediate
-        good = ocsp.load_der_ocsp_response(r.answer(request, now=dt.datetime.now(dt.UTC)))
+        ca.add(leaf.cert)
+        good = ocsp.load_der_ocsp_response((await fetcher.ocsp(url, request)).der)
         assert good.certificate_status is ocsp.OCSPCertStatus.GOOD
+        left = good.next_update_utc - dt.datetime.now(dt.UTC)
+        assert dt.timedelta(hours=23) < left <= demo.RESPONSE_VALIDITY

@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 from cryptography.x509 import ocsp
 
-import haproxy_proc
+from hastaple.core.ocsp.request import cert_id
 from hastaple.errors import HAProxyUnreachable
 from hastaple.haproxy import client, protocol
 from hastaple.haproxy.deploy import DeployItem, Session, deploy
-from hastaple.ocsp.request import cert_id
-from pki import now
+from hastaple.testing import haproxy as haproxy_proc
+from hastaple.testing.pki import now
 
 pytestmark = pytest.mark.integration
 
@@ -103,7 +103,8 @@ async def test_same_certificate_in_a_second_file_without_ocsp(pki, crt_dir, star
     leaf = pki.leaf("twice.test")
     first = pki.write(crt_dir, "twice-a.pem", leaf)
     second = pki.write(crt_dir, "twice-b.pem", leaf)
-    first.with_name("twice-a.pem.ocsp").write_bytes(b"")  # registered at start (§0.2)
+    # registered at start (docs/haproxy.md, "The pitfall: unregistered certificates")
+    first.with_name("twice-a.pem.ocsp").write_bytes(b"")
     hap = start_haproxy()
 
     a, b = await deploy(str(hap.socket), [_item(pki, leaf, first), _item(pki, leaf, second)])

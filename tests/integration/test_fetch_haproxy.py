@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-import haproxy_proc
-from pki import PKI, Issued, now
-from responders import Serve
+from hastaple.testing import haproxy as haproxy_proc
+from hastaple.testing.pki import PKI, Issued, now
+from hastaple.testing.responders import Serve
 from test_fetch_command import fetch_json
 
 pytestmark = pytest.mark.integration

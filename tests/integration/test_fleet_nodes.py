@@ -25,13 +25,13 @@ from pathlib import Path
 
 import pytest
 
-import haproxy_proc
 import redis_proc
-from hastaple.ocsp.validate import validate
+from hastaple.core.ocsp.validate import validate
 from hastaple.stores import redis_url
 from hastaple.stores.fleet import Fleet
-from pki import PKI, Issued
-from responders import Sign
+from hastaple.testing import haproxy as haproxy_proc
+from hastaple.testing.behaviours import Sign
+from hastaple.testing.pki import PKI, Issued
 
 pytestmark = [
     pytest.mark.integration,
@@ -242,7 +242,7 @@ async def test_forged_entries_are_rejected_and_the_right_staple_served(
 def _issuer_key_hash(pki: PKI) -> str:
     from cryptography.x509 import ocsp  # noqa: PLC0415
 
-    from hastaple.ocsp import request  # noqa: PLC0415
+    from hastaple.core.ocsp import request  # noqa: PLC0415
 
     leaf = pki.leaf("k.fleet.test")
     req = ocsp.load_der_ocsp_request(request.build(leaf.cert, pki.intermediate.cert))

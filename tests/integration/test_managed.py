@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-import haproxy_proc
+from hastaple.testing import haproxy as haproxy_proc
 from test_fetch_command import fetch_json
 
 pytestmark = pytest.mark.integration
@@ -46,7 +46,8 @@ async def test_managed_certificate_stays_with_haproxy_updater(
         )
         assert by_name["ours.pem"]["action"] == "deployed"
         assert not (crt_dir / "managed.pem.ocsp").exists()
-        # Still owned by HAProxy's updater: one look, never a polling loop (§5.11).
+        # Still owned by HAProxy's updater: one look, never a polling loop
+        # (docs/haproxy.md, "HAProxy's own updater").
         assert f"{crt_dir}/managed.pem" in hap.command("show ssl ocsp-updates")
         assert "Cert Status: good" in haproxy_proc.staple(hap.port, "ours.example.test")
     finally:

@@ -28,10 +28,10 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-import haproxy_proc
 import prometheus_proc
-from pki import now as pki_now
-from responders import OCSP_TYPE, FaultResponder, Serve
+from hastaple.testing import haproxy as haproxy_proc
+from hastaple.testing.pki import now as pki_now
+from hastaple.testing.responders import OCSP_TYPE, FaultResponder, Serve
 
 pytestmark = pytest.mark.integration
 

@@ -10,14 +10,14 @@ import pytest
 from click.testing import CliRunner
 
 import der_edit
-import haproxy_proc
-from pki import now
+from hastaple.testing import haproxy as haproxy_proc
+from hastaple.testing.pki import now
 
 pytestmark = pytest.mark.integration
 
 
 def _verify(*args):
-    from hastaple.cli import cli  # noqa: PLC0415 - the CLI imports every module
+    from hastaple.app.cli import cli  # noqa: PLC0415 - the CLI imports every module
 
     return CliRunner().invoke(cli, ["verify", *args])
 

@@ -1,8 +1,10 @@
 """
 haproxy.cfg lines split into words exactly as HAProxy's parse_line() does (src/tools.c).
 
-Pure: text and an environment mapping in, words out, no I/O. Used by
-``hastaple.discover``; checked against HAProxy 2.6 and 2.8 there (tests/test_discover.py).
+Also the keyword tables the readers share (sections, bind options that take
+an argument). Pure: text and an environment mapping in, words out, no I/O.
+Used by ``hastaple.haproxy.cfgfile`` and ``crtlist``; checked against HAProxy
+2.6 and 2.8 (tests/test_discover.py). Must not read files or run HAProxy.
 """
 
 from __future__ import annotations
@@ -14,6 +16,87 @@ from hastaple.errors import ConfigError
 
 #: C isspace(), what HAProxy splits on.
 SPACE = " \t\n\v\f\r"
+
+#: The words of ``ssl-load-extra-files`` besides ``all`` and ``none``.
+EXTRA_FILE_KINDS = frozenset({"bundle", "sctl", "ocsp", "issuer", "key"})
+
+
+#: The section keywords: a line starting with one opens that section.
+SECTIONS = frozenset(
+    {
+        "global",
+        "defaults",
+        "frontend",
+        "backend",
+        "listen",
+        "peers",
+        "resolvers",
+        "userlist",
+        "mailers",
+        "program",
+        "http-errors",
+        "ring",
+        "cache",
+        "fcgi-app",
+        "crt-store",
+        "log-forward",
+        "traces",
+    }
+)
+
+
+#: Bind options that name a certificate file or directory.
+CRT_KEYWORDS = frozenset({"crt", "default-crt"})
+
+
+# bind / stats socket options that take one argument: skipping the argument
+# keeps "name crt" from reading as a "crt" keyword.
+ARG_KEYWORDS = frozenset(
+    {
+        "accept-netscaler-cip",
+        "alpn",
+        "backlog",
+        "ca-file",
+        "ca-ignore-err",
+        "ca-sign-file",
+        "ca-sign-pass",
+        "ciphers",
+        "ciphersuites",
+        "client-sigalgs",
+        "crl-file",
+        "crt-ignore-err",
+        "curves",
+        "ecdhe",
+        "expose-fd",
+        "gid",
+        "group",
+        "id",
+        "interface",
+        "label",
+        "level",
+        "maxconn",
+        "mode",
+        "mss",
+        "name",
+        "namespace",
+        "nice",
+        "npn",
+        "process",
+        "proto",
+        "quic-cc-algo",
+        "severity-output",
+        "shards",
+        "sigalgs",
+        "ssl-max-ver",
+        "ssl-min-ver",
+        "tcp-ut",
+        "thread",
+        "tls-ticket-keys",
+        "uid",
+        "user",
+        "verify",
+    }
+)
 
 
 class _Line:

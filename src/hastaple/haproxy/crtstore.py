@@ -1,7 +1,7 @@
 """
 HAProxy 3.x ``crt-store`` sections: which certificate files they load, and by which name.
 
-Pure: configuration words in, values out, no I/O. ``hastaple.discover`` feeds
+Pure: configuration words in, values out, no I/O. ``hastaple.sources.discover`` feeds
 every line of haproxy.cfg to a ``CrtStoreReader`` and looks ``crt`` arguments
 and crt-list entries up in the resulting ``CrtStores``.
 

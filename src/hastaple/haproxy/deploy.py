@@ -6,7 +6,8 @@ path ``set ssl ocsp-response``, then ``show ssl cert`` (is this file
 registered, under our CertID?) and the read-back of the served response, on
 2.8 ``show ssl ocsp-response base64 <key>`` compared byte for byte, on older
 versions (``show info``'s Version) the text dump compared on status and
-times; neither "updated" nor "Success!" proves a staple (§0.5, §5.3). A file
+times; neither "updated" nor "Success!" proves a staple (docs/haproxy.md,
+"What HAProxy checks, and what it does not"). A file
 HAProxy loaded without ``.ocsp`` (the pitfall) has no OCSP key: it then takes
 ``set ssl cert <crt>.ocsp <<`` (+ ``.issuer`` for a chainless PEM) and
 ``commit ssl cert`` in one transaction, committed only when every part was
@@ -63,7 +64,7 @@ class DeployItem:
     One validated response to load for one certificate.
 
     ``crt`` is the path as HAProxy names it; ``cert_id`` the DER CertID
-    (``hastaple.ocsp.request.cert_id``); ``issuer_pem`` is sent as
+    (``hastaple.core.ocsp.request.cert_id``); ``issuer_pem`` is sent as
     ``<crt>.issuer`` when the PEM has no chain.
     """
 
@@ -321,7 +322,8 @@ class _Run:
         Up to CHUNK items: the fast path and its read-back in one pipelined round.
 
         Per certificate ``set ssl ocsp-response``, then ``show ssl cert`` (is
-        this file registered under our CertID? §0.5, §3c: registration is per
+        this file registered under our CertID? (docs/haproxy.md, "The pitfall:
+        unregistered certificates"): registration is per
         file) and the read-back of what is served. A file that is not
         registered (the pitfall) takes the transaction path afterwards, and
         its own read-back. Chunks bound what is held at once (commands,
@@ -559,7 +561,11 @@ class _Run:
         return None
 
     async def _read_back(self, done: list[tuple[int, DeployItem]]) -> list[tuple[int, str]]:
-        """Check what HAProxy serves for each committed item (§0.5): registered, ours."""
+        """
+        Check what HAProxy serves for each committed item: registered, ours.
+
+        docs/haproxy.md, "What HAProxy checks, and what it does not".
+        """
         errors: list[tuple[int, str]] = []
         checks: list[tuple[int, DeployItem, list[protocol.Command]]] = []
         for i, item in done:

@@ -136,7 +136,8 @@ class Command:
 
         Raises:
             HAProxyCommandFailed: the command does not fit tune.bufsize (it is
-                refused here because 2.6 would just close the connection, §0.7),
+                refused here because 2.6 would just close the connection:
+                docs/haproxy.md, "Commands, connections and buffer size"),
                 or it holds a control character.
         """
         prefix = address.prefix if self.for_worker else ""
@@ -190,12 +191,20 @@ def set_ocsp_response(der: bytes, *, payload: bool = False) -> Command:
 
 
 def set_cert_ocsp(crt: str, der: bytes) -> Command:
-    """``set ssl cert <crt>.ocsp <<``: payload form only (one-line is refused, §3d D1)."""
+    """
+    ``set ssl cert <crt>.ocsp <<``: payload form only; the one-line form is refused.
+
+    docs/haproxy.md, "Loading a staple without a reload".
+    """
     return Command(f"set ssl cert {_arg(crt + '.ocsp')}", _b64_lines(der))
 
 
 def set_cert_issuer(crt: str, pem: bytes) -> Command:
-    """``set ssl cert <crt>.issuer <<``: the issuer for a PEM without chain (§3d D3)."""
+    """
+    ``set ssl cert <crt>.issuer <<``: the issuer for a PEM without chain.
+
+    docs/haproxy.md, "Loading a staple without a reload".
+    """
     lines = [line for line in pem.decode("ascii").splitlines() if line.strip()]
     return Command(f"set ssl cert {_arg(crt + '.issuer')}", "\n".join(lines))
 
@@ -222,7 +231,9 @@ def show_ocsp_response(key_hex: str) -> Command:
 
 def show_ocsp_response_der(key_hex: str) -> Command:
     """
-    ``show ssl ocsp-response base64 <key>``: the served DER itself (2.8 on, §2).
+    ``show ssl ocsp-response base64 <key>``: the served DER itself (2.8 on).
+
+    docs/haproxy.md, "Versions".
 
     Exact to compare, and about 40 times cheaper for HAProxy than the text
     dump, which prints the whole response with its signer certificate
@@ -327,7 +338,8 @@ def _summary(text: str) -> str:
     """
     One line saying why: drop ``Committing <crt>.`` and join the rest.
 
-    A failed commit's reason is on the line after ``Committing`` (§3d D3), and
+    A failed commit's reason is on the line after ``Committing`` (docs/haproxy.md,
+    "Loading a staple without a reload"), and
     ``HAProxyCommandFailed`` shows only a reply's first line.
     """
     lines = [line.strip() for line in text.splitlines() if line.strip()]
@@ -340,14 +352,23 @@ def _check_common(socket: str, command: Command, reply: Reply) -> None:
 
 
 def parse_set_ocsp_response(socket: str, command: Command, reply: Reply) -> None:
-    """Accept ``OCSP Response updated!`` (§3b); the pitfall text and the rest fail."""
+    """
+    Accept ``OCSP Response updated!``; the pitfall text and the rest fail.
+
+    docs/haproxy.md, "Loading a staple without a reload" and "The pitfall: unregistered
+    certificates".
+    """
     _check_common(socket, command, reply)
     if reply.text.strip() != "OCSP Response updated!":
         raise _fail(socket, command, reply)
 
 
 def parse_set_cert(socket: str, command: Command, reply: Reply) -> None:
-    """Accept ``Transaction created|updated for certificate <crt>!`` (§3d)."""
+    """
+    Accept ``Transaction created|updated for certificate <crt>!``.
+
+    docs/haproxy.md, "Loading a staple without a reload".
+    """
     _check_common(socket, command, reply)
     if not re.fullmatch(r"Transaction (created|updated) for certificate .*!", reply.text.strip()):
         raise _fail(socket, command, reply)
@@ -358,7 +379,8 @@ def parse_commit(socket: str, command: Command, reply: Reply) -> None:
     Accept a commit ending in ``Success!`` that does not mention ignored content.
 
     2.8 says ``Loading: <reason>. Content will be ignored.`` before ``Success!``
-    when the ``.ocsp`` was invalid (§3f); that is a failure for us.
+    when the ``.ocsp`` was invalid (docs/haproxy.md, "What HAProxy checks, and what
+    it does not"); that is a failure for us.
     """
     _check_common(socket, command, reply)
     lines = [line.strip() for line in reply.text.splitlines() if line.strip()]
@@ -386,7 +408,11 @@ class CertInfo:
 
     @property
     def registered(self) -> bool:
-        """Whether ``set ssl ocsp-response`` can work for this certificate (§3c)."""
+        """
+        Whether ``set ssl ocsp-response`` can work for this certificate.
+
+        docs/haproxy.md, "The pitfall: unregistered certificates".
+        """
         return self.ocsp_key is not None
 
 

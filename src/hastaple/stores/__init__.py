@@ -1,9 +1,10 @@
 """
-Where staples are kept besides each certificate's ``<crt>.ocsp`` file.
+Where staples are kept: the file store (atomic writes, validation index, run lock).
 
-The file system stays the embedded default and the only place HAProxy reads
-from. A store here is shared between hastaple nodes (``fleet``: a Redis or
-Valkey server), so a fleet of HAProxy nodes asks the CA once per certificate.
-Nothing read from a shared store is trusted: every entry is validated as if a
-responder had sent it (``coordinator``).
+The file system is the embedded default and the only place HAProxy reads
+from. With ``--fleet``, staples are also shared between hastaple nodes
+through a Redis or Valkey server (``fleet``, ``layout``), so a fleet of
+HAProxy nodes asks the CA once per certificate; nothing read from it is
+trusted: every entry is validated as if a responder had sent it
+(``coordinator``).
 """

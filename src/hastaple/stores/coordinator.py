@@ -32,13 +32,13 @@ import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from cryptography.x509 import ocsp
 
-from hastaple import schedule
+from hastaple.core import schedule
+from hastaple.core.model import Status, Verdict, rfc3339
 from hastaple.errors import HastapleError
-from hastaple.fetch import OCSPReply
-from hastaple.model import Status, Verdict, rfc3339
 from hastaple.stores import redis_url
 from hastaple.stores.fleet import Entry, Fleet, Lease, Publication, StapleKey
 
@@ -50,6 +50,19 @@ _LOGGED_MAX = 100_000  # rejected entries remembered for "log once"
 # Lease attempts before asking the CA regardless: a changed entry, a wait for a
 # live holder, a wait for a dead one's lease to expire.
 _ROUNDS = 3
+
+
+class Reply(Protocol):
+    """A CA's answer as the fetcher gives it (``engine.fetch.OCSPReply``), not yet validated."""
+
+    @property
+    def der(self) -> bytes: ...  # noqa: D102
+    @property
+    def url(self) -> str: ...  # noqa: D102
+    @property
+    def max_age(self) -> int | None: ...  # noqa: D102
+    @property
+    def elapsed(self) -> float: ...  # noqa: D102
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +96,7 @@ class Coordinator:
         request_der: bytes,
         *,
         check: Callable[[bytes], Verdict],
-        ask_ca: Callable[[], Awaitable[OCSPReply]],
+        ask_ca: Callable[[], Awaitable[Reply]],
         now: dt.datetime,
         held: Verdict | None = None,
         force: bool = False,
@@ -215,7 +228,7 @@ class Coordinator:
     async def _from_ca(
         self,
         key: StapleKey,
-        ask_ca: Callable[[], Awaitable[OCSPReply]],
+        ask_ca: Callable[[], Awaitable[Reply]],
         check: Callable[[bytes], Verdict],
         *,
         token: str,

@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hastaple import store
 from hastaple.errors import StoreError
+from hastaple.stores import store
 
 if TYPE_CHECKING:  # ``status`` reads the file without importing redis-py
     from hastaple.stores.coordinator import Coordinator

@@ -1,0 +1,1 @@
+"""What a person runs: the command line, its output, verify, demo and doctor."""

@@ -1,0 +1,127 @@
+"""
+What one pipeline outcome means for a certificate's record, and when it is due next.
+
+``after_refresh`` turns a row (fetched, fresh, failed...) into the next
+``Record``: status, times, failures and ``next_refresh`` from
+``core.schedule``; ``after_repush`` does the same for a staple re-pushed to
+one socket. Pure: the clock, the rng and the policy come in as arguments.
+Owns: the per-certificate bookkeeping rules. Must not do I/O, log, or count
+metrics (the daemon does, with what these return).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import random
+
+from hastaple.core import schedule
+from hastaple.core.model import Action, ResultRow, Status
+from hastaple.daemon.state import Record
+
+
+def after_refresh(
+    rec: Record,
+    row: ResultRow,
+    *,
+    asked: bool,
+    max_age: int | None,
+    now: dt.datetime,
+    rng: random.Random,
+    policy: schedule.Policy,
+) -> Record:
+    """
+    ``rec`` after the pipeline handled it with result ``row``.
+
+    ``asked``: a responder was asked (its ``max_age`` hint applies).
+    """
+    result = result_of(row)
+    base = dataclasses.replace(
+        rec, ocsp_url=row.ocsp_url, result=result, error=row.error, last_attempt=now,
+        haproxy=served(rec, row.haproxy),
+    )  # fmt: skip
+    if has_staple(row):
+        new = dataclasses.replace(
+            base,
+            status=row.status.value,
+            this_update=row.this_update,
+            next_update=row.next_update,
+            # The max-age hint belongs to an answer from the CA; none was asked.
+            fetched_at=now if asked else None,
+            max_age=max_age if asked else None,
+            last_success=now if asked else rec.last_success,
+            # A staple HAProxy refused is a failure too (the next fetch is
+            # still planned from the staple: the CA is not the problem).
+            failures=rec.failures + 1 if refused(row) else 0,
+        )
+        return dataclasses.replace(
+            new, next_refresh=schedule.next_refresh(new.window(), now, 0, rng, policy)
+        )
+    if row.status in {Status.NO_OCSP, Status.MANAGED}:
+        return dataclasses.replace(
+            base, status=row.status.value, failures=0, next_refresh=now + policy.interval
+        )
+    failures = rec.failures + 1
+    return dataclasses.replace(
+        base,
+        status=_failed_status(row, rec),
+        failures=failures,
+        next_refresh=schedule.next_refresh(rec.window(), now, failures, rng, policy),
+    )
+
+
+def after_repush(rec: Record, socket: str, how: str, error: str | None) -> Record:
+    """``rec`` after its staple was pushed again to ``socket`` (``how``: the push's result)."""
+    new = dataclasses.replace(rec, haproxy=served(rec, {socket: how}))
+    if how == "error":
+        return dataclasses.replace(new, failures=rec.failures + 1, error=error)
+    if deployed(new):
+        return dataclasses.replace(new, failures=0, error=None)
+    return new
+
+
+def refused(row: ResultRow) -> list[str]:
+    """The sockets that did not take the row's staple."""
+    return [sock for sock, how in row.haproxy.items() if how == "error"]
+
+
+def hint_due(rec: Record, now: dt.datetime) -> bool:
+    """Whether a max-age hint (RFC 5019), not the half-life, made this one due."""
+    if rec.this_update is None or rec.next_update is None or rec.max_age is None:
+        return False
+    return schedule.is_fresh(rec.this_update, rec.next_update, now)
+
+
+def served(rec: Record, pushes: dict[str, str]) -> tuple[tuple[str, str], ...]:
+    """``rec``'s per-socket push results, updated with ``pushes`` (socket -> how)."""
+    return tuple(sorted({**dict(rec.haproxy), **pushes}.items()))
+
+
+def deployed(rec: Record) -> bool:
+    """Whether ``rec``'s last fetch went well and every HAProxy took its staple."""
+    return rec.result in {"fetched", "fresh"} and all(how != "error" for _, how in rec.haproxy)
+
+
+def has_staple(row: ResultRow) -> bool:
+    """A good staple is stored (a failed push does not undo that)."""
+    if row.status is not Status.GOOD or row.this_update is None:
+        return False
+    return row.action is not Action.FAILED or "error" in row.haproxy.values()
+
+
+def _failed_status(row: ResultRow, rec: Record) -> str | None:
+    """A signed revoked/unknown answer is news; otherwise the staple held keeps its status."""
+    if row.status in {Status.REVOKED, Status.UNKNOWN}:
+        return str(row.status.value)
+    return rec.status if rec.this_update else str(Status.ERROR.value)
+
+
+def result_of(row: ResultRow) -> str:
+    """The row as one word for the log and the metrics: fetched, fresh, skipped, error..."""
+    if row.status in {Status.REVOKED, Status.UNKNOWN}:
+        return str(row.status.value)
+    if has_staple(row):
+        return "fresh" if row.action is Action.FRESH else "fetched"
+    if row.action is Action.SKIPPED and row.status is not Status.ERROR:
+        return "skipped"
+    return "error"

@@ -1,0 +1,1 @@
+"""The one pipeline every command uses: source -> fetch -> validate -> stores -> sinks."""

@@ -1,0 +1,1 @@
+"""Where staples go once stored: the HAProxy runtime-API sink."""

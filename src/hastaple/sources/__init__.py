@@ -1,0 +1,1 @@
+"""Where certificates come from: files, directories, crt-lists and haproxy.cfg."""
