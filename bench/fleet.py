@@ -5,7 +5,7 @@ Benchmark: three hastaple nodes sharing staples through Redis, against three alo
     python bench/fleet.py -n 500 --latency 50   # a CA 50 ms away
 
 One run, everything on 127.0.0.1 in a temp directory: one set of N leaves
-(``bench/run.py``'s PKI, pre-signed responses, ``bench/responder.py`` as the
+(the tests' PKI as ``bench/run.py`` builds them, pre-signed responses, ``bench/responder.py`` as the
 CA), copied into a directory per node, and one ``redis-server`` with
 persistence off. Three phases, each from a cold start (no staple, empty
 state directories, Redis flushed):
@@ -41,10 +41,13 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from hastaple.testing.haproxy import free_port
+from hastaple.testing.pki import PKI
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from run import Responder, build_leaves, build_pki  # noqa: E402
+from run import Responder, build_leaves  # noqa: E402 - bench/ is not a package
 
 # Commands a node sends itself: its scripts (EVALSHA, and SCRIPT LOAD the first
 # time), a heartbeat (one pipeline: counted once, by its ZADD), SUBSCRIBE and a
@@ -81,9 +84,7 @@ class Redis:
     """``redis-server`` on a free port, persistence off, in ``workdir``."""
 
     def __init__(self, workdir: Path) -> None:
-        from run import _free_port  # noqa: PLC0415
-
-        self.port = _free_port()
+        self.port = free_port()
         workdir.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
@@ -169,7 +170,7 @@ def main() -> int:
     try:
         responder = Responder(work, delay=args.latency / 1000)
         start = dt.datetime.now(dt.UTC)
-        pki = build_pki(start)
+        pki = PKI.build()
         single = [work / "single"]
         alone = [work / f"alone{i}" for i in range(args.nodes)]
         shared = [work / f"fleet{i}" for i in range(args.nodes)]
