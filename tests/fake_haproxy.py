@@ -174,6 +174,10 @@ class FakeHAProxy:
                 await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
+        except asyncio.CancelledError:
+            # Stopped by __aexit__: end normally, or asyncio's stream callback
+            # logs the cancelled handler as an error.
+            pass
         finally:
             writer.close()
             with contextlib.suppress(ConnectionError):

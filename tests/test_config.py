@@ -170,6 +170,8 @@ _STRING_SAMPLES = {
     "metrics_address": "127.0.0.1:1",
     "proxy": "http://127.0.0.1:3128",
     "log_format": "json",
+    "fleet": "redis://127.0.0.1:6379/0",
+    "fleet_prefix": "other:",
 }
 
 
@@ -214,3 +216,24 @@ def test_contrib_example_loads():
     cfg = config.load(example, {})
     assert cfg.haproxy_configs == (Path("/etc/haproxy/haproxy.cfg"),)
     assert cfg.policy == DEFAULT_POLICY
+
+
+def test_fleet_keys():
+    """fleet, fleet_prefix and fleet_lease from TOML or env; a bad URL is exit 2 naming it."""
+    loaded = config.load(
+        None,
+        {"HASTAPLE_PATHS": "/a", "HASTAPLE_FLEET": "unix:///run/redis.sock?db=2",
+         "HASTAPLE_FLEET_PREFIX": "edge:", "HASTAPLE_FLEET_LEASE": "10s"},
+    )  # fmt: skip
+    assert loaded.fleet == "unix:///run/redis.sock?db=2"
+    assert (loaded.fleet_prefix, loaded.fleet_lease.total_seconds()) == ("edge:", 10)
+    plain = config.load(None, {"HASTAPLE_PATHS": "/a"})
+    assert (plain.fleet, plain.fleet_prefix) == (None, "hastaple:")
+    with pytest.raises(ConfigError, match="HASTAPLE_FLEET: fleet: 'mysql://h': a fleet URL"):
+        config.load(None, {"HASTAPLE_PATHS": "/a", "HASTAPLE_FLEET": "mysql://h"})
+    # run reads the whole URL before starting: a bad one is exit 2 naming it.
+    result = CliRunner().invoke(cli, ["run", "--paths", "/a", "--fleet", "redis://h/zero"])
+    assert result.exit_code == 2
+    assert "fleet URL 'redis://h/zero': the database must be a number" in result.stderr
+    with pytest.raises(ConfigError, match="fleet_prefix"):
+        config.load(None, {"HASTAPLE_PATHS": "/a", "HASTAPLE_FLEET_PREFIX": "a b"})

@@ -40,6 +40,12 @@ RESPONDER_CONNECTIONS = 8
 # never be used: the range a configuration may ask for.
 RESPONDER_CONNECTIONS_RANGE = (1, 256)
 
+# Fleet mode (``--fleet``): the key prefix, so several fleets can share one
+# Redis, and how long one node may fetch a staple for all before another may:
+# two fetch timeouts, so a live holder keeps it and a dead one frees it soon.
+FLEET_PREFIX = "hastaple:"
+FLEET_LEASE = dt.timedelta(seconds=2 * FETCH_TIMEOUT)
+
 SYSTEM_STATE_DIR = Path("/var/lib/hastaple")
 # How long a runtime socket may be down or refuse staples before /healthz fails.
 HAPROXY_GRACE = dt.timedelta(minutes=2)
@@ -117,6 +123,9 @@ FIELDS: tuple[Field, ...] = (
         "/healthz fails once a runtime socket is down or refuses staples this long",
     ),
     Field("responder_connections", "int", "connections to one OCSP responder host at once"),
+    Field("fleet", "string", "Redis/Valkey URL the HAProxy nodes share staples through"),
+    Field("fleet_prefix", "string", "key prefix in that Redis, so several fleets can share it"),
+    Field("fleet_lease", "duration", "one node fetches a staple for the fleet at most this long"),
     Field(
         "hot_certs", "bool",
         "load renewed, new and removed certificate files into HAProxy as a reload would",
@@ -144,6 +153,9 @@ class Config:
     # Longer than a restart of a large HAProxy plus the first push retry.
     haproxy_grace: dt.timedelta = HAPROXY_GRACE
     responder_connections: int = RESPONDER_CONNECTIONS
+    fleet: str | None = None  # the URL; None: no fleet, the file system alone
+    fleet_prefix: str = FLEET_PREFIX
+    fleet_lease: dt.timedelta = FLEET_LEASE
     policy: Policy = DEFAULT_POLICY
     # Off by default: it changes which certificates HAProxy serves, not only staples.
     hot_certs: bool = False
@@ -204,6 +216,9 @@ def _build(values: dict[str, Any], environ: Mapping[str, str]) -> Config:
         haproxy_poll=values.get("haproxy_poll", dt.timedelta(seconds=2)),
         haproxy_grace=values.get("haproxy_grace", HAPROXY_GRACE),
         responder_connections=values.get("responder_connections", RESPONDER_CONNECTIONS),
+        fleet=values.get("fleet") or None,
+        fleet_prefix=values.get("fleet_prefix", FLEET_PREFIX),
+        fleet_lease=values.get("fleet_lease", FLEET_LEASE),
         policy=policy,
         hot_certs=values.get("hot_certs", False),
     )
@@ -291,6 +306,24 @@ def check_connections(value: int) -> None:
         raise ValueError(f"{value}: must be between {low} and {high}")
 
 
+def check_fleet_prefix(value: str) -> None:
+    """A Redis key prefix: printable, no spaces, short (also ``fetch``'s flag)."""
+    if len(value) > 100 or not value.isprintable() or any(c.isspace() for c in value):  # noqa: PLR2004
+        raise ValueError(f"{value!r}: at most 100 printable characters, no spaces")
+
+
+def _check_fleet(value: str) -> None:
+    # The whole URL is read by stores.redis_url when the command starts (exit 2
+    # there too); here only what shows a value in the wrong key.
+    if value and value.partition("://")[0].lower() not in {"redis", "rediss", "unix"}:
+        raise ValueError(f"{value!r}: a fleet URL starts redis://, rediss:// or unix://")
+
+
+def _check_lease(value: dt.timedelta) -> None:
+    if not dt.timedelta(seconds=0.1) <= value <= dt.timedelta(hours=1):
+        raise ValueError("must be between 0.1 s and 1 hour")
+
+
 def _check_address(value: str) -> None:
     if value.lower() not in {"", "off", "none"}:
         split_address(value)
@@ -301,6 +334,9 @@ _CHECKS: dict[str, Any] = {
     "refresh_jitter": _check_jitter,
     "metrics_address": _check_address,
     "responder_connections": check_connections,
+    "fleet": _check_fleet,
+    "fleet_prefix": check_fleet_prefix,
+    "fleet_lease": _check_lease,
 }
 
 

@@ -160,6 +160,7 @@ async def test_sockets_that_cannot_take_staples_fail_healthz_after_the_grace(  #
     assert f'hastaple_haproxy_ok{{socket="{mistyped}"}} 0.0' in metrics
     assert rec.failures >= 1
     assert dict(rec.haproxy)[str(hap.socket)] != "error"
+    assert dict(rec.haproxy)[str(user)] == f"alias of {hap.socket}"  # `status` names it
 
 
 async def test_renewal_haproxy_does_not_serve_yet_waits_for_its_restart(
