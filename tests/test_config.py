@@ -164,6 +164,7 @@ _SAMPLES = {
     "float": "0.3",
     "duration": "7m",
     "mapping": "http://a.test/=http://b.test/",
+    "bool": "1",
 }
 _STRING_SAMPLES = {
     "metrics_address": "127.0.0.1:1",
@@ -184,6 +185,20 @@ def test_every_field_has_env_and_flag():
         sample = _STRING_SAMPLES.get(field.name) or _SAMPLES[field.kind]
         changed = config.load(None, {**base, field.env: sample})
         assert changed != config.load(None, base), field.env
+
+
+def test_hot_certs_is_off_unless_asked(tmp_path):
+    """--hot-certs, HASTAPLE_HOT_CERTS=1 or hot_certs = true; anything unclear is an error."""
+    base = {"HASTAPLE_PATHS": "/a"}
+    assert config.load(None, base).hot_certs is False
+    assert config.load(None, {**base, "HASTAPLE_HOT_CERTS": "1"}).hot_certs is True
+    assert config.load(None, {**base, "HASTAPLE_HOT_CERTS": "off"}).hot_certs is False
+    assert config.load(None, base, {"hot_certs": True}).hot_certs is True
+    toml = tmp_path / "h.toml"
+    toml.write_text('paths = ["/a"]\nhot_certs = true\n')
+    assert config.load(toml, {}).hot_certs is True
+    with pytest.raises(ConfigError, match="hot_certs"):
+        config.load(None, {**base, "HASTAPLE_HOT_CERTS": "maybe"})
 
 
 def test_loopback_detection():

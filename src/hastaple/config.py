@@ -81,7 +81,7 @@ class Field:
     """One configuration key: its kind decides how text from env or flags is parsed."""
 
     name: str
-    kind: str  # paths | strings | path | string | int | float | duration | mapping
+    kind: str  # paths | strings | path | string | int | float | duration | mapping | bool
     help: str
 
     @property
@@ -126,6 +126,10 @@ FIELDS: tuple[Field, ...] = (
     Field("fleet", "string", "Redis/Valkey URL the HAProxy nodes share staples through"),
     Field("fleet_prefix", "string", "key prefix in that Redis, so several fleets can share it"),
     Field("fleet_lease", "duration", "one node fetches a staple for the fleet at most this long"),
+    Field(
+        "hot_certs", "bool",
+        "load renewed, new and removed certificate files into HAProxy as a reload would",
+    ),
     *(Field("refresh_" + key, "float" if key == "jitter" else "duration", text)
       for key, text in _POLICY_HELP.items()),
 )  # fmt: skip
@@ -153,6 +157,8 @@ class Config:
     fleet_prefix: str = FLEET_PREFIX
     fleet_lease: dt.timedelta = FLEET_LEASE
     policy: Policy = DEFAULT_POLICY
+    # Off by default: it changes which certificates HAProxy serves, not only staples.
+    hot_certs: bool = False
 
     def responder(self, url: str) -> str:
         """The URL to ask instead of ``url`` (an operator's override), or ``url``."""
@@ -214,6 +220,7 @@ def _build(values: dict[str, Any], environ: Mapping[str, str]) -> Config:
         fleet_prefix=values.get("fleet_prefix", FLEET_PREFIX),
         fleet_lease=values.get("fleet_lease", FLEET_LEASE),
         policy=policy,
+        hot_certs=values.get("hot_certs", False),
     )
     if not (config.paths or config.crt_lists or config.haproxy_configs):
         raise ConfigError(
@@ -394,6 +401,18 @@ def _mapping(value: object) -> dict[str, str]:
     return pairs
 
 
+def _bool(value: object) -> bool:
+    """true/false in TOML; 1/0, true/false, yes/no, on/off as text (environment)."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower() if isinstance(value, str | int) else None
+    if text in {"1", "true", "yes", "on"}:
+        return True
+    if text in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(f"expected true or false, not {value!r}")
+
+
 _PARSERS = {
     "paths": lambda v: tuple(Path(p) for p in _strings(v)),
     "strings": _strings,
@@ -403,4 +422,5 @@ _PARSERS = {
     "float": _float,
     "duration": _duration,
     "mapping": _mapping,
+    "bool": _bool,
 }

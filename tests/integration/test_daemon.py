@@ -161,3 +161,61 @@ async def test_sockets_that_cannot_take_staples_fail_healthz_after_the_grace(  #
     assert rec.failures >= 1
     assert dict(rec.haproxy)[str(hap.socket)] != "error"
     assert dict(rec.haproxy)[str(user)] == f"alias of {hap.socket}"  # `status` names it
+
+
+async def test_renewal_haproxy_does_not_serve_yet_waits_for_its_restart(
+    pki, crt_dir, tmp_path, haproxy_binary, openssl_responder
+):
+    """
+    Without --hot-certs, a renewed file is stored, not failed, and retried at HAProxy's restart.
+
+    The daemon fetches the new certificate's staple once; the push finds the
+    older certificate served: "stored", no failure, no hourly retry (next
+    refresh at the staple's own schedule, the CA not asked again). HAProxy
+    restarted serves the new certificate stapled, and the daemon's re-push
+    then succeeds.
+    """
+    old = pki.leaf("later.test", ocsp_url=openssl_responder.url)
+    path = pki.write(crt_dir, "later.pem", old)
+    # openssl's index takes one certificate per subject: the old one's staple is made here.
+    path.with_name("later.pem.ocsp").write_bytes(pki.response(old.cert))
+    workdir = tmp_path / "h"
+    workdir.mkdir()
+    hap = haproxy_proc.start(haproxy_binary, workdir, crt_dir)
+    try:
+        async with _running(tmp_path, crt_dir, hap.socket) as daemon:
+            await _stapled(hap, "later.test", within=5)
+            new = pki.leaf("later.test", ocsp_url=openssl_responder.url)
+            openssl_responder.add(new.cert)
+            staging = tmp_path / "later.pem"
+            staging.write_bytes(pki.bundle(new))
+            staging.replace(path)
+            serial = f"{new.cert.serial_number:x}"
+            deadline = time.monotonic() + 5
+            while (rec := daemon.records.get(str(path))) is None or dict(rec.haproxy).get(
+                str(hap.socket)
+            ) != "stored":
+                assert time.monotonic() < deadline, daemon.records
+                await asyncio.sleep(0.05)  # waiting for the watcher's fetch to be recorded
+            assert (rec.result, rec.error, rec.failures) == ("fetched", None, 0), rec
+            assert rec.serial is None or rec.serial.lower().lstrip("0") == serial.lstrip("0")
+            assert rec.next_refresh is not None
+            assert rec.next_refresh - dt.datetime.now(dt.UTC) > dt.timedelta(hours=1)
+            assert daemon.sockets_ok() == [(str(hap.socket), True)]
+            asked = openssl_responder.requests
+            await asyncio.sleep(1)
+            assert openssl_responder.requests == asked
+
+            hap.stop()
+            await asyncio.sleep(0.5)
+            hap = haproxy_proc.start(haproxy_binary, workdir, crt_dir)
+            await _stapled(hap, "later.test", within=5)
+            text = await asyncio.to_thread(haproxy_proc.staple, hap.port, "later.test")
+            assert f"Serial Number: {new.cert.serial_number:X}" in text, text
+            deadline = time.monotonic() + 5
+            while dict(daemon.records[str(path)].haproxy).get(str(hap.socket)) != "update":
+                assert time.monotonic() < deadline, daemon.records[str(path)]
+                await asyncio.sleep(0.05)  # waiting for the re-push after the restart
+            assert openssl_responder.requests == asked
+    finally:
+        hap.stop()

@@ -278,6 +278,81 @@ def fetch(
     _finish(rows, as_json=as_json)
 
 
+@cli.command("deploy")
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@click.option(
+    "--haproxy",
+    "sockets",
+    multiple=True,
+    type=_ListText(),
+    envvar="HASTAPLE_HAPROXY",
+    help="Admin runtime socket of a running HAProxy: a unix path, host:port, master.sock@1.",
+)
+@click.option(
+    "--haproxy-config",
+    "configs",
+    multiple=True,
+    type=_ListPath(path_type=Path),
+    envvar="HASTAPLE_HAPROXY_CONFIG",
+    help="haproxy.cfg: its admin sockets, and the crt-list or directory of a new file.",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0.1),
+    default=config.FETCH_TIMEOUT,
+    show_default=True,
+    envvar="HASTAPLE_TIMEOUT",
+    help="Seconds for one whole exchange with a responder.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@_state_dir_option
+@click.pass_context
+def deploy_command(
+    ctx: click.Context,
+    paths: tuple[Path, ...],
+    sockets: tuple[str, ...],
+    configs: tuple[Path, ...],
+    timeout: float,
+    as_json: bool,
+    state_dir: Path | None,
+) -> None:
+    """
+    Load renewed or new certificates with their staples into running HAProxy, no reload.
+
+    For certbot's --deploy-hook and acme.sh's --reloadcmd: fetch and validate
+    the staple of each CERT, store it, then load certificate and staple in one
+    transaction into every HAProxy process. Exit 0 only when every process
+    serves every new certificate stapled.
+    """
+    import uvloop  # noqa: PLC0415 - the HTTP stack only for the commands that fetch
+
+    from hastaple.app import certdeploy  # noqa: PLC0415
+    from hastaple.engine.fetch import Limits  # noqa: PLC0415
+
+    with _errors(ctx):
+        if not paths:
+            raise UsageError("nothing to do: give the certificate files to deploy")
+        found = discover.discover((), (), configs)
+        for warning in found.warnings:
+            logger.warning("%s", warning)
+        targets = tuple(dict.fromkeys((*sockets, *found.sockets)))
+        if not targets:
+            raise UsageError("no HAProxy to load into: give --haproxy or --haproxy-config")
+        _check_sockets(targets)
+        chosen = certdeploy.targets(paths, found, configs)
+        limits = Limits(timeout=timeout, connect_timeout=min(timeout, Limits().connect_timeout))
+        rows = uvloop.run(
+            certdeploy.deploy(
+                chosen,
+                targets,
+                state_dir=state_dir or config.default_state_dir(os.environ),
+                limits=limits,
+                now=dt.datetime.now(dt.UTC),
+            )
+        )
+    _finish(rows, as_json=as_json)
+
+
 def _check_sockets(sockets: Sequence[str]) -> None:
     """Refuse a unix socket path that is not there before asking any CA (exit 2)."""
     for socket in sockets:
@@ -519,10 +594,10 @@ def _config_flags(command: Callable[..., None]) -> Callable[..., None]:
     """One flag per configuration key (config.FIELDS), so flags and TOML never drift."""
     for field in reversed(config.FIELDS):
         many = field.kind in {"paths", "strings"}
+        kind: dict[str, Any] = {"is_flag": True} if field.kind == "bool" else {"multiple": many}
         command = click.option(
-            field.flag, field.name, multiple=many, default=None,
-            help=f"{field.help} [env {field.env}]",
-        )(command)  # fmt: skip
+            field.flag, field.name, default=None, help=f"{field.help} [env {field.env}]", **kind
+        )(command)
     return command
 
 

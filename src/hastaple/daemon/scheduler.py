@@ -46,6 +46,7 @@ from hastaple.daemon.announced import Announced
 from hastaple.daemon.batching import Records
 from hastaple.daemon.discovery import View, diff
 from hastaple.daemon.eventlog import log_event
+from hastaple.daemon.hotcerts import HotCerts
 from hastaple.daemon.restarts import Tracker, show_info
 from hastaple.daemon.state import Record, State
 from hastaple.engine import pipeline
@@ -112,6 +113,7 @@ class Daemon:
         self.index = index.Index.open(config.state_dir)
         # Set when the watched directories change (SIGHUP): the watcher restarts at once.
         self.rewatch = asyncio.Event()
+        self.hot = HotCerts()  # --hot-certs: changed files to load into HAProxy
 
     @property
     def config(self) -> Config:
@@ -170,6 +172,8 @@ class Daemon:
             del self.records[name]
         self.records.update((rec.cert, rec) for rec in view.saves)
         old, self.view = self.view, view
+        if view.config.hot_certs:
+            self.hot.note(view.news, view.removed, old.entries)
         for socket in self.haproxy.asked() - set(view.sockets):
             self.haproxy.forget(socket)
         for name in view.removed:
@@ -222,7 +226,7 @@ class Daemon:
             for n, r in self.records.items()
             if n in self.entries and (r.next_refresh is None or r.next_refresh <= now)
         ]
-        if not due:
+        if not due and not (self.config.hot_certs and self.hot.removals):
             return []
         forced: list[str] = []
         plain: list[str] = []
@@ -246,6 +250,11 @@ class Daemon:
                         )  # fmt: skip
                     except StateBusy as exc:  # still due: the next turn waits again
                         log_event(logging.WARNING, "busy", certs=len(names), error=str(exc))
+            if self.config.hot_certs:
+                outcomes = await self.hot.follow(
+                    outcomes, self.entries, self.sockets, configs=self.config.haproxy_configs,
+                    directories=self.config.paths, now=now, serials=started,
+                )  # fmt: skip
         with self.records.batch():
             for outcome in outcomes:
                 self._record(outcome, now, started)
