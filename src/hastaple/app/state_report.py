@@ -2,8 +2,8 @@
 ``hastaple status``: what the daemon knows, read from its state database.
 
 One row per certificate: name, OCSP URL, status, whether it is must-staple,
-thisUpdate, nextUpdate, next refresh, last error, and what each HAProxy got
-at the last push. Nothing is
+thisUpdate, nextUpdate, next refresh, last error (or a note: something to
+change though all is in order), and what each HAProxy got at the last push. Nothing is
 asked of a CA or of HAProxy: the command is safe to run at any time.
 In fleet mode, the daemon's ``fleet.json`` adds who fetched each staple (a
 ``fetched_by`` field and column) and a summary of the fleet on stderr.
@@ -63,7 +63,7 @@ def _cells(r: Record) -> list[str]:
         str(data["next_update"] or "-"),
         str(data["next_refresh"] or "-"),
         served,
-        r.error or "",
+        r.error or (f"note: {r.note}" if r.note else ""),
     ]
 
 

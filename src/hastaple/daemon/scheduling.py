@@ -38,7 +38,7 @@ def after_refresh(
     result = result_of(row)
     base = dataclasses.replace(
         rec, ocsp_url=row.ocsp_url, result=result, error=row.error, last_attempt=now,
-        haproxy=served(rec, _named_aliases(row)),
+        haproxy=served(rec, _named_aliases(row)), note=row.note,
     )  # fmt: skip
     if has_staple(row):
         new = dataclasses.replace(
