@@ -250,9 +250,17 @@ class Fleet:
         """
         if not self._up:
             return _DOWN
-        self.stats.round_trips += 1
+        # The bound starts once a connection is ours: waiting for a turn behind
+        # this node's own calls is queueing, not Redis failing to answer.
+        async with self._slots:
+            if not self._up:  # it went down while this call waited
+                return _DOWN
+            self.stats.round_trips += 1
+            return await self._bounded(fn)
+
+    async def _bounded(self, fn: Callable[[aredis.Redis], Any]) -> Any:  # noqa: ANN401 - as _call
         try:
-            async with asyncio.timeout(self.timeout), self._slots:
+            async with asyncio.timeout(self.timeout):
                 return await fn(self._client)
         except ResponseError as exc:
             # Redis answered, but not as asked (a key of another type, an ACL
