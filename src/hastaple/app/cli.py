@@ -13,7 +13,7 @@ import gc
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -114,6 +114,10 @@ def cli() -> None:
 cli.params.extend(_log_options())
 
 
+#: What ``click.option(...)`` returns: adds one option to a command.
+Decorator = Callable[[Callable[..., None]], Callable[..., None]]
+
+
 class _ListPath(click.Path):
     """A repeatable path whose environment variable is comma-separated, as for ``run``."""
 
@@ -136,15 +140,113 @@ _state_dir_option = click.option(
 )
 
 
+def _haproxy_config_option(help_text: str) -> Decorator:
+    """``--haproxy-config``, repeatable, comma-separated in its environment variable."""
+    return click.option(
+        "--haproxy-config",
+        "configs",
+        multiple=True,
+        type=_ListPath(path_type=Path),
+        envvar="HASTAPLE_HAPROXY_CONFIG",
+        help=help_text,
+    )
+
+
+def _haproxy_option(help_text: str) -> Decorator:
+    """``--haproxy``: runtime sockets, repeatable, comma-separated in its environment variable."""
+    return click.option(
+        "--haproxy",
+        "sockets",
+        multiple=True,
+        type=_ListText(),
+        envvar="HASTAPLE_HAPROXY",
+        help=help_text,
+    )
+
+
+_json_option = click.option(
+    "--json", "as_json", is_flag=True, help="Print one JSON document on stdout."
+)
+
+
+def _responder_options(command: Callable[..., None]) -> Callable[..., None]:
+    """``--timeout``, ``--wait`` and ``--responder-connections``: the commands that ask CAs."""
+    for option in reversed((
+        click.option(
+            "--timeout",
+            type=click.FloatRange(min=0.1),
+            default=config.FETCH_TIMEOUT,
+            show_default=True,
+            envvar="HASTAPLE_TIMEOUT",
+            help="Seconds for one whole exchange with a responder.",
+        ),
+        click.option(
+            "--wait",
+            type=click.FloatRange(min=0),
+            default=config.LOCK_WAIT,
+            show_default=True,
+            envvar="HASTAPLE_WAIT",
+            help="Seconds to wait while another run (the daemon's batch) uses the state directory.",
+        ),
+        click.option(
+            "--responder-connections",
+            type=click.IntRange(*config.RESPONDER_CONNECTIONS_RANGE),
+            default=config.RESPONDER_CONNECTIONS,
+            show_default=True,
+            envvar="HASTAPLE_RESPONDER_CONNECTIONS",
+            help="Connections to one OCSP responder host at once.",
+        ),
+    )):  # fmt: skip
+        command = option(command)
+    return command
+
+
+def _fleet_options(command: Callable[..., None]) -> Callable[..., None]:
+    """``--fleet``, ``--fleet-prefix`` and ``--fleet-lease``: sharing staples through Redis."""
+    for option in reversed((
+        click.option(
+            "--fleet",
+            "fleet_url",
+            envvar="HASTAPLE_FLEET",
+            help="Share staples with other nodes through this Redis/Valkey: redis://host:port/db, "
+            "rediss://... or unix:///path?db=N [env HASTAPLE_FLEET].",
+        ),
+        click.option(
+            "--fleet-prefix",
+            default=config.FLEET_PREFIX,
+            show_default=True,
+            envvar="HASTAPLE_FLEET_PREFIX",
+            help="Key prefix in that Redis, so several fleets can share it "
+            "[env HASTAPLE_FLEET_PREFIX].",
+        ),
+        click.option(
+            "--fleet-lease",
+            type=click.FloatRange(0.1, 3600),
+            default=config.FLEET_LEASE.total_seconds(),
+            show_default=True,
+            envvar="HASTAPLE_FLEET_LEASE",
+            help="Seconds one node may fetch a staple for the fleet before another takes over.",
+        ),
+    )):  # fmt: skip
+        command = option(command)
+    return command
+
+
+def _limits(timeout: float, responder_connections: int) -> Limits:
+    """The fetcher's limits from ``--timeout`` and ``--responder-connections``."""
+    from hastaple.engine.fetch import Limits  # noqa: PLC0415 - see fetch()
+
+    return Limits(
+        per_host=responder_connections,
+        timeout=timeout,
+        connect_timeout=min(timeout, Limits().connect_timeout),
+    )
+
+
 @cli.command()
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
-@click.option(
-    "--haproxy-config",
-    "configs",
-    multiple=True,
-    type=_ListPath(path_type=Path),
-    envvar="HASTAPLE_HAPROXY_CONFIG",
-    help="haproxy.cfg: its bind lines give the certificates, its admin stats sockets the targets.",
+@_haproxy_config_option(
+    "haproxy.cfg: its bind lines give the certificates, its admin stats sockets the targets."
 )
 @click.option(
     "--crt-list",
@@ -154,63 +256,12 @@ _state_dir_option = click.option(
     envvar="HASTAPLE_CRT_LISTS",
     help="An HAProxy crt-list file (repeatable).",
 )
-@click.option(
-    "--haproxy",
-    "sockets",
-    multiple=True,
-    type=_ListText(),
-    envvar="HASTAPLE_HAPROXY",
-    help="Runtime socket to load staples into: a unix path, host:port, or master.sock@1.",
-)
+@_haproxy_option("Runtime socket to load staples into: a unix path, host:port, or master.sock@1.")
 @click.option("--force", is_flag=True, help="Fetch even staples that are still fresh.")
 @click.option("--dry-run", is_flag=True, help="Fetch and validate, but write and push nothing.")
-@click.option(
-    "--timeout",
-    type=click.FloatRange(min=0.1),
-    default=config.FETCH_TIMEOUT,
-    show_default=True,
-    envvar="HASTAPLE_TIMEOUT",
-    help="Seconds for one whole exchange with a responder.",
-)
-@click.option(
-    "--wait",
-    type=click.FloatRange(min=0),
-    default=config.LOCK_WAIT,
-    show_default=True,
-    envvar="HASTAPLE_WAIT",
-    help="Seconds to wait while another run (the daemon's batch) uses the state directory.",
-)
-@click.option(
-    "--responder-connections",
-    type=click.IntRange(*config.RESPONDER_CONNECTIONS_RANGE),
-    default=config.RESPONDER_CONNECTIONS,
-    show_default=True,
-    envvar="HASTAPLE_RESPONDER_CONNECTIONS",
-    help="Connections to one OCSP responder host at once.",
-)
-@click.option(
-    "--fleet",
-    "fleet_url",
-    envvar="HASTAPLE_FLEET",
-    help="Share staples with other nodes through this Redis/Valkey: redis://host:port/db, "
-    "rediss://... or unix:///path?db=N [env HASTAPLE_FLEET].",
-)
-@click.option(
-    "--fleet-prefix",
-    default=config.FLEET_PREFIX,
-    show_default=True,
-    envvar="HASTAPLE_FLEET_PREFIX",
-    help="Key prefix in that Redis, so several fleets can share it [env HASTAPLE_FLEET_PREFIX].",
-)
-@click.option(
-    "--fleet-lease",
-    type=click.FloatRange(0.1, 3600),
-    default=config.FLEET_LEASE.total_seconds(),
-    show_default=True,
-    envvar="HASTAPLE_FLEET_LEASE",
-    help="Seconds one node may fetch a staple for the fleet before another takes over.",
-)
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@_responder_options
+@_fleet_options
+@_json_option
 @_state_dir_option
 @click.pass_context
 def fetch(
@@ -240,7 +291,6 @@ def fetch(
     # for status, verify, check or --help (about 0.3 s and 15 MB of imports).
     import uvloop  # noqa: PLC0415
 
-    from hastaple.engine.fetch import Limits  # noqa: PLC0415
     from hastaple.engine.pipeline import Options  # noqa: PLC0415
 
     with _errors(ctx):
@@ -263,11 +313,7 @@ def fetch(
             lock_wait=wait,
         )
         _check_sockets(options.sockets)
-        limits = Limits(
-            per_host=responder_connections,
-            timeout=timeout,
-            connect_timeout=min(timeout, Limits().connect_timeout),
-        )
+        limits = _limits(timeout, responder_connections)
         bar = sys.stderr.isatty() and not ctx.obj.get("quiet")
         # Everything allocated so far (modules, the discovered entries) lives
         # until exit: keep the cyclic collector from re-scanning it on every
@@ -280,31 +326,15 @@ def fetch(
 
 @cli.command("deploy")
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
-@click.option(
-    "--haproxy",
-    "sockets",
-    multiple=True,
-    type=_ListText(),
-    envvar="HASTAPLE_HAPROXY",
-    help="Admin runtime socket of a running HAProxy: a unix path, host:port, master.sock@1.",
+@_haproxy_option(
+    "Admin runtime socket of a running HAProxy: a unix path, host:port, master.sock@1."
 )
-@click.option(
-    "--haproxy-config",
-    "configs",
-    multiple=True,
-    type=_ListPath(path_type=Path),
-    envvar="HASTAPLE_HAPROXY_CONFIG",
-    help="haproxy.cfg: its admin sockets, and the crt-list or directory of a new file.",
+@_haproxy_config_option(
+    "haproxy.cfg: its admin sockets, and the crt-list or directory of a new file."
 )
-@click.option(
-    "--timeout",
-    type=click.FloatRange(min=0.1),
-    default=config.FETCH_TIMEOUT,
-    show_default=True,
-    envvar="HASTAPLE_TIMEOUT",
-    help="Seconds for one whole exchange with a responder.",
-)
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@_responder_options
+@_fleet_options
+@_json_option
 @_state_dir_option
 @click.pass_context
 def deploy_command(
@@ -313,6 +343,11 @@ def deploy_command(
     sockets: tuple[str, ...],
     configs: tuple[Path, ...],
     timeout: float,
+    wait: float,
+    responder_connections: int,
+    fleet_url: str | None,
+    fleet_prefix: str,
+    fleet_lease: float,
     as_json: bool,
     state_dir: Path | None,
 ) -> None:
@@ -322,14 +357,15 @@ def deploy_command(
     For certbot's --deploy-hook and acme.sh's --reloadcmd: fetch and validate
     the staple of each CERT, store it, then load certificate and staple in one
     transaction into every HAProxy process. Exit 0 only when every process
-    serves every new certificate stapled.
+    serves every new certificate stapled. With --fleet, a staple another node
+    published is taken instead of asking the CA.
     """
     import uvloop  # noqa: PLC0415 - the HTTP stack only for the commands that fetch
 
     from hastaple.app import certdeploy  # noqa: PLC0415
-    from hastaple.engine.fetch import Limits  # noqa: PLC0415
 
     with _errors(ctx):
+        fleet = _fleet_option(fleet_url, fleet_prefix, fleet_lease)
         if not paths:
             raise UsageError("nothing to do: give the certificate files to deploy")
         found = discover.discover((), (), configs)
@@ -340,16 +376,20 @@ def deploy_command(
             raise UsageError("no HAProxy to load into: give --haproxy or --haproxy-config")
         _check_sockets(targets)
         chosen = certdeploy.targets(paths, found, configs)
-        limits = Limits(timeout=timeout, connect_timeout=min(timeout, Limits().connect_timeout))
-        rows = uvloop.run(
-            certdeploy.deploy(
+        limits = _limits(timeout, responder_connections)
+
+        async def deploy(coordinator: Coordinator | None) -> list[ResultRow]:
+            return await certdeploy.deploy(
                 chosen,
                 targets,
                 state_dir=state_dir or config.default_state_dir(os.environ),
                 limits=limits,
                 now=dt.datetime.now(dt.UTC),
+                lock_wait=wait,
+                fleet=coordinator,
             )
-        )
+
+        rows = uvloop.run(_with_fleet(fleet, deploy))
     _finish(rows, as_json=as_json)
 
 
@@ -380,6 +420,28 @@ def _fleet_option(url: str | None, prefix: str, lease: float) -> tuple[str, str,
     return url, prefix, lease
 
 
+async def _with_fleet(
+    fleet: tuple[str, str, float] | None,
+    work: Callable[[Coordinator | None], Awaitable[list[ResultRow]]],
+) -> list[ResultRow]:
+    """``work``, given the fleet's coordinator while connected to it (``None``: no ``--fleet``)."""
+    if fleet is None:
+        return await work(None)
+    from hastaple.stores.coordinator import connected  # noqa: PLC0415 - redis-py only for --fleet
+
+    url, prefix, lease = fleet
+    async with connected(url, prefix=prefix, lease=lease) as coord:
+        rows = await work(coord)
+        if coord.fleet.stats.outages:
+            # Exit 0 all the same when every staple is good: Redis only saves work.
+            click.echo(
+                f"note: the fleet's Redis ({coord.fleet.address.display}) was unreachable; "
+                "this node fetched its staples by itself",
+                err=True,
+            )
+        return rows
+
+
 async def _fetch(
     entries: Sequence[CertEntry],
     options: Options,
@@ -390,22 +452,11 @@ async def _fetch(
 ) -> list[ResultRow]:
     from hastaple.engine.fetch import Fetcher  # noqa: PLC0415
 
-    if fleet is None:
+    async def work(coord: Coordinator | None) -> list[ResultRow]:
         async with Fetcher(limits) as fetcher:
-            return await _run_fetch(entries, options, fetcher, progress=progress)
-    from hastaple.stores.coordinator import connected  # noqa: PLC0415 - redis-py only for --fleet
+            return await _run_fetch(entries, options, fetcher, progress=progress, fleet=coord)
 
-    url, prefix, lease = fleet
-    async with Fetcher(limits) as fetcher, connected(url, prefix=prefix, lease=lease) as coord:
-        rows = await _run_fetch(entries, options, fetcher, progress=progress, fleet=coord)
-        if coord.fleet.stats.outages:
-            # Exit 0 all the same when every staple is good: Redis only saves work.
-            click.echo(
-                f"note: the fleet's Redis ({coord.fleet.address.display}) was unreachable; "
-                "this node fetched its staples by itself",
-                err=True,
-            )
-        return rows
+    return await _with_fleet(fleet, work)
 
 
 async def _run_fetch(
@@ -441,7 +492,7 @@ async def _run_fetch(
 @click.option("--cert", "cert_path", required=True, type=click.Path(path_type=Path))
 @click.option("--issuer", "issuer_path", type=click.Path(path_type=Path))
 @click.option("--at", "at", help="Judge validity at this time (RFC 3339), not now.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@_json_option
 @click.pass_context
 def check(
     ctx: click.Context,
@@ -547,7 +598,7 @@ def _finish(rows: Sequence[ResultRow], *, as_json: bool) -> NoReturn:
 )
 @click.option("--timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True)
 @click.option("--at", "at", help="Judge the staples as of this time (RFC 3339), not now.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@_json_option
 @click.pass_context
 def verify_command(
     ctx: click.Context,
@@ -642,7 +693,7 @@ def run_daemon(ctx: click.Context, /, config_file: Path | None, **flags: object)
 @cli.command()
 @_config_file_option
 @_state_dir_option
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@_json_option
 @click.pass_context
 def status(
     ctx: click.Context, config_file: Path | None, state_dir: Path | None, as_json: bool
@@ -673,22 +724,8 @@ def status(
 
 @cli.command("doctor")
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
-@click.option(
-    "--haproxy-config",
-    "configs",
-    multiple=True,
-    type=_ListPath(path_type=Path),
-    envvar="HASTAPLE_HAPROXY_CONFIG",
-    help="haproxy.cfg to check: certificates, sockets, global settings.",
-)
-@click.option(
-    "--haproxy",
-    "sockets",
-    multiple=True,
-    type=_ListText(),
-    envvar="HASTAPLE_HAPROXY",
-    help="Runtime socket to check as well (asked read-only commands only).",
-)
+@_haproxy_config_option("haproxy.cfg to check: certificates, sockets, global settings.")
+@_haproxy_option("Runtime socket to check as well (asked read-only commands only).")
 @click.option("--no-responders", is_flag=True, help="Do not send a request to any responder.")
 @click.option(
     "--timeout",
@@ -697,7 +734,7 @@ def status(
     show_default=True,
     help="Seconds for each socket and responder exchange.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@_json_option
 @_state_dir_option
 @click.pass_context
 def doctor_command(
