@@ -133,3 +133,24 @@ async def test_deploy_usage_errors(tmp_path):
     assert code == 2 and "--haproxy" in err
     code, _, err = await deploy_json(pem, "--haproxy", tmp_path / "nope.sock")
     assert code == 2 and "no such HAProxy socket" in err
+
+
+@pytest.mark.parametrize(
+    ("flags", "said"),
+    [
+        (["--fleet", "http://127.0.0.1:6379/0"], "the scheme must be redis://"),
+        (["--fleet", "unix://relative.sock"], "redis"),
+        (["--fleet", "redis://127.0.0.1:6379/0", "--fleet-prefix", "a b"], "--fleet-prefix"),
+        (["--fleet-lease", "0"], "--fleet-lease"),
+        (["--responder-connections", "0"], "--responder-connections"),
+        (["--wait", "-1"], "--wait"),
+    ],
+)
+async def test_deploy_fleet_and_responder_usage_errors(tmp_path, flags, said):
+    """The options deploy shares with fetch are checked as fetch checks them: exit 2."""
+    pem = tmp_path / "x.pem"
+    pem.write_text("x")
+    code, rows, err = await deploy_json(pem, "--haproxy", tmp_path / "nope.sock", *flags)
+    assert code == 2, err
+    assert said in err
+    assert rows == []

@@ -257,6 +257,58 @@ def _hset_binary(server: redis_proc.Redis, key: str, der: bytes) -> None:
     )  # fmt: skip
 
 
+# -- deploy --fleet ----------------------------------------------------------------
+
+
+async def deploy(node: Node, *args: str | Path) -> tuple[int, list[dict[str, object]], str]:
+    """``hastaple deploy --json ARGS`` as ``node``; (exit code, rows, stderr)."""
+    assert node.hap is not None
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "hastaple", "deploy", "--json", "--timeout", "2",
+        "--haproxy", str(node.hap.socket), "--state-dir", str(node.state), *map(str, args),
+        env=node.env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    async with asyncio.timeout(120):
+        out, err = await proc.communicate()
+    assert proc.returncode is not None
+    assert "Traceback" not in err.decode(), err.decode()
+    return proc.returncode, json.loads(out) if out.strip() else [], err.decode()
+
+
+async def test_deploy_takes_the_staple_another_node_published(  # noqa: PLR0917
+    pki, tmp_path, sock_dir, fault_responder, ca, redis_server
+):
+    """
+    ``deploy --fleet`` on a node that cannot reach the CA: the fleet's staple, loaded stapled.
+
+    The control first: the same deploy without ``--fleet`` fails (exit 1).
+    """
+    certs = leaves(pki, ca, fault_responder.url_for("ca"), 1)
+    a, b = nodes(tmp_path, 2, redis_server.url, certs, pki)
+    assert (await fetch(a))[0] == 0  # a asks the CA and publishes
+    assert sum(ca.asked.values()) == 1
+    with_haproxy([b], sock_dir)
+    assert b.hap is not None
+    try:
+        b.env["HTTP_PROXY"] = f"http://127.0.0.1:{haproxy_proc.free_port()}"  # the CA: unreachable
+        name = "c0.fleet.test"
+        pem = b.crt / f"{name}.pem"
+        del b.env["HASTAPLE_FLEET"]
+        code, rows, err = await deploy(b, pem)
+        assert code == 1, err
+        assert rows[0]["action"] == "failed"
+        assert "no response sent" in haproxy_proc.staple(b.hap.port, name)
+        code, rows, err = await deploy(b, pem, "--fleet", redis_server.url)
+        assert code == 0, err
+        [row] = rows
+        assert (row["action"], row["status"], row["error"]) == ("deployed", "good", None)
+        assert staples_ok(b, pki, certs) == 1
+        assert "Cert Status: good" in haproxy_proc.staple(b.hap.port, name)
+        assert sum(ca.asked.values()) == 1  # b never reached the CA
+    finally:
+        b.hap.stop()
+
+
 # -- run --fleet: daemons, each with its own HAProxy ---------------------------------
 
 

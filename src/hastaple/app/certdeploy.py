@@ -19,7 +19,9 @@ import dataclasses
 import datetime as dt
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from hastaple.config import LOCK_WAIT
 from hastaple.core.model import Action, CertEntry, ResultRow, Status
 from hastaple.engine.fetch import Fetcher, Limits
 from hastaple.engine.pipeline import Options, run
@@ -27,6 +29,9 @@ from hastaple.errors import CertificateError, ConfigError
 from hastaple.haproxy import certpush
 from hastaple.sources import certfiles, discover
 from hastaple.sources.certfiles import Target, target_of
+
+if TYPE_CHECKING:
+    from hastaple.stores.coordinator import Coordinator
 
 ALIAS = "alias"
 
@@ -61,11 +66,19 @@ async def deploy(
     state_dir: Path | None,
     limits: Limits,
     now: dt.datetime,
+    lock_wait: float = LOCK_WAIT,
+    fleet: Coordinator | None = None,
 ) -> list[ResultRow]:
-    """Fetch + store each staple, then load certificate and staple into every process."""
+    """
+    Fetch + store each staple, then load certificate and staple into every process.
+
+    With ``fleet``, a valid staple another node published is taken instead of
+    asking the CA, and one fetched here is published, as ``fetch --fleet`` does.
+    """
     entries = [target.entry for target in chosen]
+    options = Options(state_dir=state_dir, lock_wait=lock_wait)
     async with Fetcher(limits) as fetcher:
-        rows = await run(entries, Options(state_dir=state_dir), fetcher=fetcher, now=now)
+        rows = await run(entries, options, fetcher=fetcher, now=now, fleet=fleet)
     wanted: list[certpush.Wanted | None] = []
     problems: list[str | None] = []
     for target in chosen:
