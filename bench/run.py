@@ -647,6 +647,11 @@ def main() -> int:  # noqa: C901, PLR0912, PLR0915 - a linear script reads best 
         "baseline / hastaple cold+deploy": by["baseline: openssl+socat loop"].ms_per_cert
         / cold.ms_per_cert
     }
+    daemon = by.get("hastaple daemon + deploy")
+    if daemon is not None:  # the same certificates, responder and HAProxy, cold
+        ratios["daemon / hastaple cold+deploy (wall)"] = daemon.ms_per_cert / cold.ms_per_cert
+        if daemon.cpu is not None and cold.cpu:
+            ratios["daemon / hastaple cold+deploy (cpu)"] = daemon.cpu / cold.cpu
     if "haproxy 2.8 ocsp-update" in by:
         ratios["haproxy updater / hastaple cold+deploy"] = (
             by["haproxy 2.8 ocsp-update"].ms_per_cert / cold.ms_per_cert
@@ -663,7 +668,7 @@ def main() -> int:  # noqa: C901, PLR0912, PLR0915 - a linear script reads best 
         print(p.row())
     print()
     for k, v in ratios.items():
-        print(f"ratio {k}: {v:.1f}x")
+        print(f"ratio {k}: {v:.2f}x")
     if rtt:
         print(
             f"bound N x RTT / connections = {args.n} x {args.latency:g} ms / {connections}"
