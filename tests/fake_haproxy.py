@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509 import ocsp
 
 from hastaple.core.ocsp.request import cert_id_of
+from hastaple.haproxy.deploy import cert_id_serial
 from hastaple.testing.haproxy import openssl_time
 
 if TYPE_CHECKING:
@@ -173,6 +174,10 @@ class FakeHAProxy:
                 await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
+        except asyncio.CancelledError:
+            # Stopped by __aexit__: end normally, or asyncio's stream callback
+            # logs the cancelled handler as an error.
+            pass
         finally:
             writer.close()
             with contextlib.suppress(ConnectionError):
@@ -217,7 +222,12 @@ class FakeHAProxy:
             if cert is None:
                 return "Can't display the certificate: Not found or the certificate is a bundle!\n"
             key = (cert.key_hex or "").upper()
-            return f"Filename: {cert.crt}\nStatus: Used\nSerial: 1001\nOCSP Response Key: {key}\n"
+            # The serial of the certificate the CertID is for: the file's own.
+            serial = cert_id_serial(bytes.fromhex(cert.key_hex or cert.commit_key or ""))
+            shown = f"{serial:X}" if serial is not None else "1001"
+            return (
+                f"Filename: {cert.crt}\nStatus: Used\nSerial: {shown}\nOCSP Response Key: {key}\n"
+            )
         if args[:3] == ["set", "ssl", "ocsp-response"]:
             der = base64.b64decode(payload if payload is not None else arg)
             routed = [c for c in self.certs.values() if c.key_hex and _for_key(der, c.key_hex)]

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from hastaple.app.cli import cli
 
-COMMANDS = ["check", "demo", "doctor", "fetch", "run", "status", "verify"]
+COMMANDS = ["check", "demo", "deploy", "doctor", "fetch", "run", "status", "verify"]
 LOG_OPTIONS = ["-v", "-vv", "-q", "--debug"]
 
 

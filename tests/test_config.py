@@ -164,11 +164,14 @@ _SAMPLES = {
     "float": "0.3",
     "duration": "7m",
     "mapping": "http://a.test/=http://b.test/",
+    "bool": "1",
 }
 _STRING_SAMPLES = {
     "metrics_address": "127.0.0.1:1",
     "proxy": "http://127.0.0.1:3128",
     "log_format": "json",
+    "fleet": "redis://127.0.0.1:6379/0",
+    "fleet_prefix": "other:",
 }
 
 
@@ -182,6 +185,20 @@ def test_every_field_has_env_and_flag():
         sample = _STRING_SAMPLES.get(field.name) or _SAMPLES[field.kind]
         changed = config.load(None, {**base, field.env: sample})
         assert changed != config.load(None, base), field.env
+
+
+def test_hot_certs_is_off_unless_asked(tmp_path):
+    """--hot-certs, HASTAPLE_HOT_CERTS=1 or hot_certs = true; anything unclear is an error."""
+    base = {"HASTAPLE_PATHS": "/a"}
+    assert config.load(None, base).hot_certs is False
+    assert config.load(None, {**base, "HASTAPLE_HOT_CERTS": "1"}).hot_certs is True
+    assert config.load(None, {**base, "HASTAPLE_HOT_CERTS": "off"}).hot_certs is False
+    assert config.load(None, base, {"hot_certs": True}).hot_certs is True
+    toml = tmp_path / "h.toml"
+    toml.write_text('paths = ["/a"]\nhot_certs = true\n')
+    assert config.load(toml, {}).hot_certs is True
+    with pytest.raises(ConfigError, match="hot_certs"):
+        config.load(None, {**base, "HASTAPLE_HOT_CERTS": "maybe"})
 
 
 def test_loopback_detection():
@@ -199,3 +216,24 @@ def test_contrib_example_loads():
     cfg = config.load(example, {})
     assert cfg.haproxy_configs == (Path("/etc/haproxy/haproxy.cfg"),)
     assert cfg.policy == DEFAULT_POLICY
+
+
+def test_fleet_keys():
+    """fleet, fleet_prefix and fleet_lease from TOML or env; a bad URL is exit 2 naming it."""
+    loaded = config.load(
+        None,
+        {"HASTAPLE_PATHS": "/a", "HASTAPLE_FLEET": "unix:///run/redis.sock?db=2",
+         "HASTAPLE_FLEET_PREFIX": "edge:", "HASTAPLE_FLEET_LEASE": "10s"},
+    )  # fmt: skip
+    assert loaded.fleet == "unix:///run/redis.sock?db=2"
+    assert (loaded.fleet_prefix, loaded.fleet_lease.total_seconds()) == ("edge:", 10)
+    plain = config.load(None, {"HASTAPLE_PATHS": "/a"})
+    assert (plain.fleet, plain.fleet_prefix) == (None, "hastaple:")
+    with pytest.raises(ConfigError, match="HASTAPLE_FLEET: fleet: 'mysql://h': a fleet URL"):
+        config.load(None, {"HASTAPLE_PATHS": "/a", "HASTAPLE_FLEET": "mysql://h"})
+    # run reads the whole URL before starting: a bad one is exit 2 naming it.
+    result = CliRunner().invoke(cli, ["run", "--paths", "/a", "--fleet", "redis://h/zero"])
+    assert result.exit_code == 2
+    assert "fleet URL 'redis://h/zero': the database must be a number" in result.stderr
+    with pytest.raises(ConfigError, match="fleet_prefix"):
+        config.load(None, {"HASTAPLE_PATHS": "/a", "HASTAPLE_FLEET_PREFIX": "a b"})

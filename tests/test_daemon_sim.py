@@ -345,6 +345,25 @@ async def test_discovery_warning_is_logged_once_not_at_every_event(
     assert "op.sock" in lines[0].getMessage()
 
 
+async def test_only_sockets_below_admin_fail_every_certificate(pki, tmp_path, make_world):
+    """A configuration whose only socket is below admin: the staple is stored, the row fails."""
+    world = await make_world(1)
+    cfg = tmp_path / "haproxy.cfg"
+    cfg.write_text(
+        f"global\n  stats socket {tmp_path}/op.sock level operator\n"
+        f"frontend f\n  bind :443 ssl crt {world.crt_dir}\n"
+    )
+    world.daemon.apply(
+        world.daemon.prepare(dataclasses.replace(world.config, paths=(), haproxy_configs=(cfg,)))
+    )
+    world.clock.t += dt.timedelta(seconds=11)
+    [outcome] = await world.daemon.refresh_due()
+    rec = world.daemon.records[outcome.row.cert]
+    assert rec.failures == 1, rec
+    assert "level admin" in (rec.error or ""), rec.error
+    assert (world.crt_dir / "c0.pem.ocsp").stat().st_size > 0  # stored, only not deployed
+
+
 async def test_max_age_brings_refresh_forward(pki, tmp_path, make_world):
     """Cache-Control max-age=1h: the next fetch comes after about an hour, not 3.5 days."""
     world = await make_world(1)

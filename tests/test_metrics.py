@@ -77,7 +77,7 @@ def test_counters_start_at_zero_for_every_documented_label():
         f'result="{r}"': 0.0 for r in ("fetched", "fresh", "revoked", "unknown", "error", "skipped")
     }
     outcomes = _samples(text, "hastaple_haproxy_pushes_total")
-    assert outcomes == {f'outcome="{o}"': 0.0 for o in ("update", "commit", "error")}
+    assert outcomes == {f'outcome="{o}"': 0.0 for o in ("update", "commit", "stored", "error")}
 
 
 def test_per_certificate_failures_in_a_row_and_revoked_status():

@@ -40,6 +40,12 @@ RESPONDER_CONNECTIONS = 8
 # never be used: the range a configuration may ask for.
 RESPONDER_CONNECTIONS_RANGE = (1, 256)
 
+# Fleet mode (``--fleet``): the key prefix, so several fleets can share one
+# Redis, and how long one node may fetch a staple for all before another may:
+# two fetch timeouts, so a live holder keeps it and a dead one frees it soon.
+FLEET_PREFIX = "hastaple:"
+FLEET_LEASE = dt.timedelta(seconds=2 * FETCH_TIMEOUT)
+
 SYSTEM_STATE_DIR = Path("/var/lib/hastaple")
 # How long a runtime socket may be down or refuse staples before /healthz fails.
 HAPROXY_GRACE = dt.timedelta(minutes=2)
@@ -75,7 +81,7 @@ class Field:
     """One configuration key: its kind decides how text from env or flags is parsed."""
 
     name: str
-    kind: str  # paths | strings | path | string | int | float | duration | mapping
+    kind: str  # paths | strings | path | string | int | float | duration | mapping | bool
     help: str
 
     @property
@@ -117,6 +123,13 @@ FIELDS: tuple[Field, ...] = (
         "/healthz fails once a runtime socket is down or refuses staples this long",
     ),
     Field("responder_connections", "int", "connections to one OCSP responder host at once"),
+    Field("fleet", "string", "Redis/Valkey URL the HAProxy nodes share staples through"),
+    Field("fleet_prefix", "string", "key prefix in that Redis, so several fleets can share it"),
+    Field("fleet_lease", "duration", "one node fetches a staple for the fleet at most this long"),
+    Field(
+        "hot_certs", "bool",
+        "load renewed, new and removed certificate files into HAProxy as a reload would",
+    ),
     *(Field("refresh_" + key, "float" if key == "jitter" else "duration", text)
       for key, text in _POLICY_HELP.items()),
 )  # fmt: skip
@@ -140,7 +153,12 @@ class Config:
     # Longer than a restart of a large HAProxy plus the first push retry.
     haproxy_grace: dt.timedelta = HAPROXY_GRACE
     responder_connections: int = RESPONDER_CONNECTIONS
+    fleet: str | None = None  # the URL; None: no fleet, the file system alone
+    fleet_prefix: str = FLEET_PREFIX
+    fleet_lease: dt.timedelta = FLEET_LEASE
     policy: Policy = DEFAULT_POLICY
+    # Off by default: it changes which certificates HAProxy serves, not only staples.
+    hot_certs: bool = False
 
     def responder(self, url: str) -> str:
         """The URL to ask instead of ``url`` (an operator's override), or ``url``."""
@@ -198,7 +216,11 @@ def _build(values: dict[str, Any], environ: Mapping[str, str]) -> Config:
         haproxy_poll=values.get("haproxy_poll", dt.timedelta(seconds=2)),
         haproxy_grace=values.get("haproxy_grace", HAPROXY_GRACE),
         responder_connections=values.get("responder_connections", RESPONDER_CONNECTIONS),
+        fleet=values.get("fleet") or None,
+        fleet_prefix=values.get("fleet_prefix", FLEET_PREFIX),
+        fleet_lease=values.get("fleet_lease", FLEET_LEASE),
         policy=policy,
+        hot_certs=values.get("hot_certs", False),
     )
     if not (config.paths or config.crt_lists or config.haproxy_configs):
         raise ConfigError(
@@ -284,6 +306,24 @@ def check_connections(value: int) -> None:
         raise ValueError(f"{value}: must be between {low} and {high}")
 
 
+def check_fleet_prefix(value: str) -> None:
+    """A Redis key prefix: printable, no spaces, short (also ``fetch``'s flag)."""
+    if len(value) > 100 or not value.isprintable() or any(c.isspace() for c in value):  # noqa: PLR2004
+        raise ValueError(f"{value!r}: at most 100 printable characters, no spaces")
+
+
+def _check_fleet(value: str) -> None:
+    # The whole URL is read by stores.redis_url when the command starts (exit 2
+    # there too); here only what shows a value in the wrong key.
+    if value and value.partition("://")[0].lower() not in {"redis", "rediss", "unix"}:
+        raise ValueError(f"{value!r}: a fleet URL starts redis://, rediss:// or unix://")
+
+
+def _check_lease(value: dt.timedelta) -> None:
+    if not dt.timedelta(seconds=0.1) <= value <= dt.timedelta(hours=1):
+        raise ValueError("must be between 0.1 s and 1 hour")
+
+
 def _check_address(value: str) -> None:
     if value.lower() not in {"", "off", "none"}:
         split_address(value)
@@ -294,6 +334,9 @@ _CHECKS: dict[str, Any] = {
     "refresh_jitter": _check_jitter,
     "metrics_address": _check_address,
     "responder_connections": check_connections,
+    "fleet": _check_fleet,
+    "fleet_prefix": check_fleet_prefix,
+    "fleet_lease": _check_lease,
 }
 
 
@@ -358,6 +401,18 @@ def _mapping(value: object) -> dict[str, str]:
     return pairs
 
 
+def _bool(value: object) -> bool:
+    """true/false in TOML; 1/0, true/false, yes/no, on/off as text (environment)."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower() if isinstance(value, str | int) else None
+    if text in {"1", "true", "yes", "on"}:
+        return True
+    if text in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(f"expected true or false, not {value!r}")
+
+
 _PARSERS = {
     "paths": lambda v: tuple(Path(p) for p in _strings(v)),
     "strings": _strings,
@@ -367,4 +422,5 @@ _PARSERS = {
     "float": _float,
     "duration": _duration,
     "mapping": _mapping,
+    "bool": _bool,
 }

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from hastaple.app.cli import cli
 from hastaple.config import Config
 from hastaple.core.schedule import Policy
 from hastaple.daemon.scheduler import Daemon
@@ -242,6 +243,12 @@ async def test_daemon_restaples_a_crt_store_certificate_after_haproxy_restarts(
     finally:
         state.close()
         hap.stop()
+    # `status` says which staple will not survive a reload by itself, and the fix.
+    shown = CliRunner().invoke(cli, ["status", "--json", "--state-dir", str(config.state_dir)])
+    notes = {Path(r["cert"]).stem: r["note"] for r in json.loads(shown.stdout)}
+    assert sorted(notes) == sorted(NAMES)
+    assert f"'ocsp {crt_dir}/plain.pem.ocsp'" in str(notes.pop("plain"))
+    assert set(notes.values()) == {None}
 
 
 def test_verify_checks_crt_store_binds(pki, crt_dir, tmp_path):

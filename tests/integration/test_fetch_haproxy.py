@@ -10,6 +10,7 @@ import datetime as dt
 from pathlib import Path
 
 import pytest
+from cryptography.x509 import ocsp
 
 from hastaple.testing import haproxy as haproxy_proc
 from hastaple.testing.pki import PKI, Issued, now
@@ -211,3 +212,37 @@ async def test_sockets_below_admin_deploy_nothing_and_say_so(  # noqa: PLR0917 -
         assert f"haproxy {oper}: " in str(rows[0]["error"])
         assert "level operator, not admin" in str(rows[0]["error"])
         assert "no response sent" in haproxy_proc.staple(hap.port, "oper.example.test")
+
+
+@pytest.mark.parametrize("registered", [True, False])
+async def test_renewed_certificate_not_served_yet_is_stored_not_failed(
+    pki, openssl_responder, crt_dir, start_haproxy, registered
+):
+    """
+    The file is renewed on disk; HAProxy serves the old certificate until its reload.
+
+    The new staple is stored for that reload: action "stored" with a note,
+    exit 0, nothing loaded (the old certificate keeps its own staple). Both
+    when the old one was loaded with a .ocsp (fast path) and without (the
+    commit path, where HAProxy says "Certificate ID does not match").
+    """
+    old = pki.leaf("renewed.example.test", ocsp_url=openssl_responder.url)
+    path = pki.write(crt_dir, "renewed.pem", old)
+    if registered:
+        path.with_name("renewed.pem.ocsp").write_bytes(pki.response(old.cert))
+    hap = start_haproxy()
+    new = pki.leaf("renewed.example.test", ocsp_url=openssl_responder.url)
+    openssl_responder.add(new.cert)
+    pki.write(crt_dir, "renewed.pem", new)
+
+    code, rows, err = await fetch_json(crt_dir, "--haproxy", hap.socket)
+
+    assert code == 0, err
+    [row] = rows
+    assert (row["action"], row["status"], row["error"]) == ("stored", "good", None), row
+    assert "older certificate" in str(row["note"]) and "reload" in str(row["note"])
+    assert row["haproxy"] == {str(hap.socket): "stored"}
+    staple = ocsp.load_der_ocsp_response(path.with_name("renewed.pem.ocsp").read_bytes())
+    assert staple.serial_number == new.cert.serial_number
+    served = haproxy_proc.staple(hap.port, "renewed.example.test")
+    assert ("Cert Status: good" in served) is registered, served

@@ -311,7 +311,7 @@ async def _documented_metrics_arrive(
     assert values["hastaple_fetches_total"] == {
         "fetched", "fresh", "revoked", "unknown", "error", "skipped",
     }  # fmt: skip
-    assert values["hastaple_haproxy_pushes_total"] == {"update", "commit", "error"}
+    assert values["hastaple_haproxy_pushes_total"] == {"update", "commit", "stored", "error"}
     counted = await asyncio.to_thread(
         prom.query, "hastaple_fetches_total > 0 or hastaple_haproxy_pushes_total > 0"
     )

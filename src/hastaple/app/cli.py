@@ -30,8 +30,9 @@ from hastaple.haproxy.protocol import parse_address
 from hastaple.sources import discover, pem
 
 if TYPE_CHECKING:
-    from hastaple.engine.fetch import Limits
+    from hastaple.engine.fetch import Fetcher, Limits
     from hastaple.engine.pipeline import Options
+    from hastaple.stores.coordinator import Coordinator
 
 logger = logging.getLogger("hastaple")
 
@@ -187,6 +188,28 @@ _state_dir_option = click.option(
     envvar="HASTAPLE_RESPONDER_CONNECTIONS",
     help="Connections to one OCSP responder host at once.",
 )
+@click.option(
+    "--fleet",
+    "fleet_url",
+    envvar="HASTAPLE_FLEET",
+    help="Share staples with other nodes through this Redis/Valkey: redis://host:port/db, "
+    "rediss://... or unix:///path?db=N [env HASTAPLE_FLEET].",
+)
+@click.option(
+    "--fleet-prefix",
+    default=config.FLEET_PREFIX,
+    show_default=True,
+    envvar="HASTAPLE_FLEET_PREFIX",
+    help="Key prefix in that Redis, so several fleets can share it [env HASTAPLE_FLEET_PREFIX].",
+)
+@click.option(
+    "--fleet-lease",
+    type=click.FloatRange(0.1, 3600),
+    default=config.FLEET_LEASE.total_seconds(),
+    show_default=True,
+    envvar="HASTAPLE_FLEET_LEASE",
+    help="Seconds one node may fetch a staple for the fleet before another takes over.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @_state_dir_option
 @click.pass_context
@@ -201,6 +224,9 @@ def fetch(
     timeout: float,
     wait: float,
     responder_connections: int,
+    fleet_url: str | None,
+    fleet_prefix: str,
+    fleet_lease: float,
     as_json: bool,
     state_dir: Path | None,
 ) -> None:
@@ -218,6 +244,7 @@ def fetch(
     from hastaple.engine.pipeline import Options  # noqa: PLC0415
 
     with _errors(ctx):
+        fleet = _fleet_option(fleet_url, fleet_prefix, fleet_lease)
         if not (paths or configs or crt_lists):
             raise UsageError("nothing to do: give certificate files or directories, "
                              "--crt-list or --haproxy-config")  # fmt: skip
@@ -247,7 +274,82 @@ def fetch(
         # collection of a 10,000-certificate run.
         gc.freeze()
         # uvloop, not asyncio's own loop: 13% less CPU per certificate (bench/).
-        rows = uvloop.run(_fetch(found.certs, options, limits, progress=bar))
+        rows = uvloop.run(_fetch(found.certs, options, limits, progress=bar, fleet=fleet))
+    _finish(rows, as_json=as_json)
+
+
+@cli.command("deploy")
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@click.option(
+    "--haproxy",
+    "sockets",
+    multiple=True,
+    type=_ListText(),
+    envvar="HASTAPLE_HAPROXY",
+    help="Admin runtime socket of a running HAProxy: a unix path, host:port, master.sock@1.",
+)
+@click.option(
+    "--haproxy-config",
+    "configs",
+    multiple=True,
+    type=_ListPath(path_type=Path),
+    envvar="HASTAPLE_HAPROXY_CONFIG",
+    help="haproxy.cfg: its admin sockets, and the crt-list or directory of a new file.",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0.1),
+    default=config.FETCH_TIMEOUT,
+    show_default=True,
+    envvar="HASTAPLE_TIMEOUT",
+    help="Seconds for one whole exchange with a responder.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@_state_dir_option
+@click.pass_context
+def deploy_command(
+    ctx: click.Context,
+    paths: tuple[Path, ...],
+    sockets: tuple[str, ...],
+    configs: tuple[Path, ...],
+    timeout: float,
+    as_json: bool,
+    state_dir: Path | None,
+) -> None:
+    """
+    Load renewed or new certificates with their staples into running HAProxy, no reload.
+
+    For certbot's --deploy-hook and acme.sh's --reloadcmd: fetch and validate
+    the staple of each CERT, store it, then load certificate and staple in one
+    transaction into every HAProxy process. Exit 0 only when every process
+    serves every new certificate stapled.
+    """
+    import uvloop  # noqa: PLC0415 - the HTTP stack only for the commands that fetch
+
+    from hastaple.app import certdeploy  # noqa: PLC0415
+    from hastaple.engine.fetch import Limits  # noqa: PLC0415
+
+    with _errors(ctx):
+        if not paths:
+            raise UsageError("nothing to do: give the certificate files to deploy")
+        found = discover.discover((), (), configs)
+        for warning in found.warnings:
+            logger.warning("%s", warning)
+        targets = tuple(dict.fromkeys((*sockets, *found.sockets)))
+        if not targets:
+            raise UsageError("no HAProxy to load into: give --haproxy or --haproxy-config")
+        _check_sockets(targets)
+        chosen = certdeploy.targets(paths, found, configs)
+        limits = Limits(timeout=timeout, connect_timeout=min(timeout, Limits().connect_timeout))
+        rows = uvloop.run(
+            certdeploy.deploy(
+                chosen,
+                targets,
+                state_dir=state_dir or config.default_state_dir(os.environ),
+                limits=limits,
+                now=dt.datetime.now(dt.UTC),
+            )
+        )
     _finish(rows, as_json=as_json)
 
 
@@ -264,28 +366,74 @@ def _check_sockets(sockets: Sequence[str]) -> None:
             raise UsageError(f"{socket}: not a unix socket")
 
 
+def _fleet_option(url: str | None, prefix: str, lease: float) -> tuple[str, str, float] | None:
+    """``--fleet`` and its companions, checked before any work (exit 2)."""
+    if not url:
+        return None
+    from hastaple.stores import redis_url  # noqa: PLC0415 - see fetch()
+
+    redis_url.parse(url)
+    try:
+        config.check_fleet_prefix(prefix)
+    except ValueError as exc:
+        raise UsageError(f"--fleet-prefix: {exc}") from None
+    return url, prefix, lease
+
+
 async def _fetch(
-    entries: Sequence[CertEntry], options: Options, limits: Limits, *, progress: bool
+    entries: Sequence[CertEntry],
+    options: Options,
+    limits: Limits,
+    *,
+    progress: bool,
+    fleet: tuple[str, str, float] | None = None,
 ) -> list[ResultRow]:
     from hastaple.engine.fetch import Fetcher  # noqa: PLC0415
+
+    if fleet is None:
+        async with Fetcher(limits) as fetcher:
+            return await _run_fetch(entries, options, fetcher, progress=progress)
+    from hastaple.stores.coordinator import connected  # noqa: PLC0415 - redis-py only for --fleet
+
+    url, prefix, lease = fleet
+    async with Fetcher(limits) as fetcher, connected(url, prefix=prefix, lease=lease) as coord:
+        rows = await _run_fetch(entries, options, fetcher, progress=progress, fleet=coord)
+        if coord.fleet.stats.outages:
+            # Exit 0 all the same when every staple is good: Redis only saves work.
+            click.echo(
+                f"note: the fleet's Redis ({coord.fleet.address.display}) was unreachable; "
+                "this node fetched its staples by itself",
+                err=True,
+            )
+        return rows
+
+
+async def _run_fetch(
+    entries: Sequence[CertEntry],
+    options: Options,
+    fetcher: Fetcher,
+    *,
+    progress: bool,
+    fleet: Coordinator | None = None,
+) -> list[ResultRow]:
     from hastaple.engine.pipeline import run  # noqa: PLC0415
 
     now = dt.datetime.now(dt.UTC)
-    async with Fetcher(limits) as fetcher:
-        if not progress:
-            return await run(entries, options, fetcher=fetcher, now=now)
-        # A bar on stderr for a person at a terminal; pipes and cron get none
-        # (nor the import of rich: about 4 MB the daemon and cron never use).
-        from rich.console import Console  # noqa: PLC0415
-        from rich.progress import Progress  # noqa: PLC0415
+    if not progress:
+        return await run(entries, options, fetcher=fetcher, now=now, fleet=fleet)
+    # A bar on stderr for a person at a terminal; pipes and cron get none
+    # (nor the import of rich: about 4 MB the daemon and cron never use).
+    from rich.console import Console  # noqa: PLC0415
+    from rich.progress import Progress  # noqa: PLC0415
 
-        with Progress(*Progress.get_default_columns(), console=Console(stderr=True)) as bar:
-            task = bar.add_task("Stapling", total=len(entries))
-            rows = await run(
-                entries, options, fetcher=fetcher, now=now, progress=lambda: bar.advance(task)
-            )
-            bar.update(task, description="Stapled")
-            return rows
+    with Progress(*Progress.get_default_columns(), console=Console(stderr=True)) as bar:
+        task = bar.add_task("Stapling", total=len(entries))
+        rows = await run(
+            entries, options, fetcher=fetcher, now=now, progress=lambda: bar.advance(task),
+            fleet=fleet,
+        )  # fmt: skip
+        bar.update(task, description="Stapled")
+        return rows
 
 
 @cli.command()
@@ -446,10 +594,10 @@ def _config_flags(command: Callable[..., None]) -> Callable[..., None]:
     """One flag per configuration key (config.FIELDS), so flags and TOML never drift."""
     for field in reversed(config.FIELDS):
         many = field.kind in {"paths", "strings"}
+        kind: dict[str, Any] = {"is_flag": True} if field.kind == "bool" else {"multiple": many}
         command = click.option(
-            field.flag, field.name, multiple=many, default=None,
-            help=f"{field.help} [env {field.env}]",
-        )(command)  # fmt: skip
+            field.flag, field.name, default=None, help=f"{field.help} [env {field.env}]", **kind
+        )(command)
     return command
 
 
@@ -476,7 +624,12 @@ def run_daemon(ctx: click.Context, /, config_file: Path | None, **flags: object)
     """
 
     def load() -> config.Config:
-        return config.load(config_file, os.environ, flags)
+        loaded = config.load(config_file, os.environ, flags)
+        if loaded.fleet:  # the whole URL, before anything starts (exit 2)
+            from hastaple.stores import redis_url  # noqa: PLC0415
+
+            redis_url.parse(loaded.fleet)
+        return loaded
 
     from hastaple.daemon import service  # noqa: PLC0415 - the daemon's stack only for `run`
 
@@ -501,13 +654,18 @@ def status(
     with _errors(ctx):
         if state_dir is None and config_file is not None:
             state_dir = config.load(config_file, os.environ).state_dir
-        db = state.State.open_readonly(state_dir or config.default_state_dir(os.environ))
+        where = state_dir or config.default_state_dir(os.environ)
+        db = state.State.open_readonly(where)
         records = db.all()
         db.close()
+    fleet = status_view.fleet(where)  # the daemon's fleet.json, in fleet mode
+    if fleet is not None:
+        click.echo(fleet.summary, err=True)
+    fetched_by = fleet.fetched_by if fleet is not None else None
     if as_json:
-        click.echo(status_view.as_json(records))
+        click.echo(status_view.as_json(records, fetched_by=fetched_by))
     elif sys.stdout.isatty():
-        status_view.table(records, sys.stdout)
+        status_view.table(records, sys.stdout, fetched_by=fetched_by)
     elif records:
         click.echo(status_view.as_lines(records))
     sys.exit(EXIT_OK if status_view.healthy(records) else EXIT_FAILED)

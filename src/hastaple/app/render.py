@@ -42,8 +42,8 @@ def as_lines(rows: Sequence[ResultRow]) -> str:
     for r in rows:
         nxt = rfc3339(r.next_update) or "-"
         fields = [r.cert, r.status.value, r.action.value, nxt]
-        if r.error:
-            fields.append(r.error)
+        if r.error or r.note:
+            fields.append(r.error or r.note or "")
         out.append("\t".join(fields))
     return "\n".join(out)
 
@@ -66,6 +66,6 @@ def table(rows: Sequence[ResultRow], stream: IO[str]) -> None:
             f"[{style}]{r.status.value}[/]" if style else r.status.value,
             f"[{action_style}]{r.action.value}[/]" if action_style else r.action.value,
             rfc3339(r.next_update) or "-",
-            escape(r.error or ""),
+            escape(r.error or r.note or ""),
         )
     Console(file=stream).print(t)

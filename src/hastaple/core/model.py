@@ -28,6 +28,9 @@ class Action(enum.Enum):
     DEPLOYED = "deployed"
     SKIPPED = "skipped"
     FAILED = "failed"
+    # The staple is stored for a renewed certificate HAProxy does not serve
+    # yet (it serves the older one until its next reload): not a failure.
+    STORED = "stored"
 
 
 @dataclass(frozen=True, slots=True)

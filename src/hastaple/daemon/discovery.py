@@ -57,6 +57,8 @@ class View:
     config: Config
     entries: Mapping[str, CertEntry] = dataclasses.field(default_factory=_empty)
     sockets: tuple[str, ...] = ()
+    # Sockets of the configuration below 'level admin', with why: every row says so.
+    below_admin: tuple[tuple[str, str], ...] = ()
     roots: frozenset[Path] = frozenset()
     serials: Serials = dataclasses.field(default_factory=_empty)
     removed: tuple[str, ...] = ()
@@ -122,6 +124,7 @@ def diff(
         config=config,
         entries=MappingProxyType(entries),
         sockets=tuple(dict.fromkeys((*config.sockets, *found.sockets))),
+        below_admin=found.below_admin,
         roots=frozenset(roots(config, found.certs)),
         serials=MappingProxyType(serials),
         removed=tuple(sorted(set(records) - set(entries))),

@@ -31,7 +31,7 @@ _SIGNED_BAD = frozenset({"revoked", "unknown"})
 # Every documented label value of the counters, created at 0 at start-up: a
 # series that first appears at 1 hides its first rise from ``increase()``.
 FETCH_RESULTS = ("fetched", "fresh", "revoked", "unknown", "error", "skipped")
-PUSH_OUTCOMES = ("update", "commit", "error")
+PUSH_OUTCOMES = ("update", "commit", "stored", "error")
 
 Snapshot = Callable[[], tuple[dt.datetime, Iterable[Record]]]
 Sockets = Callable[[], Iterable[tuple[str, bool]]]

@@ -36,15 +36,17 @@ import logging
 import random
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from hastaple.config import Config
 from hastaple.core.model import CertEntry, ResultRow, Status
 from hastaple.daemon import loop, scheduling
 from hastaple.daemon import metrics as prom
+from hastaple.daemon.announced import Announced
 from hastaple.daemon.batching import Records
 from hastaple.daemon.discovery import View, diff
 from hastaple.daemon.eventlog import log_event
+from hastaple.daemon.hotcerts import HotCerts
 from hastaple.daemon.restarts import Tracker, show_info
 from hastaple.daemon.state import Record, State
 from hastaple.engine import pipeline
@@ -52,6 +54,10 @@ from hastaple.engine.fetch import Fetcher
 from hastaple.errors import HastapleError, StateBusy
 from hastaple.sources import discover
 from hastaple.stores import index
+
+if TYPE_CHECKING:  # redis-py is imported only with --fleet
+    from hastaple.stores.coordinator import Coordinator
+    from hastaple.stores.fleet import StapleKey
 
 logger = logging.getLogger(__name__)
 _ERROR_PAUSE_SECONDS = 5.0
@@ -84,7 +90,10 @@ class Daemon:
         state: State,
         clock: Clock | None = None,
         rng: random.Random | None = None,
+        fleet: Coordinator | None = None,
     ) -> None:
+        self.fleet = fleet  # staples shared with other nodes (``--fleet``), or None
+        self.announced = Announced()
         self.fetcher = fetcher
         self.state = state
         self.clock = clock or SystemClock()
@@ -104,6 +113,7 @@ class Daemon:
         self.index = index.Index.open(config.state_dir)
         # Set when the watched directories change (SIGHUP): the watcher restarts at once.
         self.rewatch = asyncio.Event()
+        self.hot = HotCerts()  # --hot-certs: changed files to load into HAProxy
 
     @property
     def config(self) -> Config:
@@ -162,6 +172,8 @@ class Daemon:
             del self.records[name]
         self.records.update((rec.cert, rec) for rec in view.saves)
         old, self.view = self.view, view
+        if view.config.hot_certs:
+            self.hot.note(view.news, view.removed, old.entries)
         for socket in self.haproxy.asked() - set(view.sockets):
             self.haproxy.forget(socket)
         for name in view.removed:
@@ -214,35 +226,56 @@ class Daemon:
             for n, r in self.records.items()
             if n in self.entries and (r.next_refresh is None or r.next_refresh <= now)
         ]
-        if not due:
+        if not due and not (self.config.hot_certs and self.hot.removals):
             return []
         forced: list[str] = []
         plain: list[str] = []
         for n in due:
             (forced if scheduling.hint_due(self.records[n], now) else plain).append(n)
+        plain, adopt = self.announced.split(plain, due)  # taken from the fleet if newer
         # What each certificate was when its batch started: a file event while
         # the batch is in flight may remove or renew it (``_record``).
         started = {n: self.records[n].serial for n in due}
         outcomes: list[pipeline.Outcome] = []
         async with self._busy:
-            for names, force in ((plain, False), (forced, True)):
+            for names, force, adopting in ((plain, False, False), (forced, True, False),
+                                           (adopt, False, True)):  # fmt: skip
                 if names:
-                    options = self._options(force=force)
+                    options = dataclasses.replace(self._options(force=force), adopt=adopting)
                     entries = [self.entries[n] for n in names]
                     try:
                         outcomes += await pipeline.run_outcomes(
-                            entries, options, fetcher=self.fetcher, now=now, held=self.index
-                        )
+                            entries, options, fetcher=self.fetcher, now=now, held=self.index,
+                            fleet=self.fleet,
+                        )  # fmt: skip
                     except StateBusy as exc:  # still due: the next turn waits again
                         log_event(logging.WARNING, "busy", certs=len(names), error=str(exc))
+            if self.config.hot_certs:
+                outcomes = await self.hot.follow(
+                    outcomes, self.entries, self.sockets, configs=self.config.haproxy_configs,
+                    directories=self.config.paths, now=now, serials=started,
+                )  # fmt: skip
         with self.records.batch():
             for outcome in outcomes:
                 self._record(outcome, now, started)
+        if self.fleet is not None:
+            from hastaple.stores import fleet_status  # noqa: PLC0415 - fleet mode only
+
+            fleet_status.write(self.config.state_dir, self.fleet)
         return outcomes
+
+    def fleet_published(self, key: StapleKey) -> None:
+        """Another node stored a new staple: its certificates here are due now (``announced``)."""
+        self.announced.mark(self.view, self.records, key.serial, self.clock.now())
+        self.wake.set()
 
     def _options(self, *, force: bool = False, fetch: bool = True) -> pipeline.Options:
         return pipeline.Options(
-            sockets=self.sockets, force=force, state_dir=self.config.state_dir, fetch=fetch
+            sockets=self.sockets,
+            below_admin=self.view.below_admin,
+            force=force,
+            state_dir=self.config.state_dir,
+            fetch=fetch,
         )
 
     def _record(

@@ -38,7 +38,7 @@ def after_refresh(
     result = result_of(row)
     base = dataclasses.replace(
         rec, ocsp_url=row.ocsp_url, result=result, error=row.error, last_attempt=now,
-        haproxy=served(rec, row.haproxy),
+        haproxy=served(rec, _named_aliases(row)), note=row.note,
     )  # fmt: skip
     if has_staple(row):
         new = dataclasses.replace(
@@ -125,3 +125,11 @@ def result_of(row: ResultRow) -> str:
     if row.action is Action.SKIPPED and row.status is not Status.ERROR:
         return "skipped"
     return "error"
+
+
+def _named_aliases(row: ResultRow) -> dict[str, str]:
+    """Each socket's push outcome; an alias says which socket reached its process."""
+    return {
+        sock: f"alias of {row.aliases[sock]}" if sock in row.aliases else how
+        for sock, how in row.haproxy.items()
+    }

@@ -13,11 +13,13 @@ connections need a restart (and say so).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
 import signal
-from collections.abc import Callable, MutableMapping
+from collections.abc import AsyncIterator, Callable, MutableMapping
+from typing import TYPE_CHECKING
 
 import uvloop
 from aiohttp import web
@@ -30,6 +32,9 @@ from hastaple.daemon.scheduler import Daemon
 from hastaple.daemon.state import State
 from hastaple.engine.fetch import Fetcher, Limits, OCSPReply
 from hastaple.errors import HastapleError
+
+if TYPE_CHECKING:
+    from hastaple.stores.coordinator import Coordinator
 
 # aiohttp's trust_env reads these at each request (urllib prefers the lower case).
 logger = logging.getLogger(__name__)
@@ -82,8 +87,10 @@ async def _main(load: Callable[[], Config]) -> int:
         loop.add_signal_handler(sig, _stopper(stop, sig))
     runner: web.AppRunner | None = None
     try:
-        async with ConfiguredFetcher(config) as fetcher:
-            daemon = Daemon(config, fetcher=fetcher, state=state)
+        async with ConfiguredFetcher(config) as fetcher, _fleet(config) as fleet:
+            daemon = Daemon(config, fetcher=fetcher, state=state, fleet=fleet)
+            if fleet is not None:
+                _attach_fleet(daemon, fleet)
             if config.metrics_address is not None:
                 runner = await _serve_metrics(daemon, config.metrics_address)
             loop.add_signal_handler(signal.SIGHUP, lambda: _reload(daemon, fetcher, load))
@@ -97,6 +104,35 @@ async def _main(load: Callable[[], Config]) -> int:
             loop.remove_signal_handler(sig)
     log_event(logging.INFO, "stopped")
     return 0
+
+
+@contextlib.asynccontextmanager
+async def _fleet(config: Config) -> AsyncIterator[Coordinator | None]:
+    """The fleet of ``config.fleet``, or None; redis-py is imported only when it is set."""
+    if not config.fleet:
+        yield None
+        return
+    from hastaple.stores.coordinator import connected  # noqa: PLC0415
+
+    lease = config.fleet_lease.total_seconds()
+    async with connected(config.fleet, prefix=config.fleet_prefix, lease=lease) as coordinator:
+        log_event(
+            logging.INFO, "fleet", url=coordinator.fleet.address.display,
+            node=coordinator.fleet.node, up=coordinator.fleet.up,
+        )  # fmt: skip
+        yield coordinator
+
+
+def _attach_fleet(daemon: Daemon, coordinator: Coordinator) -> None:
+    """Announcements make certificates due; a reconnect wakes the loop; status and metrics."""
+    from hastaple.daemon.fleet_metrics import FleetCollector  # noqa: PLC0415
+    from hastaple.stores import fleet_status  # noqa: PLC0415
+
+    coordinator.fleet.on_published = daemon.fleet_published
+    coordinator.fleet.on_resync = daemon.wake.set
+    # ``status`` reads the fleet from the state directory: refreshed at every heartbeat.
+    coordinator.fleet.on_beat = lambda: fleet_status.write(daemon.config.state_dir, coordinator)
+    daemon.metrics.registry.register(FleetCollector(coordinator.fleet))
 
 
 def _stopper(stop: asyncio.Event, sig: signal.Signals) -> Callable[[], None]:
@@ -135,6 +171,9 @@ def _reload(daemon: Daemon, fetcher: ConfiguredFetcher, load: Callable[[], Confi
             state_dir=old.state_dir,
             metrics_address=old.metrics_address,
             responder_connections=old.responder_connections,
+            fleet=old.fleet,
+            fleet_prefix=old.fleet_prefix,
+            fleet_lease=old.fleet_lease,
         )
         view = daemon.prepare(new)
         daemon.apply(view)  # writes the state first: a failure there changes nothing
@@ -146,7 +185,9 @@ def _reload(daemon: Daemon, fetcher: ConfiguredFetcher, load: Callable[[], Confi
         return
     fetcher.configure(new)
     events.configure(new.log_format)
-    for name in ("state_dir", "metrics_address", "responder_connections"):
+    needs_restart = ("state_dir", "metrics_address", "responder_connections", "fleet",
+                     "fleet_prefix", "fleet_lease")  # fmt: skip
+    for name in needs_restart:
         if getattr(loaded, name) != getattr(old, name):
             log_event(logging.WARNING, "restart_needed", key=name)
     log_event(logging.INFO, "reloaded", certs=len(daemon.entries), sockets=len(daemon.sockets))

@@ -34,7 +34,8 @@ CREATE TABLE IF NOT EXISTS certs (
     last_attempt TEXT, last_success TEXT, this_update TEXT, next_update TEXT,
     fetched_at TEXT, max_age INTEGER, failures INTEGER NOT NULL DEFAULT 0,
     next_refresh TEXT, haproxy TEXT NOT NULL DEFAULT '{}',
-    must_staple INTEGER NOT NULL DEFAULT 0
+    must_staple INTEGER NOT NULL DEFAULT 0,
+    note TEXT
 );
 CREATE TABLE IF NOT EXISTS history (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -73,6 +74,9 @@ class Record:
     haproxy: tuple[tuple[str, str], ...] = field(default=())
     # The certificate promises a staple (RFC 7633): without one it fails.
     must_staple: bool = False
+    # Something to change though all is in order (a staple HAProxy will not
+    # reload by itself), from the last outcome's row.
+    note: str | None = None
 
     def window(self) -> Window | None:
         """The staple held, for the scheduler, or None when there is none."""
@@ -253,6 +257,9 @@ def _upgrade(db: sqlite3.Connection) -> None:
     if "must_staple" not in have:
         with db:
             db.execute("ALTER TABLE certs ADD COLUMN must_staple INTEGER NOT NULL DEFAULT 0")
+    if "note" not in have:
+        with db:
+            db.execute("ALTER TABLE certs ADD COLUMN note TEXT")
 
 
 def _record(row: sqlite3.Row) -> Record:

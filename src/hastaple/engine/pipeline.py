@@ -23,6 +23,7 @@ import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from hastaple.core.model import CertEntry, ResultRow
 from hastaple.engine.fetch import Fetcher, HostStalled, deferring
@@ -32,6 +33,9 @@ from hastaple.sinks.pusher import Pusher
 from hastaple.stores import index, lock
 from hastaple.stores.base import StapleStore
 from hastaple.stores.files import FileStore
+
+if TYPE_CHECKING:  # the fleet (and redis-py) is imported only when configured
+    from hastaple.stores.coordinator import Coordinator
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +68,7 @@ async def run(
     now: dt.datetime,
     progress: Callable[[], None] | None = None,
     staples: StapleStore | None = None,
+    fleet: Coordinator | None = None,
 ) -> list[ResultRow]:
     """
     Fetch, validate, store and deploy staples for ``entries``; one row each.
@@ -74,10 +79,13 @@ async def run(
     (``pusher``). ``progress`` is
     called once per certificate when its staple is ready (a progress bar).
     ``staples`` is where staples are kept: ``<crt>.ocsp`` files by default.
+    ``fleet``: staples shared with other nodes (``stores.coordinator``),
+    asked where the CA would be.
     """
     outcomes = await run_outcomes(
-        entries, options, fetcher=fetcher, now=now, progress=progress, staples=staples
-    )
+        entries, options, fetcher=fetcher, now=now, progress=progress, staples=staples,
+        fleet=fleet,
+    )  # fmt: skip
     return [o.row for o in outcomes]
 
 
@@ -90,6 +98,7 @@ async def run_outcomes(
     progress: Callable[[], None] | None = None,
     held: index.Index | None = None,
     staples: StapleStore | None = None,
+    fleet: Coordinator | None = None,
 ) -> list[Outcome]:
     """
     ``run``, with the responder's max-age and latency per certificate (the daemon).
@@ -107,7 +116,8 @@ async def run_outcomes(
         keep = held is not None and held.state_dir == state_dir
         idx = held if held is not None and keep else index.Index.open(state_dir)
         idx.sync()
-        ctx = Context(FileStore() if staples is None else staples, idx)
+        shared = None if options.dry_run else fleet  # dry-run writes nothing, Redis included
+        ctx = Context(FileStore() if staples is None else staples, idx, shared)
         outcomes = await _run_locked(
             entries, options, fetcher=fetcher, now=now, progress=progress, ctx=ctx
         )

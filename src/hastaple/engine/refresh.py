@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 
@@ -38,6 +39,9 @@ from hastaple.haproxy.deploy import DeployItem
 from hastaple.sources import pem
 from hastaple.stores import index, store
 from hastaple.stores.base import StapleStore
+
+if TYPE_CHECKING:  # the fleet (and redis-py) is imported only when configured
+    from hastaple.stores.coordinator import Coordinator
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +63,9 @@ class Options:
     fetch: bool = True
     # Seconds to wait for another run holding the state directory (``lock``).
     lock_wait: float = config.LOCK_WAIT
+    # Another node announced these staples (``--fleet``): take the fleet's if
+    # newer than the one held, even while that one is still fresh.
+    adopt: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +133,7 @@ class Context:
 
     staples: StapleStore
     index: index.Index
+    fleet: Coordinator | None = None  # staples shared with other nodes; None: the CA alone
 
 
 async def prepare(  # noqa: PLR0911 - one early return per kind of row
@@ -140,7 +148,7 @@ async def prepare(  # noqa: PLR0911 - one early return per kind of row
             return Prepared(ResultRow(name, None, Status.MANAGED, Action.SKIPPED))
         pem_fp = index.fingerprint(entry.path)
         # The index knows only <crt>.ocsp: a crt-store's own staple file goes the long way.
-        cached = not options.force and entry.ocsp_file is None
+        cached = not (options.force or options.adopt) and entry.ocsp_file is None
         if cached and (hit := _from_index(entry, pem_fp, options, now, ctx)):
             return hit
         bundle = pem.parse_file(entry.path)
@@ -246,7 +254,10 @@ async def _refresh(
     # After a signed "revoked", an older good staple is neither fresh nor pushed again.
     revoked = ctx.index.is_revoked(path, cert.leaf.serial_number)
     keep = current and not revoked and not options.force
-    if keep and current and (not options.fetch or schedule.is_fresh(*_times(current), now)):
+    fresh = keep and current and (not options.fetch or schedule.is_fresh(*_times(current), now))
+    if fresh and current and options.adopt and ctx.fleet is not None:
+        return await _adopt(cert, current, options=options, now=now, ctx=ctx, fleet=ctx.fleet)
+    if fresh and current:
         staple = _staple(cert, *current)
         _remember(ctx, cert, staple, ocsp_fp)
         return Prepared(ResultRow.of(name, url, current[1], Action.FRESH), staple)
@@ -275,11 +286,21 @@ async def _fetch(
     staple_path = cert.staple_file or store.staple_path(cert.files_base)
     req = request.build(cert.leaf, cert.issuer)
     cert_id = request.cert_id_of(req)  # one request built per certificate, not two
-    reply = await fetcher.ocsp(url, req)
-    verdict = validate(
-        reply.der, cert=cert.leaf, issuer=cert.issuer, now=now, margin=options.margin
+    check = functools.partial(
+        validate, cert=cert.leaf, issuer=cert.issuer, now=now, margin=options.margin
     )
-    hints: dict[str, Any] = {"max_age": reply.max_age, "elapsed": reply.elapsed}
+    if ctx.fleet is None:
+        reply = await fetcher.ocsp(url, req)
+        der, verdict = reply.der, check(reply.der)
+        hints: dict[str, Any] = {"max_age": reply.max_age, "elapsed": reply.elapsed}
+    else:  # the fleet's staple if one is fresh and valid, else the CA's (shared)
+        got = await ctx.fleet.obtain(
+            req, check=check, ask_ca=functools.partial(fetcher.ocsp, url, req), now=now,
+            held=current[1] if current else None, force=options.force,
+        )  # fmt: skip
+        der, verdict = got.der, got.verdict
+        hints = {"max_age": got.max_age, "elapsed": got.elapsed}
+        ctx.fleet.fetched_by[name] = got.node
     if verdict.status is not Status.GOOD:
         if verdict.status is Status.REVOKED and not options.dry_run:
             ctx.index.mark_revoked(path, verdict.serial)
@@ -294,11 +315,38 @@ async def _fetch(
         # expires sooner than ours: never replace a staple with a worse one.
         staple = _staple(cert, *current, cert_id=cert_id)
         return Prepared(ResultRow.of(name, url, current[1], Action.FRESH), staple, **hints)
-    staple = _staple(cert, reply.der, verdict, cert_id=cert_id)
+    staple = _staple(cert, der, verdict, cert_id=cert_id)
     if not options.dry_run:
-        await ctx.staples.put(staple_path, reply.der, owner_of=path)
-        _remember(ctx, cert, staple, index.fingerprint_if(staple_path, reply.der))
+        await ctx.staples.put(staple_path, der, owner_of=path)
+        _remember(ctx, cert, staple, index.fingerprint_if(staple_path, der))
     return Prepared(ResultRow.of(name, url, verdict, Action.FETCHED), staple, **hints)
+
+
+async def _adopt(
+    cert: _Cert,
+    current: tuple[bytes, Verdict],
+    *,
+    options: Options,
+    now: dt.datetime,
+    ctx: Context,
+    fleet: Coordinator,
+) -> Prepared:
+    """The fleet's staple if newer than the fresh one held (validated as the CA's); else ours."""
+    name, url, path = str(cert.path), cert.url, cert.path
+    req = request.build(cert.leaf, cert.issuer)
+    cert_id = request.cert_id_of(req)
+    check = functools.partial(
+        validate, cert=cert.leaf, issuer=cert.issuer, now=now, margin=options.margin
+    )
+    got = await fleet.adopt(req, check=check, held=current[1])
+    if got is None or got.verdict.status is not Status.GOOD:
+        return Prepared(ResultRow.of(name, url, current[1], Action.FRESH), _staple(cert, *current))
+    staple_path = cert.staple_file or store.staple_path(cert.files_base)
+    staple = _staple(cert, got.der, got.verdict, cert_id=cert_id)
+    fleet.fetched_by[name] = got.node
+    await ctx.staples.put(staple_path, got.der, owner_of=path)
+    _remember(ctx, cert, staple, index.fingerprint_if(staple_path, got.der))
+    return Prepared(ResultRow.of(name, url, got.verdict, Action.FETCHED), staple)
 
 
 def noted(entry: CertEntry, prepared: Prepared) -> Prepared:

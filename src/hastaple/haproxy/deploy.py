@@ -33,7 +33,13 @@ from typing import TYPE_CHECKING, Self
 
 from cryptography.x509 import ocsp
 
-from hastaple.errors import HAProxyCommandFailed, HAProxyError, HAProxyUnreachable
+from hastaple.core.ocsp import der
+from hastaple.errors import (
+    HAProxyCommandFailed,
+    HAProxyError,
+    HAProxyUnreachable,
+    InvalidResponse,
+)
 from hastaple.haproxy import client, protocol
 
 if TYPE_CHECKING:
@@ -104,10 +110,18 @@ class Process:
 _START_SLACK = 2.5
 
 
+# The method of an outcome whose file HAProxy serves in an older version: the
+# staple is stored for the reload (or restart) that loads the new certificate.
+STORED = "stored"
+
+
 @dataclass(frozen=True, slots=True)
 class DeployOutcome:
     """
     What happened to one item: ``method`` is "update" (fast path) or "commit".
+
+    ``STORED`` (not ok): HAProxy serves another certificate from that file,
+    an older one until its next reload; nothing was loaded.
 
     ``error`` is the problem alone; the caller names the socket.
     """
@@ -398,6 +412,8 @@ class _Run:
         error = None
         if info is None:
             error = _NOT_SERVED.format(item.crt)
+        elif (older := _older_certificate(item, info)) is not None:
+            return DeployOutcome(item.crt, ok=False, method=STORED, error=older)
         elif info.ocsp_key is None:
             return None
         elif info.ocsp_key != item.cert_id.hex():
@@ -608,10 +624,10 @@ class _Run:
             return
         reply = await self.conn.run_one(protocol.SHOW_CERTS)
         names = protocol.parse_cert_names(reply)
-        cwd = _cwd(self.process)
+        cwd = process_cwd(self.process)
         for i in unknown:
             crt = items[i].crt
-            if same := _same_file(crt, names, cwd):
+            if same := same_file(crt, names, cwd):
                 error = (
                     f"{_NOT_SERVED.format(crt)} under that name; it serves that file as "
                     f"{' and '.join(same)}: give that path"
@@ -699,7 +715,7 @@ def _met_lock(outcome: DeployOutcome, todo: Sequence[tuple[int, DeployItem]]) ->
     return any(f"is about '{crt}'" in error or f"for certificate {crt}!" in error for crt in others)
 
 
-def _cwd(process: Process | None) -> Path | None:
+def process_cwd(process: Process | None) -> Path | None:
     """HAProxy's working directory, when it runs on this host and we may look."""
     if process is None:
         return None
@@ -709,7 +725,7 @@ def _cwd(process: Process | None) -> Path | None:
         return None
 
 
-def _same_file(crt: str, names: Sequence[str], cwd: Path | None) -> list[str]:
+def same_file(crt: str, names: Sequence[str], cwd: Path | None) -> list[str]:
     """
     The names in ``names`` that are the file ``crt``.
 
@@ -726,6 +742,43 @@ def _same_file(crt: str, names: Sequence[str], cwd: Path | None) -> list[str]:
         elif str(want).endswith(os.sep + os.path.normpath(name)):
             same.append(name)
     return same
+
+
+def _older_certificate(item: DeployItem, info: protocol.CertInfo) -> str | None:
+    """
+    Why HAProxy serves another certificate from ``item``'s file (renewed on disk), or None.
+
+    The CertID ends with the certificate's serial; ``show ssl cert`` prints
+    the served one. A different serial is the certificate HAProxy loaded
+    before the file was renewed: our staple cannot go to it (a commit of the
+    new ``.ocsp`` onto the old PEM fails: "Certificate ID does not match").
+    """
+    if info.serial is None:
+        return None
+    try:
+        served = int(info.serial, 16)
+    except ValueError:
+        return None
+    ours = cert_id_serial(item.cert_id)
+    if ours is None or served == ours:
+        return None
+    return (
+        f"HAProxy serves an older certificate from {item.crt} (serial {info.serial}, the file "
+        f"now holds {ours:X}) until its next reload, which loads the new one with this staple"
+    )
+
+
+def cert_id_serial(cert_id: bytes) -> int | None:
+    """The serial number inside a DER CertID, or None when it does not parse."""
+    try:
+        _, start, end = der.element(cert_id)
+        tag, _, content, stop = der.children(cert_id, start, end)[-1]
+    except (InvalidResponse, IndexError):
+        return None
+    return int.from_bytes(cert_id[content:stop], "big") if tag == _INTEGER else None
+
+
+_INTEGER = 0x02
 
 
 def _seconds(when: datetime) -> datetime:

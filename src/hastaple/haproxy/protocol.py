@@ -549,3 +549,13 @@ def _fields(text: str) -> dict[str, str]:
 def _openssl_time(text: str) -> datetime:
     """Parse OpenSSL's ``Nov 29 16:55:52 2026 GMT`` (ASN1_TIME_print) as UTC."""
     return datetime.strptime(" ".join(text.split()), "%b %d %H:%M:%S %Y GMT").replace(tzinfo=UTC)
+
+
+def escape_arg(text: str) -> str:
+    """Escape one argument (a path) so HAProxy's CLI reads it back as exactly one word."""
+    return _arg(text)
+
+
+def command_failed(socket: str, command: Command, reply: Reply) -> HAProxyCommandFailed:
+    """The error for ``command`` answered with ``reply``: its text, or the closed connection."""
+    return _fail(socket, command, reply)

@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from hastaple.core.model import Action, ResultRow
 from hastaple.errors import HAProxyError
-from hastaple.haproxy.deploy import CHUNK, DeployItem, DeployOutcome, Process, Session
+from hastaple.haproxy.deploy import CHUNK, STORED, DeployItem, DeployOutcome, Process, Session
 
 # Certificates per round: deploy's own chunk, one pipelined exchange each.
 ROUND = CHUNK
@@ -191,11 +191,16 @@ def _merge(
     """One row from the outcomes of every name on every socket: any failure fails it."""
     haproxy: dict[str, str] = {}
     errors = []
+    notes = []
     for sock, outcomes in results.items():
         methods = []
         for result in outcomes:
             if isinstance(result, str):  # the whole socket failed: the error names it
                 errors.append(result)
+            elif result is not None and result.method == STORED:
+                # Renewed on disk, not loaded yet: the staple waits for the reload.
+                notes.append(f"haproxy {sock}: {result.error}")
+                methods.append(STORED)
             elif result is None or not result.ok:
                 why = result.error if result else "no outcome"
                 errors.append(f"haproxy {sock}: {why}")
@@ -210,4 +215,9 @@ def _merge(
             row, action=Action.FAILED, error=error, haproxy=haproxy, aliases=aliases
         )
     action = Action.DEPLOYED if row.action is Action.FETCHED else row.action
+    if notes:
+        note = "; ".join(dict.fromkeys([*([row.note] if row.note else []), *notes]))
+        return dataclasses.replace(
+            row, action=Action.STORED, note=note, haproxy=haproxy, aliases=aliases
+        )
     return dataclasses.replace(row, action=action, haproxy=haproxy, aliases=aliases)
