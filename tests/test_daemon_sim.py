@@ -434,13 +434,13 @@ async def test_file_event_reparses_only_changed_certificates(
     """One changed file among many: only it is parsed again, the others by file identity."""
     world = await make_world(6)
     parsed: list[str] = []
-    real = pem.parse_file
+    real = pem.parse_leaf_file
 
     def counting(path):
         parsed.append(path.name)
         return real(path)
 
-    monkeypatch.setattr(pem, "parse_file", counting)
+    monkeypatch.setattr(pem, "parse_leaf_file", counting)
     world.daemon.rediscover()
     assert parsed == []  # nothing changed since the first discovery
     renewed = pki.leaf("c3.test", ocsp_url=world.url)

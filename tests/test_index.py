@@ -161,6 +161,41 @@ async def test_a_large_index_reads_back_whole(setup, tmp_path):
     assert again.is_revoked(names[7], 1234)
 
 
+async def test_the_snapshot_is_one_json_document_read_line_by_line(setup, tmp_path):
+    """index.json stays one JSON document; one written on one line (before) still loads."""
+    import json  # noqa: PLC0415
+
+    path, state, _ = setup
+    await _run(path, state)
+    idx = index.Index.load(state)
+    entry = idx.lookup(path, index.fingerprint(path))
+    assert entry is not None
+    for i in range(3):
+        idx.record(tmp_path / f"c{i}.pem", entry)
+    idx.mark_revoked(tmp_path / "c1.pem", 77)
+    idx._rewrite = True
+    idx.save()
+    data = (state / index.INDEX_NAME).read_bytes()
+    doc = json.loads(data)
+    assert len(doc["certs"]) == 4
+    assert data.count(b"\n") == 5  # the head, one line per entry, the close
+    # The same document on one line, as versions before this one wrote it.
+    (state / index.INDEX_NAME).write_bytes(json.dumps(doc, separators=(",", ":")).encode())
+    for again in (index.Index.load(state),):
+        assert len(again) == 4
+        assert again._entries[str(tmp_path / "c2.pem")] == entry
+        assert again.is_revoked(tmp_path / "c1.pem", 77)
+    # Cut short (no closing line): unusable, as a torn whole document was.
+    (state / index.INDEX_NAME).write_bytes(data[: data.rindex(b"\n}")])
+    assert len(index.Index.load(state)) == 0
+    # Nothing recorded: still a document that loads (and no entry line).
+    empty = index.Index.load(tmp_path / "empty")
+    empty.mark_revoked(tmp_path / "x.pem", 5)
+    empty.save()
+    assert json.loads((tmp_path / "empty" / index.INDEX_NAME).read_bytes())["certs"] == {}
+    assert index.Index.load(tmp_path / "empty").is_revoked(tmp_path / "x.pem", 5)
+
+
 def test_signer_window_is_the_tightest(pki):
     """valid_until is the earlier of nextUpdate and the delegated signer's notAfter."""
     leaf = pki.leaf("w.example.test")

@@ -45,6 +45,41 @@ def test_parse_file_directory(tmp_path):
         pem.parse_file(tmp_path)
 
 
+@pytest.mark.parametrize("order", ["leaf-key-chain", "key-leaf-chain"])
+def test_parse_leaf_file_is_parse_files_leaf(pki, tmp_path, order):
+    """The daemon's leaf-only read gives the leaf ``parse_file`` gives, key first or not."""
+    leaf = pki.leaf()
+    path = tmp_path / "c.pem"
+    chain = pki.intermediate.cert_pem + pki.root.cert_pem
+    first = (
+        leaf.cert_pem + leaf.key_pem if order == "leaf-key-chain" else leaf.key_pem + leaf.cert_pem
+    )
+    path.write_bytes(first + chain)
+    assert pem.parse_leaf_file(path) == pem.parse_file(path).leaf == leaf.cert
+
+
+@pytest.mark.parametrize(
+    ("data", "problem"),
+    [
+        (b"", "file is empty"),
+        (b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n", "no certificate"),
+        (b"-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n", "unreadable"),
+        (b"-----BEGIN CERTIFICATE-----\nAAAA\n", "unreadable"),  # no END line
+    ],
+)
+def test_parse_leaf_file_fails_as_parse_file(tmp_path, data, problem):
+    """A file that is no certificate fails the leaf-only read with parse_file's sentence."""
+    path = tmp_path / "bad.pem"
+    path.write_bytes(data)
+    with pytest.raises(CertificateError, match=problem) as leaf_only:
+        pem.parse_leaf_file(path)
+    with pytest.raises(CertificateError) as whole:
+        pem.parse_file(path)
+    assert str(leaf_only.value) == str(whole.value)
+    with pytest.raises(CertificateError, match="no such file"):
+        pem.parse_leaf_file(tmp_path / "nope.pem")
+
+
 def test_choose_needs_the_signing_key(pki):
     """A CA with the right name but another key is not the issuer."""
     leaf = pki.leaf()

@@ -190,7 +190,7 @@ def roots(config: Config, certs: Sequence[CertEntry]) -> set[Path]:
 
 def _leaf(path: Path) -> Leaf:
     try:
-        cert = pem.parse_file(path).leaf
+        cert = pem.parse_leaf_file(path)
     except HastapleError:
         return Leaf(None)
     return Leaf(format(cert.serial_number, "x"), pem.is_must_staple(cert))
