@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
 import socket
 import struct
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Self
 
 from cryptography.x509 import ocsp
@@ -126,3 +129,20 @@ class Loop:
         deadline = time.monotonic() + timeout
         while len(self.seen) < start + n and time.monotonic() < deadline:
             time.sleep(0.005)
+
+
+def record(name: str, hap, loop: Loop, start: float, served_at: float | None) -> None:
+    """Append one measured change to the file CERTLOAD_MEASURE names, if it is set."""
+    path = os.environ.get("CERTLOAD_MEASURE")
+    if not path:
+        return
+    during = [s for s in loop.seen if s.at >= start]
+    row = {
+        "scenario": name,
+        "version": hap.info()["Version"],
+        "seconds_to_stapled": None if served_at is None else served_at - start,
+        "handshakes": len(during),
+        "unstapled_new": sum(1 for s in during if s.serial is not None and not s.stapled),
+    }
+    with Path(path).open("a") as f:
+        f.write(json.dumps(row) + "\n")

@@ -9,14 +9,12 @@ when it is set, for the figures of the report.
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from pathlib import Path
 
 import pytest
 
-from handshakes import Loop
+from handshakes import Loop, record
 from hastaple.haproxy import certload, protocol
 from hastaple.haproxy.certload import Remove, Renew
 from hastaple.haproxy.certpush import Wanted, load, open_loader
@@ -24,22 +22,6 @@ from hastaple.sources import certfiles
 from hastaple.testing.pki import now
 
 pytestmark = pytest.mark.integration
-
-
-def _record(name: str, hap, loop: Loop, start: float, served_at: float | None) -> None:
-    path = os.environ.get("CERTLOAD_MEASURE")
-    if not path:
-        return
-    during = [s for s in loop.seen if s.at >= start]
-    row = {
-        "scenario": name,
-        "version": hap.info()["Version"],
-        "seconds_to_stapled": None if served_at is None else served_at - start,
-        "handshakes": len(during),
-        "unstapled_new": sum(1 for s in during if s.serial is not None and not s.stapled),
-    }
-    with Path(path).open("a") as f:
-        f.write(json.dumps(row) + "\n")
 
 
 def _write(pki, crt_dir: Path, name: str, leaf, *, staple: bool = True, **kw) -> Path:
@@ -76,7 +58,7 @@ async def test_renewal_is_served_stapled_from_the_first_handshake(pki, crt_dir, 
     _no_unstapled(loop, new.cert.serial_number)
     assert all(s.stapled for s in loop.seen), [s for s in loop.seen if not s.stapled][:3]
     assert hap.pid == pid
-    _record("renewal", hap, loop, start, seen.at)
+    record("renewal", hap, loop, start, seen.at)
 
 
 async def test_renewal_of_chainless_pem_with_separate_key(pki, crt_dir, start_haproxy):
@@ -120,7 +102,7 @@ async def test_new_file_in_crt_directory(pki, crt_dir, start_haproxy):
     assert seen.stapled
     _no_unstapled(loop, leaf.cert.serial_number)
     assert hap.pid == pid
-    _record("new file", hap, loop, start, seen.at)
+    record("new file", hap, loop, start, seen.at)
 
 
 async def test_new_crt_list_line_with_sni_filter(pki, crt_dir, start_haproxy, tmp_path):
@@ -149,7 +131,7 @@ async def test_new_crt_list_line_with_sni_filter(pki, crt_dir, start_haproxy, tm
     line = next(x for x in listing.splitlines() if x.startswith(f"{path} "))
     assert line.startswith(f"{path} [alpn h2,http/1.1") and line.endswith("] alias.test"), line
     assert hap.pid == pid
-    _record("new crt-list line", hap, loop, start, seen.at)
+    record("new crt-list line", hap, loop, start, seen.at)
 
 
 async def test_removal_and_never_the_last(pki, crt_dir, start_haproxy):

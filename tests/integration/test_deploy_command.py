@@ -8,13 +8,12 @@ never served without its staple, and HAProxy's pid never changes.
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
 import pytest
 
-from handshakes import Loop
+from handshakes import Loop, record
 from test_fetch_command import hastaple
 
 pytestmark = pytest.mark.integration
@@ -24,21 +23,6 @@ async def deploy_json(*args: str | Path) -> tuple[int, list[dict[str, object]], 
     code, out, err = await hastaple("deploy", "--json", "--timeout", "2", *args)
     assert "Traceback" not in err, err
     return code, json.loads(out) if out.strip() else [], err
-
-
-def _record(name: str, hap, loop: Loop, start: float, served_at: float | None) -> None:
-    path = os.environ.get("CERTLOAD_MEASURE")
-    if path:
-        during = [s for s in loop.seen if s.at >= start]
-        row = {
-            "scenario": name,
-            "version": hap.info()["Version"],
-            "seconds_to_stapled": None if served_at is None else served_at - start,
-            "handshakes": len(during),
-            "unstapled_new": sum(1 for s in during if s.serial is not None and not s.stapled),
-        }
-        with Path(path).open("a") as f:
-            f.write(json.dumps(row) + "\n")
 
 
 async def test_deploy_renewal(pki, openssl_responder, crt_dir, start_haproxy, tmp_path):
@@ -65,7 +49,7 @@ async def test_deploy_renewal(pki, openssl_responder, crt_dir, start_haproxy, tm
     assert seen.stapled
     assert not [s for s in loop.seen if s.serial == new.cert.serial_number and not s.stapled]
     assert hap.pid == pid
-    _record("deploy renewal", hap, loop, start, seen.at)
+    record("deploy renewal", hap, loop, start, seen.at)
 
 
 async def test_deploy_new_file_found_through_the_config(
@@ -93,7 +77,7 @@ async def test_deploy_new_file_found_through_the_config(
     assert row["haproxy"] == {str(hap.socket): "added"}, row
     assert seen.serial == leaf.cert.serial_number and seen.stapled
     assert hap.pid == pid
-    _record("deploy new file", hap, loop, start, seen.at)
+    record("deploy new file", hap, loop, start, seen.at)
 
 
 @pytest.mark.parametrize("must_staple", [False, True])

@@ -14,10 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
-from test_certload_haproxy import _record
 from test_daemon import _running
 
-from handshakes import Loop
+from handshakes import Loop, record
 
 pytestmark = pytest.mark.integration
 
@@ -52,7 +51,7 @@ async def test_hot_certs_follow_renewal_new_file_and_removal(
             await loop.count(5)
         assert seen.stapled
         assert not [s for s in loop.seen if s.serial is not None and not s.stapled]
-        _record("run --hot-certs renewal", hap, loop, start, seen.at)
+        record("run --hot-certs renewal", hap, loop, start, seen.at)
 
         # A new file in the directory: added to HAProxy's crt-list for it.
         added = pki.leaf("fresh.test", ocsp_url=openssl_responder.url)
@@ -65,7 +64,7 @@ async def test_hot_certs_follow_renewal_new_file_and_removal(
             await loop.count(5)
         assert seen.serial == added.cert.serial_number and seen.stapled
         assert not [s for s in loop.seen if s.serial is not None and not s.stapled]
-        _record("run --hot-certs new file", hap, loop, start, seen.at)
+        record("run --hot-certs new file", hap, loop, start, seen.at)
 
         # A removed file is no longer served.
         with Loop(hap.port, "fresh.test") as loop:
@@ -122,5 +121,5 @@ async def test_hot_certs_new_crt_list_line_with_sni_filter(
             await loop.count(5)
         assert seen.serial == leaf.cert.serial_number and seen.stapled
         assert not [s for s in loop.seen if s.serial is not None and not s.stapled]
-        _record("run --hot-certs crt-list line", hap, loop, start, seen.at)
+        record("run --hot-certs crt-list line", hap, loop, start, seen.at)
     assert hap.pid == pid
