@@ -10,20 +10,44 @@ and an older good staple counts as fresh again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import sys
-import time
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from aiohttp import web
 
 from hastaple import config as cfgmod
 from hastaple.daemon import scheduler as daemonmod
 from hastaple.daemon.state import State
 from hastaple.engine.fetch import Fetcher
 from hastaple.stores import index, lock
+from hastaple.testing.behaviours import OCSP_TYPE
 from hastaple.testing.responders import Serve
 
-SLOW = 4.0  # seconds the slow responder takes: long enough to start a second run
+HOLD = 60.0  # at most this long a held answer waits for its gate (a test gone wrong)
+
+
+@dataclass
+class Held:
+    """
+    Answer ``body`` once ``gate`` is set: the run that asked stays in its batch.
+
+    The gate opens when the second run has said it waits for the lock (or
+    ended), whatever time its Python took to start on a loaded machine.
+    """
+
+    body: bytes
+    gate: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def __call__(self, request: web.Request, server: object) -> web.StreamResponse:  # noqa: ARG002
+        await request.read()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(HOLD):
+                await self.gate.wait()
+        return web.Response(body=self.body, headers={"Content-Type": OCSP_TYPE})
 
 
 async def _start(*args: str | Path) -> asyncio.subprocess.Process:
@@ -33,11 +57,26 @@ async def _start(*args: str | Path) -> asyncio.subprocess.Process:
     )  # fmt: skip
 
 
-async def _finish(proc: asyncio.subprocess.Process) -> tuple[int, list[dict[str, object]], str]:
+async def _finish(
+    proc: asyncio.subprocess.Process, read: bytes = b""
+) -> tuple[int, list[dict[str, object]], str]:
+    """Its exit code, JSON rows and stderr (``read``: the stderr already read)."""
     out, err = await proc.communicate()
+    err = read + err
     assert proc.returncode is not None
     assert "Traceback" not in err.decode(), err.decode()
     return proc.returncode, json.loads(out) if out.strip() else [], err.decode()
+
+
+async def _waiting(proc: asyncio.subprocess.Process, held: Held) -> bytes:
+    """Read ``proc``'s stderr until it waits for the lock (or ends), then let ``held`` answer."""
+    assert proc.stderr is not None
+    read = b""
+    async with asyncio.timeout(HOLD):
+        while b"held by" not in read and (line := await proc.stderr.readline()):
+            read += line
+    held.gate.set()
+    return read
 
 
 async def _until_asked(responder, name: str) -> None:
@@ -62,7 +101,8 @@ async def test_a_concurrent_fetch_cannot_lose_a_revoked_mark(pki, fault_responde
     state = tmp_path / "state"
     slow = pki.leaf("slow.example.test", ocsp_url=fault_responder.url_for("slow"))
     rev = pki.leaf("rev.example.test", ocsp_url=fault_responder.url_for("rev"))
-    fault_responder.on("slow", Serve(pki.response(slow.cert), delay=SLOW))
+    held = Held(pki.response(slow.cert))
+    fault_responder.on("slow", held)
     fault_responder.on("rev", Serve(pki.response(rev.cert)))
     slow_pem, rev_pem = pki.write(tmp_path, "slow.pem", slow), pki.write(tmp_path, "rev.pem", rev)
     code, rows, _ = await _finish(await _start(rev_pem, "--state-dir", state))
@@ -71,13 +111,12 @@ async def test_a_concurrent_fetch_cannot_lose_a_revoked_mark(pki, fault_responde
     run_a = await _start(slow_pem, rev_pem, "--state-dir", state)
     await _until_asked(fault_responder, "slow")
     fault_responder.on("rev", Serve(pki.response(rev.cert, status="revoked")))
-    started = time.monotonic()
-    code_b, rows_b, err_b = await _finish(await _start("--force", rev_pem, "--state-dir", state))
+    run_b = await _start("--force", rev_pem, "--state-dir", state)
+    code_b, rows_b, err_b = await _finish(run_b, await _waiting(run_b, held))
     code_a, _, _ = await _finish(run_a)
     assert (code_a, code_b) == (0, 1)
     assert rows_b[0]["status"] == "revoked"
     assert f"held by pid {run_a.pid} (hastaple fetch" in err_b  # why it waited
-    assert time.monotonic() - started < SLOW + 30
 
     asked = len(fault_responder.seen_under("rev"))
     code_c, rows_c, _ = await _finish(await _start(rev_pem, "--state-dir", state))
@@ -91,13 +130,15 @@ async def test_a_run_that_cannot_wait_says_who_holds_the_lock(pki, fault_respond
     state = tmp_path / "state"
     slow = pki.leaf("slow.example.test", ocsp_url=fault_responder.url_for("slow"))
     other = pki.leaf("other.example.test", ocsp_url=fault_responder.url_for("other"))
-    fault_responder.on("slow", Serve(pki.response(slow.cert), delay=SLOW))
+    held = Held(pki.response(slow.cert))
+    fault_responder.on("slow", held)
     fault_responder.on("other", Serve(pki.response(other.cert)))
     slow_pem, other_pem = pki.write(tmp_path, "s.pem", slow), pki.write(tmp_path, "o.pem", other)
 
     run_a = await _start(slow_pem, "--state-dir", state)
     await _until_asked(fault_responder, "slow")
     code, rows, err = await _finish(await _start("--wait", "0.3", other_pem, "--state-dir", state))
+    held.gate.set()  # only now: A must still hold the lock when B gives up
     assert (code, rows) == (1, [])
     (line,) = [ln for ln in err.splitlines() if ln.startswith("error:")]
     assert line.startswith(f"error: {state}: in use by pid {run_a.pid} (hastaple fetch --json")
@@ -120,7 +161,8 @@ async def test_the_daemon_holds_the_lock_per_batch_only(pki, fault_responder, tm
     crt = tmp_path / "crt"
     crt.mkdir()
     slow = pki.leaf("d.example.test", ocsp_url=fault_responder.url_for("slow"))
-    fault_responder.on("slow", Serve(pki.response(slow.cert), delay=SLOW))
+    held = Held(pki.response(slow.cert))
+    fault_responder.on("slow", held)
     pem = pki.write(crt, "d.pem", slow)
     config = cfgmod.Config(state_dir=tmp_path / "state", paths=(crt,), metrics_address=None)
     async with Fetcher() as fetcher:
@@ -135,7 +177,7 @@ async def test_the_daemon_holds_the_lock_per_batch_only(pki, fault_responder, tm
         fault_responder.on("e", Serve(pki.response(other.cert)))
         other_pem = pki.write(tmp_path, "e.pem", other)
         fetch = await _start(other_pem, "--state-dir", config.state_dir)
-        code, rows, err = await _finish(fetch)
+        code, rows, err = await _finish(fetch, await _waiting(fetch, held))
         assert batch.done()  # the fetch got the lock only after the batch
         assert (await batch)[0].row.action.value == "fetched"
         assert (code, rows[0]["action"]) == (0, "fetched")
