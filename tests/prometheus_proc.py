@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from hastaple.testing.haproxy import free_port, stop_group
+from hastaple.testing.haproxy import free_port, spawn_logged, stop_group
 
 STARTUP_SECONDS = 15.0
 
@@ -92,22 +92,14 @@ def start(binary: str, workdir: Path, config: dict[str, Any]) -> Prometheus:
     last_error = ""
     for _ in range(3):
         port = free_port()
-        log = (workdir / "prometheus.log").open("wb")
-        proc = subprocess.Popen(
-            [
-                binary,
-                f"--config.file={cfg}",
-                f"--storage.tsdb.path={workdir / 'data'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-                "--log.level=warn",
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            cwd=workdir,
-        )
-        log.close()
+        argv = [
+            binary,
+            f"--config.file={cfg}",
+            f"--storage.tsdb.path={workdir / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--log.level=warn",
+        ]
+        proc = spawn_logged(argv, workdir, "prometheus.log")
         prom = Prometheus(workdir, port, proc)
         if _wait_ready(prom):
             return prom

@@ -143,6 +143,24 @@ class HAProxy:
         stop_group(self.proc)
 
 
+def spawn_logged(argv: list[str], workdir: Path, log_name: str) -> subprocess.Popen[bytes]:
+    """
+    Start a server in its own process group, its output in ``workdir/log_name``.
+
+    Its own group so that ``stop_group`` reaches what it forks (HAProxy's
+    master and workers); no stdin, so it never waits on the test's terminal.
+    """
+    with (workdir / log_name).open("wb") as log:
+        return subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=workdir,
+        )
+
+
 def stop_group(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
     """SIGTERM ``proc``'s process group, SIGKILL it after ``timeout`` seconds; reap ``proc``."""
     with contextlib.suppress(ProcessLookupError):
@@ -215,16 +233,7 @@ def start(
                 defaults_extra=defaults_extra,
             )
         )
-        log = (workdir / "haproxy.log").open("wb")
-        proc = subprocess.Popen(
-            [binary, "-db", *extra_args, "-f", str(cfg)],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            cwd=workdir,
-        )
-        log.close()
+        proc = spawn_logged([binary, "-db", *extra_args, "-f", str(cfg)], workdir, "haproxy.log")
         hap = HAProxy(binary, workdir, crt_dir, port, sock, proc)
         if not wait or _wait_ready(hap, startup_seconds):
             return hap
