@@ -9,19 +9,14 @@ HAProxy does not read is a staple lost at the next restart.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import os
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
+from test_daemon import _running, _stapled
 
-from hastaple.config import Config
-from hastaple.core.schedule import Policy
-from hastaple.daemon.scheduler import Daemon
-from hastaple.daemon.state import State
-from hastaple.engine.fetch import Fetcher
 from hastaple.sources.discover import discover
 from hastaple.testing import haproxy as haproxy_proc
 from test_fetch_command import fetch_json
@@ -186,48 +181,16 @@ async def test_extra_files_without_ocsp_warns_and_the_daemon_restaples_after_res
         hap = haproxy_proc.start(haproxy_binary, workdir, crt_dir, global_extra=NO_OCSP)
         assert "no response sent" in haproxy_proc.staple(hap.port, "noocsp.example.test")
 
-        config = Config(
-            state_dir=tmp_path / "state",
-            haproxy_configs=(cfg,),
-            metrics_address=None,
-            haproxy_poll=dt.timedelta(seconds=0.2),
-            policy=Policy(spread=dt.timedelta(0)),
-        )
-        state = State.open(config.state_dir)
-        stop, ready = asyncio.Event(), asyncio.Event()
-        async with Fetcher() as fetcher:
-            daemon = Daemon(config, fetcher=fetcher, state=state)
-            task = asyncio.create_task(daemon.serve(stop, ready=ready))
-            try:
-                await ready.wait()
-                await _stapled(hap, "noocsp.example.test", within=5)
-                asked = openssl_responder.requests
-                hap.stop()
-                await asyncio.sleep(0.5)  # the daemon polls HAProxy every 0.2 s
-                hap = haproxy_proc.start(haproxy_binary, workdir, crt_dir, global_extra=NO_OCSP)
-                await _stapled(hap, "noocsp.example.test", within=5)
-                assert openssl_responder.requests == asked
-            finally:
-                stop.set()
-                await task
-                state.close()
+        async with _running(tmp_path, None, haproxy_configs=(cfg,)):
+            await _stapled(hap, "noocsp.example.test", within=5)
+            asked = openssl_responder.requests
+            hap.stop()
+            await asyncio.sleep(0.5)  # the daemon polls HAProxy every 0.2 s
+            hap = haproxy_proc.start(haproxy_binary, workdir, crt_dir, global_extra=NO_OCSP)
+            await _stapled(hap, "noocsp.example.test", within=5)
+            assert openssl_responder.requests == asked
     finally:
         hap.stop()
-
-
-async def _stapled(hap: haproxy_proc.HAProxy, servername: str, within: float) -> None:
-    """Wait until s_client sees a good staple for ``servername``; fail after ``within`` s."""
-    start = time.monotonic()
-    text = ""
-    while time.monotonic() - start < within:
-        try:
-            text = await asyncio.to_thread(haproxy_proc.staple, hap.port, servername)
-        except AssertionError as exc:  # no handshake yet
-            text = str(exc)
-        if "Cert Status: good" in text:
-            return
-        await asyncio.sleep(0.05)  # what a TLS client sees has no event to wait for
-    pytest.fail(f"{servername} not stapled within {within} s:\n{text}")
 
 
 @pytest.mark.parametrize("chroot", [False, True], ids=["plain", "master-chroot"])

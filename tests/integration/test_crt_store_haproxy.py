@@ -10,20 +10,14 @@ staple lasts until HAProxy restarts, and hastaple says so and pushes it again.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import json
-import time
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from test_daemon import _running, _stapled
 
 from hastaple.app.cli import cli
-from hastaple.config import Config
-from hastaple.core.schedule import Policy
-from hastaple.daemon.scheduler import Daemon
-from hastaple.daemon.state import State
-from hastaple.engine.fetch import Fetcher
 from hastaple.testing import haproxy as haproxy_proc
 from test_fetch_command import fetch_json, valid_staple
 
@@ -212,39 +206,21 @@ async def test_daemon_restaples_a_crt_store_certificate_after_haproxy_restarts(
     workdir = tmp_path / "w"
     workdir.mkdir()
     hap = haproxy_proc.start(binary, workdir, crt_dir, certs=certs, sections=sections)
-    config = Config(
-        state_dir=tmp_path / "state",
-        haproxy_configs=(workdir / "haproxy.cfg",),
-        metrics_address=None,
-        haproxy_poll=dt.timedelta(seconds=0.2),
-        policy=Policy(spread=dt.timedelta(0)),
-    )
-    state = State.open(config.state_dir)
-    stop, ready = asyncio.Event(), asyncio.Event()
     try:
-        async with Fetcher() as fetcher:
-            task = asyncio.create_task(
-                Daemon(config, fetcher=fetcher, state=state).serve(stop, ready=ready)
-            )
-            await ready.wait()
-            try:
-                for name in NAMES:
-                    await _stapled(hap, name, within=5)
-                asked = openssl_responder.requests
-                hap.stop()
-                await asyncio.sleep(0.5)  # the daemon polls HAProxy every 0.2 s
-                hap = haproxy_proc.start(binary, workdir, crt_dir, certs=certs, sections=sections)
-                for name in NAMES:
-                    await _stapled(hap, name, within=5)
-                assert openssl_responder.requests == asked
-            finally:
-                stop.set()
-                await task
+        async with _running(tmp_path, None, haproxy_configs=(workdir / "haproxy.cfg",)):
+            for name in NAMES:
+                await _stapled(hap, f"{name}.test", within=5)
+            asked = openssl_responder.requests
+            hap.stop()
+            await asyncio.sleep(0.5)  # the daemon polls HAProxy every 0.2 s
+            hap = haproxy_proc.start(binary, workdir, crt_dir, certs=certs, sections=sections)
+            for name in NAMES:
+                await _stapled(hap, f"{name}.test", within=5)
+            assert openssl_responder.requests == asked
     finally:
-        state.close()
         hap.stop()
     # `status` says which staple will not survive a reload by itself, and the fix.
-    shown = CliRunner().invoke(cli, ["status", "--json", "--state-dir", str(config.state_dir)])
+    shown = CliRunner().invoke(cli, ["status", "--json", "--state-dir", str(tmp_path / "state")])
     notes = {Path(r["cert"]).stem: r["note"] for r in json.loads(shown.stdout)}
     assert sorted(notes) == sorted(NAMES)
     assert f"'ocsp {crt_dir}/plain.pem.ocsp'" in str(notes.pop("plain"))
@@ -272,21 +248,6 @@ def test_verify_checks_crt_store_binds(pki, crt_dir, tmp_path):
         assert (row["cert"], row["status"], row["stapled"]) == ("v.test", "good", True)
     finally:
         hap.stop()
-
-
-async def _stapled(hap: haproxy_proc.HAProxy, name: str, within: float) -> None:
-    """Wait until s_client sees a good staple for ``name``; fail after ``within`` s."""
-    deadline = time.monotonic() + within
-    text = ""
-    while time.monotonic() < deadline:
-        try:
-            text = await asyncio.to_thread(_served, hap, name)
-        except AssertionError as exc:  # HAProxy not serving yet
-            text = str(exc)
-        if "Cert Status: good" in text:
-            return
-        await asyncio.sleep(0.05)  # polling what a TLS client sees; there is no event for it
-    pytest.fail(f"{name} not stapled within {within} s:\n{text}")
 
 
 async def test_chainless_pem_staple_is_written_only_where_haproxy_finds_the_issuer(

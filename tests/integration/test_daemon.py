@@ -25,10 +25,14 @@ pytestmark = pytest.mark.integration
 
 @contextlib.asynccontextmanager
 async def _running(tmp_path, crt_dir, *sockets, **settings):
-    """A daemon over ``crt_dir`` pushing to ``sockets``, polling HAProxy every 0.2 s."""
+    """
+    A daemon over ``crt_dir`` pushing to ``sockets``, polling HAProxy every 0.2 s.
+
+    ``crt_dir`` None: the sources are in ``settings`` (``haproxy_configs=``).
+    """
     config = Config(
         state_dir=tmp_path / "state",
-        paths=(crt_dir,),
+        paths=() if crt_dir is None else (crt_dir,),
         sockets=tuple(str(s) for s in sockets),
         metrics_address=None,
         haproxy_poll=dt.timedelta(seconds=0.2),
