@@ -50,8 +50,11 @@ def _run(argv: list[str], cwd: Path, env: dict[str, str] | None = None, timeout:
 @pytest.fixture(name="wheel", scope="module")
 def _wheel(tmp_path_factory):
     out = tmp_path_factory.mktemp("wheel")
+    # This interpreter's pip if it has one (a venv made by uv has none), else python3's.
+    has_pip = _run([sys.executable, "-m", "pip", "--version"], out).returncode == 0
+    python = sys.executable if has_pip else (shutil.which("python3") or "python3")
     build = _run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(ROOT)],
+        [python, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(ROOT)],
         cwd=out,
         timeout=INSTALL_TIMEOUT,
     )
