@@ -176,6 +176,9 @@ async def _scenarios(  # noqa: PLR0915 - one linear script of three setups
                 _wait(procs[-1], work / "admin.sock", work)
                 (certs / "removed.pem").unlink()
                 pki.write(certs, "added.pem", pki.leaf("added.test", ocsp_url=url))
+                (certs / "garbled.pem").write_text(  # copied in half, say
+                    "-----BEGIN CERTIFICATE-----\nMIIB not base64\n-----END CERTIFICATE-----\n"
+                )
                 if _chattr("+i", certs):
                     immutable.append(certs)
                 state = root / "state-broken"
@@ -236,6 +239,7 @@ def _ids(run: object) -> dict[str, list[dict]]:
 
 BROKEN = [
     ("chainless-no-issuer", "broken", "error"),
+    ("cert-unreadable", "broken", "error"),
     ("no-ocsp-url", "broken", "info"),
     ("managed-by-haproxy", "broken", "info"),
     ("must-staple-unstapled", "broken", "error"),
