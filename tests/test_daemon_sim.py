@@ -324,12 +324,8 @@ async def test_one_missing_staple_is_fetched_at_once(pki, tmp_path, make_world):
     assert max(due) > dt.timedelta(seconds=0.1)  # still spread, not all in one instant
 
 
-async def test_discovery_warning_is_logged_once_not_at_every_event(
-    pki, tmp_path, caplog, make_world
-):
-    """The same warning about the sources is logged when it appears, not at every file event."""
-    caplog.set_level(logging.INFO, logger="hastaple.daemon")
-    world = await make_world(1)
+def _behind_an_operator_socket(world, tmp_path: Path) -> Path:
+    """Switch ``world``'s daemon to a haproxy.cfg whose only socket is level operator."""
     cfg = tmp_path / "haproxy.cfg"
     cfg.write_text(
         f"global\n  stats socket {tmp_path}/op.sock level operator\n"
@@ -338,6 +334,16 @@ async def test_discovery_warning_is_logged_once_not_at_every_event(
     world.daemon.apply(
         world.daemon.prepare(dataclasses.replace(world.config, paths=(), haproxy_configs=(cfg,)))
     )
+    return cfg
+
+
+async def test_discovery_warning_is_logged_once_not_at_every_event(
+    pki, tmp_path, caplog, make_world
+):
+    """The same warning about the sources is logged when it appears, not at every file event."""
+    caplog.set_level(logging.INFO, logger="hastaple.daemon")
+    world = await make_world(1)
+    cfg = _behind_an_operator_socket(world, tmp_path)
     for _ in range(3):
         world.daemon.on_change({cfg})
     lines = [r for r in caplog.records if "event=discover " in r.getMessage()]
@@ -348,14 +354,7 @@ async def test_discovery_warning_is_logged_once_not_at_every_event(
 async def test_only_sockets_below_admin_fail_every_certificate(pki, tmp_path, make_world):
     """A configuration whose only socket is below admin: the staple is stored, the row fails."""
     world = await make_world(1)
-    cfg = tmp_path / "haproxy.cfg"
-    cfg.write_text(
-        f"global\n  stats socket {tmp_path}/op.sock level operator\n"
-        f"frontend f\n  bind :443 ssl crt {world.crt_dir}\n"
-    )
-    world.daemon.apply(
-        world.daemon.prepare(dataclasses.replace(world.config, paths=(), haproxy_configs=(cfg,)))
-    )
+    _behind_an_operator_socket(world, tmp_path)
     world.clock.t += dt.timedelta(seconds=11)
     [outcome] = await world.daemon.refresh_due()
     rec = world.daemon.records[outcome.row.cert]
