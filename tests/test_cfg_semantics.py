@@ -373,3 +373,51 @@ def test_haproxy_sets_its_local_peer_name_before_reading(tmp_path):
     )
     found = discover(haproxy_configs=[cfg], cwd=tmp_path, environ={})
     assert [c.path for c in found.certs] == [tmp_path / f"{socket.gethostname()}.pem"]
+
+
+# ------------------------------------------------------------------ issuers-chain-path
+
+
+def test_issuers_chain_path_applies_to_certificates_read_after_it(tmp_path):
+    """The directory in force at a bind line counts, read from the default-path then in force."""
+    for name in ("early.pem", "late.pem"):
+        _touch(tmp_path / "certs" / name)
+    (tmp_path / "etc" / "chains").mkdir(parents=True)
+    cfg = _touch(
+        tmp_path / "h.cfg",
+        "global\n crt-base certs\n"
+        "frontend early\n bind :1 ssl crt early.pem\n"
+        "global\n default-path origin etc\n issuers-chain-path chains/\n default-path current\n"
+        "frontend f\n bind :2 ssl crt late.pem\n",
+    )
+    found = discover(haproxy_configs=[cfg], cwd=tmp_path)
+    assert {c.path.name: c.issuers_chain for c in found.certs} == {
+        "early.pem": None,
+        "late.pem": tmp_path / "etc" / "chains",
+    }
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("", "'issuers-chain-path' expects one directory"),
+        ("a b", "'issuers-chain-path' expects one directory"),
+    ],
+)
+def test_issuers_chain_path_syntax_errors(setting, message):
+    with pytest.raises(ConfigError, match=f"^h.cfg:2: {message}"):
+        parse_haproxy_config(f"global\n issuers-chain-path {setting}\n", source="h.cfg")
+
+
+@pytest.mark.parametrize("kind", ["missing", "file"])
+def test_issuers_chain_path_must_be_a_directory(tmp_path, kind):
+    """HAProxy refuses to start without the directory: so does discovery, naming the line."""
+    _touch(tmp_path / "a.pem")
+    if kind == "file":
+        _touch(tmp_path / "chains")
+    cfg = _touch(
+        tmp_path / "h.cfg", "global\n issuers-chain-path chains\nfrontend f\n bind :1 crt a.pem\n"
+    )
+    expected = "No such file or directory" if kind == "missing" else "is not a directory"
+    with pytest.raises(ConfigError, match=f"h.cfg:2: issuers-chain-path chains.*{expected}"):
+        discover(haproxy_configs=[cfg], cwd=tmp_path)

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.serialization import pkcs7
 from hastaple.core import issuer
 from hastaple.errors import CertificateError
 from hastaple.sources import pem
-from hastaple.testing.pki import make_ca
+from hastaple.testing.pki import issue, make_ca
 
 
 def test_bundle_leaf_key_chain(pki):
@@ -233,3 +233,35 @@ def test_is_must_staple_reads_the_tls_feature_extension(pki):
         .sign(ca.key, hashes.SHA256())
     )
     assert pem.is_must_staple(cert) is False
+
+
+def test_issuer_chains_file_a_chain_as_haproxy_does(pki):
+    """Filed by the first certificate's SKI; a leaf gets the chain its AKI and issuer name match."""
+    leaf = pki.leaf()
+    other = make_ca("Other CA", pki.root)
+    chains = issuer.IssuerChains.of(
+        [
+            ("a-empty.pem", []),
+            ("b-other.pem", [other.cert, pki.root.cert]),
+            ("c-inter.pem", [pki.intermediate.cert, pki.root.cert]),
+            ("d-again.pem", [pki.intermediate.cert]),  # the same subject again: skipped
+            ("e-no-ski.pem", [_same_name_other_key(pki.intermediate.cert)]),
+        ]
+    )
+    assert chains.chain_for(leaf.cert) == [pki.intermediate.cert, pki.root.cert]
+    assert chains.chain_for(issue(other, "x.example.test").cert) == [
+        other.cert, pki.root.cert,
+    ]  # fmt: skip
+    assert [w.split(":")[0] for w in chains.warnings] == [
+        "a-empty.pem", "d-again.pem", "e-no-ski.pem",
+    ]  # fmt: skip
+    assert issuer.IssuerChains.of([]).chain_for(leaf.cert) == ()
+
+
+def test_issuer_chains_need_the_name_too(pki):
+    """A chain filed under the right SKI whose first certificate has another name is not it."""
+    leaf = pki.leaf()
+    renamed = make_ca("Renamed", pki.root)
+    chains = issuer.IssuerChains({pki.intermediate.cert.extensions.get_extension_for_class(
+        x509.SubjectKeyIdentifier).value.digest: [[renamed.cert]]})  # fmt: skip
+    assert chains.chain_for(leaf.cert) == ()

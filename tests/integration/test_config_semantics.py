@@ -270,3 +270,40 @@ frontend f
         proc.wait(timeout=10)
     assert [str(c.path) for c in found.certs] == served
     assert found.warnings == ()
+
+
+async def test_issuers_chain_path_gives_chainless_certificates_their_issuer(
+    pki, openssl_responder, crt_dir, start_haproxy
+):
+    """
+    A chainless PEM with no .issuer is stapled when global issuers-chain-path holds its CA.
+
+    HAProxy takes the chain from that directory, so it computes the CertID and
+    staples: hastaple must find the same issuer there, for a certificate
+    registered at start-up (empty .ocsp) and for one that is not (the commit
+    path), and the staples must survive a restart.
+    """
+    chains = crt_dir.parent / "chains"
+    chains.mkdir()
+    (chains / "intermediate.pem").write_bytes(pki.intermediate.cert_pem)
+    for name in ("kept", "fresh"):
+        leaf = pki.leaf(f"{name}.example.test", ocsp_url=openssl_responder.url)
+        openssl_responder.add(leaf.cert)
+        pki.write(crt_dir, f"{name}.pem", leaf, chain=False)
+        (crt_dir / f"{name}.pem.issuer").unlink()
+    (crt_dir / "kept.pem.ocsp").write_bytes(b"")
+    chain_path = f"    issuers-chain-path {chains}"
+    hap = start_haproxy(global_extra=chain_path)
+
+    code, rows, err = await fetch_json("--haproxy-config", hap.workdir / "haproxy.cfg")
+    assert code == 0, (err, rows)
+    assert {r["action"] for r in rows} == {"deployed"}, rows
+    assert sorted(p.name for p in crt_dir.iterdir()) == [
+        "fresh.pem", "fresh.pem.ocsp", "kept.pem", "kept.pem.ocsp",
+    ]  # fmt: skip
+    for name in ("kept.example.test", "fresh.example.test"):
+        assert "Cert Status: good" in haproxy_proc.staple(hap.port, name)
+    hap.stop()
+    restarted = start_haproxy(global_extra=chain_path)
+    for name in ("kept.example.test", "fresh.example.test"):
+        assert "Cert Status: good" in haproxy_proc.staple(restarted.port, name)

@@ -1,7 +1,8 @@
 """
 Find the certificate that issued a leaf, as HAProxy does, and then from AIA.
 
-HAProxy takes the issuer from the PEM chain, else from ``<crt>.issuer``
+HAProxy takes the issuer from the PEM chain (or, for a PEM without one,
+the chain ``issuers-chain-path`` gives it), else from ``<crt>.issuer``
 (docs/haproxy.md); it never downloads one. We accept the same local
 sources and, when both are missing, the AIA caIssuers URL (RFC 5280
 §4.2.2.1: DER, or PKCS#7 "certs-only"; PEM from misconfigured servers).
@@ -12,8 +13,8 @@ from __future__ import annotations
 
 import functools
 import sys
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from cryptography import x509
@@ -64,6 +65,58 @@ def choose_local(
     if len(matches) == 1:
         return matches[0]
     return next((c for c in matches if _signed(leaf, c)), None)
+
+
+@dataclass(frozen=True, slots=True)
+class IssuerChains:
+    """
+    The chains of a ``global issuers-chain-path`` directory, as HAProxy files them.
+
+    HAProxy reads every regular file of the directory in name order, takes
+    the certificates of each as one chain, and files the chain under its
+    first certificate's subject key identifier; a file without one, or whose
+    first certificate has the subject of a chain already filed under the same
+    identifier, is skipped with a warning (src/ssl_sock.c). A PEM without a
+    chain of its own gets the first chain filed under its authority key
+    identifier whose first certificate issued it.
+    """
+
+    by_key: dict[bytes, list[Sequence[x509.Certificate]]] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, files: Iterable[tuple[str, Sequence[x509.Certificate]]]) -> IssuerChains:
+        """The chains of ``(file name, certificates)`` pairs, given in name order."""
+        by_key: dict[bytes, list[Sequence[x509.Certificate]]] = {}
+        warnings = []
+        for name, chain in files:
+            if not chain:
+                warnings.append(f"{name}: no PEM certificate; skipped")
+                continue
+            ski = _facts(chain[0]).ski
+            if ski is None:
+                warnings.append(f"{name}: no subject key identifier to file it by; skipped")
+                continue
+            filed = by_key.setdefault(ski, [])
+            if any(_same_name(chain[0].subject, other[0].subject) for other in filed):
+                warnings.append(f"{name}: the same issuer as an earlier file; skipped")
+                continue
+            filed.append(chain)
+        return cls(by_key, tuple(warnings))
+
+    def chain_for(self, leaf: x509.Certificate) -> Sequence[x509.Certificate]:
+        """The chain HAProxy gives ``leaf`` when its PEM has none (empty: none)."""
+        try:
+            aki = _extension(leaf, x509.AuthorityKeyIdentifier)
+        except ValueError:
+            return ()
+        if aki is None or aki.key_identifier is None:
+            return ()
+        issuer_der = leaf.issuer.public_bytes()
+        for chain in self.by_key.get(aki.key_identifier, ()):
+            if _check_issued(chain[0], leaf, issuer_der):
+                return chain
+        return ()
 
 
 @dataclass(frozen=True, slots=True)

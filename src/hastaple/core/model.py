@@ -147,6 +147,8 @@ class CertEntry:
     for it when it starts (``ssl-load-extra-files`` without ``ocsp``, or a
     ``load`` line without ``ocsp``): the staple lasts only until HAProxy
     restarts unless pushed again; ``ocsp_source`` names the line that says so.
+    ``issuers_chain`` is the directory of ``global issuers-chain-path``, where
+    HAProxy finds the chain of a PEM that has none.
     """
 
     path: Path
@@ -158,6 +160,7 @@ class CertEntry:
     ocsp_source: str = ""
     ocsp_file: Path | None = None
     issuer_file: Path | None = None  # a crt-store load line's 'issuer <file>'
+    issuers_chain: Path | None = None  # the global 'issuers-chain-path' HAProxy read it with
 
     @property
     def haproxy_names(self) -> tuple[str, ...]:

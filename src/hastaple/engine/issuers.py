@@ -1,8 +1,9 @@
 """
 A certificate's issuer, found as HAProxy finds it, then from AIA.
 
-The PEM chain first, then ``<crt>.issuer`` (HAProxy looks in both, never
-further: docs/haproxy.md), then the AIA caIssuers URLs, downloaded through
+The PEM chain first (for a PEM without one, the chain ``issuers-chain-path``
+gives it), then ``<crt>.issuer`` (HAProxy looks there, never further:
+docs/haproxy.md), then the AIA caIssuers URLs, downloaded through
 the fetcher and cached in the state directory's ``issuers/`` for a while.
 The choice among candidates is ``hastaple.core.issuer``'s (pure); this module
 does the file reads, downloads and cache. Used by the pipeline, ``check``,
@@ -23,7 +24,7 @@ from hastaple import config
 from hastaple.core import issuer as issuers
 from hastaple.engine.fetch import Fetcher
 from hastaple.errors import CertificateError, FetchError, StoreError
-from hastaple.sources import pem
+from hastaple.sources import issuerchains, pem
 from hastaple.stores import store
 
 logger = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ async def resolve_issuer(
     *,
     now: dt.datetime | None = None,
     base: Path | None = None,
+    chains: Path | None = None,
 ) -> tuple[x509.Certificate, bytes | None]:
     """
     Find the issuer of ``bundle.leaf``: the chain, ``<crt>.issuer``, then AIA.
@@ -52,7 +54,7 @@ async def resolve_issuer(
         CertificateError: no local source holds the issuer and there is no AIA URL.
         FetchError: the AIA URLs did not give it.
     """
-    if (local := local_issuer(path, bundle, base=base)) is not None:
+    if (local := local_issuer(path, bundle, base=base, chains=chains)) is not None:
         return local
     urls = issuers.ca_issuers_urls(bundle.leaf)
     when = now or dt.datetime.now(dt.UTC)
@@ -62,18 +64,23 @@ async def resolve_issuer(
             return found, found.public_bytes(serialization.Encoding.PEM)
     if urls:
         raise FetchError(urls[0], f"gave no certificate that issued {path}")
+    in_dir = "" if chains is None else f", issuers-chain-path {chains} holds none of its issuers"
     raise CertificateError(
         path,
-        "issuer not found: the file has no chain, there is no "
+        f"issuer not found: the file has no chain{in_dir}, there is no "
         f"{store.issuer_path(base or path).name}, and no AIA caIssuers URL",
     )
 
 
 def local_issuer(
-    path: Path, bundle: pem.Bundle, *, base: Path | None = None
+    path: Path, bundle: pem.Bundle, *, base: Path | None = None, chains: Path | None = None
 ) -> tuple[x509.Certificate, bytes | None] | None:
     """
     The issuer from the PEM chain, else from ``<base>.issuer``, as HAProxy looks.
+
+    A PEM without a chain takes the one the ``issuers-chain-path`` directory
+    ``chains`` gives it, as HAProxy does when it loads the file; HAProxy then
+    finds the issuer itself, so no ``.issuer`` needs sending.
 
     docs/haproxy.md, "Where the issuer and CertID come from".
 
@@ -84,7 +91,10 @@ def local_issuer(
     Raises:
         CertificateError: ``<crt>.issuer`` exists but holds another certificate.
     """
-    in_chain = issuers.choose_local(bundle.leaf, bundle.chain)
+    chain = bundle.chain
+    if not chain and chains is not None:
+        chain = tuple(issuerchains.load(chains).chain_for(bundle.leaf))
+    in_chain = issuers.choose_local(bundle.leaf, chain)
     if in_chain is not None:
         return in_chain, None
     issuer_file = store.issuer_path(base or path)

@@ -159,8 +159,9 @@ async def prepare(  # noqa: PLR0911 - one early return per kind of row
             return Prepared(no_url)
         state_dir = None if options.dry_run else options.state_dir  # dry-run writes nothing
         issuer, issuer_pem = await resolve_issuer(
-            entry.path, bundle, fetcher, state_dir, now=now, base=entry.files_base
-        )
+            entry.path, bundle, fetcher, state_dir, now=now, base=entry.files_base,
+            chains=entry.issuers_chain,
+        )  # fmt: skip
         cert = _Cert(
             entry.path, bundle.leaf, issuer, issuer_pem, url, entry.haproxy_names, pem_fp,
             must_staple=must_staple, base=entry.extra_base, staple_file=entry.ocsp_file,

@@ -20,6 +20,9 @@ src/tools.c ``parse_line``) and were checked against both binaries:
 - ``global ssl-load-extra-files`` and ``ssl-load-extra-del-ext`` decide which
   files HAProxy reads next to a certificate; the setting in force at a bind
   line counts, since HAProxy loads its certificates while parsing it.
+- ``global issuers-chain-path <dir>`` gives a chainless certificate the chain
+  of the file in ``<dir>`` whose first certificate issued it; the one in force
+  at a bind line counts, as for the extra files.
 - HAProxy 3.x ``crt-store`` sections are read by ``hastaple.haproxy.crtstore``.
 
 Pure: no file is read here and no HAProxy asked (``ask`` answers the ``.if``
@@ -29,7 +32,7 @@ predicates only the binary knows); ``hastaple.sources.discover`` does the I/O.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -62,6 +65,15 @@ class ExtraFiles:
 
 
 @dataclass(frozen=True, slots=True)
+class ChainPath:
+    """A ``global issuers-chain-path`` line: its directory as written, read from ``directory``."""
+
+    path: str
+    directory: str | None  # the default-path in force on that line; None: HAProxy's own
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
 class CertRef:
     """A ``crt`` or ``crt-list`` argument, as written, with the crt-base in force at that line."""
 
@@ -75,6 +87,8 @@ class CertRef:
     directory: str | None = None
     # The crt-store loads and updater settings read before this line (HAProxy 3.x).
     stores: CrtStores | None = field(default=None, compare=False, repr=False)
+    # The ``issuers-chain-path`` in force at this line, if any.
+    issuers_chain: ChainPath | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +223,7 @@ class _Global:
     extra: ExtraFiles = ExtraFiles()
     directory: str | None = None  # default-path
     chroot: str | None = None
+    issuers_chain: ChainPath | None = None
 
     def read(self, words: Sequence[str], where: str) -> None:
         """Take in one ``global`` line (other keywords are not ours)."""
@@ -223,12 +238,17 @@ class _Global:
             self.extra = ExtraFiles(_extra_file_kinds(words, where), self.extra.del_ext, where)
         elif keyword == "ssl-load-extra-del-ext":
             self.extra = ExtraFiles(self.extra.kinds, del_ext=True, source=self.extra.source)
+        elif keyword == "issuers-chain-path":
+            if len(words) != 2 or not words[1]:  # noqa: PLR2004 - exactly one directory
+                raise ConfigError(f"{where}: 'issuers-chain-path' expects one directory")
+            self.issuers_chain = ChainPath(words[1].rstrip("/") or "/", self.directory, where)
 
     def refs(
         self, options: Sequence[str], where: str, stores: CrtStores | None = None
     ) -> Iterator[CertRef]:
         """The ``crt``/``crt-list`` arguments among bind options, with these settings."""
-        return _bind_refs(options, self.crt_base, self.extra, self.directory, where, stores=stores)
+        refs = _bind_refs(options, self.crt_base, self.extra, self.directory, where, stores=stores)
+        return (replace(ref, issuers_chain=self.issuers_chain) for ref in refs)
 
 
 def _default_path(words: Sequence[str], source: str, where: str) -> str | None:

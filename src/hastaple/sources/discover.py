@@ -47,6 +47,7 @@ from hastaple.core.model import CertEntry
 from hastaple.errors import ConfigError
 from hastaple.haproxy.cfgfile import (
     CertRef,
+    ChainPath,
     ExtraFiles,
     StatsSocket,
     is_usable,
@@ -187,10 +188,23 @@ def resolve_ref(ref: CertRef, *, cwd: Path) -> list[CertEntry]:
 
 def _resolve_ref(ref: CertRef, cwd: Path) -> list[CertEntry]:
     """Turn one haproxy.cfg reference into certificate entries, checking the files."""
+    chains = None if ref.issuers_chain is None else _chain_directory(ref.issuers_chain, cwd)
     if ref.directory is not None:
         cwd = cwd / ref.directory
     files = [_with_extra(entry, ref.extra) for entry in _ref_files(ref, cwd)]
-    return _crt_store_view(ref, files, cwd)
+    viewed = _crt_store_view(ref, files, cwd)
+    if chains is None:
+        return viewed
+    return [dataclasses.replace(entry, issuers_chain=chains) for entry in viewed]
+
+
+def _chain_directory(chain: ChainPath, cwd: Path) -> Path:
+    """The ``issuers-chain-path`` directory, which HAProxy refuses to start without."""
+    full = (cwd if chain.directory is None else cwd / chain.directory) / chain.path
+    info = _stat(full, f"{chain.source}: issuers-chain-path {chain.path}")
+    if not stat.S_ISDIR(info.st_mode):
+        raise ConfigError(f"{chain.source}: issuers-chain-path {chain.path} is not a directory")
+    return full
 
 
 def _crt_store_view(ref: CertRef, entries: list[CertEntry], cwd: Path) -> list[CertEntry]:

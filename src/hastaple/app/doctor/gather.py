@@ -83,7 +83,7 @@ def read_cert(entry: CertEntry, now: dt.datetime) -> CertFact:
     base = CertFact(entry.path, entry.haproxy_names, entry.source, entry.managed)
     try:
         bundle = pem.parse_file(entry.path)
-        issuer = local_issuer(entry.path, bundle)
+        issuer = local_issuer(entry.path, bundle, base=entry.files_base, chains=entry.issuers_chain)
         leaf = bundle.leaf
         must_staple = certs.is_must_staple(leaf)
         url = issuers.ocsp_url(leaf)
@@ -91,7 +91,7 @@ def read_cert(entry: CertEntry, now: dt.datetime) -> CertFact:
         return _replace(base, error=exc.problem)
     except UNREADABLE as exc:
         return _replace(base, error=f"unreadable certificate: {exc}")
-    staple = store.read(store.staple_path(entry.path))
+    staple = store.read(entry.ocsp_file or store.staple_path(entry.files_base))
     problem: str | None = "no staple on disk"
     if staple is not None:
         problem = _staple_problem(staple, leaf, issuer[0] if issuer else None, now)
@@ -238,7 +238,7 @@ async def _ask(fetcher: Fetcher, entry: CertEntry, fact: CertFact) -> ResponderF
     url = fact.ocsp_url or ""
     try:
         bundle = pem.parse_file(entry.path)
-        found = local_issuer(entry.path, bundle)
+        found = local_issuer(entry.path, bundle, base=entry.files_base, chains=entry.issuers_chain)
     except CertificateError as exc:
         return ResponderFact(url, str(entry.path), error=exc.problem)
     if found is None:  # ask_responders only picks certificates with a local issuer
