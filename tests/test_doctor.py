@@ -341,3 +341,36 @@ def test_paths_alone_ask_for_no_socket():
     assert list(checks.no_admin_socket(Facts(user="u", now=now))) == []
     given = Facts(user="u", now=now, sockets=(SocketFact("/x.sock", None, None, error="gone"),))
     assert [f.check for f in checks.no_admin_socket(given)] == ["no-admin-socket"]
+
+
+def test_certificate_facts_come_from_the_files_haproxy_reads(pki, tmp_path):
+    """
+    With ssl-load-extra-del-ext the staple is site.ocsp; issuers-chain-path gives the issuer.
+
+    doctor read <crt>.ocsp and only the PEM chain or <crt>.issuer: a fresh
+    must-staple site.crt was reported unstapled, and a chainless PEM whose CA
+    is in issuers-chain-path chainless-no-issuer.
+    """
+    from hastaple.app.doctor.gather import read_cert  # noqa: PLC0415
+    from hastaple.core.model import CertEntry  # noqa: PLC0415
+
+    now = dt.datetime.now(dt.UTC)
+    leaf = pki.leaf("site.example.test", must_staple=True)
+    site = pki.write(tmp_path, "site.crt", leaf, chain=False)
+    site.with_name("site.crt.issuer").unlink()
+    (tmp_path / "site.ocsp").write_bytes(pki.response(leaf.cert))
+    chains = tmp_path / "chains"
+    chains.mkdir()
+    (chains / "ca.pem").write_bytes(pki.intermediate.cert_pem)
+    entry = CertEntry(site, extra_base=tmp_path / "site", issuers_chain=chains)
+
+    fact = read_cert(entry, now)
+    assert (fact.error, fact.has_local_issuer, fact.staple_problem) == (None, True, None)
+    assert list(checks.chainless_no_issuer(_facts_of(fact, now))) == []
+    assert list(checks.must_staple_unstapled(_facts_of(fact, now))) == []
+
+
+def _facts_of(fact, now):
+    from hastaple.app.doctor.facts import Facts  # noqa: PLC0415
+
+    return Facts(user="u", now=now, certs=(fact,))
