@@ -80,6 +80,48 @@ async def test_deploy_new_file_found_through_the_config(
     record("deploy new file", hap, loop, start, seen.at)
 
 
+@pytest.mark.parametrize("setting", ["del-ext", "issuers-chain-path"])
+async def test_deploy_renewal_reads_the_files_the_configuration_names(  # noqa: PLR0917 - fixtures
+    pki, openssl_responder, crt_dir, start_haproxy, tmp_path, setting
+):
+    """
+    A renewal is loaded with its staple where del-ext or issuers-chain-path put the files.
+
+    With ssl-load-extra-del-ext the staple of site.crt is site.ocsp; with
+    issuers-chain-path a chainless PEM's issuer is in that directory, and no
+    .issuer exists.
+    """
+    chains = tmp_path / "chains"
+    chains.mkdir()
+    (chains / "ca.pem").write_bytes(pki.intermediate.cert_pem)
+    chainless = setting == "issuers-chain-path"
+    name = "site.pem" if chainless else "site.crt"
+    old = pki.leaf("site.test", ocsp_url=openssl_responder.url)
+    path = pki.write(crt_dir, name, old, chain=not chainless)
+    path.with_name(name + ".issuer").unlink(missing_ok=True)
+    staple = crt_dir / ("site.pem.ocsp" if chainless else "site.ocsp")
+    staple.write_bytes(pki.response(old.cert))
+    extra = f"    issuers-chain-path {chains}" if chainless else "    ssl-load-extra-del-ext"
+    hap = start_haproxy(global_extra=extra)
+    new = pki.leaf("site.test", ocsp_url=openssl_responder.url)
+    openssl_responder.add(new.cert)
+    with Loop(hap.port, "site.test") as loop:
+        loop.wait_count(3)
+        pki.write(crt_dir, name, new, chain=not chainless)
+        path.with_name(name + ".issuer").unlink(missing_ok=True)
+        code, rows, err = await deploy_json(
+            path, "--haproxy-config", hap.workdir / "haproxy.cfg", "--state-dir", tmp_path / "s"
+        )
+        seen = loop.wait_for(lambda s: s.serial == new.cert.serial_number)
+        loop.wait_count(3)
+    assert code == 0, (err, rows)
+    [row] = rows
+    assert row["haproxy"] == {str(hap.socket): "renewed"}, row
+    assert seen.stapled
+    assert not [s for s in loop.seen if s.serial == new.cert.serial_number and not s.stapled]
+    assert sorted(p.name for p in crt_dir.iterdir()) == sorted([name, staple.name])
+
+
 @pytest.mark.parametrize("must_staple", [False, True])
 async def test_deploy_with_the_ca_down(pki, crt_dir, start_haproxy, tmp_path, must_staple):
     """No staple: loaded unstapled (exit 1), unless must-staple: then the old one stays."""

@@ -84,7 +84,10 @@ async def deploy(
     for target in chosen:
         name = target.entry.haproxy_names[0]
         try:
-            read = certfiles.read(target.entry.path, name, now=now)
+            entry = target.entry
+            read = certfiles.read(
+                entry.path, name, now=now, base=entry.files_base, chains=entry.issuers_chain
+            )
         except CertificateError as exc:
             wanted.append(None)
             problems.append(str(exc))

@@ -130,7 +130,10 @@ class HotCerts:
             entry = entries[name]
             target = target_of(entry, *where)
             try:
-                read = certfiles.read(entry.path, entry.haproxy_names[0], now=now)
+                read = certfiles.read(
+                    entry.path, entry.haproxy_names[0], now=now,
+                    base=entry.files_base, chains=entry.issuers_chain,
+                )  # fmt: skip
             except CertificateError as exc:
                 rows[i] = _failed(outcome, str(exc))
                 continue

@@ -24,7 +24,7 @@ from hastaple.core.ocsp import request
 from hastaple.core.ocsp.validate import validate
 from hastaple.errors import CertificateError, InvalidResponse
 from hastaple.haproxy.certload import CertFiles
-from hastaple.sources import pem
+from hastaple.sources import issuerchains, pem
 from hastaple.stores import store
 
 
@@ -36,27 +36,41 @@ class Read:
     staple_problem: str | None = None
 
 
-def read(path: Path, crt: str | None = None, *, now: dt.datetime) -> Read:
+def read(
+    path: Path,
+    crt: str | None = None,
+    *,
+    now: dt.datetime,
+    base: Path | None = None,
+    chains: Path | None = None,
+) -> Read:
     """
     Read ``path`` (named ``crt`` in HAProxy, by default its path) and the files beside it.
+
+    ``base`` is what HAProxy appends ``.key``, ``.issuer`` and ``.ocsp`` to
+    (default ``path``); ``chains`` the ``issuers-chain-path`` directory, where
+    HAProxy finds the chain of a PEM without one (then no ``.issuer`` is sent).
 
     Raises:
         CertificateError: the PEM is unreadable, or its issuer is in no local file.
     """
+    base = base or path
     data = pem.read(path)
     bundle = pem.parse(data, source=path)
-    key_path = path.with_name(path.name + ".key")
+    key_path = base.with_name(base.name + ".key")
     key = pem.read(key_path) if not bundle.has_key and key_path.exists() else None
     issuer_pem = None
     candidates = list(bundle.chain)
-    if not bundle.chain and (raw := store.read(store.issuer_path(path))) is not None:
+    if not candidates and chains is not None:
+        candidates = list(issuerchains.load(chains).chain_for(bundle.leaf))
+    if not candidates and (raw := store.read(store.issuer_path(base))) is not None:
         issuer_pem = raw
         candidates = issuers.parse_certificates(raw)
     issuer = issuers.choose_local(bundle.leaf, candidates)
     if issuer is None:
         raise CertificateError(path, "no issuer in the PEM chain or in its .issuer file")
     cert_id = request.cert_id(bundle.leaf, issuer)
-    staple, problem = store.read(store.staple_path(path)), None
+    staple, problem = store.read(store.staple_path(base)), None
     if staple is not None:
         try:
             verdict = validate(staple, cert=bundle.leaf, issuer=issuer, now=now)
