@@ -273,7 +273,7 @@ frontend f
 
 
 async def test_issuers_chain_path_gives_chainless_certificates_their_issuer(
-    pki, openssl_responder, crt_dir, start_haproxy
+    pki, openssl_responder, crt_dir, start_haproxy, tmp_path
 ):
     """
     A chainless PEM with no .issuer is stapled when global issuers-chain-path holds its CA.
@@ -283,7 +283,7 @@ async def test_issuers_chain_path_gives_chainless_certificates_their_issuer(
     registered at start-up (empty .ocsp) and for one that is not (the commit
     path), and the staples must survive a restart.
     """
-    chains = crt_dir.parent / "chains"
+    chains = tmp_path / "chains"
     chains.mkdir()
     (chains / "intermediate.pem").write_bytes(pki.intermediate.cert_pem)
     for name in ("kept", "fresh"):
