@@ -11,10 +11,13 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import os
+import ssl
 import sys
 from pathlib import Path
 
 import pytest
+import trustme
 from click.testing import CliRunner
 
 from faults import FAULTS, Case
@@ -22,6 +25,7 @@ from hastaple.app.cli import cli
 from hastaple.core.model import Status
 from hastaple.core.ocsp.validate import validate
 from hastaple.testing.pki import PKI, Issued, now
+from hastaple.testing.responders import FaultResponder, Serve
 
 
 async def hastaple(*args: str | Path, env: dict[str, str] | None = None) -> tuple[int, str, str]:
@@ -182,6 +186,34 @@ async def test_fault_keeps_the_old_staple(pki, fault_responder, tmp_path, fault)
     assert (tmp_path / "site.pem.ocsp").read_bytes() == old
     assert len(fault_responder.seen_under(fault)) >= 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["site.pem", "site.pem.ocsp"]
+
+
+async def test_https_responder_of_a_private_ca_is_trusted_through_ssl_cert_file(pki, tmp_path):
+    """
+    A private PKI's https responder: refused by default, trusted when SSL_CERT_FILE names its CA.
+
+    The README tells operators to point SSL_CERT_FILE at their CA bundle; this
+    is the promise, with a real TLS responder on 127.0.0.1.
+    """
+    ca = trustme.CA()
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(ctx)
+    bundle = tmp_path / "private-ca.pem"
+    ca.cert_pem.write_to_path(str(bundle))
+    async with FaultResponder(ssl_context=ctx) as responder:
+        leaf = pki.leaf(ocsp_url=responder.url_for("ok"))
+        responder.on("ok", Serve(pki.response(leaf.cert)))
+        cert = pki.write(tmp_path, "site.pem", leaf)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SSL_CERT_")}
+        code, out, err = await hastaple("fetch", "--json", "--timeout", "2", cert, env=env)
+        assert code == 1
+        assert "the responder's TLS certificate is not trusted" in err, err
+        code, out, err = await hastaple(
+            "fetch", "--json", "--timeout", "2", cert, env={**env, "SSL_CERT_FILE": str(bundle)}
+        )
+    assert code == 0, err
+    assert json.loads(out)[0]["action"] == "fetched"
+    assert valid_staple(pki, leaf, tmp_path / "site.pem.ocsp")
 
 
 # -- input errors, in-process ------------------------------------------------------------
