@@ -300,6 +300,10 @@ ADDRESSES = [
     ("unix@/m.sock@!4242", p.Address("unix@/m.sock@!4242", path="/m.sock", prefix="@!4242 ")),
     ("127.0.0.1:9999@1", p.Address("127.0.0.1:9999@1", host="127.0.0.1", port=9999, prefix="@1 ")),
     ("/odd/a:b.sock", p.Address("/odd/a:b.sock", path="/odd/a:b.sock")),
+    # abns@ is bound over the whole sun_path (108 bytes), abnsz@ (3.1) over the name alone
+    ("abns@hap", p.Address("abns@hap", path="\0hap" + "\0" * 104)),
+    ("abnsz@hap", p.Address("abnsz@hap", path="\0hap")),
+    ("abns@hap@1", p.Address("abns@hap@1", path="\0hap" + "\0" * 104, prefix="@1 ")),
 ]
 
 
@@ -309,7 +313,13 @@ def test_parse_address(text, address):
     assert p.parse_address(text) == address
 
 
-@pytest.mark.parametrize("text", ["", "unix@", "ipv4@/run/x.sock", "127.0.0.1:0", "h:99999", "a:b"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        *("", "unix@", "ipv4@/run/x.sock", "127.0.0.1:0", "h:99999", "a:b"),
+        *("abns@", "abns@" + "x" * 108),
+    ],
+)
 def test_bad_address(text):
     """Text that is no address is a ConfigError quoting it."""
     with pytest.raises(ConfigError, match="HAProxy socket"):

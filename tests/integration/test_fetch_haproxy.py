@@ -7,6 +7,7 @@ The responder is a real `openssl ocsp`, the client a real `openssl s_client -sta
 from __future__ import annotations
 
 import datetime as dt
+import time
 from pathlib import Path
 
 import pytest
@@ -246,3 +247,41 @@ async def test_renewed_certificate_not_served_yet_is_stored_not_failed(
     assert staple.serial_number == new.cert.serial_number
     served = haproxy_proc.staple(hap.port, "renewed.example.test")
     assert ("Cert Status: good" in served) is registered, served
+
+
+async def test_abstract_socket_is_reached_as_haproxy_binds_it(
+    pki, openssl_responder, crt_dir, haproxy_binary, tmp_path
+):
+    """
+    `stats socket abns@name`: HAProxy binds the whole sun_path, the name padded with zeroes.
+
+    A client that connects with the bare name is refused; hastaple must use
+    the padded one (and uvloop refuses that, so it connects its own socket).
+    """
+    leaf = pki.leaf("sock.example.test", ocsp_url=openssl_responder.url)
+    openssl_responder.add(leaf.cert)
+    pki.write(crt_dir, "sock.pem", leaf)
+    name = f"hastaple-{haproxy_proc.free_port()}-{tmp_path.name}"[:100]
+    reach = ("\0" + name).ljust(108, "\0")
+    port = haproxy_proc.free_port()
+    cfg = tmp_path / "haproxy.cfg"
+    cfg.write_text(
+        f"global\n    stats socket abns@{name} level admin\n"
+        "defaults\n    mode http\n    timeout client 5s\n    timeout server 5s\n"
+        f"    timeout connect 5s\nfrontend tls\n    bind 127.0.0.1:{port} ssl crt {crt_dir}\n"
+        "    http-request return status 200\n"
+    )
+    proc = haproxy_proc.spawn_logged([haproxy_binary, "-db", "-f", str(cfg)], tmp_path, "log")
+    try:
+        for _ in range(200):
+            try:
+                if "Pid:" in haproxy_proc.cli(reach, "show info"):
+                    break
+            except OSError:
+                time.sleep(0.05)
+        code, rows, err = await fetch_json("--haproxy-config", cfg)
+        assert code == 0, (err, rows)
+        assert [r["action"] for r in rows] == ["deployed"], rows
+        assert "Cert Status: good" in haproxy_proc.staple(port, "sock.example.test")
+    finally:
+        haproxy_proc.stop_group(proc)

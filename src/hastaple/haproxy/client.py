@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from typing import TYPE_CHECKING
 
 from hastaple.errors import HAProxyUnreachable
@@ -158,7 +159,9 @@ async def connect(
 async def _open(address: protocol.Address, limit: float, idle_timeout: float | None) -> Connection:
     try:
         async with asyncio.timeout(limit):
-            if address.path is not None:
+            if address.abstract:
+                reader, writer = await _open_abstract(address.path or "")
+            elif address.path is not None:
                 reader, writer = await asyncio.open_unix_connection(address.path)
             else:
                 reader, writer = await asyncio.open_connection(address.host, address.port)
@@ -167,6 +170,23 @@ async def _open(address: protocol.Address, limit: float, idle_timeout: float | N
     except OSError as exc:
         raise _unreachable(address, exc) from exc
     return Connection(address, reader, writer, idle_timeout)
+
+
+async def _open_abstract(path: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """
+    Connect to an abstract unix socket through a socket of our own.
+
+    uvloop refuses a name padded to the whole ``sun_path`` (EINVAL), which is
+    how HAProxy binds ``abns@``; the kernel takes it from a plain socket.
+    """
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)  # noqa: FBT003 - the socket API
+        await asyncio.get_running_loop().sock_connect(sock, path)
+    except BaseException:
+        sock.close()
+        raise
+    return await asyncio.open_unix_connection(sock=sock)
 
 
 def _unreachable(address: protocol.Address, exc: OSError) -> HAProxyUnreachable:

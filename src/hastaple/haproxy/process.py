@@ -98,7 +98,7 @@ def _target(address: str) -> tuple[int, str | tuple[str, int]] | None:
     if where.prefix:
         return None  # a master CLI selector: not a stats socket of this configuration
     if where.path is not None:
-        return (socket.AF_UNIX, where.path) if where.path.startswith("/") else None
+        return (socket.AF_UNIX, where.path) if where.path.startswith(("/", "\0")) else None
     if where.host in _LOOPBACK and where.port is not None:
         family = socket.AF_INET6 if ":" in where.host else socket.AF_INET
         return family, (where.host, where.port)

@@ -149,7 +149,7 @@ def check_sockets(sockets: Sequence[str]) -> None:
     """Refuse a unix socket path that is not there before asking any CA (exit 2)."""
     for socket in sockets:
         address = parse_address(socket)
-        if address.path is None:
+        if address.path is None or address.abstract:
             continue
         path = Path(address.path)
         if not path.exists():

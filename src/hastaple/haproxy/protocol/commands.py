@@ -48,6 +48,11 @@ class Address:
     port: int | None = None
     prefix: str = ""
 
+    @property
+    def abstract(self) -> bool:
+        """Whether ``path`` is in Linux's abstract namespace (no file on disk)."""
+        return self.path is not None and self.path.startswith("\0")
+
 
 _WORKER = re.compile(r"@(!?\d+)\Z")
 _HOST_PORT = re.compile(r"([^:@\[\]]+|\[[^\]]+\]):(\d{1,5})\Z")
@@ -57,8 +62,8 @@ def parse_address(text: str) -> Address:
     """
     Parse a socket address as HAProxy's configuration spells it.
 
-    Accepts ``/run/haproxy.sock``, ``unix@/run/haproxy.sock``, ``127.0.0.1:9999``,
-    ``ipv4@127.0.0.1:9999``, each optionally followed by a master-CLI worker
+    Accepts ``/run/haproxy.sock``, ``unix@/run/haproxy.sock``, ``abns@name``,
+    ``127.0.0.1:9999``, ``ipv4@127.0.0.1:9999``, each optionally followed by a master-CLI worker
     selector ``@1`` or ``@!<pid>`` (``/run/haproxy-master.sock@1``).
 
     Raises:
@@ -70,6 +75,8 @@ def parse_address(text: str) -> Address:
         rest, prefix = rest[: worker.start()], f"@{worker.group(1)} "
     if rest.startswith("unix@"):
         return _unix(text, rest[len("unix@") :], prefix)
+    if rest.startswith(("abns@", "abnsz@")):
+        return _abstract(text, rest, prefix)
     tcp = rest.startswith(("ipv4@", "ipv6@"))
     if tcp:
         rest = rest[len("ipv4@") :]
@@ -87,6 +94,25 @@ def parse_address(text: str) -> Address:
 def _unix(text: str, path: str, prefix: str) -> Address:
     if not path:
         raise ConfigError(f"HAProxy socket {text!r}: empty path")
+    return Address(text, path=path, prefix=prefix)
+
+
+_SUN_PATH = 108  # bytes in a Linux sockaddr_un's sun_path
+
+
+def _abstract(text: str, rest: str, prefix: str) -> Address:
+    """
+    ``abns@<name>``: HAProxy binds the whole ``sun_path``, the name padded with zero bytes.
+
+    So a client must connect with the same padded name (socat's
+    ``unix-tightsocklen=0``); ``abnsz@<name>`` (HAProxy 3.1) binds the name alone.
+    """
+    kind, name = rest.split("@", 1)
+    path = "\0" + name
+    if not name or len(path.encode()) > _SUN_PATH:
+        raise ConfigError(f"HAProxy socket {text!r}: expected a name of 1 to 107 bytes")
+    if kind == "abns":
+        path = path.ljust(_SUN_PATH, "\0")
     return Address(text, path=path, prefix=prefix)
 
 
