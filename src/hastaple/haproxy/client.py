@@ -183,10 +183,10 @@ async def _open_abstract(path: str) -> tuple[asyncio.StreamReader, asyncio.Strea
     try:
         sock.setblocking(False)  # noqa: FBT003 - the socket API
         await asyncio.get_running_loop().sock_connect(sock, path)
+        return await asyncio.open_unix_connection(sock=sock)
     except BaseException:
         sock.close()
         raise
-    return await asyncio.open_unix_connection(sock=sock)
 
 
 def _unreachable(address: protocol.Address, exc: OSError) -> HAProxyUnreachable:
