@@ -151,6 +151,7 @@ def test_other_handlers_see_the_line_and_the_fields(caplog: pytest.LogCaptureFix
         'event=expiring cert="/c/a b.pem" next_update=2026-12-06T07:00:30Z failures=3'
     )
     assert record.levelno == logging.WARNING
+    assert (record.funcName, record.pathname) == ("log_event", events.__file__)
     assert record.event == "expiring"  # type: ignore[attr-defined]
     assert record.fields == {  # type: ignore[attr-defined]
         "cert": "/c/a b.pem", "next_update": "2026-12-06T07:00:30Z", "failures": 3,

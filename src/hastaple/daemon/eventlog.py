@@ -33,7 +33,16 @@ def log_event(level: int, event: str, **fields: object) -> None:
     if not logger.isEnabledFor(level):
         return
     kept = {k: v if type(v) is str else _plain(v) for k, v in fields.items() if v is not None}
-    logger.log(level, _Line(event, kept), extra={"event": event, "fields": kept})
+    # ``logger.log`` would walk the stack to name the caller, and always find
+    # this function: the record names it directly.
+    record = logger.makeRecord(
+        logger.name, level, __file__, _LINENO, _Line(event, kept), (), None, "log_event",
+        {"event": event, "fields": kept},
+    )  # fmt: skip
+    logger.handle(record)
+
+
+_LINENO = log_event.__code__.co_firstlineno
 
 
 class _Line:
