@@ -473,6 +473,27 @@ def daemon_phase(  # noqa: PLR0917 - one call site
     )
 
 
+def fetch_cold_again(  # noqa: PLR0917 - one call site
+    crt_dir: Path,
+    state: Path,
+    responder: Responder,
+    work: Path,
+    paths: list[Path],
+    hap: HAProxy | None,
+) -> Phase:
+    """``hastaple fetch`` cold once more (a new state, no staple; deployed with ``hap``)."""
+    shutil.rmtree(state, ignore_errors=True)
+    for p in paths:
+        ocsp = p.parent / (p.name + ".ocsp")
+        if hap is None:
+            ocsp.unlink(missing_ok=True)
+        else:  # HAProxy keeps its registrations; the staples are gone
+            ocsp.write_bytes(b"")
+    name = "hastaple cold, paired" + (" + deploy" if hap else "")
+    expect = "deployed" if hap else "fetched"
+    return hastaple_phase(name, crt_dir, state, responder, work, len(paths), hap, expect=expect)
+
+
 # -------------------------------------------------------------------------- main
 
 
@@ -516,7 +537,9 @@ def main() -> int:  # noqa: C901, PLR0912, PLR0915 - a linear script reads best 
         "--repeat",
         type=int,
         default=1,
-        help="run cold + deploy this many times and report the median (a shared box is noisy)",
+        help="run cold + deploy this many times and report the median (a shared box is noisy);"
+        " and the daemon, each run right after a fetch cold run, the ratio the median of the"
+        " pairs'",
     )
     args = ap.parse_args()
 
@@ -530,6 +553,8 @@ def main() -> int:  # noqa: C901, PLR0912, PLR0915 - a linear script reads best 
     responder = None
     haps: list[HAProxy] = []
     phases: list[Phase] = []
+    daemons: list[Phase] = []
+    pairs: list[Phase] = []  # --repeat: the fetch cold run just before each daemon run
     try:
         t = time.monotonic()
         responder = Responder(work, rtt)
@@ -631,16 +656,27 @@ def main() -> int:  # noqa: C901, PLR0912, PLR0915 - a linear script reads best 
             print(phases[-1].row(), flush=True)
 
         if not args.no_daemon:
-            # Cold: no staple on disk, a new state directory; HAProxy keeps
-            # its registrations (it reads .ocsp files only at load).
-            for p in paths:
-                (p.parent / (p.name + ".ocsp")).unlink(missing_ok=True)
-            phases.append(
-                daemon_phase(
-                    crt_dir, work / "dstate", responder, work, args.n, hap, args.daemon_timeout
-                )
-            )
-            print(phases[-1].row(), flush=True)
+            for _ in range(max(1, args.repeat)):
+                if args.repeat > 1:
+                    # The box's load changes by the minute: each daemon run
+                    # is compared with a fetch cold run just before it.
+                    pairs.append(fetch_cold_again(crt_dir, state, responder, work, paths, hap))
+                    print(pairs[-1].row(), flush=True)
+                # Cold: no staple on disk, a new state directory; HAProxy keeps
+                # its registrations (it reads .ocsp files only at load).
+                shutil.rmtree(work / "dstate", ignore_errors=True)
+                for p in paths:
+                    (p.parent / (p.name + ".ocsp")).unlink(missing_ok=True)
+                daemons.append(
+                    daemon_phase(
+                        crt_dir, work / "dstate", responder, work, args.n, hap,
+                        args.daemon_timeout,
+                    )
+                )  # fmt: skip
+                print(daemons[-1].row(), flush=True)
+            if pairs:
+                phases.append(_median(pairs))
+            phases.append(_median(daemons))
     finally:
         for h in haps:
             h.stop()
@@ -657,7 +693,18 @@ def main() -> int:  # noqa: C901, PLR0912, PLR0915 - a linear script reads best 
             by["baseline: openssl+socat loop"].ms_per_cert / cold.ms_per_cert
         )
     daemon = by.get("hastaple daemon + deploy") or by.get("hastaple daemon")
-    if daemon is not None:  # the same certificates and responder (and HAProxy), cold
+    if daemon is not None and pairs:  # --repeat: each run against the fetch just before it
+        what = "cold+deploy" if "deploy" in daemon.name else "cold"
+        walls = sorted(d.wall / f.wall for d, f in zip(daemons, pairs, strict=True))
+        cpus = sorted(d.cpu / f.cpu for d, f in zip(daemons, pairs, strict=True) if d.cpu and f.cpu)
+        for kind, each_pair in (("wall", walls), ("cpu", cpus)):
+            if each_pair:
+                ratios[f"daemon / hastaple {what} ({kind}, median of {len(each_pair)} pairs)"] = (
+                    each_pair[(len(each_pair) - 1) // 2]
+                )
+                print(f"daemon / fetch {what} {kind}, each pair: "
+                      + ", ".join(f"{r:.2f}x" for r in each_pair))  # fmt: skip
+    elif daemon is not None:  # the same certificates and responder (and HAProxy), cold
         what = "cold+deploy" if "deploy" in daemon.name else "cold"
         ratios[f"daemon / hastaple {what} (wall)"] = daemon.ms_per_cert / cold.ms_per_cert
         if daemon.cpu is not None and cold.cpu:

@@ -179,3 +179,32 @@ def test_to_json_before_first_attempt_is_never_null_status():
     assert out["error"] == "not checked yet"
     assert out["status"] in _STATUSES
     assert out["action"] in _ACTIONS
+
+
+def test_a_batch_of_many_records_and_events_reads_back_whole(tmp_path):
+    """
+    One ``put_many``: every row as put, each time exact, history bounded within the batch.
+
+    The rows are written with ``executemany`` and each time's text is
+    remembered for a few records: more distinct times than it remembers,
+    times shared by many records, the same instant in another zone, and a
+    certificate with more events in one batch than its history keeps.
+    """
+    state = st.State.open(tmp_path)
+    paris = dt.timezone(dt.timedelta(hours=1))
+    records = [
+        _record(
+            cert=f"/c/{i:03d}.pem", next_refresh=T0 + dt.timedelta(seconds=i, microseconds=i),
+            last_attempt=(T0 + dt.timedelta(hours=i % 3)).astimezone(paris),
+            haproxy=() if i % 2 else (("/run/a.sock", "error"), ("/run/b.sock", "update")),
+        )
+        for i in range(300)
+    ]  # fmt: skip
+    burst = [_record(error=f"e{i}") for i in range(st.HISTORY_PER_CERT + 5)]
+    state.put_many([(r, "fetched", None) for r in records] + [(r, "failed", T0) for r in burst])
+    state.close()
+    again = st.State.open(tmp_path)
+    assert again.all() == sorted([*records, burst[-1]], key=lambda r: r.cert)
+    assert [e.error for e in again.history("/c/a.pem")] == [f"e{i}" for i in range(5, 55)]
+    [event] = again.history("/c/001.pem")
+    assert (event.at, event.event) == (T0 + dt.timedelta(hours=1), "fetched")

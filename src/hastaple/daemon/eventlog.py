@@ -12,19 +12,53 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import math
 import sys
 from typing import Any
 
 from hastaple.core.model import rfc3339
 
 logger = logging.getLogger("hastaple.daemon")
+_MICRO = 1_000_000
 
 
 def log_event(level: int, event: str, **fields: object) -> None:
-    """Log ``event`` with ``fields`` (None values are left out)."""
-    kept = {k: _plain(v) for k, v in fields.items() if v is not None}
-    text = " ".join([f"event={event}", *(f"{k}={_quote(v)}" for k, v in kept.items())])
-    logger.log(level, "%s", text, extra={"event": event, "fields": kept})
+    """
+    Log ``event`` with ``fields`` (None values are left out).
+
+    Nothing is done for a level that is off. The key=value text is built
+    when a handler first asks for the message (``_Line``), so the JSON format
+    never builds it.
+    """
+    if not logger.isEnabledFor(level):
+        return
+    kept = {k: v if type(v) is str else _plain(v) for k, v in fields.items() if v is not None}
+    # ``logger.log`` would walk the stack to name the caller, and always find
+    # this function: the record names it directly.
+    record = logger.makeRecord(
+        logger.name, level, __file__, _LINENO, _Line(event, kept), (), None, "log_event",
+        {"event": event, "fields": kept},
+    )  # fmt: skip
+    logger.handle(record)
+
+
+_LINENO = log_event.__code__.co_firstlineno
+
+
+class _Line:
+    """The message ``event=... key=value ...``, built once, on first use."""
+
+    __slots__ = ("event", "fields", "text")
+
+    def __init__(self, event: str, fields: dict[str, str | int | float | bool]) -> None:
+        self.event, self.fields, self.text = event, fields, ""
+
+    def __str__(self) -> str:
+        if not self.text:
+            parts = [f"event={self.event}"]
+            parts += [f"{k}={_quote(str(v))}" for k, v in self.fields.items()]
+            self.text = " ".join(parts)
+        return self.text
 
 
 def _plain(value: object) -> str | int | float | bool:
@@ -35,11 +69,45 @@ def _plain(value: object) -> str | int | float | bool:
     return str(value)
 
 
-def _quote(value: object) -> str:
-    text = str(value)
-    if not text or any(c in text for c in ' "=\n'):
-        return json.dumps(text)
-    return text
+def _quote(text: str) -> str:
+    if text and " " not in text and '"' not in text and "=" not in text and "\n" not in text:
+        return text
+    return json.dumps(text)
+
+
+class _Stamps:
+    """
+    A record's time as ``datetime.fromtimestamp(created, UTC)`` writes it, cheaply.
+
+    The date and time to the second are formatted once per second, not once
+    per line (``strftime`` was a tenth of a log line's cost); the microseconds
+    are rounded as ``fromtimestamp`` rounds them (half to even).
+    """
+
+    def __init__(self) -> None:
+        # One tuple, replaced whole: safe with handlers in several threads.
+        self._last = (-1, "")
+
+    def split(self, created: float) -> tuple[str, int]:
+        """``YYYY-MM-DDTHH:MM:SS`` (UTC) and the microseconds of ``created``."""
+        fraction, whole = math.modf(created)
+        micro = round(fraction * 1e6)
+        second = int(whole)
+        if micro >= _MICRO:
+            second, micro = second + 1, micro - _MICRO
+        last = self._last
+        if last[0] != second:
+            text = dt.datetime.fromtimestamp(second, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
+            last = self._last = (second, text)
+        return last[1], micro
+
+    def isoformat(self, created: float) -> str:
+        """``created`` as ``fromtimestamp(created, UTC).isoformat()``."""
+        second, micro = self.split(created)
+        return f"{second}.{micro:06d}+00:00" if micro else f"{second}+00:00"
+
+
+_STAMPS = _Stamps()
 
 
 class KeyValueFormatter(logging.Formatter):
@@ -47,7 +115,8 @@ class KeyValueFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         """Render ``record`` as one line."""
-        ts = dt.datetime.fromtimestamp(record.created, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        second, micro = _STAMPS.split(record.created)
+        ts = f"{second}.{micro:06d}Z"
         line = (
             f"ts={ts} level={record.levelname.lower()} logger={record.name} {record.getMessage()}"
         )
@@ -62,7 +131,7 @@ class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         """Render ``record`` as one JSON line."""
         out: dict[str, Any] = {
-            "ts": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(),
+            "ts": _STAMPS.isoformat(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
         }

@@ -61,12 +61,34 @@ class Metrics:
             ["outcome"],
             registry=self.registry,
         )
-        for result in FETCH_RESULTS:
-            self.fetches.labels(result)
-        for outcome in PUSH_OUTCOMES:
-            self.pushes.labels(outcome)
+        # Each label value's series, looked up once: ``labels()`` takes a lock
+        # and checks its arguments, at every outcome of every batch.
+        self._fetches = {result: self.fetches.labels(result) for result in FETCH_RESULTS}
+        self._pushes = {outcome: self.pushes.labels(outcome) for outcome in PUSH_OUTCOMES}
+        self._latency: dict[str, Histogram] = {}
         self.registry.register(_Staples(snapshot))
         self.registry.register(_Sockets(sockets))
+
+    def fetched(self, result: str) -> None:
+        """Count one refresh attempt that ended in ``result``."""
+        series = self._fetches.get(result)
+        if series is None:
+            series = self._fetches[result] = self.fetches.labels(result)
+        series.inc()
+
+    def answered(self, responder: str, seconds: float) -> None:
+        """Observe how long ``responder`` (host[:port]) took to answer."""
+        series = self._latency.get(responder)
+        if series is None:
+            series = self._latency[responder] = self.latency.labels(responder)
+        series.observe(seconds)
+
+    def pushed(self, outcome: str) -> None:
+        """Count one staple pushed to HAProxy with ``outcome``."""
+        series = self._pushes.get(outcome)
+        if series is None:
+            series = self._pushes[outcome] = self.pushes.labels(outcome)
+        series.inc()
 
     def render(self) -> bytes:
         """The text exposition format."""

@@ -7,8 +7,9 @@ call with a simulated clock:
 
 - ``refresh_due()``: every certificate whose ``next_refresh`` has come goes
   through ``pipeline.run_outcomes`` in one batch (the same code as ``fetch``);
-  each outcome gives the next record via ``scheduling.after_refresh``, saved
-  in one transaction per batch (``batching``);
+  each outcome gives the next record via ``scheduling.after_refresh``
+  (counted and logged by ``recording``), saved in one transaction per
+  batch (``batching``);
 - ``rediscover(changed)``: the certificate sources are read again (after a
   file-system event); new and renewed (new serial) certificates are due at
   once, removed ones are forgotten. It is ``prepare`` (read everything,
@@ -39,8 +40,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from hastaple.config import Config
-from hastaple.core.model import CertEntry, ResultRow, Status
-from hastaple.daemon import loop, scheduling
+from hastaple.core.model import CertEntry, Status
+from hastaple.daemon import loop, recording, scheduling
 from hastaple.daemon import metrics as prom
 from hastaple.daemon.announced import Announced
 from hastaple.daemon.batching import Records
@@ -257,7 +258,7 @@ class Daemon:
                 )  # fmt: skip
         with self.records.batch():
             for outcome in outcomes:
-                self._record(outcome, now, started)
+                recording.record(self, outcome, now, started)
         if self.fleet is not None:
             from hastaple.stores import fleet_status  # noqa: PLC0415 - fleet mode only
 
@@ -277,53 +278,6 @@ class Daemon:
             state_dir=self.config.state_dir,
             fetch=fetch,
         )
-
-    def _record(
-        self, outcome: pipeline.Outcome, now: dt.datetime, started: dict[str, str | None]
-    ) -> None:
-        row = outcome.row
-        asked = outcome.elapsed is not None
-        if asked and row.ocsp_url:
-            host = row.ocsp_url.split("/")[2] if "//" in row.ocsp_url else row.ocsp_url
-            self.metrics.latency.labels(host).observe(outcome.elapsed or 0.0)
-        self._count_pushes(row)
-        result = scheduling.result_of(row)
-        self.metrics.fetches.labels(result).inc()
-        rec = self.records.get(row.cert)
-        if rec is None or row.cert not in self.entries or rec.serial != started.get(row.cert):
-            # Removed (or renewed) while the batch was in flight: the outcome is
-            # about a certificate that is gone; saving it would bring it back.
-            log_event(logging.DEBUG, "discarded", cert=row.cert, result=result)
-            return
-        new = scheduling.after_refresh(
-            rec, row, asked=asked, max_age=outcome.max_age, now=now, rng=self.rng,
-            policy=self.config.policy,
-        )  # fmt: skip
-        refused = scheduling.refused(row)
-        if scheduling.has_staple(row):
-            for sock in refused:
-                self._push_failed(sock, now, row.error)
-        self.records.save(new, event=result, at=now)
-        level = logging.INFO if result in {"fetched", "fresh", "skipped"} else logging.ERROR
-        if refused and level == logging.INFO:
-            level = logging.WARNING  # stored, but not (everywhere) in HAProxy
-        log_event(
-            level, result, cert=row.cert, responder=row.ocsp_url, status=new.status,
-            action=row.action.value, next_update=new.next_update, next_refresh=new.next_refresh,
-            failures=new.failures, error=row.error,
-        )  # fmt: skip
-        self._warn_if_expiring(new, now)
-
-    def _warn_if_expiring(self, rec: Record, now: dt.datetime) -> None:
-        if prom.expiring(rec, now, self.config.policy) and rec.next_update is not None:
-            log_event(
-                logging.WARNING, "expiring", cert=rec.cert, next_update=rec.next_update,
-                left=str(rec.next_update - now), failures=rec.failures, error=rec.error,
-            )  # fmt: skip
-
-    def _count_pushes(self, row: ResultRow) -> None:
-        for outcome in row.haproxy.values():
-            self.metrics.pushes.labels(outcome).inc()
 
     # -- HAProxy ---------------------------------------------------------
 
@@ -370,7 +324,7 @@ class Daemon:
                 row = outcome.row
                 if socket not in row.haproxy or row.cert not in self.records:
                     continue
-                self._count_pushes(row)
+                recording.count_pushes(self.metrics, row)
                 rec = self.records[row.cert]
                 new = scheduling.after_repush(rec, socket, row.haproxy[socket], row.error)
                 if row.haproxy[socket] == "error":

@@ -35,39 +35,34 @@ def after_refresh(
 
     ``asked``: a responder was asked (its ``max_age`` hint applies).
     """
-    result = result_of(row)
-    base = dataclasses.replace(
-        rec, ocsp_url=row.ocsp_url, result=result, error=row.error, last_attempt=now,
-        haproxy=served(rec, _named_aliases(row)), note=row.note,
-    )  # fmt: skip
+    # The fields that change, worked out first, then one ``replace`` (each
+    # costs about 5 us: three per outcome were a tenth of the daemon's own work).
+    this_update, next_update, last_success = rec.this_update, rec.next_update, rec.last_success
+    fetched_at, hint = rec.fetched_at, rec.max_age
+    status: str | None
     if has_staple(row):
-        new = dataclasses.replace(
-            base,
-            status=row.status.value,
-            this_update=row.this_update,
-            next_update=row.next_update,
-            # The max-age hint belongs to an answer from the CA; none was asked.
-            fetched_at=now if asked else None,
-            max_age=max_age if asked else None,
-            last_success=now if asked else rec.last_success,
-            # A staple HAProxy refused is a failure too (the next fetch is
-            # still planned from the staple: the CA is not the problem).
-            failures=rec.failures + 1 if refused(row) else 0,
-        )
-        return dataclasses.replace(
-            new, next_refresh=schedule.next_refresh(new.window(), now, 0, rng, policy)
-        )
-    if row.status in {Status.NO_OCSP, Status.MANAGED}:
-        return dataclasses.replace(
-            base, status=row.status.value, failures=0, next_refresh=now + policy.interval
-        )
-    failures = rec.failures + 1
+        this_update, next_update, status = row.this_update, row.next_update, row.status.value
+        # The max-age hint belongs to an answer from the CA; none was asked.
+        fetched_at, hint = (now, max_age) if asked else (None, None)
+        if asked:
+            last_success = now
+        # A staple HAProxy refused is a failure too (the next fetch is
+        # still planned from the staple: the CA is not the problem).
+        failures = rec.failures + 1 if refused(row) else 0
+        assert this_update is not None  # noqa: S101 - has_staple says so (for mypy)
+        window = schedule.Window(this_update, next_update, fetched_at, hint)
+        next_refresh = schedule.next_refresh(window, now, 0, rng, policy)
+    elif row.status in {Status.NO_OCSP, Status.MANAGED}:
+        status, failures, next_refresh = row.status.value, 0, now + policy.interval
+    else:
+        status, failures = _failed_status(row, rec), rec.failures + 1
+        next_refresh = schedule.next_refresh(rec.window(), now, failures, rng, policy)
     return dataclasses.replace(
-        base,
-        status=_failed_status(row, rec),
-        failures=failures,
-        next_refresh=schedule.next_refresh(rec.window(), now, failures, rng, policy),
-    )
+        rec, ocsp_url=row.ocsp_url, result=result_of(row), error=row.error, last_attempt=now,
+        haproxy=served(rec, _named_aliases(row)), note=row.note, status=status,
+        this_update=this_update, next_update=next_update, fetched_at=fetched_at, max_age=hint,
+        last_success=last_success, failures=failures, next_refresh=next_refresh,
+    )  # fmt: skip
 
 
 def after_repush(rec: Record, socket: str, how: str, error: str | None) -> Record:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import operator
 import sqlite3
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -134,7 +135,16 @@ class Event:
 _COLUMNS = tuple(f.name for f in dataclasses.fields(Record))
 _PUT = (
     f"INSERT OR REPLACE INTO certs ({', '.join(_COLUMNS)}) "  # noqa: S608 - column names are ours
-    f"VALUES ({', '.join(':' + c for c in _COLUMNS)})"
+    f"VALUES ({', '.join('?' for _ in _COLUMNS)})"
+)
+_VALUES = operator.attrgetter(*_COLUMNS)
+_TIME_AT = tuple(_COLUMNS.index(name) for name in _TIMES)
+_HAPROXY_AT = _COLUMNS.index("haproxy")
+_HISTORY = "INSERT INTO history (cert, at, event, error) VALUES (?, ?, ?, ?)"
+# Older than the certificate's HISTORY_PER_CERT latest: one index range, no list of ids.
+_TRIM = (
+    "DELETE FROM history WHERE cert = ? AND id <= "
+    "(SELECT id FROM history WHERE cert = ? ORDER BY id DESC LIMIT 1 OFFSET ?)"
 )
 
 
@@ -206,28 +216,20 @@ class State:
         One commit (one WAL sync) for a batch of 10,000 outcomes instead of
         one each; each row is still the previous one or the new one.
         """
+        items = items if isinstance(items, list | tuple) else list(items)
+        texts = _Texts()  # a batch's records share most of their times
+        rows = (_row(record, texts) for record, _, _ in items)
+        events = [item for item in items if item[1] is not None]
         with self._db:
             self._forget(forget)
-            for record, event, at in items:
-                self._put(record, event, at)
-
-    def _put(self, record: Record, event: str | None, at: dt.datetime | None) -> None:
-        values = {name: getattr(record, name) for name in _COLUMNS}
-        for name in _TIMES:
-            values[name] = _text(values[name])
-        values["haproxy"] = json.dumps(dict(record.haproxy), sort_keys=True)
-        self._db.execute(_PUT, values)
-        if event is not None:
-            when = at or record.last_attempt or dt.datetime.now(dt.UTC)
-            self._db.execute(
-                "INSERT INTO history (cert, at, event, error) VALUES (?, ?, ?, ?)",
-                (record.cert, _text(when), event, record.error),
-            )
-            self._db.execute(
-                "DELETE FROM history WHERE cert = ? AND id NOT IN "
-                "(SELECT id FROM history WHERE cert = ? ORDER BY id DESC LIMIT ?)",
-                (record.cert, record.cert, HISTORY_PER_CERT),
-            )
+            # Generators, not lists of rows: 100,000 rows at once would be 60 MB.
+            self._db.executemany(_PUT, rows)
+            self._db.executemany(_HISTORY, (
+                (record.cert, texts(at or record.last_attempt or dt.datetime.now(dt.UTC)),
+                 event, record.error)
+                for record, event, at in events
+            ))  # fmt: skip
+            self._db.executemany(_TRIM, ((r.cert, r.cert, HISTORY_PER_CERT) for r, _, _ in events))
 
     def forget(self, *certs: str) -> None:
         """Drop ``certs`` and their history (removed), in one transaction."""
@@ -269,6 +271,41 @@ def _record(row: sqlite3.Row) -> Record:
         values[name] = _time(values[name])
     values["haproxy"] = tuple(sorted(json.loads(values["haproxy"] or "{}").items()))
     return Record(**values)
+
+
+def _row(record: Record, texts: _Texts) -> tuple[object, ...]:
+    """``record``'s column values, in ``_COLUMNS`` order, as SQLite stores them."""
+    values = list(_VALUES(record))
+    for at in _TIME_AT:
+        if (when := values[at]) is not None:
+            values[at] = texts(when)
+    haproxy = record.haproxy
+    values[_HAPROXY_AT] = json.dumps(dict(haproxy), sort_keys=True) if haproxy else "{}"
+    return tuple(values)
+
+
+class _Texts:
+    """
+    ``_text``, remembered for the last few distinct times (equal instants, same text).
+
+    A batch's records share the batch's time (last attempt, last success,
+    fetched at) and often the responder's (this and next update): about half
+    of a row's cost was formatting them again. Bounded: the jittered
+    ``next_refresh`` times are all different.
+    """
+
+    _KEEP = 64
+
+    def __init__(self) -> None:
+        self._texts: dict[dt.datetime, str] = {}
+
+    def __call__(self, when: dt.datetime) -> str:
+        text = self._texts.get(when)
+        if text is None:
+            if len(self._texts) >= self._KEEP:
+                self._texts.clear()
+            text = self._texts[when] = when.astimezone(dt.UTC).isoformat()
+        return text
 
 
 def _text(when: dt.datetime | None) -> str | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -58,8 +59,13 @@ async def watch(
 
 
 def relevant(change: watchfiles.Change, path: str) -> bool:  # noqa: ARG001 - watchfiles' signature
-    """Our own ``.ocsp`` writes and temp files are not news; everything else may be."""
-    name = Path(path).name
+    """
+    Our own ``.ocsp`` writes and temp files are not news; everything else may be.
+
+    Called for every event, our own writes included (about three per staple
+    written): ``os.path.basename``, not a ``Path`` (0.6 us against 4.8).
+    """
+    name = os.path.basename(path)  # noqa: PTH119 - see above
     return discover.is_certificate_file(name) or name.endswith(".issuer")
 
 
