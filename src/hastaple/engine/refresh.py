@@ -31,7 +31,7 @@ from hastaple.core import issuer as issuers
 from hastaple.core import schedule
 from hastaple.core.model import Action, CertEntry, ResultRow, Status, Verdict
 from hastaple.core.ocsp import request
-from hastaple.core.ocsp.validate import MIN_REMAINING, validate
+from hastaple.core.ocsp.validate import MIN_REMAINING, signer_window, validate
 from hastaple.engine.fetch import Fetcher, HostStalled
 from hastaple.engine.issuers import resolve_issuer
 from hastaple.errors import CertificateError, HastapleError
@@ -222,10 +222,10 @@ def _remember(ctx: Context, cert: _Cert, staple: Staple, ocsp_fp: index.Fingerpr
     """Record a staple that passed every check, with the files it was judged on."""
     if cert.pem_fp is None or ocsp_fp is None:
         return
-    valid_from, valid_until = index.signer_window(staple.der, staple.verdict)
+    valid_from, valid_until = signer_window(staple.der, staple.verdict)
     ctx.index.record(
         cert.path,
-        index.Entry(
+        index.Entry.of(
             pem=cert.pem_fp,
             ocsp=ocsp_fp,
             # Only when the issuer is not in the chain does ``.issuer`` matter.
