@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, overload
+
+# What a row holds for "no socket": one shared, read-only empty mapping. Two new
+# dicts per row were 128 bytes a certificate, most rows of a run without HAProxy.
+NO_SOCKETS: Mapping[str, str] = MappingProxyType({})
+
+
+def _no_sockets() -> Mapping[str, str]:
+    return NO_SOCKETS  # a factory: dataclasses refuse an unhashable default
 
 
 class Status(enum.Enum):
@@ -69,10 +79,10 @@ class ResultRow:
     this_update: datetime | None = None
     next_update: datetime | None = None
     error: str | None = None
-    haproxy: dict[str, str] = field(default_factory=dict)
+    haproxy: Mapping[str, str] = field(default_factory=_no_sockets)
     # Sockets that reach the same HAProxy process as another one (value): not
     # deployed through, "alias" in ``haproxy``.
-    aliases: dict[str, str] = field(default_factory=dict)
+    aliases: Mapping[str, str] = field(default_factory=_no_sockets)
     # The certificate promises a staple (RFC 7633): without one it fails.
     must_staple: bool = False
     # The certificate file itself is unusable, as opposed to a failed fetch or
