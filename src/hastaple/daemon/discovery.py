@@ -27,7 +27,7 @@ from hastaple.core.model import CertEntry
 from hastaple.daemon.state import Record
 from hastaple.errors import HastapleError
 from hastaple.sources import discover, pem
-from hastaple.stores import index
+from hastaple.stores import fileid, index
 
 
 class Leaf(NamedTuple):
@@ -37,7 +37,8 @@ class Leaf(NamedTuple):
     must_staple: bool = False
 
 
-Serials = Mapping[str, tuple[index.Fingerprint, Leaf]]
+# Per certificate: its file's identity, packed (``fileid.packed``), and its leaf.
+Serials = Mapping[str, tuple[bytes, Leaf]]
 
 
 def _empty() -> Mapping[str, Any]:
@@ -154,7 +155,7 @@ def _news(rec: Record | None, serial: str | None, *, touched: bool) -> str | Non
 
 
 def leaf_of(
-    serials: dict[str, tuple[index.Fingerprint, Leaf]],
+    serials: dict[str, tuple[bytes, Leaf]],
     name: str,
     path: Path,
     *,
@@ -168,7 +169,7 @@ def leaf_of(
     A file an event names is always read (an in-place rewrite of the same
     size can keep the identity within one timestamp tick).
     """
-    fingerprint = index.fingerprint(path)
+    fingerprint = fileid.packed(index.fingerprint(path))
     known = serials.get(name)
     if not touched and fingerprint is not None and known and known[0] == fingerprint:
         return known[1]
