@@ -28,7 +28,7 @@ def _setup(pki, fault_responder, tmp_path):
 async def _run(path, state, when=None, **kw):
     async with Fetcher() as fetcher:
         options = Options(state_dir=state, **kw)
-        (row,) = await run([CertEntry(path)], options, fetcher=fetcher, now=when or now())
+        (row,) = await run([CertEntry(str(path))], options, fetcher=fetcher, now=when or now())
     return row
 
 

@@ -35,10 +35,10 @@ def fingerprint_if(path: Path, data: bytes) -> Fingerprint | None:
     return identity(st) if held == data else None
 
 
-def fingerprint(path: Path) -> Fingerprint | None:
+def fingerprint(path: Path | str) -> Fingerprint | None:
     """The identity of ``path``'s current content, or None when it is missing."""
     try:
-        st = path.stat()
+        st = os.stat(path)  # noqa: PTH116 - a Path or its text
     except OSError:
         return None
     return identity(st)

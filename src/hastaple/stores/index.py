@@ -273,7 +273,7 @@ class Index:
             return None
         return der if identity(st) == entry.ocsp else None
 
-    def record(self, cert: Path, entry: Entry) -> None:
+    def record(self, cert: Path | str, entry: Entry) -> None:
         """Remember ``entry`` for ``cert`` (saved by ``save``)."""
         if entry.issuer_pem is not None:
             # Thousands of certificates share an intermediate: one copy of its PEM.
