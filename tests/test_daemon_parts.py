@@ -144,7 +144,7 @@ def test_the_diff_adds_renews_and_removes(pki, tmp_path):
     config = Config(state_dir=tmp_path / "state", paths=(tmp_path,))
     a = pki.write(tmp_path, "a.pem", pki.leaf("a.test"))
     b = pki.write(tmp_path, "b.pem", pki.leaf("b.test"))
-    found = Discovery(certs=(CertEntry(a), CertEntry(b)), sockets=(SOCK,), warnings=())
+    found = Discovery(certs=(CertEntry(str(a)), CertEntry(str(b))), sockets=(SOCK,), warnings=())
     held = {
         str(b): Record(str(b), serial="1", next_refresh=T0),
         "/gone.pem": Record("/gone.pem", serial="2", next_refresh=T0),
@@ -194,4 +194,4 @@ def test_a_bad_configuration_changes_nothing(pki, tmp_path):
     with pytest.raises(dataclasses.FrozenInstanceError):
         daemon.view.config = bad  # type: ignore[misc]
     with pytest.raises(TypeError):
-        daemon.view.entries["x"] = CertEntry(crt / "x.pem")  # type: ignore[index]
+        daemon.view.entries["x"] = CertEntry(str(crt / "x.pem"))  # type: ignore[index]

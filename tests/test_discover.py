@@ -500,13 +500,13 @@ def test_discover_defaults_to_process_cwd(tmp_path, monkeypatch):
     _touch(tmp_path / "a.pem")
     monkeypatch.chdir(tmp_path)
     assert discover([Path("a.pem")]).certs == (
-        CertEntry(path=tmp_path / "a.pem", source="argument"),
+        CertEntry(str(tmp_path / "a.pem"), source="argument"),
     )
 
 
 def test_haproxy_names_fallback():
     """Without HAProxy names, the absolute path is the name to use."""
-    assert CertEntry(path=Path("/a.pem")).haproxy_names == ("/a.pem",)
+    assert CertEntry("/a.pem").haproxy_names == ("/a.pem",)
 
 
 # --- the same configuration, read by a real HAProxy 2.6 and 2.8

@@ -362,7 +362,7 @@ def test_certificate_facts_come_from_the_files_haproxy_reads(pki, tmp_path):
     chains = tmp_path / "chains"
     chains.mkdir()
     (chains / "ca.pem").write_bytes(pki.intermediate.cert_pem)
-    entry = CertEntry(site, extra_base=tmp_path / "site", issuers_chain=chains)
+    entry = CertEntry(str(site), extra_base=tmp_path / "site", issuers_chain=chains)
 
     fact = read_cert(entry, now)
     assert (fact.error, fact.has_local_issuer, fact.staple_problem) == (None, True, None)

@@ -11,7 +11,7 @@ import pytest
 from hastaple.core.model import Action, CertEntry
 from hastaple.engine.fetch import Fetcher
 from hastaple.engine.pipeline import Options, run
-from hastaple.stores import index, store
+from hastaple.stores import index, index_codec, store
 from hastaple.testing.pki import now
 from hastaple.testing.responders import Serve
 
@@ -28,7 +28,7 @@ def _setup(pki, fault_responder, tmp_path):
 async def _run(path, state, when=None, **kw):
     async with Fetcher() as fetcher:
         options = Options(state_dir=state, **kw)
-        (row,) = await run([CertEntry(path)], options, fetcher=fetcher, now=when or now())
+        (row,) = await run([CertEntry(str(path))], options, fetcher=fetcher, now=when or now())
     return row
 
 
@@ -154,7 +154,7 @@ async def test_a_large_index_reads_back_whole(setup, tmp_path):
         first.record(name, entry)
     first.mark_revoked(names[7], 1234)
     first.save()
-    assert (state / index.INDEX_NAME).stat().st_size > 2 * index._PIECE
+    assert (state / index.INDEX_NAME).stat().st_size > 2 * index_codec._PIECE
     again = index.Index.load(state)
     assert len(again) == len(first) == len(names) + 1
     assert all(again._entries[str(n)] == entry for n in names)
@@ -202,10 +202,10 @@ def test_signer_window_is_the_tightest(pki):
     this = now() - dt.timedelta(minutes=1)
     far = pki.responder.cert.not_valid_after_utc + dt.timedelta(days=30)
     der = pki.response(leaf.cert, this_update=this, next_update=far)
-    from hastaple.core.ocsp.validate import validate  # noqa: PLC0415
+    from hastaple.core.ocsp.validate import signer_window, validate  # noqa: PLC0415
 
     verdict = validate(der, cert=leaf.cert, issuer=pki.intermediate.cert, now=now())
-    start, end = index.signer_window(der, verdict)
+    start, end = signer_window(der, verdict)
     assert end == pki.responder.cert.not_valid_after_utc
     assert start <= now()
 

@@ -50,7 +50,7 @@ async def test_a_failing_certificate_does_not_stop_the_run(pki, fault_responder,
     options = pipeline.Options(state_dir=tmp_path / "state")
     async with BuggyFetcher(fault_responder.url_for("bug")) as fetcher:
         rows = await pipeline.run(
-            [CertEntry(p) for p in paths], options, fetcher=fetcher, now=now()
+            [CertEntry(str(p)) for p in paths], options, fetcher=fetcher, now=now()
         )
     by_name = {row.cert.rsplit("/", 1)[-1]: row for row in rows}
     assert [(by_name[n].status, by_name[n].action) for n in ("g0.pem", "g1.pem")] == [

@@ -59,7 +59,7 @@ async def test_a_stored_staple_is_deployed_while_others_are_fetched(
     for name, leaf in (("fast.pem", fast), ("late.pem", late)):
         path = pki.write(tmp_path, name, leaf)
         hap.register(str(path), cert_id(leaf.cert, pki.intermediate.cert).hex())
-        entries.append(CertEntry(path, names=(str(path),)))
+        entries.append(CertEntry(str(path), names=(str(path),)))
     fault_responder.on("fast", Serve(pki.response(fast.cert)))
     waiting = AfterDeploy(hap, pki.response(late.cert))
     fault_responder.on("late", waiting)
@@ -87,7 +87,7 @@ async def test_a_bug_outside_the_certificates_ends_the_run_and_its_workers(
     entries = []
     for i in range(8):
         leaf = pki.leaf(f"c{i}.example.test", ocsp_url=url)
-        entries.append(CertEntry(pki.write(tmp_path, f"c{i}.pem", leaf)))
+        entries.append(CertEntry(str(pki.write(tmp_path, f"c{i}.pem", leaf))))
     fault_responder.on("slow", Serve(pki.response(leaf.cert), delay=0.05))
 
     calls = []

@@ -71,11 +71,11 @@ async def test_the_answering_hosts_certificates_complete_first(
     async with FaultResponder() as other:
         for i in range(6):
             leaf = pki.leaf(f"stuck{i}.example.test", ocsp_url=stalled)
-            entries.append(CertEntry(pki.write(tmp_path, f"a{i}.pem", leaf)))
+            entries.append(CertEntry(str(pki.write(tmp_path, f"a{i}.pem", leaf))))
         for i in range(3):
             leaf = pki.leaf(f"ok{i}.example.test", ocsp_url=other.url_for(f"b{i}"))
             other.on(f"b{i}", Serve(pki.response(leaf.cert)))
-            entries.append(CertEntry(pki.write(tmp_path, f"b{i}.pem", leaf)))
+            entries.append(CertEntry(str(pki.write(tmp_path, f"b{i}.pem", leaf))))
             good.append(tmp_path / f"b{i}.pem.ocsp")
         options = pipeline.Options(state_dir=tmp_path / "state")
         limits = Limits(per_host=2, timeout=2, stalled_after=0.3)

@@ -57,13 +57,13 @@ async def test_the_pipeline_keeps_and_reads_staples_through_the_store(
     options = pipeline.Options(state_dir=tmp_path / "state")
     async with Fetcher() as fetcher:
         [first] = await pipeline.run(
-            [CertEntry(path)], options, fetcher=fetcher, now=now(), staples=staples
+            [CertEntry(str(path))], options, fetcher=fetcher, now=now(), staples=staples
         )
         assert (first.status, first.action) == (Status.GOOD, Action.FETCHED)
         assert list(staples.kept) == [tmp_path / "mem.pem.ocsp"]
         assert not (tmp_path / "mem.pem.ocsp").exists()
         [second] = await pipeline.run(
-            [CertEntry(path)], options, fetcher=fetcher, now=now(), staples=staples
+            [CertEntry(str(path))], options, fetcher=fetcher, now=now(), staples=staples
         )
     assert (second.status, second.action) == (Status.GOOD, Action.FRESH)
     assert staples.asked == [tmp_path / "mem.pem.ocsp"] * 2

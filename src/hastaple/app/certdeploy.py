@@ -53,7 +53,7 @@ def targets(
             raise ConfigError(f"{path}: not a certificate file")
         entry = by_path.get(path.resolve())
         if entry is None:
-            result.append(Target(CertEntry(path=path.resolve(), source="argument")))
+            result.append(Target(CertEntry(str(path.resolve()), source="argument")))
             continue
         result.append(target_of(entry, config_files))
     return result

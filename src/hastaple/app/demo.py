@@ -189,7 +189,8 @@ async def _without_haproxy(echo: Echo, crt: Path, workdir: Path, why_not: str) -
 async def _fetch(crt: Path, workdir: Path, *, sockets: tuple[str, ...]) -> list[ResultRow]:
     options = Options(sockets=sockets, state_dir=workdir / "state")
     async with Fetcher() as fetcher:
-        return await run([CertEntry(crt)], options, fetcher=fetcher, now=dt.datetime.now(dt.UTC))
+        now = dt.datetime.now(dt.UTC)
+        return await run([CertEntry(str(crt))], options, fetcher=fetcher, now=now)
 
 
 async def _verify(target: verify.Target) -> verify.Check:

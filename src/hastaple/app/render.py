@@ -9,7 +9,7 @@ stderr, never here.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import IO
 
 from hastaple.core.model import Action, ResultRow, Status, rfc3339
@@ -31,9 +31,22 @@ def as_json(rows: Sequence[ResultRow]) -> str:
     One object per line: readable, and each line goes through the C encoder
     (``indent`` would fall back to the pure-Python one: slow at 10,000 rows).
     """
+    return "".join(json_pieces(rows))
+
+
+def json_pieces(rows: Sequence[ResultRow]) -> Iterator[str]:
+    """
+    ``as_json``'s text, a row at a time, to write as it is made.
+
+    At 100,000 rows the whole text and its list of pieces were about 50 MB
+    at once, the peak of a warm ``fetch --json``.
+    """
     if not rows:
-        return "[]"
-    return "[\n" + ",\n".join(json.dumps(r.to_json()) for r in rows) + "\n]"
+        yield "[]"
+        return
+    for i, r in enumerate(rows):
+        yield ("[\n" if i == 0 else ",\n") + json.dumps(r.to_json())
+    yield "\n]"
 
 
 def as_lines(rows: Sequence[ResultRow]) -> str:

@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, overload
+
+# What a row holds for "no socket": one shared, read-only empty mapping. Two new
+# dicts per row were 128 bytes a certificate, most rows of a run without HAProxy.
+NO_SOCKETS: Mapping[str, str] = MappingProxyType({})
+
+
+def _no_sockets() -> Mapping[str, str]:
+    return NO_SOCKETS  # a factory: dataclasses refuse an unhashable default
 
 
 class Status(enum.Enum):
@@ -69,10 +79,10 @@ class ResultRow:
     this_update: datetime | None = None
     next_update: datetime | None = None
     error: str | None = None
-    haproxy: dict[str, str] = field(default_factory=dict)
+    haproxy: Mapping[str, str] = field(default_factory=_no_sockets)
     # Sockets that reach the same HAProxy process as another one (value): not
     # deployed through, "alias" in ``haproxy``.
-    aliases: dict[str, str] = field(default_factory=dict)
+    aliases: Mapping[str, str] = field(default_factory=_no_sockets)
     # The certificate promises a staple (RFC 7633): without one it fails.
     must_staple: bool = False
     # The certificate file itself is unusable, as opposed to a failed fetch or
@@ -137,7 +147,10 @@ class CertEntry:
     """
     One certificate file HAProxy serves.
 
-    ``path`` is absolute (for reading it); ``names`` are the spellings
+    ``file`` is its absolute path, as text: a run keeps one entry per
+    certificate, and a ``Path`` (its parts, its hash) was about 300 bytes
+    more than the text, 30 MB at 100,000 certificates; ``path`` makes one
+    when asked. ``names`` are the spellings
     HAProxy's runtime API uses for it (``show ssl cert``), empty when unknown
     (a certificate given as an argument). ``extra_base`` is what HAProxy
     appends ``.ocsp`` and ``.issuer`` to when that is not ``path``
@@ -151,7 +164,7 @@ class CertEntry:
     HAProxy finds the chain of a PEM that has none.
     """
 
-    path: Path
+    file: str
     managed: bool = False
     source: str = ""
     names: tuple[str, ...] = ()
@@ -163,9 +176,14 @@ class CertEntry:
     issuers_chain: Path | None = None  # the global 'issuers-chain-path' HAProxy read it with
 
     @property
+    def path(self) -> Path:
+        """The absolute path (a new ``Path`` each time: take it once per use)."""
+        return Path(self.file)
+
+    @property
     def haproxy_names(self) -> tuple[str, ...]:
         """The names to use in runtime commands: ``names``, or the absolute path."""
-        return self.names or (str(self.path),)
+        return self.names or (self.file,)
 
     @property
     def files_base(self) -> Path:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import os
 import random
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -27,7 +28,7 @@ from hastaple.core.model import CertEntry
 from hastaple.daemon.state import Record
 from hastaple.errors import HastapleError
 from hastaple.sources import discover, pem
-from hastaple.stores import index
+from hastaple.stores import fileid, index
 
 
 class Leaf(NamedTuple):
@@ -37,7 +38,8 @@ class Leaf(NamedTuple):
     must_staple: bool = False
 
 
-Serials = Mapping[str, tuple[index.Fingerprint, Leaf]]
+# Per certificate: its file's identity, packed (``fileid.packed``), and its leaf.
+Serials = Mapping[str, tuple[bytes, Leaf]]
 
 
 def _empty() -> Mapping[str, Any]:
@@ -90,12 +92,9 @@ def diff(
     ``at_once``: due now, not spread over the start-up window.
     """
     touched = {str(p).removesuffix(".issuer") for p in changed}
-    entries = {str(e.path): e for e in found.certs}
+    entries = {e.file: e for e in found.certs}
     serials = {n: v for n, v in known.items() if n in entries}
-    leaves = {
-        name: leaf_of(serials, name, entry.path, touched=name in touched)
-        for name, entry in entries.items()
-    }
+    leaves = {name: leaf_of(serials, name, touched=name in touched) for name in entries}
     news = [
         (name, leaf.serial, why)
         for name, leaf in leaves.items()
@@ -154,9 +153,8 @@ def _news(rec: Record | None, serial: str | None, *, touched: bool) -> str | Non
 
 
 def leaf_of(
-    serials: dict[str, tuple[index.Fingerprint, Leaf]],
+    serials: dict[str, tuple[bytes, Leaf]],
     name: str,
-    path: Path,
     *,
     touched: bool,
 ) -> Leaf:
@@ -168,11 +166,11 @@ def leaf_of(
     A file an event names is always read (an in-place rewrite of the same
     size can keep the identity within one timestamp tick).
     """
-    fingerprint = index.fingerprint(path)
+    fingerprint = fileid.packed(index.fingerprint(name))  # the name is the absolute path
     known = serials.get(name)
     if not touched and fingerprint is not None and known and known[0] == fingerprint:
         return known[1]
-    leaf = _leaf(path)
+    leaf = _leaf(Path(name))
     if fingerprint is None:
         serials.pop(name, None)
     else:
@@ -184,7 +182,7 @@ def roots(config: Config, certs: Sequence[CertEntry]) -> set[Path]:
     """The directories to watch: the sources' and every certificate's."""
     dirs = {p if p.is_dir() else p.parent for p in config.paths}
     dirs |= {p.parent for p in (*config.crt_lists, *config.haproxy_configs)}
-    dirs |= {e.path.parent for e in certs}
+    dirs |= {Path(d) for d in {os.path.dirname(e.file) for e in certs}}  # noqa: PTH120 - text
     return {r for r in dirs if r.is_dir()}
 
 

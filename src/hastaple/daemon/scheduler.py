@@ -172,7 +172,9 @@ class Daemon:
         for name in [n for n in self.records if n not in view.entries]:
             del self.records[name]
         self.records.update((rec.cert, rec) for rec in view.saves)
-        old, self.view = self.view, view
+        # The records saved and the news logged are not kept: at start-up they
+        # are one record and one tuple per certificate (about 250 bytes each).
+        old, self.view = self.view, dataclasses.replace(view, saves=(), news=())
         if view.config.hot_certs:
             self.hot.note(view.news, view.removed, old.entries)
         for socket in self.haproxy.asked() - set(view.sockets):

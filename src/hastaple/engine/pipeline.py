@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 from hastaple.core.model import CertEntry, ResultRow
 from hastaple.engine.fetch import Fetcher, HostStalled, deferring
-from hastaple.engine.refresh import Context, Options, Prepared, Staple, noted, prepare
+from hastaple.engine.refresh import Context, Options, Staple, noted, prepare
 from hastaple.sinks.base import Sink
 from hastaple.sinks.pusher import Pusher
 from hastaple.stores import index, lock
@@ -84,7 +84,7 @@ async def run(
     """
     outcomes = await run_outcomes(
         entries, options, fetcher=fetcher, now=now, progress=progress, staples=staples,
-        fleet=fleet,
+        fleet=fleet, hints=False,
     )  # fmt: skip
     return [o.row for o in outcomes]
 
@@ -99,9 +99,12 @@ async def run_outcomes(
     held: index.Index | None = None,
     staples: StapleStore | None = None,
     fleet: Coordinator | None = None,
+    hints: bool = True,
 ) -> list[Outcome]:
     """
     ``run``, with the responder's max-age and latency per certificate (the daemon).
+
+    ``hints=False``: the outcomes carry the rows only (``run``: nothing asks).
 
     The whole run, from reading the index to the last push, holds the state
     directory's lock (``lock``): another run on it waits, or this one does.
@@ -119,7 +122,7 @@ async def run_outcomes(
         shared = None if options.dry_run else fleet  # dry-run writes nothing, Redis included
         ctx = Context(FileStore() if staples is None else staples, idx, shared)
         outcomes = await _run_locked(
-            entries, options, fetcher=fetcher, now=now, progress=progress, ctx=ctx
+            entries, options, fetcher=fetcher, now=now, progress=progress, ctx=ctx, hints=hints
         )
         idx.save()
     return outcomes
@@ -133,24 +136,26 @@ async def _run_locked(
     now: dt.datetime,
     progress: Callable[[], None] | None,
     ctx: Context,
+    hints: bool,
 ) -> list[Outcome]:
-    results: list[Prepared | None] = [None] * len(entries)
+    # Held until the batch ends: the row (and the hints) of every certificate,
+    # never its staple (about 1 KB a certificate: 100 MB at 100,000).
+    results: list[Outcome | None] = [None] * len(entries)
     sink: Sink | None = None
     if (options.sockets or options.below_admin) and not options.dry_run:
 
         def deployed(i: int, row: ResultRow) -> None:
-            # The staple is in HAProxy (or its row says why not): let it go.
+            # The staple is in HAProxy (or its row says why not).
             done = results[i]
             assert done is not None  # noqa: S101 - pushed only once prepared
-            results[i] = dataclasses.replace(done, row=row, staple=None)
+            results[i] = dataclasses.replace(done, row=row)
 
         sink = Pusher(options.sockets, deployed, below_admin=dict(options.below_admin))
 
     async def one(i: int, entry: CertEntry) -> None:
         prepared = noted(entry, await prepare(entry, options, fetcher, now, ctx))
-        # Without a sink the staple is on disk and no longer needed: keep only the row
-        # (held until the batch ends: about 1 KB a certificate, 100 MB at 100,000).
-        results[i] = prepared if sink is not None else dataclasses.replace(prepared, staple=None)
+        row = prepared.row
+        results[i] = Outcome(row, prepared.max_age, prepared.elapsed) if hints else Outcome(row)
         if progress is not None:
             progress()
         if sink is not None and prepared.staple is not None:
@@ -163,7 +168,7 @@ async def _run_locked(
     finally:
         if sink is not None:
             await sink.close()
-    return [Outcome(p.row, p.max_age, p.elapsed) for p in results if p is not None]
+    return [o for o in results if o is not None]
 
 
 async def _in_pool(

@@ -31,7 +31,7 @@ from hastaple.core import issuer as issuers
 from hastaple.core import schedule
 from hastaple.core.model import Action, CertEntry, ResultRow, Status, Verdict
 from hastaple.core.ocsp import request
-from hastaple.core.ocsp.validate import MIN_REMAINING, validate
+from hastaple.core.ocsp.validate import MIN_REMAINING, signer_window, validate
 from hastaple.engine.fetch import Fetcher, HostStalled
 from hastaple.engine.issuers import resolve_issuer
 from hastaple.errors import CertificateError, HastapleError
@@ -100,6 +100,9 @@ class _Cert:
     """The facts about one certificate that fetching and deploying need."""
 
     path: Path
+    # ``path`` as the text discovery gave (the row's and the index's name): one
+    # copy of it per certificate for the whole run, not a second one from ``path``.
+    name: str
     leaf: x509.Certificate
     issuer: x509.Certificate
     issuer_pem: bytes | None
@@ -140,18 +143,20 @@ async def prepare(  # noqa: PLR0911 - one early return per kind of row
     entry: CertEntry, options: Options, fetcher: Fetcher, now: dt.datetime, ctx: Context
 ) -> Prepared:
     """Everything for one certificate but the delivery: its row, and the staple to deliver."""
-    name = str(entry.path)
+    name = entry.file
     url: str | None = None
     must_staple = False
     try:
         if entry.managed:
             return Prepared(ResultRow(name, None, Status.MANAGED, Action.SKIPPED))
-        pem_fp = index.fingerprint(entry.path)
+        path = entry.path  # one Path for the whole of this certificate's work
+        base = entry.extra_base or path
+        pem_fp = index.fingerprint(path)
         # The index knows only <crt>.ocsp: a crt-store's own staple file goes the long way.
         cached = not (options.force or options.adopt) and entry.ocsp_file is None
-        if cached and (hit := _from_index(entry, pem_fp, options, now, ctx)):
+        if cached and (hit := _from_index(entry, path, base, pem_fp, options, now, ctx)):
             return hit
-        bundle = pem.parse_file(entry.path)
+        bundle = pem.parse_file(path)
         must_staple = pem.is_must_staple(bundle.leaf)
         url = issuers.ocsp_url(bundle.leaf)
         if url is None:
@@ -159,11 +164,10 @@ async def prepare(  # noqa: PLR0911 - one early return per kind of row
             return Prepared(no_url)
         state_dir = None if options.dry_run else options.state_dir  # dry-run writes nothing
         issuer, issuer_pem = await resolve_issuer(
-            entry.path, bundle, fetcher, state_dir, now=now, base=entry.files_base,
-            chains=entry.issuers_chain,
-        )  # fmt: skip
+            path, bundle, fetcher, state_dir, now=now, base=base, chains=entry.issuers_chain
+        )
         cert = _Cert(
-            entry.path, bundle.leaf, issuer, issuer_pem, url, entry.haproxy_names, pem_fp,
+            path, name, bundle.leaf, issuer, issuer_pem, url, entry.haproxy_names, pem_fp,
             must_staple=must_staple, base=entry.extra_base, staple_file=entry.ocsp_file,
             issuer_file=entry.issuer_file,
         )  # fmt: skip
@@ -181,8 +185,10 @@ async def prepare(  # noqa: PLR0911 - one early return per kind of row
         return Prepared(_failed(name, url, f"internal error: {exc!r} (see the log)"))
 
 
-def _from_index(
+def _from_index(  # noqa: PLR0917 - the certificate's facts, taken once by prepare
     entry: CertEntry,
+    path: Path,
+    base: Path,
     pem_fp: index.Fingerprint | None,
     options: Options,
     now: dt.datetime,
@@ -195,27 +201,23 @@ def _from_index(
     (the response's and its signer's validity, the margin), so the hourly run
     over 10,000 unchanged certificates parses nothing (``index``).
     """
-    hit = ctx.index.lookup(entry.path, pem_fp, base=entry.files_base)
-    if hit is None or ctx.index.is_revoked(entry.path, hit.verdict.serial):
+    hit = ctx.index.lookup(path, pem_fp, base=base)
+    if hit is None or ctx.index.is_revoked(path, hit.verdict.serial):
         return None
     verdict = hit.verdict
     if not (
-        hit.valid_from <= now <= hit.valid_until
+        hit.covers(now)
         and verdict.next_update - now >= options.margin
         and (not options.fetch or schedule.is_fresh(verdict.this_update, verdict.next_update, now))
     ):
         return None
-    der = (
-        ctx.index.read_staple(entry.files_base, hit)
-        if options.sockets or options.below_admin
-        else b""
-    )
+    der = ctx.index.read_staple(base, hit) if options.sockets or options.below_admin else b""
     if der is None:
         return None
     staple = Staple.of(
         der, verdict, names=entry.haproxy_names, cert_id=hit.cert_id, issuer_pem=hit.issuer_pem
     )
-    row = ResultRow.of(str(entry.path), hit.url, verdict, Action.FRESH, must_staple=hit.must_staple)
+    row = ResultRow.of(entry.file, hit.url, verdict, Action.FRESH, must_staple=hit.must_staple)
     return Prepared(row, staple)
 
 
@@ -223,10 +225,10 @@ def _remember(ctx: Context, cert: _Cert, staple: Staple, ocsp_fp: index.Fingerpr
     """Record a staple that passed every check, with the files it was judged on."""
     if cert.pem_fp is None or ocsp_fp is None:
         return
-    valid_from, valid_until = index.signer_window(staple.der, staple.verdict)
+    valid_from, valid_until = signer_window(staple.der, staple.verdict)
     ctx.index.record(
-        cert.path,
-        index.Entry(
+        cert.name,
+        index.Entry.of(
             pem=cert.pem_fp,
             ocsp=ocsp_fp,
             # Only when the issuer is not in the chain does ``.issuer`` matter.
@@ -246,7 +248,7 @@ async def _refresh(
     cert: _Cert, options: Options, fetcher: Fetcher, now: dt.datetime, ctx: Context
 ) -> Prepared:
     """Keep the staple on disk while it is fresh; otherwise fetch, validate and store."""
-    name, url, path = str(cert.path), cert.url, cert.path
+    name, url, path = cert.name, cert.url, cert.path
     staple_path = cert.staple_file or store.staple_path(cert.files_base)
     ocsp_fp = index.fingerprint(staple_path)  # before reading: a later change is a miss
     # No file, or an empty one (HAProxy's "empty .ocsp" registration, docs/haproxy.md):
@@ -283,7 +285,7 @@ async def _fetch(
     ctx: Context,
 ) -> Prepared:
     """Ask the CA, validate, and store the answer if it is better than ``current``."""
-    name, url, path = str(cert.path), cert.url, cert.path
+    name, url, path = cert.name, cert.url, cert.path
     staple_path = cert.staple_file or store.staple_path(cert.files_base)
     req = request.build(cert.leaf, cert.issuer)
     cert_id = request.cert_id_of(req)  # one request built per certificate, not two
@@ -333,7 +335,7 @@ async def _adopt(
     fleet: Coordinator,
 ) -> Prepared:
     """The fleet's staple if newer than the fresh one held (validated as the CA's); else ours."""
-    name, url, path = str(cert.path), cert.url, cert.path
+    name, url, path = cert.name, cert.url, cert.path
     req = request.build(cert.leaf, cert.issuer)
     cert_id = request.cert_id_of(req)
     check = functools.partial(

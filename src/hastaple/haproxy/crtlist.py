@@ -61,7 +61,7 @@ def parse_crt_list(
         name = join_base(words[0], base)
         entries.append(
             CertEntry(
-                path=cwd / name,
+                file=str(cwd / name),
                 managed=_ocsp_update_on(options),
                 source=where,
                 names=(name,),

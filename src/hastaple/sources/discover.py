@@ -137,7 +137,7 @@ def discover(
         if stat.S_ISDIR(_stat(full, str(path)).st_mode):
             found.extend(_walk(full, name=None, source="argument"))
         else:
-            found.append(CertEntry(path=full, source="argument"))
+            found.append(CertEntry(str(full), source="argument"))
 
     for path in crt_lists:
         entries = parse_crt_list(
@@ -228,7 +228,7 @@ def _store_entry(load: StoreLoad, stores: CrtStores, cwd: Path, *, managed: bool
     if _stat_or_none(cwd / load.crt) is None:
         raise ConfigError(f"{load.source}: crt {load.crt}: No such file or directory")
     return CertEntry(
-        path=cwd / load.crt,
+        file=str(cwd / load.crt),
         managed=managed or stores.managed(load),
         source=load.source,
         names=(load.name,),
@@ -270,7 +270,7 @@ def _ref_files(ref: CertRef, cwd: Path) -> list[CertEntry]:
         return checked
     name = join_base(ref.path, ref.crt_base)
     if ref.stores is not None and ref.stores.lookup(name) is not None:
-        return [CertEntry(path=cwd / name, source=ref.source, names=(name,))]
+        return [CertEntry(str(cwd / name), source=ref.source, names=(name,))]
     if name.startswith("@"):
         raise ConfigError(f"{ref.source}: {name} names no certificate of a crt-store section above")
     full = cwd / name
@@ -278,7 +278,7 @@ def _ref_files(ref: CertRef, cwd: Path) -> list[CertEntry]:
     if info is not None and stat.S_ISDIR(info.st_mode):
         return _walk(full, name=name.rstrip("/"), source=ref.source)
     if info is not None:
-        return [CertEntry(path=full, source=ref.source, names=(name,))]
+        return [CertEntry(str(full), source=ref.source, names=(name,))]
     bundle = _bundle_paths(full, name, ref.source) if bundles else []
     if not bundle:
         raise ConfigError(f"{ref.source}: certificate {name}: No such file or directory")
@@ -287,10 +287,11 @@ def _ref_files(ref: CertRef, cwd: Path) -> list[CertEntry]:
 
 def _with_extra(entry: CertEntry, extra: ExtraFiles) -> CertEntry:
     """The entry with the files HAProxy reads beside it under ``extra``."""
-    base = extra.base(entry.path)
+    path = entry.path
+    base = extra.base(path)
     return dataclasses.replace(
         entry,
-        extra_base=base if base != entry.path else None,
+        extra_base=base if base != path else None,
         ocsp_at_start="ocsp" in extra.kinds,
         ocsp_source="" if "ocsp" in extra.kinds else extra.source,
     )
@@ -300,7 +301,7 @@ def _check_listed(entries: Sequence[CertEntry], *, bundles: bool = True) -> list
     """Check crt-list entries exist and are files (a directory makes HAProxy spin)."""
     checked: list[CertEntry] = []
     for entry in entries:
-        info = _stat_or_none(entry.path)
+        info = _stat_or_none(entry.file)
         name = entry.haproxy_names[0]
         if info is None:
             bundle = _bundle_paths(entry.path, name, entry.source, managed=entry.managed)
@@ -320,11 +321,9 @@ def _check_listed(entries: Sequence[CertEntry], *, bundles: bool = True) -> list
 def _bundle_paths(full: Path, name: str, source: str, *, managed: bool = False) -> list[CertEntry]:
     """The ``<crt>.rsa/.ecdsa/.dsa`` files of a multi-certificate bundle that exist."""
     return [
-        CertEntry(
-            path=Path(f"{full}{suffix}"), managed=managed, source=source, names=(f"{name}{suffix}",)
-        )
+        CertEntry(f"{full}{suffix}", managed=managed, source=source, names=(f"{name}{suffix}",))
         for suffix in BUNDLE_SUFFIXES
-        if _stat_or_none(Path(f"{full}{suffix}")) is not None
+        if _stat_or_none(f"{full}{suffix}") is not None
     ]
 
 
@@ -335,27 +334,28 @@ def _walk(directory: Path, *, name: str | None, source: str) -> list[CertEntry]:
     except OSError as exc:
         raise ConfigError(f"{directory}: {exc.strerror or exc}") from exc
     entries: list[CertEntry] = []
+    parent = str(directory)
     for child in children:
         if not is_certificate_file(child):
             continue
-        full = directory / child
-        info = _stat(full, str(full))  # follows symlinks; a dangling one stops HAProxy too
+        full = os.path.join(parent, child)  # noqa: PTH118 - text, no Path per certificate
+        info = _stat(full, full)  # follows symlinks; a dangling one stops HAProxy too
         if stat.S_ISREG(info.st_mode):
             names = (f"{name}/{child}",) if name is not None else ()
-            entries.append(CertEntry(path=full, source=source, names=names))
+            entries.append(CertEntry(full, source=source, names=names))
     return entries
 
 
 def _dedupe(entries: Sequence[CertEntry]) -> tuple[CertEntry, ...]:
     """One entry per path, in order of first appearance, merging names and ``managed``."""
-    merged: dict[Path, CertEntry] = {}
+    merged: dict[str, CertEntry] = {}
     for entry in entries:
-        seen = merged.get(entry.path)
+        seen = merged.get(entry.file)
         if seen is None:
-            merged[entry.path] = entry
+            merged[entry.file] = entry
         else:
             names = tuple(dict.fromkeys(seen.names + entry.names))
-            merged[entry.path] = dataclasses.replace(
+            merged[entry.file] = dataclasses.replace(
                 seen,
                 managed=seen.managed or entry.managed,
                 names=names,
@@ -373,15 +373,15 @@ def _read(path: Path, label: str) -> str:
         raise ConfigError(f"{label}: {exc.strerror or exc}") from exc
 
 
-def _stat(path: Path, label: str) -> os.stat_result:
+def _stat(path: str | Path, label: str) -> os.stat_result:
     try:
-        return path.stat()
+        return os.stat(path)  # noqa: PTH116 - a path as text or a Path
     except OSError as exc:
         raise ConfigError(f"{label}: {exc.strerror or exc}") from exc
 
 
-def _stat_or_none(path: Path) -> os.stat_result | None:
+def _stat_or_none(path: str | Path) -> os.stat_result | None:
     try:
-        return path.stat()
+        return os.stat(path)  # noqa: PTH116 - a path as text or a Path
     except OSError:
         return None

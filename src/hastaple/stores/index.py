@@ -24,18 +24,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime as dt
 import json
 import os
 import secrets
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from cryptography.x509 import ocsp
-
-from hastaple.core.model import Verdict
-from hastaple.core.ocsp.validate import CLOCK_SKEW
 from hastaple.errors import StoreError
 from hastaple.stores import index_codec as codec
 from hastaple.stores import store
@@ -56,7 +50,6 @@ __all__ = [
     "fingerprint",
     "fingerprint_if",
     "issuer_fingerprint",
-    "signer_window",
 ]
 
 INDEX_NAME = "index.json"
@@ -65,21 +58,6 @@ JOURNAL_NAME = "index.journal"
 # many, else half the index (so a rewrite is paid for by as many cheap appends).
 _MIN_JOURNAL = 1024
 _VERSION = 2  # 2: entries say whether the certificate is must-staple
-_PIECE = 64 * 1024  # bytes per write of the index document
-
-
-def signer_window(der: bytes, verdict: Verdict) -> tuple[dt.datetime, dt.datetime]:
-    """
-    When a validated response stays valid: within every included certificate's validity.
-
-    Conservative: the earliest notAfter of any certificate in the response (the
-    delegated signer) and its nextUpdate, so a hit is never judged valid later
-    than a full validation would.
-    """
-    certs = ocsp.load_der_ocsp_response(der).certificates
-    start = max([verdict.this_update - CLOCK_SKEW, *(c.not_valid_before_utc for c in certs)])
-    end = min([verdict.next_update, *(c.not_valid_after_utc for c in certs)])
-    return start, end
 
 
 class Index:
@@ -110,9 +88,12 @@ class Index:
         # One copy of each issuer PEM (thousands of entries share an intermediate);
         # filled while reading, so the copies never exist at once.
         self._pems: dict[bytes, bytes] = {}
-        # Names changed since the last save (entries and revoked marks).
+        # Names changed since the last save (entries and revoked marks), for the
+        # journal. Not kept once the next save is a new snapshot anyway
+        # (``_dirty`` then): a cold run's set was 100 bytes a certificate.
         self._changed: set[str] = set()
         self._changed_revoked: set[str] = set()
+        self._dirty = False  # something changed that ``_changed`` does not name
         # What of the files this object has read (or written) itself.
         self._snapshot: Fingerprint | None = None  # identity of index.json as read
         self._generation: str | None = None  # of that snapshot; None: none usable
@@ -169,6 +150,7 @@ class Index:
         self._entries, self._revoked, self._pems = {}, {}, {}
         self._changed.clear()
         self._changed_revoked.clear()
+        self._dirty = False
         self._generation, self._journal, self._journal_at, self._journal_lines = None, None, 0, 0
         self._rewrite, self._loaded = True, True
         try:
@@ -181,7 +163,7 @@ class Index:
 
     def _parse_snapshot(self, f: BinaryIO) -> None:
         """
-        Read index.json one entry per line (as ``_encode`` writes it), or whole (older files).
+        Read index.json an entry per line (as ``codec.document`` writes it), or whole (older files).
 
         Line by line, only one entry's JSON exists at a time: the whole
         document as dicts was about 3 KB a certificate on top of the file's
@@ -193,7 +175,7 @@ class Index:
             head = json.loads(first[:-1] + b"}}")  # '{"version":..,"certs":{' closed
         tail: dict[str, Any] = {}
         if isinstance(head, dict):
-            doc, certs = head, _entry_lines(f, tail)
+            doc, certs = head, codec.entry_lines(f, tail)
         else:
             doc = tail = json.loads(first + f.read())  # one line: written by an older version
             certs = iter(doc["certs"].items())
@@ -291,7 +273,7 @@ class Index:
             return None
         return der if identity(st) == entry.ocsp else None
 
-    def record(self, cert: Path, entry: Entry) -> None:
+    def record(self, cert: Path | str, entry: Entry) -> None:
         """Remember ``entry`` for ``cert`` (saved by ``save``)."""
         if entry.issuer_pem is not None:
             # Thousands of certificates share an intermediate: one copy of its PEM.
@@ -301,12 +283,28 @@ class Index:
         name = str(cert)
         if self._entries.get(name) != entry:  # a fresh staple seen again is no change
             self._entries[name] = entry
-            self._changed.add(name)
+            self._note(name)
 
     def forget(self, cert: Path) -> None:
         """Drop what we knew about ``cert`` (its staple is no longer good)."""
         if self._entries.pop(str(cert), None) is not None:
-            self._changed.add(str(cert))
+            self._note(str(cert))
+
+    def _note(self, name: str) -> None:
+        """``name``'s entry changed: remember it for the journal, unless a snapshot is due."""
+        if self._rewrite:
+            self._dirty = True
+            return
+        self._changed.add(name)
+        if self._journal_lines + len(self._changed) > self._journal_limit():
+            # Too many for the journal: the next save writes a snapshot.
+            self._rewrite, self._dirty = True, True
+            self._changed.clear()
+            self._changed_revoked.clear()
+
+    def _journal_limit(self) -> int:
+        """Changes the journal may hold: at least ``_MIN_JOURNAL``, else half the index."""
+        return max(_MIN_JOURNAL, len(self._entries) // 2)
 
     def mark_revoked(self, cert: Path, serial: int) -> None:
         """Remember that the CA answered "revoked" for ``cert`` with this serial."""
@@ -329,27 +327,29 @@ class Index:
 
         The state directory is created private (0700) by the caller's config.
         """
-        if self.path is None or not (self._changed or self._changed_revoked):
+        if self.path is None or not (self._changed or self._changed_revoked or self._dirty):
             return
         changes = len(self._changed | self._changed_revoked)
-        limit = max(_MIN_JOURNAL, len(self._entries) // 2)
         try:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            if self._rewrite or self._journal_lines + changes > limit:
+            if self._rewrite or self._journal_lines + changes > self._journal_limit():
                 self._write_snapshot()
             else:
                 self._append()
         except (OSError, StoreError):
             self._rewrite = True  # a journal line may be cut short: never append after it
+            self._dirty = True  # and the names not written are no longer all in _changed
             return
         self._changed.clear()
         self._changed_revoked.clear()
+        self._dirty = False
 
     def _write_snapshot(self) -> None:
         """Replace index.json with the whole index under a new generation; drop the journal."""
         assert self.path is not None  # noqa: S101 - save checked
         generation = secrets.token_hex(8)
-        store.write_atomic(self.path, self._encode(generation))
+        document = codec.document(_VERSION, generation, self._entries, self._revoked)
+        store.write_atomic(self.path, document)
         # From here the old journal names another generation: never replayed again.
         self._journal_path.unlink(missing_ok=True)
         self._snapshot, self._generation = fingerprint(self.path), generation
@@ -382,52 +382,9 @@ class Index:
             os.close(fd)
         self._journal_at += len(out)
 
-    def _encode(self, generation: str) -> Iterator[bytes]:
-        """
-        One JSON document, one entry per line, in pieces of about 64 KiB.
-
-        At 10,000 certificates the document is about 7 MB; built whole (as
-        dicts, as text, or as bytes) it was the daemon's peak, so it is
-        written as it is produced. The line breaks are JSON whitespace; they
-        let ``_parse_snapshot`` read it back an entry at a time.
-        """
-        out = bytearray(b'{"version":%d,"generation":' % _VERSION)
-        out += codec.dumps(generation).encode()
-        out += b',"certs":{\n'
-        for i, (name, e) in enumerate(self._entries.items()):
-            if i:
-                out += b",\n"
-            out += codec.dumps(name).encode()
-            out += b":"
-            out += codec.dumps(codec.raw(e)).encode()
-            if len(out) >= _PIECE:
-                yield bytes(out)
-                out.clear()
-        out += b'\n},"revoked":'
-        out += codec.dumps(self._revoked).encode()
-        out += b"}"
-        yield bytes(out)
-
 
 def _appended_to(before: Fingerprint | None, now: Fingerprint | None) -> bool:
     """Whether the journal ``now`` is ``before`` with lines added (same file, grown)."""
     if now is None:
         return False
     return before is None or (now[0] == before[0] and now[1] > before[1])
-
-
-def _entry_lines(f: BinaryIO, tail: dict[str, Any]) -> Iterator[tuple[str, Any]]:
-    """
-    The (name, raw entry) of each entry line of a snapshot; then ``tail`` gets the closing object.
-
-    Raises:
-        ValueError: a line is no entry, or the closing line is missing (cut short).
-    """
-    for line in f:
-        if line.startswith(b"}"):  # '},"revoked":{...}}': the end of the document
-            tail.update(json.loads(b"{" + line[2:]))
-            return
-        if line.strip():
-            ((name, raw),) = json.loads(b"{" + line.rstrip(b",\n") + b"}").items()
-            yield name, raw
-    raise ValueError("index.json is cut short")

@@ -125,6 +125,20 @@ def validate(
         raise InvalidResponse(f"response cannot be checked: {one_line(exc)}") from exc
 
 
+def signer_window(der: bytes, verdict: Verdict) -> tuple[dt.datetime, dt.datetime]:
+    """
+    When a validated response stays valid: within every included certificate's validity.
+
+    Conservative: the earliest notAfter of any certificate in the response (the
+    delegated signer) and its nextUpdate, so a hit is never judged valid later
+    than a full validation would.
+    """
+    certs = ocsp.load_der_ocsp_response(der).certificates
+    start = max([verdict.this_update - CLOCK_SKEW, *(c.not_valid_before_utc for c in certs)])
+    end = min([verdict.next_update, *(c.not_valid_after_utc for c in certs)])
+    return start, end
+
+
 def _parse(der: bytes) -> ocsp.OCSPResponse:
     if not der:
         raise InvalidResponse("response is empty")
