@@ -209,16 +209,39 @@ def run_measured(
 ) -> tuple[float, float, float, int]:
     """Run ``cmd``; return (wall s, CPU s of it and its children, peak RSS MB, exit code)."""
     started = time.monotonic()
+    read_end, write_end = os.pipe()
     with stdout.open("wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.PIPE, env=env)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _REAPER, str(write_end), *cmd],
+            stdout=out,
+            stderr=subprocess.PIPE,
+            env=env,
+            pass_fds=(write_end,),
+        )
+        os.close(write_end)
         assert proc.stderr is not None  # noqa: S101
         err = proc.stderr.read()
-        _, status, ru = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
+        proc.wait()
+    with os.fdopen(read_end, "rb") as report:
+        utime, stime, maxrss_kb, code = report.read().split()
     wall = time.monotonic() - started
-    if proc.returncode not in (0, 1):
+    if int(code) not in (0, 1):
         sys.stderr.write(err.decode(errors="replace")[-3000:])
-    return wall, ru.ru_utime + ru.ru_stime, ru.ru_maxrss / 1024, proc.returncode
+    return wall, float(utime) + float(stime), int(maxrss_kb) / 1024, int(code)
+
+
+# Linux carries a process's peak RSS into the processes it starts (the
+# forked copy's high-water mark is kept across exec), so once this bench had
+# grown to 254 MB every command it ran reported at least 254 MB. A fresh,
+# small interpreter starts the command instead and reports the command's own
+# CPU and peak RSS through a pipe.
+_REAPER = """
+import os, sys
+pid = os.posix_spawnp(sys.argv[2], sys.argv[2:], os.environ)
+_, status, ru = os.wait4(pid, 0)
+report = f"{ru.ru_utime} {ru.ru_stime} {ru.ru_maxrss} {os.waitstatus_to_exitcode(status)}"
+os.write(int(sys.argv[1]), report.encode())
+"""
 
 
 def hastaple_phase(  # noqa: PLR0917 - one call site per phase, read side by side
