@@ -151,6 +151,7 @@ async def test_a_large_index_reads_back_whole(setup, tmp_path):
     # More changes than the journal takes: the snapshot is rewritten, in pieces.
     names = [tmp_path / f"copy-{i:04d}.pem" for i in range(index._MIN_JOURNAL + 1)]
     for name in names:
+        name.touch()  # a snapshot keeps only certificates that exist
         first.record(name, entry)
     first.mark_revoked(names[7], 1234)
     first.save()
@@ -171,6 +172,7 @@ async def test_the_snapshot_is_one_json_document_read_line_by_line(setup, tmp_pa
     entry = idx.lookup(path, index.fingerprint(path))
     assert entry is not None
     for i in range(3):
+        (tmp_path / f"c{i}.pem").touch()
         idx.record(tmp_path / f"c{i}.pem", entry)
     idx.mark_revoked(tmp_path / "c1.pem", 77)
     idx._rewrite = True
@@ -231,6 +233,7 @@ async def _recorded(setup, tmp_path, n: int):
     assert entry is not None
     names = [tmp_path / f"n-{i:05d}.pem" for i in range(n)]
     for name in names:
+        name.touch()  # a snapshot keeps only certificates that exist
         idx.record(name, entry)
     idx.save()
     return state, entry, names
@@ -324,3 +327,28 @@ async def test_a_journal_left_from_before_a_rewrite_is_not_replayed(setup, tmp_p
     again = index.Index.load(state)
     assert not again.is_revoked(names[0], 5)
     assert str(names[1]) not in again._entries
+
+
+async def test_a_snapshot_drops_certificates_that_no_longer_exist(setup, tmp_path, monkeypatch):
+    """
+    Removed certificates leave the index at its next snapshot; their revoked marks stay.
+
+    A platform that adds and removes certificates every day would otherwise
+    carry each removed one in index.json, and in every run's memory, for ever.
+    """
+    state, entry, names = await _recorded(setup, tmp_path, 4)
+    idx = index.Index.load(state)
+    idx.mark_revoked(names[1], 99)
+    names[0].unlink()
+    names[1].unlink()
+    monkeypatch.setattr(index, "_MIN_JOURNAL", 0)  # more changes than half: a snapshot
+    added = [tmp_path / f"new-{i}.pem" for i in range(4)]
+    for name in added:
+        name.touch()
+        idx.record(name, entry)
+    idx.save()
+    assert not (state / index.JOURNAL_NAME).exists()
+    assert str(names[0]) not in idx._entries  # the daemon's resident index too
+    again = index.Index.load(state)
+    assert set(again._entries) == {str(setup[0]), *map(str, names[2:] + added)}
+    assert again.is_revoked(names[1], 99)  # it may come back with the same serial

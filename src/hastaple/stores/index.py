@@ -347,6 +347,7 @@ class Index:
     def _write_snapshot(self) -> None:
         """Replace index.json with the whole index under a new generation; drop the journal."""
         assert self.path is not None  # noqa: S101 - save checked
+        self._drop_missing()
         generation = secrets.token_hex(8)
         document = codec.document(_VERSION, generation, self._entries, self._revoked)
         store.write_atomic(self.path, document)
@@ -355,6 +356,27 @@ class Index:
         self._snapshot, self._generation = fingerprint(self.path), generation
         self._journal, self._journal_at, self._journal_lines = None, 0, 0
         self._rewrite = False
+
+    def _drop_missing(self) -> None:
+        """
+        Forget the certificates that no longer exist, once per snapshot.
+
+        A platform that adds and removes certificates every day would carry
+        each removed one in index.json, and in every run's memory, for ever.
+        One lstat per entry, paid only with a snapshot (itself a write of every
+        entry). Revoked marks stay: a certificate that comes back with the same
+        serial must not get an older good staple again.
+        """
+        gone = []
+        for name in self._entries:
+            try:
+                os.lstat(name)
+            except (FileNotFoundError, NotADirectoryError):
+                gone.append(name)
+            except OSError:  # unreadable is not gone: keep it
+                continue
+        for name in gone:
+            del self._entries[name]
 
     def _append(self) -> None:
         """Append one line per changed name to the journal and sync it (one small write)."""
