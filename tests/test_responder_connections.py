@@ -123,3 +123,9 @@ async def test_fetch_refuses_a_bad_count(pki, tmp_path):
         code, _, err = await hastaple("fetch", cert, "--responder-connections", value)
         assert code == 2, value
         assert "--responder-connections" in err
+    # From the environment, the message names the variable the operator set.
+    env = {**os.environ, "HASTAPLE_RESPONDER_CONNECTIONS": "many"}
+    code, _, err = await hastaple("fetch", cert, env=env)
+    assert code == 2
+    assert "HASTAPLE_RESPONDER_CONNECTIONS (from the environment)" in err, err
+    assert "'many'" in err

@@ -16,6 +16,7 @@ import click
 from hastaple import config
 from hastaple.app.cli.exits import UsageError, finish, usage_errors
 from hastaple.app.cli.options import (
+    EnvOption,
     ListPath,
     check_sockets,
     fleet_options,
@@ -48,6 +49,7 @@ logger = logging.getLogger("hastaple")
     "crt_lists",
     multiple=True,
     type=ListPath(path_type=Path),
+    cls=EnvOption,
     envvar="HASTAPLE_CRT_LISTS",
     help="An HAProxy crt-list file (repeatable).",
 )

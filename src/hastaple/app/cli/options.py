@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
+from click.core import ParameterSource
 
 from hastaple import config
 from hastaple.app.cli.exits import UsageError
@@ -34,9 +35,20 @@ class ListText(click.types.StringParamType):
         return config.split_list(rv)
 
 
+class EnvOption(click.Option):
+    """An option that names its environment variable when a bad value came from there."""
+
+    def get_error_hint(self, ctx: click.Context | None) -> str:  # noqa: D102 - click's
+        source = ctx.get_parameter_source(self.name) if ctx and self.name else None
+        if source is ParameterSource.ENVIRONMENT:
+            return f"{self.envvar} (from the environment)"
+        return super().get_error_hint(ctx)
+
+
 state_dir_option = click.option(
     "--state-dir",
     type=click.Path(file_okay=False, path_type=Path),
+    cls=EnvOption,
     envvar="HASTAPLE_STATE_DIR",
     help="Where downloaded issuers and state are kept [env HASTAPLE_STATE_DIR].",
 )
@@ -49,6 +61,7 @@ def haproxy_config_option(help_text: str) -> Decorator:
         "configs",
         multiple=True,
         type=ListPath(path_type=Path),
+        cls=EnvOption,
         envvar="HASTAPLE_HAPROXY_CONFIG",
         help=help_text,
     )
@@ -61,6 +74,7 @@ def haproxy_option(help_text: str) -> Decorator:
         "sockets",
         multiple=True,
         type=ListText(),
+        cls=EnvOption,
         envvar="HASTAPLE_HAPROXY",
         help=help_text,
     )
@@ -79,6 +93,7 @@ def responder_options(command: Callable[..., None]) -> Callable[..., None]:
             type=click.FloatRange(min=0.1),
             default=config.FETCH_TIMEOUT,
             show_default=True,
+            cls=EnvOption,
             envvar="HASTAPLE_TIMEOUT",
             help="Seconds for one whole exchange with a responder.",
         ),
@@ -87,6 +102,7 @@ def responder_options(command: Callable[..., None]) -> Callable[..., None]:
             type=click.FloatRange(min=0),
             default=config.LOCK_WAIT,
             show_default=True,
+            cls=EnvOption,
             envvar="HASTAPLE_WAIT",
             help="Seconds to wait while another run (the daemon's batch) uses the state directory.",
         ),
@@ -95,6 +111,7 @@ def responder_options(command: Callable[..., None]) -> Callable[..., None]:
             type=click.IntRange(*config.RESPONDER_CONNECTIONS_RANGE),
             default=config.RESPONDER_CONNECTIONS,
             show_default=True,
+            cls=EnvOption,
             envvar="HASTAPLE_RESPONDER_CONNECTIONS",
             help="Connections to one OCSP responder host at once.",
         ),
@@ -109,6 +126,7 @@ def fleet_options(command: Callable[..., None]) -> Callable[..., None]:
         click.option(
             "--fleet",
             "fleet_url",
+            cls=EnvOption,
             envvar="HASTAPLE_FLEET",
             help="Share staples with other nodes through this Redis/Valkey: redis://host:port/db, "
             "rediss://... or unix:///path?db=N [env HASTAPLE_FLEET].",
@@ -117,6 +135,7 @@ def fleet_options(command: Callable[..., None]) -> Callable[..., None]:
             "--fleet-prefix",
             default=config.FLEET_PREFIX,
             show_default=True,
+            cls=EnvOption,
             envvar="HASTAPLE_FLEET_PREFIX",
             help="Key prefix in that Redis, so several fleets can share it "
             "[env HASTAPLE_FLEET_PREFIX].",
@@ -126,6 +145,7 @@ def fleet_options(command: Callable[..., None]) -> Callable[..., None]:
             type=click.FloatRange(0.1, 3600),
             default=config.FLEET_LEASE.total_seconds(),
             show_default=True,
+            cls=EnvOption,
             envvar="HASTAPLE_FLEET_LEASE",
             help="Seconds one node may fetch a staple for the fleet before another takes over.",
         ),
@@ -187,6 +207,7 @@ config_file_option = click.option(
     "--config",
     "config_file",
     type=click.Path(dir_okay=False, path_type=Path),
+    cls=EnvOption,
     envvar="HASTAPLE_CONFIG",
     help="TOML configuration file [env HASTAPLE_CONFIG].",
 )
